@@ -1,0 +1,12 @@
+// Single-process communicator: rank 0 of 1; reductions are the identity.
+#include "dist/comm.h"
+
+namespace dsv3::dist {
+void init(int*, char***) {}
+void finalize() {}
+int rank() { return 0; }
+int world_size() { return 1; }
+void all_reduce_sum(float*, size_t) {}
+void barrier() {}
+const char* backend_name() { return "stub"; }
+}  // namespace dsv3::dist

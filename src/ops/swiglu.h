@@ -1,0 +1,15 @@
+// SwiGLU activation on a fused input: h (N, 2D) holds [gate | up] per row (one GEMM with the
+// gate_proj and up_proj weights stacked), out (N, D) = silu(gate) * up.
+#pragma once
+#include "backend/backend.h"
+
+namespace dsv3 {
+namespace cpu {
+template <typename T>
+void swiglu_forward(T* out, const T* h, int N, int D);
+template <typename T>
+void swiglu_backward(T* dh, const T* dout, const T* h, int N, int D);  // dh +=
+}  // namespace cpu
+void swiglu_forward(const Exec& ex, float* out, const float* h, int N, int D);
+void swiglu_backward(const Exec& ex, float* dh, const float* dout, const float* h, int N, int D);
+}  // namespace dsv3
