@@ -1,0 +1,79 @@
+// Config fields as data (O5): each component lists its settings once -- name, type, help,
+// and how to read and write the struct member. The CLI builds its parser and --help from these
+// lists, config files and checkpoints use the same names, so nothing is parsed in two places.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace dsv3 {
+
+struct FieldSpec {
+  std::string name;  // snake_case; flags accept --name or --name-with-dashes
+  std::string type;  // "int", "float", "bool", "string" or "a|b|c" for a choice
+  std::string help;
+  std::function<std::string(const void*)> get;        // value as text
+  std::function<void(void*, const std::string&)> set;  // throws Error naming name and value
+};
+
+// Strict parsers: the whole text must be a value of the type.
+long long parse_int(const std::string& name, const std::string& v);
+double parse_float(const std::string& name, const std::string& v);
+bool parse_bool(const std::string& name, const std::string& v);
+std::string format_float(double v);  // shortest text that round-trips
+
+template <typename S>
+FieldSpec field(const char* name, int S::*m, const char* help) {
+  return {name, "int", help,
+          [m](const void* o) { return std::to_string(static_cast<const S*>(o)->*m); },
+          [m, name](void* o, const std::string& v) {
+            long long x = parse_int(name, v);
+            if (x < -2147483647LL || x > 2147483647LL) parse_int(name, "overflow:" + v);
+            static_cast<S*>(o)->*m = int(x);
+          }};
+}
+template <typename S>
+FieldSpec field(const char* name, long long S::*m, const char* help) {
+  return {name, "int", help,
+          [m](const void* o) { return std::to_string(static_cast<const S*>(o)->*m); },
+          [m, name](void* o, const std::string& v) { static_cast<S*>(o)->*m = parse_int(name, v); }};
+}
+template <typename S>
+FieldSpec field(const char* name, double S::*m, const char* help) {
+  return {name, "float", help,
+          [m](const void* o) { return format_float(static_cast<const S*>(o)->*m); },
+          [m, name](void* o, const std::string& v) {
+            static_cast<S*>(o)->*m = parse_float(name, v);
+          }};
+}
+template <typename S>
+FieldSpec field(const char* name, bool S::*m, const char* help) {
+  return {name, "bool", help,
+          [m](const void* o) { return std::string(static_cast<const S*>(o)->*m ? "true" : "false"); },
+          [m, name](void* o, const std::string& v) { static_cast<S*>(o)->*m = parse_bool(name, v); }};
+}
+template <typename S>
+FieldSpec field(const char* name, std::string S::*m, const char* help) {
+  return {name, "string", help, [m](const void* o) { return static_cast<const S*>(o)->*m; },
+          [m](void* o, const std::string& v) { static_cast<S*>(o)->*m = v; }};
+}
+// An enum or other choice: to_text / from_text convert (from_text throws on a bad value).
+template <typename S, typename E>
+FieldSpec choice(const char* name, E S::*m, const char* choices, const char* help,
+                 const char* (*to_text)(E), E (*from_text)(const std::string&)) {
+  return {name, choices, help, [m, to_text](const void* o) {
+            return std::string(to_text(static_cast<const S*>(o)->*m));
+          },
+          [m, from_text](void* o, const std::string& v) { static_cast<S*>(o)->*m = from_text(v); }};
+}
+
+const FieldSpec* find_field(const std::vector<FieldSpec>& fields, const std::string& name);
+
+// Struct <-> JSON object with typed values; from_json rejects unknown keys and bad values.
+nlohmann::json fields_to_json(const std::vector<FieldSpec>& fields, const void* obj);
+void fields_from_json(const std::vector<FieldSpec>& fields, void* obj, const nlohmann::json& j,
+                      const std::string& where);
+
+}  // namespace dsv3

@@ -1,0 +1,49 @@
+// The parameter table: every tensor of the model, named as in the Hugging Face DeepseekV3
+// layout, living at a fixed offset in ONE contiguous fp32 buffer (and its gradient at the same
+// offset in a second buffer). One buffer makes AdamW, the global norm, all-reduce and
+// checkpoints single loops over memory.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "model/config.h"
+
+namespace dsv3 {
+
+enum class ParamKind : uint8_t {
+  Matrix,  // 2-D weight: trained with weight decay
+  Vector,  // 1-D (norm weights): trained, no weight decay
+  Buffer,  // routing bias e_score_correction_bias: saved and exported, never gets a gradient
+};
+
+struct ParamInfo {
+  std::string name;            // HF name, e.g. "model.layers.3.mlp.experts.7.up_proj.weight"
+  std::vector<int64_t> shape;  // (out, in) for linear weights
+  size_t offset = 0;           // in floats, into the parameter buffer
+  size_t numel = 0;
+  ParamKind kind = ParamKind::Matrix;
+  bool trainable() const { return kind != ParamKind::Buffer; }
+  bool decay() const { return kind == ParamKind::Matrix; }
+};
+
+struct ParamTable {
+  std::vector<ParamInfo> list;
+  size_t total = 0;  // floats
+  std::unordered_map<std::string, size_t> index;  // name -> position in list
+
+  const ParamInfo& at(const std::string& name) const;  // throws naming the missing tensor
+  const ParamInfo* find(const std::string& name) const;
+};
+
+// Builds the table for a config. Layout: embedding, blocks 0..L-1, MTP modules (as HF layers
+// L..L+D-1), final norm, head. Within an FFN gate_proj and up_proj are adjacent so the pair is
+// one (2D, C) matrix for a single GEMM; within the experts of a layer, all experts' gate/up/down
+// follow each other in expert order.
+ParamTable build_param_table(const ModelConfig& c);
+
+// Initialises a parameter buffer: normal(0, init_std) matrices, ones for norms, zero buffers.
+void init_params(const ModelConfig& c, const ParamTable& t, float* params, uint64_t seed);
+
+}  // namespace dsv3
