@@ -1,1 +1,71 @@
-int main() { return 0; }
+// dsv3: train, evaluate, sample and convert DeepSeek-V3-style MoE models.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "commands.h"
+#include "core/check.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int, char**);
+};
+
+const Command kCommands[] = {
+    {"train", "train a model (built-in corpus by default), with checkpoints and metrics",
+     dsv3::cli::cmd_train},
+    {"info", "parameters, active parameters, FLOPs/token and training memory of a config",
+     dsv3::cli::cmd_info},
+    {"bench", "time training steps on synthetic tokens: tokens/s, MFU, peak memory",
+     dsv3::cli::cmd_bench},
+    {"eval", "mean next-token loss of a model on an llm.c token file", dsv3::cli::cmd_eval},
+    {"sample", "generate text from a model", dsv3::cli::cmd_sample},
+    {"export", "write a model as Hugging Face safetensors + config.json", dsv3::cli::cmd_export},
+    {"import", "read a Hugging Face DeepseekV3 directory into a dsv3 checkpoint",
+     dsv3::cli::cmd_import},
+};
+
+void usage(std::FILE* f) {
+  std::fprintf(f, "usage: dsv3 COMMAND [--key value ...]   (dsv3 COMMAND --help for settings)\n\n");
+  for (const auto& c : kCommands) std::fprintf(f, "  %-8s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    if (argc >= 3 && !std::strcmp(argv[1], "help")) {  // dsv3 help train == dsv3 train --help
+      for (const auto& c : kCommands)
+        if (argv[2] == std::string(c.name)) {
+          char flag[] = "--help";
+          char* args[] = {argv[0], argv[2], flag};
+          return c.run(3, args);
+        }
+    }
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (argv[1] != std::string(c.name)) continue;
+    try {
+      return c.run(argc, argv);
+    } catch (const dsv3::Error& e) {
+      std::fprintf(stderr, "\ndsv3 %s: error: %s\n", c.name, e.what());
+      return 1;
+    } catch (const std::bad_alloc&) {
+      std::fprintf(stderr, "\ndsv3 %s: error: out of memory (try a smaller --batch or "
+                           "--seq_len, or --recompute block)\n", c.name);
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "\ndsv3 %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "dsv3: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

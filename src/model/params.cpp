@@ -20,7 +20,7 @@ namespace {
 
 struct Builder {
   ParamTable t;
-  void add(std::string name, std::vector<int64_t> shape, ParamKind kind) {
+  void add(std::string name, std::vector<int64_t> shape, ParamKind kind, bool align = true) {
     ParamInfo p;
     p.name = std::move(name);
     p.shape = std::move(shape);
@@ -28,7 +28,7 @@ struct Builder {
     for (auto d : p.shape) p.numel *= size_t(d);
     p.kind = kind;
     // 16-float alignment keeps every tensor 64-byte aligned for vector loads.
-    t.total = (t.total + 15) / 16 * 16;
+    if (align) t.total = (t.total + 15) / 16 * 16;
     p.offset = t.total;
     t.total += p.numel;
     t.index[p.name] = t.list.size();
@@ -41,7 +41,7 @@ struct Builder {
 
   void swiglu(const std::string& prefix, int64_t inter, int64_t C) {
     mat(prefix + ".gate_proj.weight", inter, C);  // gate and up adjacent: one (2*inter, C) GEMM
-    mat(prefix + ".up_proj.weight", inter, C);
+    add(prefix + ".up_proj.weight", {inter, C}, ParamKind::Matrix, /*align=*/false);
     mat(prefix + ".down_proj.weight", C, inter);
   }
 

@@ -48,3 +48,22 @@ template void linear_backward<double>(const Exec&, double*, double*, const doubl
                                       const double*, int, int, int);
 
 }  // namespace dsv3
+
+#include <algorithm>
+#include <vector>
+
+#include "core/timer.h"
+
+namespace dsv3 {
+double measure_gemm_peak_gflops(int n, int reps) {
+  std::vector<float> a(size_t(n) * n, 0.5f), b(size_t(n) * n, 0.25f), c(size_t(n) * n);
+  cpu::gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+  double best = 0;
+  for (int r = 0; r < reps; r++) {
+    const double t0 = now_seconds();
+    cpu::gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    best = std::max(best, 2.0 * n * double(n) * n / (now_seconds() - t0) / 1e9);
+  }
+  return best;
+}
+}  // namespace dsv3

@@ -21,3 +21,9 @@ void linear_backward(const Exec& ex, T* dx, T* dw, const T* dy, const T* x, cons
                      int in, int out);
 
 }  // namespace dsv3
+
+namespace dsv3 {
+// fp32 GEMM throughput of this machine (n x n x n sgemm, all threads, best of a few runs), the
+// denominator of CPU MFU.
+double measure_gemm_peak_gflops(int n = 1536, int reps = 4);
+}  // namespace dsv3

@@ -10,7 +10,8 @@
 namespace dsv3 {
 namespace cpu {
 
-constexpr size_t kParallelWork = 16384;  // elements below which a thread team costs more than it saves
+// Elements below which a thread team costs more than it saves.
+constexpr size_t kParallelWork = 16384;
 
 // x: (N, x_stride), the first C of each row normalised; out: (N, out_stride); rstd: (N).
 template <typename T>
@@ -29,7 +30,8 @@ void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, RmsNormShape s, fl
   }
 }
 
-// With g = dout:  dx_j += r w_j g_j - (r^3 / C) x_j sum_k g_k w_k x_k,   dw_j += sum_n g_nj x_nj r_n.
+// With g = dout:  dx_j += r w_j g_j - (r^3 / C) x_j sum_k g_k w_k x_k,
+//                 dw_j += sum_n g_nj x_nj r_n.
 // dx rows are independent. dw is a reduction over rows, so each thread owns a slice of columns and
 // adds the rows in order: the sum order is fixed and independent of the thread count.
 template <typename T>

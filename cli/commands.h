@@ -1,0 +1,13 @@
+// The dsv3 subcommands. Each parses its own settings through flags.h and returns an exit code;
+// errors are thrown as dsv3::Error and printed by main().
+#pragma once
+
+namespace dsv3::cli {
+int cmd_train(int argc, char** argv);
+int cmd_info(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_sample(int argc, char** argv);
+int cmd_export(int argc, char** argv);
+int cmd_import(int argc, char** argv);
+}  // namespace dsv3::cli

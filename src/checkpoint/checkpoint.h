@@ -1,0 +1,66 @@
+// dsv3's native checkpoint (T8): one file per step, written atomically, self-describing.
+//
+//   offset 0   "DSV3CKPT"                 magic, 8 bytes
+//          8   u32 format version         1
+//         12   u32 header crc32           CRC-32 of the JSON header bytes
+//         16   u64 header length N
+//         24   N bytes of JSON header:
+//                {"model": {model_fields() as JSON}, "train": {whatever the trainer saves},
+//                 "n_params": n, "tensors": [{"name","shape","offset"}...] (the ParamTable),
+//                 "sections": {"params": [off, len], "adam_m": [...], "adam_v": [...]},
+//                 "crc32": CRC-32 of the payload}
+//              zero padding to a multiple of 64 bytes: the payload starts there
+//   payload    the sections, fp32 little-endian, each 64-byte aligned; section offsets and
+//              lengths are in bytes from the payload start. Adam sections are absent in
+//              weights-only files.
+// All integers little-endian. Every byte of the file is covered by a check: magic, version,
+// header CRC, payload CRC, exact file size.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+
+namespace dsv3 {
+
+constexpr uint32_t kCheckpointVersion = 1;
+
+// Writes params (and the Adam moments when both are non-null) of n floats, n ==
+// build_param_table(c).total. `train` is stored as is (step, rng, data position, ...).
+// Atomic: a crash or kill leaves either the old file or the new one.
+void save_checkpoint(const std::string& path, const ModelConfig& c, const nlohmann::json& train,
+                     const float* params, const float* adam_m, const float* adam_v, size_t n);
+
+struct Checkpoint {
+  ModelConfig config;
+  nlohmann::json train;
+  std::vector<float> params, adam_m, adam_v;  // adam_* empty for weights-only files
+};
+
+// Loads and verifies a checkpoint; every problem is an Error naming the file. With
+// load_optimizer = false the Adam sections are checksummed but not kept.
+Checkpoint load_checkpoint(const std::string& path, bool load_optimizer = true);
+
+// dir/ckpt_00000100.dsv3 (8 digits, more when the step needs them).
+std::string checkpoint_path(const std::string& dir, int64_t step);
+// Paths of dir/ckpt_<step>.dsv3, sorted by step (temp files ignored); empty if dir is absent.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+// The step in a checkpoint file name, or -1 if the name is not ckpt_<digits>.dsv3.
+int64_t checkpoint_step(const std::string& path);
+// Deletes all but the newest `keep` checkpoints (keep <= 0: deletes none), and the temp files
+// of saves whose process no longer runs.
+void prune_checkpoints(const std::string& dir, int keep);
+
+struct LoadedModel {
+  ModelConfig config;
+  std::vector<float> params;
+  std::string source;  // "checkpoint <path>" or "hf <dir>"
+};
+// A checkpoint file, a run directory (its latest ckpt_*.dsv3) or a Hugging Face directory (with
+// config.json).
+LoadedModel load_model_any(const std::string& path);
+
+}  // namespace dsv3

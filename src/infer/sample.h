@@ -1,0 +1,28 @@
+// Autoregressive sampling (I1, without the KV cache yet: each token re-runs the context).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/rng.h"
+#include "model/model.h"
+
+namespace dsv3 {
+
+struct SampleConfig {
+  double temperature = 0.8;  // 0 = greedy
+  int top_k = 0;             // 0 = off
+  double top_p = 1.0;        // nucleus; 1 = off
+  int max_tokens = 200;
+  uint64_t seed = 1;
+};
+
+// Picks one id from logits (V) with temperature, top-k and top-p.
+int32_t sample_token(const float* logits, int V, const SampleConfig& s, Rng& rng);
+
+// Continues `prompt` (non-empty) by max_tokens ids; on_token sees each new id as it comes.
+std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt,
+                              const SampleConfig& s,
+                              const std::function<void(int32_t)>& on_token = {});
+
+}  // namespace dsv3
