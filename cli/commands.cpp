@@ -148,7 +148,7 @@ int cmd_info(int argc, char** argv) {
               c.hidden, c.heads, c.experts, c.topk, c.shared_experts, c.mtp_depth);
   std::printf("  parameters        %s (%s main model + %s MTP)\n", human(P).c_str(),
               human(double(s.params_main)).c_str(), human(P - double(s.params_main)).c_str());
-  std::printf("  activated/token   %s (main model, embedding included)\n",
+  std::printf("  activated/token   %s (main model; the embedding lookup excluded, as DeepSeek counts)\n",
               human(double(s.active_params)).c_str());
   std::printf("  train FLOPs/token %s at seq_len %d (6 x %s GEMM params incl. MTP + causal "
               "attention)\n",

@@ -100,7 +100,7 @@ ModelConfig preset(const std::string& name) {
   if (name == "small") {  // about 100M activated parameters, DeepSeek-V3 shape
     c.vocab = 32768, c.hidden = 768, c.layers = 12, c.dense_layers = 1, c.heads = 12;
     c.q_lora = 384, c.kv_lora = 256, c.qk_nope = 64, c.qk_rope = 32, c.v_head = 64;
-    c.dense_inter = 3072, c.moe_inter = 384, c.experts = 64, c.shared_experts = 2, c.topk = 6;
+    c.dense_inter = 3072, c.moe_inter = 256, c.experts = 64, c.shared_experts = 2, c.topk = 6;
     c.groups = 8, c.topk_groups = 4, c.max_seq = 4096, c.init_std = 0.02;
     return c;
   }
@@ -164,7 +164,8 @@ ModelStats model_stats(const ModelConfig& c, int seq_len) {
     mtp_matmul += 2 * int64_t(c.hidden) * c.hidden + attn_params(c) + ffn_active(c, c.experts > 0) +
                   head;
   s.active_matmul = main_matmul + mtp_matmul;
-  s.active_params = main_matmul + head;  // + the embedding row table, DeepSeek counts it
+  // DeepSeek's "activated" counts exclude the embedding lookup (V3: 37B, V2-Lite: 2.4B).
+  s.active_params = main_matmul;
   const double attn = attn_core_flops(c, seq_len) * (c.layers + c.mtp_depth);
   s.fwd_flops_per_token = 2.0 * double(s.active_matmul) + attn;
   s.train_flops_per_token = 3.0 * s.fwd_flops_per_token;

@@ -81,7 +81,7 @@ std::vector<std::string> preset_names();
 struct ModelStats {
   int64_t params = 0;            // everything stored (incl. MTP modules)
   int64_t params_main = 0;       // without MTP modules
-  int64_t active_params = 0;     // per token, main model (embedding counted once, as DeepSeek)
+  int64_t active_params = 0;     // per token, main model, without the embedding lookup
   int64_t active_matmul = 0;     // activated params that take part in GEMMs (no embedding/norms)
   double train_flops_per_token = 0;  // 6 * active matmul params (+ MTP) + attention, causal
   double fwd_flops_per_token = 0;

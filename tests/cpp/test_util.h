@@ -64,3 +64,14 @@ inline std::filesystem::path temp_dir(const std::string& name) {
 }
 
 }  // namespace dsv3::test
+
+#include <fstream>
+#include <sstream>
+namespace dsv3::test {
+inline std::string read_file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace dsv3::test

@@ -1,0 +1,207 @@
+// End-to-end behaviour of `dsv3 train / eval / sample / export / import / info` through the
+// real command: determinism, exact resume, recomputation, accumulation, the HF round trip, the
+// calculator, and one clear error for each kind of bad input.
+#include <filesystem>
+
+#include "cli_util.h"
+#include "data/token_file.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace dsv3::test {
+namespace {
+
+const std::string kSmall =
+    "--preset debug --batch 4 --seq_len 32 --eval_every 0 --sample_tokens 0 --peak_gflops 100 ";
+
+std::vector<double> losses(const std::string& dir) {
+  std::vector<double> v;
+  for (const auto& j : read_metrics(dir + "/metrics.jsonl", "train")) v.push_back(j["loss"]);
+  return v;
+}
+
+TEST(Train, DeterministicAndLossFalls) {
+  auto d = temp_dir("det");
+  for (const char* run : {"a", "b"}) {
+    auto r = run_cli("train " + kSmall + "--steps 30 --out " + (d / run).string());
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  auto a = losses(d / "a"), b = losses(d / "b");
+  ASSERT_EQ(a.size(), 30u);
+  EXPECT_EQ(a, b);  // bit-identical: fixed reduction orders everywhere
+  EXPECT_LT(a.back(), a.front() - 0.5);
+}
+
+TEST(Train, ExactResume) {
+  auto d = temp_dir("resume");
+  auto r = run_cli("train " + kSmall + "--steps 20 --save_every 10 --keep 5 --out " +
+                   (d / "straight").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  fs::create_directories(d / "resumed");
+  fs::copy_file(d / "straight" / "ckpt_00000010.dsv3", d / "resumed" / "ckpt_00000010.dsv3");
+  r = run_cli("train --resume " + (d / "resumed").string() + " --out " + (d / "resumed").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto straight = losses(d / "straight"), resumed = losses(d / "resumed");
+  ASSERT_EQ(straight.size(), 20u);
+  ASSERT_EQ(resumed.size(), 10u);
+  for (int i = 0; i < 10; i++) EXPECT_EQ(straight[10 + i], resumed[i]) << "step " << 11 + i;
+  // a resumed run may not change the model
+  r = run_cli("train --resume " + (d / "resumed").string() + " --hidden 32 --steps 30");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("changes the model"), std::string::npos) << r.out;
+}
+
+TEST(Train, RecomputeGivesIdenticalLosses) {
+  auto d = temp_dir("recompute");
+  for (const char* mode : {"none", "block"}) {
+    auto r = run_cli("train " + kSmall + "--steps 5 --recompute " + mode + " --out " +
+                     (d / mode).string());
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  EXPECT_EQ(losses(d / "none"), losses(d / "block"));
+}
+
+TEST(Train, GradAccumulationMatchesLargeBatch) {
+  auto d = temp_dir("accum");
+  const std::string base = "--preset debug --seq_len 32 --eval_every 0 --sample_tokens 0 "
+                           "--peak_gflops 100 --steps 4 ";
+  auto r1 = run_cli("train " + base + "--batch 4 --grad_accum 1 --out " + (d / "big").string());
+  auto r2 = run_cli("train " + base + "--batch 2 --grad_accum 2 --out " + (d / "acc").string());
+  ASSERT_EQ(r1.code, 0) << r1.out;
+  ASSERT_EQ(r2.code, 0) << r2.out;
+  auto a = losses(d / "big"), b = losses(d / "acc");
+  ASSERT_EQ(a.size(), b.size());
+  // same tokens in the same order, mean of two half-batch gradients == full-batch gradient;
+  // only fp32 summation order differs, so losses agree to ~1e-6 relative over 4 steps.
+  for (size_t i = 0; i < a.size(); i++) EXPECT_NEAR(a[i], b[i], 1e-4 * a[i]);
+}
+
+TEST(Train, MetricsAndCheckpointsKeepLastN) {
+  auto d = temp_dir("keep");
+  auto r = run_cli("train " + kSmall + "--steps 6 --save_every 1 --keep 2 --eval_every 3 --out " +
+                   d.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::vector<std::string> ck;
+  for (auto& e : fs::directory_iterator(d))
+    if (e.path().extension() == ".dsv3") ck.push_back(e.path().filename());
+  std::sort(ck.begin(), ck.end());
+  EXPECT_EQ(ck, (std::vector<std::string>{"ckpt_00000005.dsv3", "ckpt_00000006.dsv3"}));
+  auto train = read_metrics(d / "metrics.jsonl", "train");
+  ASSERT_EQ(train.size(), 6u);
+  for (const char* key : {"loss", "mtp_loss", "balance_loss", "grad_norm", "lr", "tokens_per_s",
+                          "mfu", "expert_load"})
+    EXPECT_TRUE(train[0].contains(key)) << key;
+  EXPECT_EQ(train[0]["expert_load"].size(), 2u);  // layer 1 and the MTP block
+  EXPECT_EQ(read_metrics(d / "metrics.jsonl", "eval").size(), 2u);
+  EXPECT_NE(r.out.find("ETA"), std::string::npos);
+}
+
+TEST(Interchange, ExportImportEvalSample) {
+  auto d = temp_dir("hf");
+  auto r = run_cli("train " + kSmall + "--steps 3 --out " + (d / "run").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  Rng rng(5);
+  std::vector<int32_t> ids(3000);
+  for (auto& t : ids) t = int32_t(rng.below(512));
+  write_token_file((d / "val.bin").string(), ids);
+  r = run_cli("export --model " + (d / "run").string() + " --format hf --out " + (d / "hf").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_cli("import --hf " + (d / "hf").string() + " --out " + (d / "back.dsv3").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::string evals[3];
+  const std::string models[3] = {(d / "run").string(), (d / "hf").string(),
+                                 (d / "back.dsv3").string()};
+  for (int i = 0; i < 3; i++) {
+    r = run_cli("eval --model " + models[i] + " --data " + (d / "val.bin").string() +
+                " --seq_len 32 --batch 4 --json");
+    ASSERT_EQ(r.code, 0) << r.out;
+    evals[i] = r.out.substr(r.out.find('{'));
+    auto j = nlohmann::json::parse(evals[i]);
+    evals[i] = j["loss"].dump() + " " + j["mtp_loss"].dump();
+  }
+  EXPECT_EQ(evals[0], evals[1]);  // f32 export is lossless: identical losses
+  EXPECT_EQ(evals[0], evals[2]);
+  r = run_cli("sample --model " + (d / "hf").string() + " --tokens 20 --temperature 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto r2 = run_cli("sample --model " + (d / "run").string() + " --tokens 20 --temperature 0");
+  EXPECT_EQ(r.out.substr(r.out.find("Once")), r2.out.substr(r2.out.find("Once")));
+}
+
+TEST(Info, PublishedShapes) {
+  auto r = run_cli("info --preset v3-671b --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  // DeepSeek-V3: 671B main-model parameters (685B with the MTP module), 37B activated.
+  EXPECT_NEAR(j["params_main"].get<double>() / 1e9, 671, 671 * 0.01);
+  EXPECT_NEAR(j["params"].get<double>() / 1e9, 685, 685 * 0.01);
+  EXPECT_NEAR(j["active_params"].get<double>() / 1e9, 37, 37 * 0.03);
+  r = run_cli("info --preset v2-lite --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_NEAR(j["params"].get<double>() / 1e9, 15.7, 15.7 * 0.02);  // "16B"
+  EXPECT_NEAR(j["active_params"].get<double>() / 1e9, 2.4, 2.4 * 0.05);
+}
+
+struct BadCase {
+  std::string args, expect;
+};
+
+TEST(BadInput, ClearMessageAndNonZeroExit) {
+  auto d = temp_dir("bad");
+  { std::ofstream(d / "text.dsv3") << "hello, I am not a checkpoint\n"; }
+  { std::ofstream(d / "bad.cfg") << "layers = 2\nhidden: 64\n"; }
+  { std::ofstream(d / "unknown.cfg") << "layerz = 2\n"; }
+  auto r = run_cli("train " + kSmall + "--steps 2 --out " + (d / "ok").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto ck = (d / "ok" / "ckpt_00000002.dsv3").string();
+  {  // truncated copy
+    std::string bytes = read_file_bytes(ck);
+    std::ofstream(d / "trunc.dsv3", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  std::vector<int32_t> ids(100, 1);
+  write_token_file((d / "tok.bin").string(), ids);
+  {
+    std::string bytes = read_file_bytes((d / "tok.bin").string());
+    std::ofstream(d / "tok_trunc.bin", std::ios::binary) << bytes.substr(0, bytes.size() - 10);
+  }
+  const BadCase cases[] = {
+      {"train --layerz 3", "unknown setting 'layerz'"},
+      {"train --layers three", "'layers' expects an integer"},
+      {"train --lr 1e-3x", "'lr' expects a finite number"},
+      {"train --router tanh", "unknown router 'tanh'"},
+      {"train --norm_topk maybe", "expects true or false"},
+      {"train --preset tiny --experts 16 --groups 3", "divisible by groups"},
+      {"train --preset tiny --topk 17", "topk (17) must be between 1 and the number of routed"},
+      {"train --preset tiny --qk_rope 15", "must be even"},
+      {"train --preset nope", "unknown preset 'nope'"},
+      {"train --config " + (d / "bad.cfg").string(), "bad.cfg:2: expected 'key = value'"},
+      {"train --config " + (d / "unknown.cfg").string(), "unknown.cfg:1: unknown setting 'layerz'"},
+      {"train --config /nonexistent.cfg", "cannot open config file"},
+      {"train --batch 0", "batch must be >= 1"},
+      {"train --seq_len 100000", "exceeds max_seq"},
+      {"frobnicate", "unknown command"},
+      {"eval --model " + (d / "missing.dsv3").string() + " --data " + (d / "tok.bin").string(),
+       "missing.dsv3"},
+      {"eval --model " + (d / "text.dsv3").string() + " --data " + (d / "tok.bin").string(),
+       "text.dsv3"},
+      {"eval --model " + (d / "trunc.dsv3").string() + " --data " + (d / "tok.bin").string(),
+       "trunc.dsv3"},
+      {"eval --model " + ck + " --data " + ck, "20240520"},
+      {"eval --model " + ck + " --data " + (d / "tok_trunc.bin").string(), "tok_trunc.bin"},
+      {"eval --model " + ck, "--data is required"},
+      {"train --resume " + (d / "trunc.dsv3").string(), "trunc.dsv3"},
+      {"export --model " + ck + " --format gguf --out " + d.string(), "unknown --format 'gguf'"},
+      {"train " + kSmall + "--train_data " + (d / "text.dsv3").string(), "text.dsv3"},
+  };
+  for (const auto& c : cases) {
+    auto res = run_cli(c.args);
+    EXPECT_NE(res.code, 0) << c.args;
+    EXPECT_LT(res.code, 128) << c.args << ": crashed\n" << res.out;
+    EXPECT_NE(res.out.find(c.expect), std::string::npos)
+        << c.args << "\n  expected: " << c.expect << "\n  got: " << res.out;
+  }
+}
+
+}  // namespace
+}  // namespace dsv3::test
