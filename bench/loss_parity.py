@@ -161,16 +161,23 @@ def run_dsv3(args, tr_path, va_path):
     except Exception as e:
         return {"error": "cannot run %s: %s" % (args.dsv3, e)}
     run_dir = os.path.join(args.work, "dsv3_run")
+    if os.path.isdir(run_dir):
+        for fn in os.listdir(run_dir):  # a fresh run, not a resumed one
+            os.remove(os.path.join(run_dir, fn))
     cmd = [args.dsv3, "train", "--preset", "tiny", "--train_data", tr_path, "--val_data", va_path,
            "--steps", str(args.steps), "--batch", str(args.batch), "--seq_len", str(args.seq),
            "--lr", repr(args.lr), "--min_lr", repr(args.min_lr), "--warmup", str(args.warmup),
-           "--eval_batches", str(args.eval_batches), "--out", run_dir, "--json_summary"]
+           "--eval_batches", str(args.eval_batches), "--out", run_dir]
     # Settings that match the reference run, passed only where `dsv3 help train` lists them.
     for k, v in (("weight_decay", "0.1"), ("clip", "1.0"), ("mtp_weight", "0.3"),
-                 ("balance_alpha", "0.0001"), ("bias_update_rate", "0.001"), ("schedule", "cosine"),
-                 ("beta1", "0.9"), ("beta2", "0.95"), ("threads", str(args.threads))):
-        if re.search(r"\b%s\b" % k, h):
+                 ("balance_alpha", "0.0001"), ("balance_scope", "sequence"),
+                 ("bias_update_rate", "0.001"), ("schedule", "cosine"), ("beta1", "0.9"),
+                 ("beta2", "0.95"), ("eps", "1e-08"), ("grad_accum", "1"), ("eval_every", "0"),
+                 ("save_every", "0"), ("sample_tokens", "0"), ("threads", str(args.threads))):
+        if re.search(r"--%s\b" % k, h):
             cmd += ["--" + k, v]
+    if re.search(r"--json_summary\b", h):
+        cmd += ["--json_summary"]
     cmd += args.dsv3_extra
     print("running: " + " ".join(cmd), flush=True)
     t0 = time.time()
@@ -180,27 +187,41 @@ def run_dsv3(args, tr_path, va_path):
     out = pr.stdout.decode(errors="replace")
     if pr.returncode != 0:
         return {"error": "dsv3 train failed (rc %d):\n%s" % (pr.returncode, out[-3000:])}
-    summary = None
-    for line in reversed(out.strip().splitlines()):  # the JSON summary: the last JSON line
-        line = line.strip()
-        if line.startswith("{"):
+    # metrics.jsonl: {"kind":"train", "loss", "tokens_per_s", "step_s", ...} per step and
+    # {"kind":"eval", "val_loss", ...} per evaluation.
+    train, evals = [], []
+    mpath = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(mpath):
+        for line in open(mpath):
+            line = line.strip()
+            if not line:
+                continue
             try:
-                summary = json.loads(line)
-                break
+                r = json.loads(line)
             except ValueError:
-                pass
-    if summary is None:
-        for fn in ("summary.json", "metrics.json"):
-            p = os.path.join(run_dir, fn)
-            if os.path.exists(p):
-                summary = json.load(open(p))
+                continue
+            (evals if r.get("kind") == "eval" or "val_loss" in r else train).append(r)
+    val = evals[-1].get("val_loss") if evals else None
+    if val is None:  # fall back to a JSON summary line or the log line "val loss X"
+        for line in reversed(out.strip().splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    val = find_number(json.loads(line), lambda k: "val" in k and "loss" in k)
+                except ValueError:
+                    pass
+            m = re.search(r"val loss ([0-9.]+)", line)
+            if val is None and m:
+                val = float(m.group(1))
+            if val is not None:
                 break
-    if summary is None:
-        return {"error": "no JSON summary found in dsv3 output:\n" + out[-2000:]}
-    val = find_number(summary, lambda k: "val" in k and "loss" in k)
-    tok = find_number(summary, lambda k: "tok" in k and ("/s" in k or "per_s" in k or "_s" in k))
-    return {"val_loss": val, "tok_s": tok if tok else args.steps * args.batch * args.seq / wall,
-            "seconds": wall, "summary": summary}
+    if val is None:
+        return {"error": "no validation loss found in %s or the output:\n%s" % (mpath, out[-2000:])}
+    step_s = sum(r.get("step_s", 0.0) for r in train if r.get("kind", "train") == "train")
+    ntok = args.steps * args.batch * args.seq
+    tok_s = ntok / step_s if step_s > 0 else ntok / wall
+    return {"val_loss": float(val), "train_loss": train[-1].get("loss") if train else None,
+            "tok_s": tok_s, "seconds": wall}
 
 
 def main():

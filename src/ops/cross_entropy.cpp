@@ -1,5 +1,6 @@
 // Fused softmax cross-entropy over the vocabulary; the backward may overwrite the logits.
 #include "ops/cross_entropy.h"
+#include "ops/fast_math.h"
 
 #include <algorithm>
 #include <bit>
@@ -10,25 +11,6 @@
 namespace dsv3 {
 namespace cpu {
 
-// exp(x) for x <= 0 (arguments are max-subtracted), written so that -O3 vectorises the loops that
-// call it: Cody-Waite reduction x = n ln2 + r and the Cephes expf polynomial, about 1 ulp. Inputs
-// below -87.3 give 2^-126 instead of a denormal, which no softmax sum can notice. Double keeps
-// std::exp (the finite-difference tests run in double).
-static inline float exp_nonpos(float x) {
-  x = std::max(x, -87.3365f);
-  float n = (x * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest via 1.5 * 2^23
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<float>((int32_t(n) + 127) << 23);
-}
-static inline double exp_nonpos(double x) { return std::exp(x); }
 
 constexpr size_t kParallelWork = 16384;
 

@@ -27,7 +27,14 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using test::temp_dir;
+// A fresh temp directory, removed with everything in it when the test ends.
+struct TempDir : fs::path {
+  explicit TempDir(const std::string& name) : fs::path(test::temp_dir(name)) {}
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(*this, ec);
+  }
+};
 
 // ---------------------------------------------------------------- helpers
 
@@ -118,7 +125,7 @@ std::string join_checkpoint(const CkptParts& p) {
 // ---------------------------------------------------------------- io
 
 TEST(Io, AtomicWriteReplacesOrLeavesUntouched) {
-  const auto dir = temp_dir("io_atomic");
+  const TempDir dir("io_atomic");
   const std::string path = (dir / "a.bin").string();
   write_file_atomic(path, [](std::FILE* f) { write_bytes(f, "hello", 5); });
   EXPECT_EQ(read_file(path), "hello");
@@ -150,7 +157,7 @@ TEST(Io, SniffsKinds) {
 // ---------------------------------------------------------------- checkpoints
 
 TEST(Checkpoint, RoundTripWithAdamIsBitExact) {
-  const auto dir = temp_dir("ckpt_rt");
+  const TempDir dir("ckpt_rt");
   const ModelConfig c = small_config();
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 1), m = random_params(t, 2), v = random_params(t, 3);
@@ -185,7 +192,7 @@ TEST(Checkpoint, RoundTripWithAdamIsBitExact) {
 }
 
 TEST(Checkpoint, WeightsOnly) {
-  const auto dir = temp_dir("ckpt_wo");
+  const TempDir dir("ckpt_wo");
   ModelConfig c = small_config();
   c.q_lora = 0, c.router = RouterKind::Softmax, c.mtp_depth = 0, c.yarn_factor = 4;
   const ParamTable t = build_param_table(c);
@@ -205,7 +212,7 @@ TEST(Checkpoint, WeightsOnly) {
 }
 
 TEST(Checkpoint, NamesListPrune) {
-  const auto dir = temp_dir("ckpt_list");
+  const TempDir dir("ckpt_list");
   EXPECT_EQ(checkpoint_path(dir.string(), 100), (dir / "ckpt_00000100.dsv3").string());
   EXPECT_EQ(checkpoint_step(checkpoint_path("x", 123456789)), 123456789);
   EXPECT_EQ(checkpoint_step("ckpt_00000100.dsv3.tmp.12"), -1);
@@ -233,7 +240,7 @@ TEST(Checkpoint, NamesListPrune) {
 }
 
 TEST(Checkpoint, BadInputs) {
-  const auto dir = temp_dir("ckpt_bad");
+  const TempDir dir("ckpt_bad");
   const ModelConfig c = fuzz_config();
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 6);
@@ -298,7 +305,7 @@ TEST(Checkpoint, BadInputs) {
 // ---------------------------------------------------------------- safetensors
 
 TEST(Safetensors, WriterFormat) {
-  const auto dir = temp_dir("st_fmt");
+  const TempDir dir("st_fmt");
   const std::string path = (dir / "a.safetensors").string();
   std::vector<float> a = {1.0f, -2.5f, 3.25f, 1e-3f, 7, 8}, b = {0.1f, 0.2f, 0.3f};
   write_safetensors(path, {{"zeta", {2, 3}, a.data()}, {"alpha", {3}, b.data()}}, DType::F32,
@@ -327,7 +334,7 @@ TEST(Safetensors, WriterFormat) {
 }
 
 TEST(Safetensors, ReadsF16AndRejectsOtherDtypes) {
-  const auto dir = temp_dir("st_f16");
+  const TempDir dir("st_f16");
   // 1, -2, 65504, 2^-24 (smallest subnormal), +inf, 0.5
   const uint16_t h[6] = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0x7C00, 0x3800};
   std::string data(reinterpret_cast<const char*>(h), 12);
@@ -350,7 +357,7 @@ TEST(Safetensors, ReadsF16AndRejectsOtherDtypes) {
 }
 
 TEST(Safetensors, BadInputs) {
-  const auto dir = temp_dir("st_bad");
+  const TempDir dir("st_bad");
   const std::string path = (dir / "bad.safetensors").string();
   auto open_bytes = [&](const std::string& b) {
     spit(path, b);
@@ -425,7 +432,7 @@ std::set<std::string> doc_tensor_names(int layers, int dense, int mtp, int exper
 }
 
 TEST(HuggingFace, ExportMatchesTheLayoutDoc) {
-  const auto dir = temp_dir("hf_layout");
+  const TempDir dir("hf_layout");
   const ModelConfig c = small_config();  // 3 layers, 1 dense, q_lora on, MTP 1, sigmoid
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 7);
@@ -534,7 +541,7 @@ std::vector<ModelConfig> hf_variants() {
 }
 
 TEST(HuggingFace, RoundTripIsExact) {
-  const auto dir = temp_dir("hf_rt");
+  const TempDir dir("hf_rt");
   int i = 0;
   for (const ModelConfig& c : hf_variants()) {
     const std::string variant = cat("v", i);
@@ -564,7 +571,7 @@ TEST(HuggingFace, RoundTripIsExact) {
 }
 
 TEST(HuggingFace, ShardedAndExtraTensors) {
-  const auto dir = temp_dir("hf_shard");
+  const TempDir dir("hf_shard");
   const ModelConfig c = small_config();
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 9);
@@ -617,7 +624,7 @@ TEST(HuggingFace, ShardedAndExtraTensors) {
 }
 
 TEST(HuggingFace, BadConfigs) {
-  const auto base = temp_dir("hf_badcfg");
+  const TempDir base("hf_badcfg");
   const ModelConfig c = small_config();
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 10);
@@ -666,7 +673,7 @@ TEST(HuggingFace, BadConfigs) {
 }
 
 TEST(HuggingFace, DenseFromZeroOrNullExperts) {
-  const auto dir = temp_dir("hf_dense");
+  const TempDir dir("hf_dense");
   ModelConfig c = small_config();
   c.experts = 0, c.dense_layers = c.layers;
   const ParamTable t = build_param_table(c);
@@ -684,7 +691,7 @@ TEST(HuggingFace, DenseFromZeroOrNullExperts) {
 }
 
 TEST(HuggingFace, BadTensors) {
-  const auto dir = temp_dir("hf_badt");
+  const TempDir dir("hf_badt");
   const ModelConfig c = small_config();
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 12);
@@ -734,7 +741,7 @@ TEST(HuggingFace, BadTensors) {
 // ---------------------------------------------------------------- token files
 
 TEST(TokenFile, RoundTripAndBadInputs) {
-  const auto dir = temp_dir("tok");
+  const TempDir dir("tok");
   const std::string path = (dir / "t.bin").string();
   std::vector<int32_t> ids = {0, 1, 65535, 50256, 7};
   write_token_file(path, ids);
@@ -785,7 +792,7 @@ TEST(TokenFile, RoundTripAndBadInputs) {
 // ---------------------------------------------------------------- load_model_any
 
 TEST(LoadModelAny, AcceptsCheckpointRunDirAndHf) {
-  const auto dir = temp_dir("any");
+  const TempDir dir("any");
   const ModelConfig c = fuzz_config();
   const ParamTable t = build_param_table(c);
   const auto p1 = random_params(t, 1), p2 = random_params(t, 2);
@@ -898,7 +905,7 @@ void expect_ok_or_error(F&& f, int i, const char* what) {
 }
 
 TEST(Fuzz, Safetensors) {
-  const auto dir = temp_dir("fuzz_st");
+  const TempDir dir("fuzz_st");
   const std::string base_path = (dir / "base.safetensors").string();
   std::vector<float> a(24), b(7);
   for (size_t i = 0; i < a.size(); i++) a[i] = float(i) - 3.5f;
@@ -954,7 +961,7 @@ TEST(Fuzz, Safetensors) {
 }
 
 TEST(Fuzz, Checkpoint) {
-  const auto dir = temp_dir("fuzz_ckpt");
+  const TempDir dir("fuzz_ckpt");
   const ModelConfig c = fuzz_config();
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 13);
@@ -1004,7 +1011,7 @@ TEST(Fuzz, Checkpoint) {
 }
 
 TEST(Fuzz, TokenFile) {
-  const auto dir = temp_dir("fuzz_tok");
+  const TempDir dir("fuzz_tok");
   std::vector<int32_t> ids(500);
   for (size_t i = 0; i < ids.size(); i++) ids[i] = int32_t(i * 131 % 65536);
   const std::string base_path = (dir / "base.bin").string();
@@ -1030,7 +1037,7 @@ TEST(Fuzz, TokenFile) {
 }
 
 TEST(Fuzz, HfConfig) {
-  const auto dir = temp_dir("fuzz_hf");
+  const TempDir dir("fuzz_hf");
   const ModelConfig c = fuzz_config();
   const ParamTable t = build_param_table(c);
   const auto p = random_params(t, 14);
@@ -1073,7 +1080,7 @@ void check_stress_checkpoint(const std::string& path) {
 TEST(Checkpoint, KillDuringSaveLeavesPreviousLoadable) {
   const fs::path tool = fs::read_symlink("/proc/self/exe").parent_path() / "ckpt_stress";
   ASSERT_TRUE(fs::exists(tool)) << tool << " is missing: build the ckpt_stress target";
-  const auto dir = temp_dir("ckpt_stress");
+  const TempDir dir("ckpt_stress");
   Rng r(uint64_t(::getpid()));
   int64_t last_step = 0;
   int mid_save = 0;  // rounds whose kill interrupted a save (left a temp file behind)
@@ -1115,7 +1122,6 @@ TEST(Checkpoint, KillDuringSaveLeavesPreviousLoadable) {
   EXPECT_LE(tmp, 1);  // stale temp files of killed saves are pruned by the next run
   std::printf("ckpt_stress: %d of 8 kills interrupted a save; reached step %lld\n", mid_save,
               static_cast<long long>(last_step));
-  fs::remove_all(dir);
 }
 
 }  // namespace
