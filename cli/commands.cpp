@@ -204,7 +204,7 @@ int cmd_bench(int argc, char** argv) {
   Rng rng(uint64_t(tc.seed));
   std::vector<int32_t> tokens(size_t(d.B) * (d.T + 1) * tc.grad_accum);
   for (auto& t : tokens) t = int32_t(rng.below(uint64_t(c.vocab)));
-  const StepSettings ss{tc.grad_accum, tc.clip, tc.schedule_config(), spec.loss.bias_update_rate};
+  const StepSettings ss = step_settings(tc.grad_accum, tc.clip, tc.schedule_config(), spec.loss);
   auto micro = [&](int i) { return tokens.data() + size_t(i) * d.B * (d.T + 1); };
   for (int i = 0; i < bo.warmup_steps; i++) train_step(model, opt, ss, i, d, micro);
   const double t0 = now_seconds();

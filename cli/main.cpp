@@ -26,6 +26,7 @@ const Command kCommands[] = {
     {"export", "write a model as Hugging Face safetensors + config.json", dsv3::cli::cmd_export},
     {"import", "read a Hugging Face DeepseekV3 directory into a dsv3 checkpoint",
      dsv3::cli::cmd_import},
+    {"tokenizer", "byte-level BPE: train, encode, decode, export, info", dsv3::cli::cmd_tokenizer},
 };
 
 void usage(std::FILE* f) {

@@ -227,6 +227,9 @@ const std::vector<FieldSpec>& loss_fields() {
   using L = TrainingLossConfig;
   static const std::vector<FieldSpec> f = {
       field("mtp_weight", &L::mtp_weight, "lambda: MTP loss weight (divided by depth)"),
+      field("mtp_weight_late", &L::mtp_weight_late, "lambda after mtp_late_from (V3: 0.1)"),
+      field("mtp_late_from", &L::mtp_late_from,
+            "fraction of the steps after which lambda = mtp_weight_late (V3: 0.676; 1 = never)"),
       field("balance_alpha", &L::balance_alpha, "weight of the expert balance loss"),
       choice("balance_scope", &L::balance_scope, "sequence|batch",
              "balance loss averaged per sequence (V3) or over the batch", balance_scope_name,

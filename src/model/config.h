@@ -65,6 +65,10 @@ struct ModelConfig {
 
 struct TrainingLossConfig {
   double mtp_weight = 0.3;        // lambda: MTP loss = lambda / D * sum of module losses
+  // The schedule of V3 (0.3 for the first 10T of 14.8T tokens, then 0.1): from this fraction of
+  // the run's steps on, lambda = mtp_weight_late. 1 = never switch.
+  double mtp_weight_late = 0.1;
+  double mtp_late_from = 1.0;
   double balance_alpha = 1e-4;    // weight of the balance loss (sequence-wise for V3)
   BalanceScope balance_scope = BalanceScope::Sequence;
   double bias_update_rate = 1e-3; // gamma of auxiliary-loss-free balancing (sigmoid router)

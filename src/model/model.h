@@ -67,6 +67,7 @@ class Model {
   const ParamTable& table() const { return table_; }
   const ModelConfig& config() const { return c_; }
   const TrainingLossConfig& loss_config() const { return loss_; }
+  void set_mtp_weight(double w) { loss_.mtp_weight = w; }  // the lambda schedule (M5)
   // Expert loads per MoE layer (main layers first, then MTP blocks), accumulated by
   // forward_backward until reset_loads().
   std::vector<MoeStats>& moe_stats() { return stats_; }

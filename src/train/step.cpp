@@ -27,11 +27,22 @@ void update_routing_bias(Model& model, double gamma) {
   }
 }
 
+StepSettings step_settings(int grad_accum, double clip, const ScheduleConfig& sched,
+                           const TrainingLossConfig& loss) {
+  StepSettings s{grad_accum, clip, sched, loss.bias_update_rate};
+  s.mtp_weight = loss.mtp_weight;
+  s.mtp_weight_late = loss.mtp_weight_late;
+  if (loss.mtp_late_from < 1.0)
+    s.mtp_late_step = int64_t(std::ceil(loss.mtp_late_from * double(sched.total)));
+  return s;
+}
+
 StepResult train_step(Model& model, AdamW& opt, const StepSettings& s, int64_t step, Dims d,
                       const std::function<const int32_t*(int)>& micro) {
   StepResult r;
   model.zero_grads();
   model.reset_loads();
+  model.set_mtp_weight(step >= s.mtp_late_step ? s.mtp_weight_late : s.mtp_weight);
   const float scale = 1.0f / float(s.grad_accum);
   for (int a = 0; a < s.grad_accum; a++) {
     LossReport l = model.forward_backward(micro(a), d, scale);

@@ -2,6 +2,8 @@
 // global-norm clip -> AdamW -> routing-bias update. Shared by `dsv3 train` and the reference
 // test tool so the product's step is the one that is checked.
 #pragma once
+#include <climits>
+#include <cmath>
 #include <functional>
 
 #include "model/model.h"
@@ -15,7 +17,13 @@ struct StepSettings {
   double clip = 1.0;
   ScheduleConfig schedule;
   double bias_update_rate = 0.0;  // gamma
+  // MTP lambda schedule: mtp_weight before step mtp_late_step, mtp_weight_late from it on.
+  double mtp_weight = 0.3, mtp_weight_late = 0.1;
+  int64_t mtp_late_step = INT64_MAX;
 };
+// The settings above from a run's loss config and length.
+StepSettings step_settings(int grad_accum, double clip, const ScheduleConfig& sched,
+                           const TrainingLossConfig& loss);
 
 struct StepResult {
   LossReport loss;        // means over the micro-batches

@@ -41,8 +41,9 @@ std::string fmt(const char* f, double v) {
 }  // namespace
 
 nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done, uint64_t data_pos,
-                              uint64_t data_epoch, uint64_t tokens_seen) {
+                              uint64_t data_epoch, uint64_t tokens_seen, const Rng& rng) {
   return {{"steps_done", steps_done},
+          {"rng", {rng.s[0], rng.s[1], rng.s[2], rng.s[3]}},
           {"data", {{"position", data_pos}, {"epoch", data_epoch}}},
           {"tokens_seen", tokens_seen},
           {"train_config", fields_to_json(train_fields(), &spec.train)},
@@ -92,6 +93,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   AdamW opt(tc.adamw(), model.table());
   int64_t start = 0;
   uint64_t tokens_seen = 0;
+  Rng rng(uint64_t(tc.seed) ^ 0x5eed5eed5eedull);
   if (resume) {
     DSV3_CHECK(resume->params.size() == model.num_params(), "checkpoint has ",
                resume->params.size(), " parameters, the model ", model.num_params());
@@ -103,6 +105,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     stream.seek(resume->train.at("data").at("position").get<uint64_t>());
     stream.set_epoch(resume->train.at("data").at("epoch").get<uint64_t>());
     tokens_seen = resume->train.value("tokens_seen", uint64_t(0));
+    const auto& r = resume->train.at("rng");
+    DSV3_CHECK(r.is_array() && r.size() == 4, "checkpoint rng state is malformed");
+    for (int i = 0; i < 4; i++) rng.s[i] = r[i].get<uint64_t>();
     DSV3_CHECK(start < tc.steps, "checkpoint is at step ", start, " and the run has ", tc.steps,
                " steps: nothing to do (raise --steps)");
   } else {
@@ -123,7 +128,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
 
   MetricsLog log(tc.out + "/metrics.jsonl");
   ProgressLine progress(tc.steps);
-  const StepSettings ss{tc.grad_accum, tc.clip, tc.schedule_config(), spec.loss.bias_update_rate};
+  const StepSettings ss = step_settings(tc.grad_accum, tc.clip, tc.schedule_config(), spec.loss);
   const auto names = model.moe_layer_names();
   double window_time = 0, window_tokens = 0;
 
@@ -140,7 +145,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   auto save = [&](int64_t steps_done) {
     const std::string path = checkpoint_path(tc.out, steps_done);
     save_checkpoint(path, c, run_state_json(spec, steps_done, stream.position(), stream.epoch(),
-                                            tokens_seen),
+                                            tokens_seen, rng),
                     model.params(), opt.m.data(), opt.v.data(), model.num_params());
     prune_checkpoints(tc.out, tc.keep);
     progress.print("saved " + path);
@@ -187,7 +192,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   if (tc.sample_tokens > 0 && tc.train_data.empty()) {  // byte-level text: show what it learned
     SampleConfig sc;
     sc.max_tokens = tc.sample_tokens;
-    sc.seed = uint64_t(tc.seed);
+    sc.seed = rng.next_u64();
     const std::string prompt = "Once upon a time";
     const auto out = generate(model, bytes_to_ids(prompt), sc);
     std::printf("sample: %s%s\n", prompt.c_str(), ids_to_bytes(out).c_str());

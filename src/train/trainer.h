@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "checkpoint/checkpoint.h"
+#include "core/rng.h"
 #include "model/config.h"
 #include "train/train_config.h"
 
@@ -16,8 +17,9 @@ struct RunSpec {
 };
 
 // The checkpoint's "train" JSON: everything resume needs besides weights and moments.
+// The run's RNG (data order decisions, sampling) is saved with it so resume is exact.
 nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done, uint64_t data_pos,
-                              uint64_t data_epoch, uint64_t tokens_seen);
+                              uint64_t data_epoch, uint64_t tokens_seen, const Rng& rng);
 // Restores the run's settings from a checkpoint (model, loss and training settings).
 RunSpec spec_from_checkpoint(const Checkpoint& ck);
 

@@ -12,6 +12,7 @@
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
+#include "ops/gemm.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
@@ -518,6 +519,32 @@ TEST(Attention, LongerSequenceLargeScoresFloat) {
   EXPECT_LT(rel_error(dqf, dq), 1e-4);
   EXPECT_LT(rel_error(dkf, dk), 1e-4);
   EXPECT_LT(rel_error(dvf, dv), 1e-4);
+}
+
+// Linear (the BLAS wrapper every projection uses): y = x w^T, backward accumulates dx and dw.
+TEST(Linear, BackwardMatchesFiniteDifferencesDouble) {
+  const int N = 5, in = 4, out = 3;
+  std::vector<double> x = test::random_vec(N * in, 71), w = test::random_vec(out * in, 72),
+                      R = test::random_vec(N * out, 73), y(N * out);
+  const Exec ex;
+  auto f = [&] {
+    linear_forward<double>(ex, y.data(), x.data(), w.data(), N, in, out);
+    double v = 0;
+    for (int i = 0; i < N * out; i++) v += y[i] * R[i];
+    return v;
+  };
+  std::vector<double> dx(N * in, 0.0), dw(out * in, 0.0);
+  linear_backward<double>(ex, dx.data(), dw.data(), R.data(), x.data(), w.data(), N, in, out);
+  // f is bilinear: central differences are exact up to rounding (~1e-16/h).
+  EXPECT_LT(test::rel_error(dx, test::finite_difference(f, x)), 1e-8);
+  EXPECT_LT(test::rel_error(dw, test::finite_difference(f, w)), 1e-8);
+  std::vector<double> dx2 = dx;
+  linear_backward<double>(ex, dx2.data(), nullptr, R.data(), x.data(), w.data(), N, in, out);
+  for (int i = 0; i < N * in; i++) EXPECT_DOUBLE_EQ(dx2[i], 2 * dx[i]);  // accumulates
+  f();  // y at the unperturbed x
+  std::vector<double> y2 = y;
+  linear_forward<double>(ex, y2.data(), x.data(), w.data(), N, in, out, /*accumulate=*/true);
+  for (int i = 0; i < N * out; i++) EXPECT_NEAR(y2[i], 2 * y[i], 1e-12);
 }
 
 }  // namespace

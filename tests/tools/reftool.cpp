@@ -76,7 +76,7 @@ int main(int argc, char** argv) try {
   j["initial"] = {{"loss", init.loss}, {"mtp_loss", init.mtp_loss},
                   {"balance_loss", init.balance_loss}, {"total", init.total}};
   AdamW opt(tc.adamw(), model.table());
-  StepSettings s{tc.grad_accum, tc.clip, tc.schedule_config(), loss.bias_update_rate};
+  const StepSettings s = step_settings(tc.grad_accum, tc.clip, tc.schedule_config(), loss);
   j["steps"] = nlohmann::json::array();
   for (int64_t step = 0; step < tc.steps; step++) {
     StepResult r = train_step(model, opt, s, step, d, [&](int a) {
