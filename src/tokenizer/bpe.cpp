@@ -33,7 +33,8 @@ int32_t& role_slot(SpecialRoles& r, const std::string& name) {
 }
 
 int32_t role_id(const SpecialRoles& r, const std::string& name) {
-  return role_slot(const_cast<SpecialRoles&>(r), name);
+  SpecialRoles copy = r;
+  return role_slot(copy, name);
 }
 
 SpecialRoles infer_roles(const std::vector<SpecialToken>& specials) {
@@ -70,6 +71,11 @@ void validate_tokenizer(const Tokenizer& t, const std::string& where) {
   DSV3_CHECK(V >= 256 && V < size_t(INT32_MAX), where, ": vocabulary of ", V,
              " ids (a byte-level BPE vocabulary has at least the 256 byte tokens)");
   DSV3_CHECK(!t.pretok.name.empty(), where, ": the pre-tokenizer has no name");
+  try {
+    Pretokenizer compiles(t.pretok);  // a file's regexes are checked when it is read
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());
+  }
   std::vector<uint8_t> is_special(V, 0);
   std::unordered_map<std::string_view, int32_t> special_text;
   for (const SpecialToken& s : t.specials) {

@@ -233,8 +233,9 @@ Tokenizer load_dsv3_tokenizer(const std::string& path) {
     DSV3_CHECK(crc32_update(0, payload.data(), payload.size()) ==
                    h.at("payload_crc32").get<uint32_t>(),
                path, ": payload checksum mismatch (the file is corrupt)");
-    t.pretok.name = h.at("pretokenizer").at("name").get<std::string>();
-    t.pretok.patterns = h.at("pretokenizer").at("patterns").get<std::vector<std::string>>();
+    // The name is a label; what runs is the patterns, so the name is re-derived from them.
+    t.pretok = pretok_from_patterns(
+        h.at("pretokenizer").at("patterns").get<std::vector<std::string>>());
     t.ignore_merges = h.at("ignore_merges").get<bool>();
     size_t pos = 0;
     t.vocab.resize(size_t(V));
@@ -256,8 +257,12 @@ Tokenizer load_dsv3_tokenizer(const std::string& path) {
     }
     for (const json& s : h.at("specials"))
       t.specials.push_back({json_id(s.at("id"), size_t(V), path), s.at("text").get<std::string>()});
-    for (const auto& [name, id] : h.at("roles").items())
+    for (const auto& [name, id] : h.at("roles").items()) {
+      const auto& names = special_role_names();
+      DSV3_CHECK(std::find(names.begin(), names.end(), name) != names.end(), path,
+                 ": unknown special-token role '", name, "'");
       role_slot(t.roles, name) = json_id(id, size_t(V), path);
+    }
   } catch (const json::exception& e) {
     fail(path, ": bad dsv3 tokenizer header: ", e.what());
   }
@@ -675,7 +680,7 @@ void export_hf_tokenizer_json(const std::string& path, const Tokenizer& t) {
   json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
                      {"use_regex", true}};
   json pre;
-  if (t.pretok.name == "gpt2") {
+  if (t.pretok.patterns == pretok_preset("gpt2").patterns) {
     pre = byte_level;  // ByteLevel's own regex is GPT-2's
   } else {
     byte_level["use_regex"] = false;

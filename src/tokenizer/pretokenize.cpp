@@ -151,7 +151,9 @@ Pretokenizer::Pretokenizer(PretokSpec spec) : spec_(std::move(spec)) {
     }
     throw;
   }
-  cuts_between_words_ = spec_.name == "gpt2" || spec_.name == "deepseek_v3";
+  // Decided by the patterns themselves, not by the (free-form) name.
+  const std::string preset = pretok_from_patterns(spec_.patterns).name;
+  cuts_between_words_ = preset == "gpt2" || preset == "deepseek_v3";
 }
 
 Pretokenizer::~Pretokenizer() {

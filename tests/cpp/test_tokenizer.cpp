@@ -441,7 +441,7 @@ void fuzz_file(const std::string& path, const std::function<Tokenizer(const std:
     write_file_atomic(path, [&](std::FILE* f) { write_bytes(f, bad.data(), bad.size()); });
     try {
       const Tokenizer t = load(path);
-      const Encoder enc(t);  // a file that loads must also work
+      const Encoder enc(t, path);  // a file that loads must also work
       const std::string text = "Hello, world! 123 \xff\n";
       ASSERT_EQ(enc.decode(enc.encode(text)), text);
     } catch (const Error& e) {

@@ -1,0 +1,404 @@
+#include "curate/text.h"
+
+#include <utf8proc.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace dsv3::curate {
+
+namespace {
+
+// Length of the valid UTF-8 sequence at p (1..4), or 0 if the bytes there are not one
+// (overlong forms, surrogates and code points above U+10FFFF are invalid, as in Python).
+size_t valid_seq(const unsigned char* p, size_t left) {
+  const unsigned c = p[0];
+  if (c < 0x80) return 1;
+  auto cont = [&](size_t k) { return k < left && (p[k] & 0xC0) == 0x80; };
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && p[1] < 0xA0) return 0;  // overlong
+    if (c == 0xED && p[1] >= 0xA0) return 0;  // surrogate
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && p[1] < 0x90) return 0;  // overlong
+    if (c == 0xF4 && p[1] >= 0x90) return 0;  // > U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+// Non-ASCII members of datatrove's PUNCTUATION string (sorted; U+FF11 FULLWIDTH DIGIT ONE is
+// really in their list and kept for fidelity).
+constexpr uint32_t kPunctExtra[] = {
+    0xab,   0xb4,   0xbb,   0x2013, 0x2014, 0x2019, 0x201c, 0x201d, 0x201e, 0x2026, 0x2236, 0x2501,
+    0x25ba, 0x3001, 0x3002, 0x3008, 0x3009, 0x300a, 0x300b, 0x300c, 0x300d, 0x3010, 0x3011, 0xff01,
+    0xff05, 0xff08, 0xff09, 0xff0c, 0xff0e, 0xff11, 0xff1a, 0xff1b, 0xff1f, 0xff5e};
+
+// datatrove's TERMINAL_PUNCTUATION (sorted).
+constexpr uint32_t kTerminal[] = {
+    0x21,    0x2e,    0x3f,    0x589,   0x61d,   0x61e,   0x61f,   0x6d4,   0x700,   0x701,
+    0x702,   0x7f9,   0x837,   0x839,   0x83d,   0x83e,   0x964,   0x965,   0x104a,  0x104b,
+    0x1362,  0x1367,  0x1368,  0x166e,  0x1735,  0x1736,  0x17d4,  0x17d5,  0x17d6,  0x17d9,
+    0x17da,  0x1803,  0x1809,  0x1944,  0x1945,  0x1aa8,  0x1aa9,  0x1aaa,  0x1aab,  0x1b5a,
+    0x1b5b,  0x1b5e,  0x1b5f,  0x1b7d,  0x1b7e,  0x1c3b,  0x1c3c,  0x1c7e,  0x1c7f,  0x203c,
+    0x203d,  0x2047,  0x2048,  0x2049,  0x2e2e,  0x2e3c,  0x2e53,  0x2e54,  0x3002,  0xa4ff,
+    0xa60e,  0xa60f,  0xa6f3,  0xa6f7,  0xa876,  0xa877,  0xa8ce,  0xa8cf,  0xa92f,  0xa9c8,
+    0xa9c9,  0xaa5d,  0xaa5e,  0xaa5f,  0xaaf0,  0xaaf1,  0xabeb,  0xfe52,  0xfe56,  0xfe57,
+    0xff01,  0xff0e,  0xff1f,  0xff61,  0x10a56, 0x10a57, 0x10f55, 0x10f56, 0x10f57, 0x10f58,
+    0x10f59, 0x10f86, 0x10f87, 0x10f88, 0x10f89, 0x11047, 0x11048, 0x110be, 0x110bf, 0x110c0,
+    0x110c1, 0x11141, 0x11142, 0x11143, 0x111c5, 0x111c6, 0x111cd, 0x111de, 0x111df, 0x11238,
+    0x11239, 0x1123b, 0x1123c, 0x112a9, 0x1144b, 0x1144c, 0x115c2, 0x115c3, 0x115c9, 0x115ca,
+    0x115cb, 0x115cc, 0x115cd, 0x115ce, 0x115cf, 0x115d0, 0x115d1, 0x115d2, 0x115d3, 0x115d4,
+    0x115d5, 0x115d6, 0x115d7, 0x11641, 0x11642, 0x1173c, 0x1173d, 0x1173e, 0x11944, 0x11946,
+    0x11a42, 0x11a43, 0x11a9b, 0x11a9c, 0x11c41, 0x11c42, 0x11ef7, 0x11ef8, 0x11f43, 0x11f44,
+    0x16a6e, 0x16a6f, 0x16af5, 0x16b37, 0x16b38, 0x16b44, 0x16e98, 0x1bc9f, 0x1da88};
+
+template <size_t N>
+bool in_sorted(const uint32_t (&table)[N], uint32_t cp) {
+  return std::binary_search(table, table + N, cp);
+}
+
+// ASCII class bits, so the hot loops do one table load per byte.
+enum : uint8_t { kSpace = 1, kPunct = 2, kAlpha = 4, kDigit = 8 };
+struct AsciiTable {
+  uint8_t c[128]{};
+  constexpr AsciiTable() {
+    for (int i = 0; i < 128; i++) {
+      uint8_t b = 0;
+      if (i == ' ' || (i >= 9 && i <= 13) || (i >= 0x1c && i <= 0x1f)) b |= kSpace;
+      // datatrove's PUNCTUATION holds all ASCII punctuation and the controls except \t and \n.
+      if ((i >= 33 && i <= 47) || (i >= 58 && i <= 64) || (i >= 91 && i <= 96) ||
+          (i >= 123 && i <= 126) || (i < 32 && i != 9 && i != 10) || i == 127)
+        b |= kPunct;
+      if ((i >= 'a' && i <= 'z') || (i >= 'A' && i <= 'Z')) b |= kAlpha;
+      if (i >= '0' && i <= '9') b |= kDigit;
+      c[i] = b;
+    }
+  }
+};
+constexpr AsciiTable kAscii;
+
+}  // namespace
+
+bool utf8_valid(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {
+    // 8 ASCII bytes at a time: the common case for English text and code.
+    if (i + 8 <= n) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      if (!(w & 0x8080808080808080ull)) {
+        i += 8;
+        continue;
+      }
+    }
+    const size_t k = valid_seq(p + i, n - i);
+    if (!k) return false;
+    i += k;
+  }
+  return true;
+}
+
+size_t utf8_repair(std::string& s) {
+  if (utf8_valid(s)) return 0;
+  std::string out;
+  out.reserve(s.size() + 16);
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0, fixes = 0;
+  while (i < n) {
+    const size_t k = valid_seq(p + i, n - i);
+    if (k) {
+      out.append(s, i, k);
+      i += k;
+      continue;
+    }
+    // One U+FFFD per maximal invalid prefix: a lead byte with its valid continuation bytes,
+    // or a single stray byte (the W3C / Python "replace" convention).
+    size_t skip = 1;
+    const unsigned c = p[i];
+    const size_t want = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 1;
+    while (skip < want && i + skip < n && (p[i + skip] & 0xC0) == 0x80) skip++;
+    out += "\xEF\xBF\xBD";
+    fixes++;
+    i += skip;
+  }
+  s.swap(out);
+  return fixes;
+}
+
+void utf8_append(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xC0 | (cp >> 6));
+    out += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += char(0xE0 | (cp >> 12));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xF0 | (cp >> 18));
+    out += char(0x80 | ((cp >> 12) & 0x3F));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+size_t utf8_length(std::string_view s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+bool is_alpha(uint32_t cp) {
+  if (cp < 128) return kAscii.c[cp] & kAlpha;
+  switch (utf8proc_category(utf8proc_int32_t(cp))) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool is_alnum(uint32_t cp) {
+  if (cp < 128) return kAscii.c[cp] & (kAlpha | kDigit);
+  if (is_alpha(cp)) return true;
+  const auto cat = utf8proc_category(utf8proc_int32_t(cp));
+  return cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO;
+}
+
+bool is_space(uint32_t cp) {
+  if (cp < 128) return kAscii.c[cp] & kSpace;
+  return cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) ||
+         cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+bool is_punct(uint32_t cp) {
+  if (cp < 128) return kAscii.c[cp] & kPunct;
+  if (cp < 160) return true;  // C1 controls are in datatrove's list
+  return in_sorted(kPunctExtra, cp) || in_sorted(kTerminal, cp);
+}
+
+bool is_terminal_punct(uint32_t cp) {
+  if (cp < 128) return cp == '!' || cp == '.' || cp == '?';
+  return in_sorted(kTerminal, cp);
+}
+
+uint32_t to_lower(uint32_t cp) {
+  if (cp < 128) return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
+  return uint32_t(utf8proc_tolower(utf8proc_int32_t(cp)));
+}
+
+std::string_view trim_view(std::string_view s) {
+  size_t b = 0, e = s.size();
+  // Python's strip(): walk code points from both ends while they are whitespace.
+  while (b < e) {
+    size_t j = b;
+    if (!is_space(utf8_next(s, j))) break;
+    b = j;
+  }
+  while (e > b) {
+    size_t k = e - 1;
+    while (k > b && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) k--;
+    size_t j = k;
+    if (!is_space(utf8_next(s, j))) break;
+    e = k;
+  }
+  return s.substr(b, e - b);
+}
+
+std::string to_lower_ascii(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = char(c + 32);
+  return out;
+}
+
+void split_words(std::string_view text, std::vector<Word>& out) {
+  out.clear();
+  const size_t n = text.size();
+  size_t i = 0;
+  // One chunk = a maximal run of non-space code points; each is cut into prefix punctuation,
+  // a core (with letter-hyphen-letter infixes split) and suffix punctuation.
+  struct Cp {
+    uint32_t cp;
+    uint32_t at;
+  };
+  thread_local std::vector<Cp> cps;
+  while (i < n) {
+    // skip whitespace
+    while (i < n) {
+      const unsigned char c = static_cast<unsigned char>(text[i]);
+      if (c < 128) {
+        if (!(kAscii.c[c] & kSpace)) break;
+        i++;
+      } else {
+        size_t j = i;
+        if (!is_space(utf8_next(text, j))) break;
+        i = j;
+      }
+    }
+    if (i >= n) break;
+    cps.clear();
+    while (i < n) {
+      const unsigned char c = static_cast<unsigned char>(text[i]);
+      uint32_t cp;
+      size_t j = i;
+      if (c < 128) {
+        if (kAscii.c[c] & kSpace) break;
+        cp = c;
+        j++;
+      } else {
+        cp = utf8_next(text, j);
+        if (is_space(cp)) break;
+      }
+      cps.push_back({cp, uint32_t(i)});
+      i = j;
+    }
+    const uint32_t chunk_end = uint32_t(i);
+    const size_t m = cps.size();
+    auto at = [&](size_t k) { return k < m ? cps[k].at : chunk_end; };
+    auto emit = [&](size_t a, size_t b) {  // code points [a, b) as one token
+      if (a >= b) return;
+      Word w{at(a), at(b), uint32_t(b - a), true, false};
+      for (size_t k = a; k < b; k++) {
+        const uint32_t cp = cps[k].cp;
+        if (!is_punct(cp)) w.symbol = false;
+        if (is_alpha(cp)) w.has_alpha = true;
+      }
+      out.push_back(w);
+    };
+    // Peels punctuation off one end; a run of '.' is one token ("...").
+    size_t a = 0, b = m;
+    std::vector<std::pair<size_t, size_t>> suffix;
+    while (a < b && is_punct(cps[a].cp)) {
+      size_t k = a + 1;
+      if (cps[a].cp == '.')
+        while (k < b && cps[k].cp == '.') k++;
+      emit(a, k);
+      a = k;
+    }
+    while (b > a && is_punct(cps[b - 1].cp)) {
+      size_t k = b - 1;
+      if (cps[k].cp == '.')
+        while (k > a && cps[k - 1].cp == '.') k--;
+      suffix.emplace_back(k, b);
+      b = k;
+    }
+    // core: split "letter-letter" hyphens
+    size_t start = a;
+    for (size_t k = a + 1; k + 1 < b; k++) {
+      if (cps[k].cp == '-' && is_alpha(cps[k - 1].cp) && is_alpha(cps[k + 1].cp)) {
+        emit(start, k);
+        emit(k, k + 1);
+        start = k + 1;
+      }
+    }
+    emit(start, b);
+    for (auto it = suffix.rbegin(); it != suffix.rend(); ++it) emit(it->first, it->second);
+  }
+}
+
+int count_sentences(std::string_view line) {
+  int count = 0;
+  bool pending = false;  // non-space text since the last sentence end
+  const size_t n = line.size();
+  size_t i = 0;
+  while (i < n) {
+    size_t j = i;
+    const uint32_t cp = utf8_next(line, j);
+    if (cp == '.' || cp == '!' || cp == '?') {
+      // a run of terminal marks, then optional closing quotes/brackets
+      size_t k = j;
+      while (k < n && (line[k] == '.' || line[k] == '!' || line[k] == '?')) k++;
+      while (k < n && (line[k] == '"' || line[k] == '\'' || line[k] == ')' || line[k] == ']'))
+        k++;
+      size_t after = k;
+      const bool at_end = after >= n || is_space(utf8_next(line, after));
+      if (at_end && pending) {
+        count++;
+        pending = false;
+        i = k;
+        continue;
+      }
+      pending = true;
+      i = j;
+      continue;
+    }
+    if (!is_space(cp)) pending = true;
+    i = j;
+  }
+  return count + (pending ? 1 : 0);
+}
+
+void simplify_words(std::string_view text, std::string& out,
+                    std::vector<std::pair<uint32_t, uint32_t>>& words) {
+  out.clear();
+  words.clear();
+  out.reserve(text.size());
+  const size_t n = text.size();
+  size_t i = 0;
+  uint32_t word_start = 0;
+  bool in_word = false, in_number = false;
+  auto end_word = [&] {
+    if (in_word) words.emplace_back(word_start, uint32_t(out.size()));
+    in_word = false;
+    in_number = false;
+  };
+  auto begin_word = [&] {
+    if (!in_word) {
+      if (!out.empty()) out += ' ';
+      word_start = uint32_t(out.size());
+      in_word = true;
+    }
+  };
+  while (i < n) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c < 128) {
+      i++;
+      const uint8_t cls = kAscii.c[c];
+      if (cls & kAlpha) {
+        begin_word();
+        in_number = false;
+        out += char(c | 0x20);
+      } else if (cls & kDigit) {
+        begin_word();
+        if (!in_number) out += '0';  // datatrove norm_numbers: \d+ -> "0"
+        in_number = true;
+      } else if (in_number && (c == '.' || c == ',') && i < n && (kAscii.c[static_cast<unsigned char>(text[i])] & kDigit)) {
+        // "3.5" and "1,000" are one number, as in datatrove's NUMBERS_PATTERN
+      } else {
+        end_word();  // punctuation (apostrophes too: "don't" -> "don t") and whitespace
+      }
+      continue;
+    }
+    const uint32_t cp = utf8_next(text, i);
+    if (is_space(cp) || is_punct(cp)) {
+      end_word();
+      continue;
+    }
+    // Lower-case, decompose and drop combining marks (NFD + strip Mn), as simplify_text does.
+    utf8proc_int32_t buf[8];
+    utf8proc_ssize_t k = utf8proc_decompose_char(
+        utf8proc_int32_t(cp), buf, 8,
+        utf8proc_option_t(UTF8PROC_DECOMPOSE | UTF8PROC_CASEFOLD | UTF8PROC_STRIPMARK), nullptr);
+    if (k <= 0) continue;
+    for (utf8proc_ssize_t q = 0; q < k && q < 8; q++) {
+      if (utf8proc_category(buf[q]) == UTF8PROC_CATEGORY_MN) continue;
+      begin_word();
+      in_number = false;
+      utf8_append(out, uint32_t(buf[q]));
+    }
+  }
+  end_word();
+}
+
+}  // namespace dsv3::curate
