@@ -79,7 +79,6 @@ void write_output(const std::string& path, const std::string& data) {
   }
 }
 
-[[noreturn]] void no_preset(const std::string&) { fail("tokenizer commands take no --preset"); }
 
 // ---------------------------------------------------------------------------------------------
 struct TrainOpts {
@@ -105,17 +104,12 @@ const std::vector<FieldSpec>& train_fields() {
 int train(int argc, char** argv) {
   TrainOpts o;
   std::vector<FieldGroup> groups = {{"train", &train_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 3, groups, no_preset);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 tokenizer train --input FILES --out FILE.dsv3tok "
+  const auto a = parse_command(argc, argv, 3, groups, "dsv3 tokenizer train --input FILES --out FILE.dsv3tok "
                                 "[--vocab_size N] [--key value ...]",
                                 "Learns a byte-level BPE from text. Ties between pairs of equal "
                                 "count go to the smaller\n(left id, right id); see "
-                                "docs/tokenizer.md.",
-                                groups, false)
-                        .c_str());
-    return 0;
-  }
+                                "docs/tokenizer.md.");
+  if (!a) return 0;
   DSV3_CHECK(!o.out.empty(), "--out is required (the tokenizer file to write)");
   DSV3_CHECK(o.reserved >= 0, "--reserved must be >= 0");
   TrainOptions t;
@@ -123,7 +117,7 @@ int train(int argc, char** argv) {
   t.min_frequency = o.min_frequency;
   t.pretokenizer = pretok_preset(o.pretokenizer).name;
   t.threads = resolve_threads(o.threads);
-  t.progress = !a.json;
+  t.progress = !a->json;
   if (o.specials == "default") {
     t.specials = default_special_texts(o.reserved);
   } else if (o.specials != "none" && !o.specials.empty()) {
@@ -143,7 +137,7 @@ int train(int argc, char** argv) {
   const double dt = now_seconds() - t0;
   save_dsv3_tokenizer(o.out, tok);
   const double peak = double(peak_rss_bytes());
-  if (a.json) {
+  if (a->json) {
     print_json({{"out", o.out}, {"vocab_size", tok.vocab.size()}, {"merges", tok.merges.size()},
                 {"specials", tok.specials.size()}, {"files", files.size()}, {"bytes", r.bytes},
                 {"pieces", r.pieces}, {"words", r.words}, {"seconds", dt},
@@ -203,19 +197,14 @@ std::string ids_as_lines(const std::vector<int32_t>& ids) {
 int encode(int argc, char** argv) {
   EncodeOpts o;
   std::vector<FieldGroup> groups = {{"encode", &encode_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 3, groups, no_preset);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 tokenizer encode --tokenizer T (--input FILES | --text S) "
+  const auto a = parse_command(argc, argv, 3, groups, "dsv3 tokenizer encode --tokenizer T (--input FILES | --text S) "
                                 "[--out SHARD.bin] [--key value ...]",
                                 "Encodes text. Prints the ids, one per line, or writes them as an "
                                 "llm.c token shard.\nEach input file is one text (--bos/--eos "
-                                "mark them).",
-                                groups, false)
-                        .c_str());
-    return 0;
-  }
+                                "mark them).");
+  if (!a) return 0;
   DSV3_CHECK(!o.tokenizer.empty(), "--tokenizer is required");
-  const bool have_text = std::find(a.set_keys.begin(), a.set_keys.end(), "text") != a.set_keys.end();
+  const bool have_text = std::find(a->set_keys.begin(), a->set_keys.end(), "text") != a->set_keys.end();
   DSV3_CHECK(have_text != !o.input.empty(), "give exactly one of --input and --text");
   const double t_load = now_seconds();
   std::string what;
@@ -244,7 +233,7 @@ int encode(int argc, char** argv) {
 
   if (o.count_only) {
     const double mbs = encode_s > 0 ? double(bytes) / encode_s / 1e6 : 0;
-    if (a.json) {
+    if (a->json) {
       print_json({{"tokenizer", what}, {"files", files.size()}, {"bytes", bytes},
                   {"tokens", ids.size()}, {"threads", eo.threads}, {"encode_seconds", encode_s},
                   {"load_seconds", load_s}, {"mb_per_s", mbs}});
@@ -311,15 +300,11 @@ std::vector<int32_t> parse_ids(const std::string& s, const std::string& where) {
 int decode(int argc, char** argv) {
   DecodeOpts o;
   std::vector<FieldGroup> groups = {{"decode", &decode_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 3, groups, no_preset);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 tokenizer decode --tokenizer T (--input FILE | --ids \"1 2 3\") "
-                                "[--out FILE]",
-                                "Turns ids back into bytes (exactly the encoded bytes).", groups,
-                                false)
-                        .c_str());
-    return 0;
-  }
+  const auto a = parse_command(argc, argv, 3, groups,
+                               "dsv3 tokenizer decode --tokenizer T (--input FILE | --ids \"1 2 3\") "
+                               "[--out FILE]",
+                               "Turns ids back into bytes (exactly the encoded bytes).");
+  if (!a) return 0;
   DSV3_CHECK(!o.tokenizer.empty(), "--tokenizer is required");
   DSV3_CHECK(o.input.empty() != o.ids.empty(), "give exactly one of --input and --ids");
   Encoder enc(load_tokenizer_any(o.tokenizer, o.pretokenizer), o.tokenizer);
@@ -354,14 +339,10 @@ const std::vector<FieldSpec>& export_fields() {
 int export_tokenizer(int argc, char** argv) {
   ExportOpts o;
   std::vector<FieldGroup> groups = {{"export", &export_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 3, groups, no_preset);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 tokenizer export --tokenizer T --format hf|gpt2|tiktoken|dsv3 "
+  const auto a = parse_command(argc, argv, 3, groups, "dsv3 tokenizer export --tokenizer T --format hf|gpt2|tiktoken|dsv3 "
                                 "--out PATH",
-                                "Writes a tokenizer in a format other tools read.", groups, false)
-                        .c_str());
-    return 0;
-  }
+                                "Writes a tokenizer in a format other tools read.");
+  if (!a) return 0;
   DSV3_CHECK(!o.tokenizer.empty(), "--tokenizer is required");
   DSV3_CHECK(!o.out.empty(), "--out is required");
   std::string what;
@@ -399,14 +380,9 @@ const std::vector<FieldSpec>& info_fields() {
 int info(int argc, char** argv) {
   InfoOpts o;
   std::vector<FieldGroup> groups = {{"info", &info_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 3, groups, no_preset);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 tokenizer info --tokenizer T [--json]",
-                                "Vocabulary size, merges, special tokens and roles, pre-tokenizer.",
-                                groups, false)
-                        .c_str());
-    return 0;
-  }
+  const auto a = parse_command(argc, argv, 3, groups, "dsv3 tokenizer info --tokenizer T [--json]",
+                                "Vocabulary size, merges, special tokens and roles, pre-tokenizer.");
+  if (!a) return 0;
   DSV3_CHECK(!o.tokenizer.empty(), "--tokenizer is required");
   std::string what;
   Encoder enc(load_tokenizer_any(o.tokenizer, o.pretokenizer, &what), o.tokenizer);
@@ -417,7 +393,7 @@ int info(int argc, char** argv) {
   for (const SpecialToken& s : t.specials) specials.push_back({{"id", s.id}, {"text", s.text}});
   for (const std::string& r : special_role_names())
     if (role_id(t.roles, r) >= 0) roles[r] = role_id(t.roles, r);
-  if (a.json) {
+  if (a->json) {
     print_json({{"source", what}, {"vocab_size", t.vocab.size()}, {"merges", t.merges.size()},
                 {"specials", specials}, {"roles", roles}, {"holes", holes},
                 {"pretokenizer", {{"name", t.pretok.name}, {"patterns", t.pretok.patterns}}},

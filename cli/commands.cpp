@@ -254,17 +254,10 @@ const std::vector<FieldSpec>& eval_fields() {
 int cmd_eval(int argc, char** argv) {
   EvalOptions o;
   std::vector<FieldGroup> groups = {{"eval", &eval_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 2, groups, [](const std::string&) {
-    fail("eval takes --model, not --preset");
-  });
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 eval --model M --data F [--json]",
+  const auto a = parse_command(argc, argv, 2, groups, "dsv3 eval --model M --data F [--json]",
                                 "Mean next-token loss (nats) and MTP loss of a model over "
-                                "non-overlapping batches of a token file.",
-                                groups, false)
-                        .c_str());
-    return 0;
-  }
+                                "non-overlapping batches of a token file.");
+  if (!a) return 0;
   DSV3_CHECK(!o.data.empty(), "--data is required (an llm.c token file)");
   DSV3_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.max_batches >= 0, "batch and seq_len must be >= 1");
   const std::vector<int32_t> tokens = read_token_file(o.data);
@@ -277,7 +270,7 @@ int cmd_eval(int argc, char** argv) {
   const double t0 = now_seconds();
   EvalResult r = evaluate(*model, tokens, d, o.max_batches);
   const double dt = now_seconds() - t0;
-  if (a.json) {
+  if (a->json) {
     nlohmann::json j = {{"loss", r.loss}, {"perplexity", std::exp(r.loss)}, {"tokens", r.tokens},
                         {"batches", r.batches}, {"seq_len", d.T}, {"seconds", dt}};
     if (model->config().mtp_depth > 0) j["mtp_loss"] = r.mtp_loss;
@@ -322,15 +315,9 @@ const std::vector<FieldSpec>& sample_fields() {
 int cmd_sample(int argc, char** argv) {
   SampleOptions o;
   std::vector<FieldGroup> groups = {{"sample", &sample_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 2, groups, [](const std::string&) {
-    fail("sample takes --model, not --preset");
-  });
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 sample --model M [--prompt TEXT] [--key value ...]",
-                                "Generates text, streaming it to stdout.", groups, false)
-                        .c_str());
-    return 0;
-  }
+  const auto a = parse_command(argc, argv, 2, groups, "dsv3 sample --model M [--prompt TEXT] [--key value ...]",
+                                "Generates text, streaming it to stdout.");
+  if (!a) return 0;
   DSV3_CHECK(o.tokens >= 0 && o.context >= 1, "tokens must be >= 0 and context >= 1");
   DSV3_CHECK(!o.prompt.empty(), "--prompt must not be empty");
   auto model = load_for_inference(o.model, {1, o.context});
@@ -375,16 +362,10 @@ const std::vector<FieldSpec>& import_fields() {
 int cmd_export(int argc, char** argv) {
   ExportOptions o;
   std::vector<FieldGroup> groups = {{"export", &export_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 2, groups, [](const std::string&) {
-    fail("export takes --model, not --preset");
-  });
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 export --model M --format hf --out DIR [--dtype bf16]",
+  const auto a = parse_command(argc, argv, 2, groups, "dsv3 export --model M --format hf --out DIR [--dtype bf16]",
                                 "Writes config.json + model.safetensors in the Hugging Face "
-                                "DeepseekV3 layout.", groups, false)
-                        .c_str());
-    return 0;
-  }
+                                "DeepseekV3 layout.");
+  if (!a) return 0;
   DSV3_CHECK(o.format == "hf", "unknown --format '", o.format, "' (supported: hf)");
   DSV3_CHECK(!o.out.empty(), "--out is required");
   DSV3_CHECK(!o.model.empty(), "--model is required");
@@ -399,17 +380,11 @@ int cmd_export(int argc, char** argv) {
 int cmd_import(int argc, char** argv) {
   ImportOptions o;
   std::vector<FieldGroup> groups = {{"import", &import_fields(), &o}};
-  ParsedArgs a = parse_args(argc, argv, 2, groups, [](const std::string&) {
-    fail("import takes --hf, not --preset");
-  });
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 import --hf DIR --out FILE.dsv3",
+  const auto a = parse_command(argc, argv, 2, groups, "dsv3 import --hf DIR --out FILE.dsv3",
                                 "Reads a Hugging Face DeepseekV3 directory (config.json + "
                                 "safetensors, sharded or not) into a weights-only dsv3 "
-                                "checkpoint.", groups, false)
-                        .c_str());
-    return 0;
-  }
+                                "checkpoint.");
+  if (!a) return 0;
   DSV3_CHECK(!o.hf.empty() && !o.out.empty(), "--hf and --out are required");
   HfModel m = import_hf(o.hf);
   save_checkpoint(o.out, m.config, nlohmann::json::object(), m.params.data(), nullptr, nullptr,

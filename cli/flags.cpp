@@ -1,6 +1,7 @@
 #include "flags.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -115,6 +116,17 @@ ParsedArgs parse_args(int argc, char** argv, int first, const std::vector<FieldG
   if (!config.empty()) apply_config_file(config, groups, &out.set_keys);
   for (const auto& [k, v] : pairs) set(groups, k, v, "", &out.set_keys);
   return out;
+}
+
+std::optional<ParsedArgs> parse_command(int argc, char** argv, int first,
+                                        const std::vector<FieldGroup>& groups,
+                                        const std::string& usage, const std::string& summary) {
+  ParsedArgs a = parse_args(argc, argv, first, groups, [](const std::string&) {
+    fail("--preset is for train, info and bench; this command takes a model or files");
+  });
+  if (!a.help) return a;
+  std::printf("%s", help_text(usage, summary, groups, false).c_str());
+  return std::nullopt;
 }
 
 std::string help_text(const std::string& usage, const std::string& summary,

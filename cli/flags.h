@@ -3,6 +3,7 @@
 // same lists, so a setting cannot be documented under one name and parsed under another.
 #pragma once
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,12 @@ ParsedArgs parse_args(int argc, char** argv, int first, const std::vector<FieldG
 // Reads `key = value` lines ('#' comments) into the groups; errors name file:line.
 void apply_config_file(const std::string& path, const std::vector<FieldGroup>& groups,
                        std::vector<std::string>* set_keys);
+
+// For commands without presets: parses argv[first..] into the groups. On --help it prints the
+// help text and returns nullopt (the command then exits 0).
+std::optional<ParsedArgs> parse_command(int argc, char** argv, int first,
+                                        const std::vector<FieldGroup>& groups,
+                                        const std::string& usage, const std::string& summary);
 
 std::string help_text(const std::string& usage, const std::string& summary,
                       const std::vector<FieldGroup>& groups, bool takes_preset);
