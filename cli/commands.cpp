@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -10,14 +11,17 @@
 #include "checkpoint/hf.h"
 #include "core/check.h"
 #include "core/rng.h"
+#include "core/io.h"
 #include "core/timer.h"
 #include "data/builtin_corpus.h"
 #include "data/token_file.h"
 #include "eval/eval.h"
 #include "flags.h"
 #include "infer/sample.h"
+#include "infer/text_codec.h"
 #include "ops/gemm.h"
 #include "train/step.h"
+#include "train/train_data.h"
 #include "train/trainer.h"
 
 namespace dsv3::cli {
@@ -73,6 +77,10 @@ int cmd_train(int argc, char** argv) {
                         .c_str());
     return 0;
   }
+  const bool vocab_given =
+      std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
+  if (!spec.train.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
+    spec.model.vocab = vocab_for_prepared_data(spec.train.data);
   if (spec.train.resume.empty()) {
     run_training(spec, nullptr);
     return 0;
@@ -235,7 +243,7 @@ int cmd_bench(int argc, char** argv) {
 // ---------------------------------------------------------------------------------------------
 namespace {
 struct EvalOptions {
-  std::string model, data;
+  std::string model, data, text, tokenizer;
   int batch = 8, seq_len = 256, max_batches = 0;
 };
 const std::vector<FieldSpec>& eval_fields() {
@@ -243,6 +251,8 @@ const std::vector<FieldSpec>& eval_fields() {
   static const std::vector<FieldSpec> f = {
       field("model", &E::model, "checkpoint file, run directory or HF directory"),
       field("data", &E::data, "llm.c token file (256 x int32 header, uint16 ids)"),
+      field("text", &E::text, "or a text file, encoded with the model's tokenizer"),
+      field("tokenizer", &E::tokenizer, "tokenizer for --text (default: the one beside the model)"),
       field("batch", &E::batch, "sequences per batch"),
       field("seq_len", &E::seq_len, "tokens per sequence"),
       field("max_batches", &E::max_batches, "batches to score (0 = all that fit)"),
@@ -258,13 +268,27 @@ int cmd_eval(int argc, char** argv) {
                                 "Mean next-token loss (nats) and MTP loss of a model over "
                                 "non-overlapping batches of a token file.");
   if (!a) return 0;
-  DSV3_CHECK(!o.data.empty(), "--data is required (an llm.c token file)");
+  DSV3_CHECK(o.data.empty() != o.text.empty(),
+             "--data (an llm.c token file) or --text (a text file) is required, not both");
   DSV3_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.max_batches >= 0, "batch and seq_len must be >= 1");
-  const std::vector<int32_t> tokens = read_token_file(o.data);
+  std::vector<int32_t> tokens;
+  double bytes_per_token = 0;  // known for --text: bits per byte
+  if (!o.text.empty()) {
+    const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
+    const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
+    const std::string text = read_file(o.text);
+    tokens = codec.encode(text);
+    DSV3_CHECK(!tokens.empty(), o.text, " is empty");
+    bytes_per_token = double(text.size()) / double(tokens.size());
+    std::fprintf(stderr, "%s: %zu bytes -> %zu tokens (%s)\n", o.text.c_str(), text.size(),
+                 tokens.size(), codec.describe().c_str());
+  } else {
+    tokens = read_token_file(o.data);
+  }
   auto model = load_for_inference(o.model, {o.batch, o.seq_len});
   const int V = model->config().vocab;
   for (size_t i = 0; i < tokens.size(); i++)
-    DSV3_CHECK(tokens[i] < V, o.data, ": token ", tokens[i], " at index ", i,
+    DSV3_CHECK(tokens[i] < V, (o.data.empty() ? o.text : o.data), ": token ", tokens[i], " at index ", i,
                " is outside the model's vocabulary (", V, ")");
   const Dims d{o.batch, model->max_context()};
   const double t0 = now_seconds();
@@ -274,10 +298,12 @@ int cmd_eval(int argc, char** argv) {
     nlohmann::json j = {{"loss", r.loss}, {"perplexity", std::exp(r.loss)}, {"tokens", r.tokens},
                         {"batches", r.batches}, {"seq_len", d.T}, {"seconds", dt}};
     if (model->config().mtp_depth > 0) j["mtp_loss"] = r.mtp_loss;
+    if (bytes_per_token > 0) j["bits_per_byte"] = r.loss / std::log(2.0) / bytes_per_token;
     print_json(j);
   } else {
     std::printf("loss %.6f (perplexity %.3f)", r.loss, std::exp(r.loss));
     if (model->config().mtp_depth > 0) std::printf(", MTP loss %.6f", r.mtp_loss);
+    if (bytes_per_token > 0) std::printf(", %.4f bits/byte", r.loss / std::log(2.0) / bytes_per_token);
     std::printf(" over %lld tokens in %d batches of %d x %d (%.1f s)\n", (long long)r.tokens,
                 r.batches, o.batch, d.T, dt);
   }
@@ -287,7 +313,7 @@ int cmd_eval(int argc, char** argv) {
 // ---------------------------------------------------------------------------------------------
 namespace {
 struct SampleOptions {
-  std::string model;
+  std::string model, tokenizer;
   std::string prompt = "Once upon a time";
   int tokens = 200;
   double temperature = 0.8;
@@ -300,7 +326,9 @@ const std::vector<FieldSpec>& sample_fields() {
   using S = SampleOptions;
   static const std::vector<FieldSpec> f = {
       field("model", &S::model, "checkpoint file, run directory or HF directory"),
-      field("prompt", &S::prompt, "text to continue (byte-level ids)"),
+      field("prompt", &S::prompt, "text to continue"),
+      field("tokenizer", &S::tokenizer,
+            "tokenizer (default: the one beside the model, else byte-level ids)"),
       field("tokens", &S::tokens, "tokens to generate"),
       field("temperature", &S::temperature, "softmax temperature (0 = greedy)"),
       field("top_k", &S::top_k, "keep the k most likely tokens (0 = off)"),
@@ -321,11 +349,14 @@ int cmd_sample(int argc, char** argv) {
   DSV3_CHECK(o.tokens >= 0 && o.context >= 1, "tokens must be >= 0 and context >= 1");
   DSV3_CHECK(!o.prompt.empty(), "--prompt must not be empty");
   auto model = load_for_inference(o.model, {1, o.context});
+  const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
+  const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
+  std::fprintf(stderr, "text: %s\n", codec.describe().c_str());
   SampleConfig sc{o.temperature, o.top_k, o.top_p, o.tokens, uint64_t(o.seed)};
   std::printf("%s", o.prompt.c_str());
   std::fflush(stdout);
-  generate(*model, bytes_to_ids(o.prompt), sc, [](int32_t id) {
-    std::printf("%s", ids_to_bytes({id}).c_str());
+  generate(*model, codec.encode(o.prompt), sc, [&](int32_t id) {
+    std::printf("%s", codec.decode(std::span<const int32_t>(&id, 1)).c_str());
     std::fflush(stdout);
   });
   std::printf("\n");

@@ -10,5 +10,7 @@ int cmd_eval(int argc, char** argv);
 int cmd_sample(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_import(int argc, char** argv);
+int cmd_prepare(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);
+int cmd_curate(int argc, char** argv);
 }  // namespace dsv3::cli

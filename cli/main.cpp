@@ -24,9 +24,12 @@ const Command kCommands[] = {
     {"eval", "mean next-token loss of a model on an llm.c token file", dsv3::cli::cmd_eval},
     {"sample", "generate text from a model", dsv3::cli::cmd_sample},
     {"export", "write a model as Hugging Face safetensors + config.json", dsv3::cli::cmd_export},
+    {"prepare", "tokenise text sources into shards with a train/validation split per domain",
+     dsv3::cli::cmd_prepare},
     {"import", "read a Hugging Face DeepseekV3 directory into a dsv3 checkpoint",
      dsv3::cli::cmd_import},
     {"tokenizer", "byte-level BPE: train, encode, decode, export, info", dsv3::cli::cmd_tokenizer},
+    {"curate", "filter, scrub, deduplicate and select text (JSONL/txt, .gz/.zst)", dsv3::cli::cmd_curate},
 };
 
 void usage(std::FILE* f) {

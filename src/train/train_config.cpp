@@ -25,8 +25,19 @@ const std::vector<FieldSpec>& train_fields() {
       choice("recompute", &T::recompute, "none|block",
              "activation recomputation: keep block inputs only", recompute_name, parse_recompute),
       field("seed", &T::seed, "seed for initialisation and data"),
-      field("train_data", &T::train_data, "llm.c token file (empty: built-in corpus)"),
+      field("data", &T::data, "prepared data directory (dsv3 prepare): shards + tokenizer"),
+      field("train_data", &T::train_data, "llm.c token file (neither: built-in corpus)"),
       field("val_data", &T::val_data, "llm.c token file for validation"),
+      field("mix", &T::mix, "domain weights name:w,... (default: token shares)"),
+      field("mix_end", &T::mix_end, "domain weights at the end (linear schedule from --mix)"),
+      field("mix_adaptive", &T::mix_adaptive,
+            "raise a domain's weight by this factor when its val loss keeps rising (1 = off)"),
+      field("mix_window", &T::mix_window, "evaluations of rising loss before a raise (K)"),
+      field("fim_rate", &T::fim_rate, "fill-in-the-middle share of documents (prepared data)"),
+      choice("fim_order", &T::fim_order, "psm|spm", "FIM layout", fim_order_name,
+             parse_fim_order),
+      field("window_overlap", &T::window_overlap,
+            "tokens shared by windows of documents longer than seq_len"),
       field("eval_every", &T::eval_every, "validate every N steps (0 = only at the end)"),
       field("eval_batches", &T::eval_batches, "validation micro-batches"),
       field("save_every", &T::save_every, "checkpoint every N steps (0 = only at the end)"),
@@ -57,6 +68,11 @@ void validate(const TrainConfig& t) {
   DSV3_CHECK(t.eval_batches >= 0, "eval_batches must be >= 0");
   DSV3_CHECK(t.keep >= 1, "keep must be >= 1");
   DSV3_CHECK(!t.out.empty(), "out must name a directory");
+  DSV3_CHECK(t.mix_adaptive >= 1.0, "mix_adaptive must be >= 1 (1 = off)");
+  DSV3_CHECK(t.mix_window >= 1, "mix_window must be >= 1");
+  DSV3_CHECK(t.fim_rate >= 0 && t.fim_rate <= 1, "fim_rate must be in [0, 1]");
+  DSV3_CHECK(t.window_overlap >= 0 && t.window_overlap < t.seq_len,
+             "window_overlap must be in [0, seq_len)");
   DSV3_CHECK(t.sample_tokens >= 0, "sample_tokens must be >= 0");
   DSV3_CHECK(t.peak_gflops >= 0, "peak_gflops must be >= 0");
   parse_device(t.device);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/fields.h"
+#include "data/loader.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -27,8 +28,16 @@ struct TrainConfig {
   double clip = 1.0;      // 0 = no clipping
   Recompute recompute = Recompute::None;
   long long seed = 1;
-  std::string train_data; // llm.c token file; empty = the built-in corpus
-  std::string val_data;   // llm.c token file; empty = built-in validation text / none
+  std::string data;        // a `dsv3 prepare` directory: shards, domains, tokenizer
+  std::string train_data;  // or an llm.c token file; neither = the built-in corpus
+  std::string val_data;    // llm.c token file for validation (with train_data)
+  std::string mix;         // domain weights "a:0.7,b:0.3" (default: each domain's token share)
+  std::string mix_end;     // weights at the end of the run (moved linearly from `mix`)
+  double mix_adaptive = 1.0;  // loss-adaptive factor (1 = off; the seed: 1.15)
+  int mix_window = 3;         // K evaluations of rising validation loss before a raise
+  double fim_rate = 0.1;      // fill-in-the-middle share of documents (DeepSeek-V3: 0.1)
+  FimOrder fim_order = FimOrder::PSM;
+  int window_overlap = 0;     // tokens shared by consecutive windows of long documents
   long long eval_every = 50;
   int eval_batches = 8;
   long long save_every = 100;  // 0 = only at the end

@@ -10,10 +10,10 @@
 #include "core/check.h"
 #include "core/timer.h"
 #include "data/builtin_corpus.h"
-#include "data/token_file.h"
-#include "data/token_stream.h"
+#include "train/train_data.h"
 #include "eval/eval.h"
 #include "infer/sample.h"
+#include "infer/text_codec.h"
 #include "ops/gemm.h"
 #include "train/metrics.h"
 #include "train/step.h"
@@ -21,16 +21,6 @@
 namespace dsv3 {
 
 namespace {
-
-constexpr size_t kBuiltinTrainBytes = 4 << 20, kBuiltinValBytes = 256 << 10;
-
-std::vector<int32_t> load_tokens(const std::string& path, int vocab, const char* what) {
-  std::vector<int32_t> t = read_token_file(path);
-  for (size_t i = 0; i < t.size(); i++)
-    DSV3_CHECK(t[i] < vocab, what, " ", path, ": token ", t[i], " at index ", i,
-               " is outside the model's vocabulary (", vocab, ")");
-  return t;
-}
 
 std::string fmt(const char* f, double v) {
   char buf[64];
@@ -40,11 +30,12 @@ std::string fmt(const char* f, double v) {
 
 }  // namespace
 
-nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done, uint64_t data_pos,
-                              uint64_t data_epoch, uint64_t tokens_seen, const Rng& rng) {
+nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done,
+                              const nlohmann::json& data_state, uint64_t tokens_seen,
+                              const Rng& rng) {
   return {{"steps_done", steps_done},
           {"rng", {rng.s[0], rng.s[1], rng.s[2], rng.s[3]}},
-          {"data", {{"position", data_pos}, {"epoch", data_epoch}}},
+          {"data", data_state},
           {"tokens_seen", tokens_seen},
           {"train_config", fields_to_json(train_fields(), &spec.train)},
           {"loss_config", fields_to_json(loss_fields(), &spec.loss)}};
@@ -74,19 +65,10 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   std::filesystem::create_directories(tc.out);
 
   // ---- data
-  std::vector<int32_t> train_tokens, val_tokens;
-  std::string data_desc;
-  if (tc.train_data.empty()) {
-    DSV3_CHECK(c.vocab >= 256, "the built-in corpus is byte-level: vocab must be >= 256");
-    train_tokens = bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed), kBuiltinTrainBytes));
-    val_tokens = bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed) + 1000003, kBuiltinValBytes));
-    data_desc = "built-in corpus (" + std::to_string(train_tokens.size()) + " byte tokens)";
-  } else {
-    train_tokens = load_tokens(tc.train_data, c.vocab, "train_data");
-    data_desc = tc.train_data + " (" + std::to_string(train_tokens.size()) + " tokens)";
-  }
-  if (!tc.val_data.empty()) val_tokens = load_tokens(tc.val_data, c.vocab, "val_data");
-  TokenStream stream(std::move(train_tokens), d);
+  TrainData data(tc, c);
+  if (!data.tokenizer_path().empty())  // sample and eval find it beside the checkpoints
+    std::filesystem::copy_file(data.tokenizer_path(), tc.out + "/tokenizer.dsv3tok",
+                               std::filesystem::copy_options::overwrite_existing);
 
   // ---- model and optimizer
   Model model(c, spec.loss, d, tc.recompute, ex);
@@ -102,8 +84,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     opt.m = resume->adam_m;
     opt.v = resume->adam_v;
     start = resume->train.at("steps_done").get<int64_t>();
-    stream.seek(resume->train.at("data").at("position").get<uint64_t>());
-    stream.set_epoch(resume->train.at("data").at("epoch").get<uint64_t>());
+    data.restore(resume->train.at("data"));
     tokens_seen = resume->train.value("tokens_seen", uint64_t(0));
     const auto& r = resume->train.at("rng");
     DSV3_CHECK(r.is_array() && r.size() == 4, "checkpoint rng state is malformed");
@@ -122,7 +103,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                "  data: %s\n  batch %d x %d x accum %d = %.0f tokens/step, %lld steps, "
                "%d threads, fp32 GEMM peak %.1f GFLOP/s, activations %.1f MiB\n",
                ms.params / 1e6, ms.active_params / 1e6, c.layers, c.experts, c.topk, c.mtp_depth,
-               data_desc.c_str(), d.B, d.T, tc.grad_accum, tokens_per_step, tc.steps,
+               data.describe().c_str(), d.B, d.T, tc.grad_accum, tokens_per_step, tc.steps,
                omp_get_max_threads(), peak, model.activation_bytes() / 1048576.0);
   if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)start);
 
@@ -133,19 +114,39 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   double window_time = 0, window_tokens = 0;
 
   auto run_eval = [&](int64_t step) {
-    if (val_tokens.empty() || tc.eval_batches == 0) return;
+    if (data.val_sets().empty() || tc.eval_batches == 0) return;
     const double t0 = now_seconds();
-    EvalResult e = evaluate(model, val_tokens, d, tc.eval_batches);
-    log.write({{"kind", "eval"}, {"step", step}, {"val_loss", e.loss}, {"val_mtp_loss", e.mtp_loss},
-               {"val_tokens", e.tokens}, {"val_ppl", std::exp(e.loss)}});
-    progress.print("eval step " + std::to_string(step) + ": val loss " + fmt("%.4f", e.loss) +
-                   " (ppl " + fmt("%.2f", std::exp(e.loss)) + ", " + std::to_string(e.tokens) +
-                   " tokens, " + fmt("%.1fs", now_seconds() - t0) + ")");
+    std::vector<double> losses;
+    double sum = 0;
+    int64_t tokens = 0;
+    std::string line = "eval step " + std::to_string(step) + ":";
+    for (const ValSet& v : data.val_sets()) {
+      const EvalResult e = evaluate(model, v.tokens, d, tc.eval_batches);
+      losses.push_back(e.loss);
+      sum += e.loss * double(e.tokens), tokens += e.tokens;
+      nlohmann::json rec = {{"kind", "eval"}, {"step", step}, {"domain", v.domain},
+                            {"val_loss", e.loss}, {"val_mtp_loss", e.mtp_loss},
+                            {"val_tokens", e.tokens}, {"val_ppl", std::exp(e.loss)}};
+      line += " " + v.domain + " " + fmt("%.4f", e.loss);
+      if (v.bytes_per_token > 0) {  // bits per byte: nats/token / ln 2 / (bytes/token)
+        const double bpb = e.loss / std::log(2.0) / v.bytes_per_token;
+        rec["val_bpb"] = bpb;
+        line += " (" + fmt("%.3f", bpb) + " bpb)";
+      }
+      log.write(rec);
+    }
+    const double overall = tokens > 0 ? sum / double(tokens) : 0;
+    log.write({{"kind", "eval"}, {"step", step}, {"domain", "all"}, {"val_loss", overall},
+               {"val_tokens", tokens}});
+    if (const nlohmann::json mix = data.observe_validation(losses); !mix.is_null()) {
+      log.write({{"kind", "mixture"}, {"step", step}, {"mixture", mix}});
+      line += " | weights " + mix.at("weights").dump();
+    }
+    progress.print(line + fmt(" (%.1fs)", now_seconds() - t0));
   };
   auto save = [&](int64_t steps_done) {
     const std::string path = checkpoint_path(tc.out, steps_done);
-    save_checkpoint(path, c, run_state_json(spec, steps_done, stream.position(), stream.epoch(),
-                                            tokens_seen, rng),
+    save_checkpoint(path, c, run_state_json(spec, steps_done, data.state(), tokens_seen, rng),
                     model.params(), opt.m.data(), opt.v.data(), model.num_params());
     prune_checkpoints(tc.out, tc.keep);
     progress.print("saved " + path);
@@ -154,7 +155,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   const double run_t0 = now_seconds();
   for (int64_t step = start; step < tc.steps; step++) {
     const double t0 = now_seconds();
-    StepResult r = train_step(model, opt, ss, step, d, [&](int) { return stream.next(); });
+    data.set_step(step, tc.steps);
+    StepResult r = train_step(model, opt, ss, step, d, [&](int) { return data.next(); });
     const double dt = now_seconds() - t0;
     tokens_seen += uint64_t(tokens_per_step);
     DSV3_CHECK(std::isfinite(r.loss.total), "loss is ", r.loss.total, " at step ", step + 1,
@@ -189,13 +191,14 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   progress.finish();
   std::fprintf(stderr, "done in %s\n", format_duration(now_seconds() - run_t0).c_str());
 
-  if (tc.sample_tokens > 0 && tc.train_data.empty()) {  // byte-level text: show what it learned
+  if (tc.sample_tokens > 0 && tc.train_data.empty()) {  // known text encoding: show what it learned
+    const TextCodec codec = data.tokenizer_path().empty() ? TextCodec() : TextCodec(data.tokenizer_path());
     SampleConfig sc;
     sc.max_tokens = tc.sample_tokens;
     sc.seed = rng.next_u64();
     const std::string prompt = "Once upon a time";
-    const auto out = generate(model, bytes_to_ids(prompt), sc);
-    std::printf("sample: %s%s\n", prompt.c_str(), ids_to_bytes(out).c_str());
+    const auto out = generate(model, codec.encode(prompt), sc);
+    std::printf("sample: %s%s\n", prompt.c_str(), codec.decode(out).c_str());
   }
 }
 

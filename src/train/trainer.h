@@ -18,8 +18,9 @@ struct RunSpec {
 
 // The checkpoint's "train" JSON: everything resume needs besides weights and moments.
 // The run's RNG (data order decisions, sampling) is saved with it so resume is exact.
-nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done, uint64_t data_pos,
-                              uint64_t data_epoch, uint64_t tokens_seen, const Rng& rng);
+nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done,
+                              const nlohmann::json& data_state, uint64_t tokens_seen,
+                              const Rng& rng);
 // Restores the run's settings from a checkpoint (model, loss and training settings).
 RunSpec spec_from_checkpoint(const Checkpoint& ck);
 

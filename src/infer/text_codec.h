@@ -1,0 +1,40 @@
+// Text in and out of a model: its trained tokenizer when one goes with it, else byte-level ids
+// (the built-in corpus's encoding).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dsv3 {
+
+class Encoder;
+
+class TextCodec {
+ public:
+  TextCodec();  // byte-level
+  explicit TextCodec(const std::string& tokenizer_path);
+  ~TextCodec();
+  TextCodec(TextCodec&&) noexcept;
+  TextCodec& operator=(TextCodec&&) noexcept;
+
+  std::vector<int32_t> encode(std::string_view text) const;
+  // Bytes of the ids; an id the tokenizer does not know shows as U+FFFD (sampling from a model
+  // whose vocab is larger than its tokenizer's can produce one).
+  std::string decode(std::span<const int32_t> ids) const;
+  bool byte_level() const { return !enc_; }
+  int vocab_size() const;
+  const std::string& describe() const { return desc_; }
+
+ private:
+  std::unique_ptr<Encoder> enc_;
+  std::string desc_;
+};
+
+// The tokenizer that goes with a model path (run dir, checkpoint file or HF dir): a
+// tokenizer.dsv3tok or tokenizer.json beside it; "" when there is none.
+std::string find_tokenizer_for_model(const std::string& model_path);
+
+}  // namespace dsv3

@@ -1,0 +1,154 @@
+#include "train/train_data.h"
+
+#include <filesystem>
+
+#include "core/check.h"
+#include "data/builtin_corpus.h"
+#include "data/prepare.h"
+#include "data/shard.h"
+#include "data/token_file.h"
+#include "tokenizer/formats.h"
+
+namespace fs = std::filesystem;
+
+namespace dsv3 {
+
+namespace {
+
+constexpr size_t kBuiltinTrainBytes = 4 << 20, kBuiltinValBytes = 256 << 10;
+
+std::vector<int32_t> load_tokens(const std::string& path, int vocab, const char* what) {
+  std::vector<int32_t> t = read_token_file(path);
+  for (size_t i = 0; i < t.size(); i++)
+    DSV3_CHECK(t[i] < vocab, what, " ", path, ": token ", t[i], " at index ", i,
+               " is outside the model's vocabulary (", vocab, ")");
+  return t;
+}
+
+std::vector<std::string> shard_paths(const std::string& dir, const nlohmann::json& list) {
+  std::vector<std::string> out;
+  for (const auto& f : list) out.push_back((fs::path(dir) / f.get<std::string>()).string());
+  return out;
+}
+
+}  // namespace
+
+int vocab_for_prepared_data(const std::string& data_dir) {
+  const nlohmann::json m = read_manifest(data_dir);
+  return (m.at("vocab").get<int>() + 63) / 64 * 64;
+}
+
+TrainData::~TrainData() = default;
+
+TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
+  const Dims d = tc.dims();
+  DSV3_CHECK(tc.data.empty() || tc.train_data.empty(),
+             "give --data (a prepared directory) or --train_data (an llm.c file), not both");
+  if (!tc.data.empty()) {
+    std::string dir;
+    const nlohmann::json m = read_manifest(tc.data, &dir);
+    const int vocab = m.at("vocab").get<int>();
+    DSV3_CHECK(vocab <= c.vocab, "the data's tokenizer has ", vocab, " ids but the model's vocab ",
+               "is ", c.vocab, " (set --vocab ", (vocab + 63) / 64 * 64, " or more)");
+    tokenizer_ = (fs::path(dir) / m.at("tokenizer").get<std::string>()).string();
+    const Tokenizer tok = load_tokenizer_any(tokenizer_);
+    std::vector<DomainSpec> domains;
+    std::vector<std::string> names;
+    for (const auto& dj : m["domains"]) {
+      names.push_back(dj.at("name").get<std::string>());
+      domains.push_back({names.back(), shard_paths(dir, dj.at("train"))});
+    }
+    LoaderConfig lc;
+    lc.batch = d.B;
+    lc.seq_len = d.T;
+    lc.seed = uint64_t(tc.seed);
+    lc.fim_order = tc.fim_order;
+    lc.window_overlap = tc.window_overlap;
+    lc.eos = tok.roles.eos;
+    lc.fim_prefix = tok.roles.fim_prefix;
+    lc.fim_middle = tok.roles.fim_middle;
+    lc.fim_suffix = tok.roles.fim_suffix;
+    lc.fim_rate = tc.fim_rate;
+    if (tc.fim_rate > 0 && (lc.fim_prefix < 0 || lc.fim_middle < 0 || lc.fim_suffix < 0)) {
+      std::fprintf(stderr, "note: the tokenizer has no FIM markers, so fill-in-the-middle is off\n");
+      lc.fim_rate = 0;
+    }
+    MixtureConfig mc;
+    if (!tc.mix.empty()) mc.start_weights = parse_domain_weights(tc.mix, names, "--mix");
+    if (!tc.mix_end.empty()) mc.end_weights = parse_domain_weights(tc.mix_end, names, "--mix_end");
+    DSV3_CHECK(tc.mix_end.empty() || !tc.mix.empty(), "--mix_end needs --mix (the start weights)");
+    mc.adaptive_factor = tc.mix_adaptive;
+    mc.adaptive_window = tc.mix_window;
+    loader_ = std::make_unique<Loader>(std::move(domains), lc, mc);
+    for (const auto& dj : m["domains"]) {
+      ValSet v;
+      v.domain = dj.at("name").get<std::string>();
+      uint64_t docs = 0;
+      for (const auto& path : shard_paths(dir, dj.at("val"))) {
+        const Shard s = Shard::open(path);
+        for (uint64_t i = 0; i < s.n_docs(); i++) {
+          const std::vector<int32_t> doc = s.doc(i);
+          v.tokens.insert(v.tokens.end(), doc.begin(), doc.end());
+          v.tokens.push_back(lc.eos);
+        }
+        docs += s.n_docs();
+      }
+      const double bytes = dj.at("text_bytes").at("val").get<double>();
+      if (!v.tokens.empty()) v.bytes_per_token = bytes / double(v.tokens.size());
+      if (v.tokens.size() > size_t(d.T)) val_.push_back(std::move(v));
+      else if (docs > 0)
+        std::fprintf(stderr, "note: domain %s has too little validation data for seq_len %d\n",
+                     dj["name"].get<std::string>().c_str(), d.T);
+    }
+    desc_ = "prepared data " + dir + " (" + std::to_string(names.size()) + " domains, weights " +
+            format_domain_weights(names, loader_->weights()) + ")";
+    return;
+  }
+  std::vector<int32_t> train;
+  if (tc.train_data.empty()) {
+    DSV3_CHECK(c.vocab >= 256, "the built-in corpus is byte-level: vocab must be >= 256");
+    train = bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed), kBuiltinTrainBytes));
+    val_.push_back({"builtin",
+                    bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed) + 1000003, kBuiltinValBytes)),
+                    1.0});
+    desc_ = "built-in corpus (" + std::to_string(train.size()) + " byte tokens)";
+  } else {
+    train = load_tokens(tc.train_data, c.vocab, "train_data");
+    desc_ = tc.train_data + " (" + std::to_string(train.size()) + " tokens)";
+  }
+  if (!tc.val_data.empty()) {
+    val_.clear();
+    val_.push_back({"val", load_tokens(tc.val_data, c.vocab, "val_data"), 0.0});
+  }
+  stream_ = std::make_unique<TokenStream>(std::move(train), d);
+}
+
+const int32_t* TrainData::next() { return loader_ ? loader_->next() : stream_->next(); }
+
+void TrainData::set_step(int64_t step, int64_t total) {
+  if (loader_) loader_->set_step(step, total);
+}
+
+nlohmann::json TrainData::state() const {
+  if (loader_) return {{"loader", loader_->state()}};
+  return {{"position", stream_->position()}, {"epoch", stream_->epoch()}};
+}
+
+void TrainData::restore(const nlohmann::json& s) {
+  if (loader_) {
+    DSV3_CHECK(s.contains("loader"), "checkpoint was not trained on prepared data (--data)");
+    loader_->restore(s.at("loader"));
+    return;
+  }
+  DSV3_CHECK(s.contains("position"), "checkpoint was trained on prepared data: pass its --data");
+  stream_->seek(s.at("position").get<uint64_t>());
+  stream_->set_epoch(s.at("epoch").get<uint64_t>());
+}
+
+nlohmann::json TrainData::observe_validation(const std::vector<double>& losses) {
+  if (!loader_) return nullptr;
+  if (losses.size() == loader_->domains().size()) loader_->observe_validation(losses);
+  return loader_->log_record();
+}
+
+}  // namespace dsv3
