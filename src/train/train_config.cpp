@@ -36,6 +36,9 @@ const std::vector<FieldSpec>& train_fields() {
       field("fim_rate", &T::fim_rate, "fill-in-the-middle share of documents (prepared data)"),
       choice("fim_order", &T::fim_order, "psm|spm", "FIM layout", fim_order_name,
              parse_fim_order),
+      field("seq_warmup_steps", &T::seq_warmup_steps,
+            "sequence-length warmup: steps to grow the context to seq_len (0 = off)"),
+      field("seq_warmup_start", &T::seq_warmup_start, "context length at step 0 of the warmup"),
       field("window_overlap", &T::window_overlap,
             "tokens shared by windows of documents longer than seq_len"),
       field("eval_every", &T::eval_every, "validate every N steps (0 = only at the end)"),
@@ -49,6 +52,15 @@ const std::vector<FieldSpec>& train_fields() {
       field("device", &T::device, "cpu or cuda"),
   };
   return f;
+}
+
+int TrainConfig::seq_split(long long step) const {
+  if (step >= seq_warmup_steps) return 1;
+  const double target =
+      seq_warmup_start + double(seq_len - seq_warmup_start) * double(step) / double(seq_warmup_steps);
+  int k = 1;
+  while (seq_len % (2 * k) == 0 && double(seq_len / (2 * k)) >= target) k *= 2;
+  return k;
 }
 
 void validate(const TrainConfig& t) {
@@ -68,6 +80,9 @@ void validate(const TrainConfig& t) {
   DSV3_CHECK(t.eval_batches >= 0, "eval_batches must be >= 0");
   DSV3_CHECK(t.keep >= 1, "keep must be >= 1");
   DSV3_CHECK(!t.out.empty(), "out must name a directory");
+  DSV3_CHECK(t.seq_warmup_steps >= 0, "seq_warmup_steps must be >= 0");
+  DSV3_CHECK(t.seq_warmup_start >= 2 && t.seq_warmup_start <= t.seq_len,
+             "seq_warmup_start must be in [2, seq_len]");
   DSV3_CHECK(t.mix_adaptive >= 1.0, "mix_adaptive must be >= 1 (1 = off)");
   DSV3_CHECK(t.mix_window >= 1, "mix_window must be >= 1");
   DSV3_CHECK(t.fim_rate >= 0 && t.fim_rate <= 1, "fim_rate must be in [0, 1]");

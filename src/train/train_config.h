@@ -38,6 +38,13 @@ struct TrainConfig {
   double fim_rate = 0.1;      // fill-in-the-middle share of documents (DeepSeek-V3: 0.1)
   FimOrder fim_order = FimOrder::PSM;
   int window_overlap = 0;     // tokens shared by consecutive windows of long documents
+  // Sequence-length warmup (T10): over the first seq_warmup_steps steps each row of seq_len+1
+  // tokens is cut into k rows of seq_len/k (+1) tokens, k a power of two, so the context grows
+  // from about seq_warmup_start to seq_len while tokens per step stay the same.
+  long long seq_warmup_steps = 0;
+  int seq_warmup_start = 64;
+  // Rows per loader row at `step` (1 = full length).
+  int seq_split(long long step) const;
   long long eval_every = 50;
   int eval_batches = 8;
   long long save_every = 100;  // 0 = only at the end

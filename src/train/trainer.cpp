@@ -152,11 +152,24 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     progress.print("saved " + path);
   };
 
+  std::vector<int32_t> split_rows;  // sequence-length warmup buffer
   const double run_t0 = now_seconds();
   for (int64_t step = start; step < tc.steps; step++) {
     const double t0 = now_seconds();
     data.set_step(step, tc.steps);
-    StepResult r = train_step(model, opt, ss, step, d, [&](int) { return data.next(); });
+    // sequence-length warmup: each loader row of T+1 tokens becomes k rows of T/k + 1
+    const int k = tc.seq_split(step);
+    const Dims ds{d.B * k, d.T / k};
+    StepResult r = train_step(model, opt, ss, step, ds, [&](int) {
+      const int32_t* batch = data.next();
+      if (k == 1) return batch;
+      split_rows.resize(size_t(ds.B) * (ds.T + 1));
+      for (int b = 0; b < d.B; b++)
+        for (int j = 0; j < k; j++)
+          std::copy_n(batch + size_t(b) * (d.T + 1) + size_t(j) * ds.T, ds.T + 1,
+                      split_rows.data() + (size_t(b) * k + j) * (ds.T + 1));
+      return static_cast<const int32_t*>(split_rows.data());
+    });
     const double dt = now_seconds() - t0;
     tokens_seen += uint64_t(tokens_per_step);
     DSV3_CHECK(std::isfinite(r.loss.total), "loss is ", r.loss.total, " at step ", step + 1,
@@ -174,6 +187,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                {"mtp_loss", r.loss.mtp_loss}, {"balance_loss", r.loss.balance_loss},
                {"total_loss", r.loss.total}, {"grad_norm", r.grad_norm}, {"lr", r.lr},
                {"tokens_per_s", tps}, {"mfu", mfu}, {"step_s", dt}, {"tokens", tokens_seen},
+               {"seq_len", ds.T},
                {"peak_rss_bytes", peak_rss_bytes()}, {"expert_load", loads}});
     const double eta = double(tc.steps - step - 1) * window_time / std::max(1e-9, window_tokens) *
                        tokens_per_step;

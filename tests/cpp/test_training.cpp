@@ -77,6 +77,18 @@ TEST(Train, GradAccumulationMatchesLargeBatch) {
   for (size_t i = 0; i < a.size(); i++) EXPECT_NEAR(a[i], b[i], 1e-4 * a[i]);
 }
 
+TEST(Train, SequenceLengthWarmup) {
+  auto d = temp_dir("seqwarm");
+  auto r = run_cli("train --preset debug --batch 4 --seq_len 128 --eval_every 0 --sample_tokens 0 "
+                   "--peak_gflops 100 --steps 6 --seq_warmup_steps 4 --seq_warmup_start 16 --out " +
+                   d.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::vector<int> lens;
+  for (const auto& j : read_metrics(d / "metrics.jsonl", "train")) lens.push_back(j["seq_len"]);
+  // target context 16 + 112 * step / 4 -> the shortest power-of-two split of 128 reaching it
+  EXPECT_EQ(lens, (std::vector<int>{16, 64, 128, 128, 128, 128}));
+}
+
 TEST(Train, MetricsAndCheckpointsKeepLastN) {
   auto d = temp_dir("keep");
   auto r = run_cli("train " + kSmall + "--steps 6 --save_every 1 --keep 2 --eval_every 3 --out " +
