@@ -7,6 +7,7 @@
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "data/token_file.h"
+#include "dist/comm.h"
 #include "tokenizer/formats.h"
 
 namespace fs = std::filesystem;
@@ -69,6 +70,8 @@ TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
     lc.fim_middle = tok.roles.fim_middle;
     lc.fim_suffix = tok.roles.fim_suffix;
     lc.fim_rate = tc.fim_rate;
+    lc.rank = dist::rank();  // each data-parallel rank reads its own documents
+    lc.world = dist::world_size();
     if (tc.fim_rate > 0 && (lc.fim_prefix < 0 || lc.fim_middle < 0 || lc.fim_suffix < 0)) {
       std::fprintf(stderr, "note: the tokenizer has no FIM markers, so fill-in-the-middle is off\n");
       lc.fim_rate = 0;
