@@ -6,6 +6,7 @@ pkgs=(
   libopenblas-openmp-dev   # BLAS for CPU GEMM; the OpenMP build cooperates with our threads
   nlohmann-json3-dev zlib1g-dev
   libpcre2-dev             # the tokenizer's pre-tokenisation regexes (PCRE2 with JIT)
+  libzstd-dev libutf8proc-dev libxxhash-dev   # dsv3 curate: .zst, NFC, dedup hashes
   libgtest-dev
   libopenmpi-dev openmpi-bin   # the MPI communicator (-DDSV3_MPI=ON)
   python3 python3-numpy python3-torch   # side-by-side PyTorch references in the tests

@@ -9,8 +9,10 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH="$PATH:/usr/local/cuda/bin"
   echo "== compiling the CUDA + MPI variant (build-cuda/)"
   cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_CUDA=ON -DDSV3_MPI=ON \
-    -DDSV3_TESTS=OFF >/dev/null
-  ninja -C build-cuda dsv3
+    -DDSV3_TESTS=ON >/dev/null
+  ninja -C build-cuda dsv3 test_curate_mpi
+  echo "== MPI tests (ctest -L mpi in build-cuda/)"
+  (cd build-cuda && ctest -L mpi --output-on-failure --timeout 600)
 else
   echo "== nvcc not found: skipping the CUDA compile check"
 fi

@@ -1,8 +1,11 @@
 #include "curate/text.h"
 
 #include <utf8proc.h>
+#include <xxhash.h>
 
 #include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cstring>
 
 namespace dsv3::curate {
@@ -222,17 +225,175 @@ std::string to_lower_ascii(std::string_view s) {
   return out;
 }
 
-void split_words(std::string_view text, std::vector<Word>& out) {
+namespace {
+
+bool is_apostrophe(uint32_t cp) { return cp == '\'' || cp == 0x2019; }
+
+// spaCy keeps the period of these (its tokenizer exceptions), so "Mrs." is one word.
+bool is_abbreviation(const std::vector<uint32_t>& w) {
+  // w ends with '.'; single letters ("c.") and letter-period runs ("U.S.", "e.g.", "I.B.M.")
+  const size_t n = w.size();
+  if (n > 8 && (n < 2 || w[n - 3] != '.')) return false;  // longer than any listed, no pattern
+  if (n == 2 && is_alpha(w[0])) return true;
+  if (n >= 4) {
+    bool pattern = true;
+    for (size_t i = 0; i < n && pattern; i++) pattern = (i % 2 == 0) ? is_alpha(w[i]) : w[i] == '.';
+    if (pattern && n % 2 == 0) return true;
+  }
+  static const char* kList[] = {"Mr",   "Mrs",  "Ms",   "Dr",   "St",   "Jr",  "Sr",  "Prof",
+                                "Mt",   "Jan",  "Feb",  "Mar",  "Apr",  "Jun", "Jul", "Aug",
+                                "Sep",  "Sept", "Oct",  "Nov",  "Dec",  "vs",  "Inc", "Ltd",
+                                "Co",   "Corp", "Gen",  "Gov",  "Rev",  "Col", "Capt", "Lt",
+                                "Sgt",  "Messrs", "Mme", "Mlle", "Bros", "Ph.D", "a.m", "p.m"};
+  if (n > 8) return false;
+  for (const char* a : kList) {
+    if (uint32_t(static_cast<unsigned char>(a[0])) != w[0]) continue;
+    const size_t len = std::strlen(a);
+    if (len + 1 != n) continue;
+    bool eq = true;
+    for (size_t i = 0; i < len && eq; i++) eq = w[i] == uint32_t(static_cast<unsigned char>(a[i]));
+    if (eq) return true;
+  }
+  return false;
+}
+
+// Whether spaCy splits a token off at this code point at the edge of a word: punctuation (any
+// of datatrove's set), quotes and brackets (Pi Pf Ps Pe), currency (Sc), other symbols (So) and
+// a few Po marks; unlike datatrove's set this includes the left single quote.
+bool peelable(uint32_t cp) {
+  if (cp < 128 || is_punct(cp)) return is_punct(cp);
+  switch (utf8proc_category(utf8proc_int32_t(cp))) {
+    case UTF8PROC_CATEGORY_PI: case UTF8PROC_CATEGORY_PF: case UTF8PROC_CATEGORY_PS:
+    case UTF8PROC_CATEGORY_PE: case UTF8PROC_CATEGORY_SC: case UTF8PROC_CATEGORY_SO:
+      return true;
+    default:
+      return cp == 0xa7 || cp == 0xbf || cp == 0xa1 || cp == 0xb7;  // § ¿ ¡ ·
+  }
+}
+
+// spaCy splits 's from any word, but n't, 'll, 're, 've, 'd and 'm only through its exception
+// lists, which hold verbs (n't) and pronouns (the rest): "don't" -> do n't, "Dinah'll" stays.
+bool stem_is(const uint32_t* w, size_t m, const char* const* list, size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    const char* e = list[i];
+    size_t k = 0;
+    while (k < m && e[k] && to_lower(w[k]) == uint32_t(static_cast<unsigned char>(e[k]))) k++;
+    if (k == m && !e[k]) return true;
+  }
+  return false;
+}
+
+// Code points of the contraction suffix spaCy splits off w[0, n) (0 if none).
+size_t contraction_suffix(const uint32_t* w, size_t n) {
+  static const char* const kNeg[] = {"do", "does", "did", "ca", "could", "would", "should", "wo",
+                                     "is", "are", "was", "were", "have", "has", "had", "must",
+                                     "might", "need", "ai", "sha", "dare", "ought", "may"};
+  static const char* const kPron[] = {"i", "you", "he", "she", "it", "we", "they", "that",
+                                      "there", "who", "what", "where", "when", "why", "how",
+                                      "here", "this", "these", "those", "let"};
+  auto low = [&](size_t k) { return to_lower(w[k]); };
+  if (n >= 4 && low(n - 1) == 't' && is_apostrophe(w[n - 2]) && low(n - 3) == 'n' &&
+      stem_is(w, n - 3, kNeg, sizeof kNeg / sizeof *kNeg))
+    return 3;
+  if (n >= 3 && is_apostrophe(w[n - 2]) && low(n - 1) == 's') return 2;
+  if (n >= 3 && is_apostrophe(w[n - 2]) && (low(n - 1) == 'd' || low(n - 1) == 'm') &&
+      stem_is(w, n - 2, kPron, sizeof kPron / sizeof *kPron))
+    return 2;
+  if (n >= 4 && is_apostrophe(w[n - 3]) &&
+      ((low(n - 2) == 'r' && low(n - 1) == 'e') || (low(n - 2) == 'v' && low(n - 1) == 'e') ||
+       (low(n - 2) == 'l' && low(n - 1) == 'l')) &&
+      stem_is(w, n - 3, kPron, sizeof kPron / sizeof *kPron))
+    return 3;
+  return 0;
+}
+
+}  // namespace
+
+namespace {
+
+bool is_abbreviation_ascii(std::string_view w) {
+  thread_local std::vector<uint32_t> cps;
+  if (w.size() > 8 && w[w.size() - 3] != '.') return false;
+  cps.assign(w.begin(), w.end());
+  return is_abbreviation(cps);
+}
+
+// The same rules as the general path below, on a chunk of printable ASCII (no spaces): byte
+// offsets are code point offsets, and no code point needs decoding or a Unicode table.
+void split_ascii_chunk(std::string_view t, uint32_t b, uint32_t e, std::vector<Word>& out) {
+  auto cls = [&](uint32_t k) { return kAscii.c[static_cast<unsigned char>(t[k])]; };
+  auto emit = [&](uint32_t x, uint32_t y) {
+    if (x >= y) return;
+    Word w{x, y, y - x, true, false};
+    for (uint32_t k = x; k < y; k++) {
+      const uint8_t c = cls(k);
+      if (!(c & kPunct)) w.symbol = false;
+      if (c & kAlpha) w.has_alpha = true;
+    }
+    out.push_back(w);
+  };
+  uint32_t a = b, z = e;
+  while (a < z && (cls(a) & kPunct) && t[a] != '-' && t[a] != '~') {
+    uint32_t k = a + 1;
+    if (t[a] == '.')
+      while (k < z && t[k] == '.') k++;
+    if (k == z) break;
+    emit(a, k);
+    a = k;
+  }
+  thread_local std::vector<std::array<uint32_t, 2>> suf;
+  suf.resize(e - b + 2);
+  int ns = 0;
+  while (z > a + 1 && (cls(z - 1) & kPunct) && t[z - 1] != '-') {
+    uint32_t k = z - 1;
+    if (t[k] == '.') {
+      if (k > a && t[k - 1] != '.' && is_abbreviation_ascii(t.substr(a, z - a))) break;
+      while (k > a && t[k - 1] == '.') k--;
+      if (k == a) break;
+    }
+    suf[ns][0] = k, suf[ns][1] = z, ns++;
+    z = k;
+  }
+  auto lower = [&](uint32_t k) { return char(t[k] | 0x20); };
+  if (z == a + 6 && lower(a) == 'c' && lower(a + 1) == 'a' && lower(a + 2) == 'n' &&
+      lower(a + 3) == 'n' && lower(a + 4) == 'o' && lower(a + 5) == 't') {
+    suf[ns][0] = a + 3, suf[ns][1] = z, ns++;
+    z = a + 3;
+  }
+  if (z >= a + 3 && (t[z - 2] == '\'' || t[z - 3] == '\'')) {
+    thread_local std::vector<uint32_t> w;
+    w.assign(t.begin() + a, t.begin() + z);
+    if (const size_t len = contraction_suffix(w.data(), w.size())) {
+      suf[ns][0] = uint32_t(z - len), suf[ns][1] = z, ns++;
+      z -= uint32_t(len);
+    }
+  }
+  uint32_t start = a;
+  for (uint32_t k = a + 1; k + 1 < z; k++) {
+    if (t[k] != '-') continue;
+    if ((cls(k - 1) & kAlpha) && (cls(k + 1) & kAlpha)) {
+      emit(start, k);
+      emit(k, k + 1);
+      start = k + 1;
+    } else if (t[k + 1] == '-' && k + 2 < z && (cls(k - 1) & (kAlpha | kDigit)) &&
+               (cls(k + 2) & (kAlpha | kDigit))) {
+      emit(start, k);
+      emit(k, k + 2);
+      start = k + 2;
+      k++;
+    }
+  }
+  emit(start, z);
+  for (int q = ns - 1; q >= 0; q--) emit(suf[q][0], suf[q][1]);
+}
+
+void split_words_impl(std::string_view text, std::vector<Word>& out, bool fast) {
   out.clear();
   const size_t n = text.size();
   size_t i = 0;
-  // One chunk = a maximal run of non-space code points; each is cut into prefix punctuation,
-  // a core (with letter-hyphen-letter infixes split) and suffix punctuation.
-  struct Cp {
-    uint32_t cp;
-    uint32_t at;
-  };
-  thread_local std::vector<Cp> cps;
+  thread_local std::vector<uint32_t> cps, at;  // code points of one chunk and their offsets
+  thread_local std::vector<std::pair<size_t, size_t>> suffix;
+  thread_local std::vector<uint32_t> core;
   while (i < n) {
     // skip whitespace
     while (i < n) {
@@ -247,7 +408,20 @@ void split_words(std::string_view text, std::vector<Word>& out) {
       }
     }
     if (i >= n) break;
+    if (fast) {  // most chunks are plain ASCII
+      size_t j = i;
+      while (j < n && static_cast<unsigned char>(text[j]) < 128 &&
+             !(kAscii.c[static_cast<unsigned char>(text[j])] & kSpace))
+        j++;
+      if (j == n || static_cast<unsigned char>(text[j]) < 128) {
+        split_ascii_chunk(text, uint32_t(i), uint32_t(j), out);
+        i = j;
+        continue;
+      }
+    }
+    // one chunk: a maximal run of non-space code points
     cps.clear();
+    at.clear();
     while (i < n) {
       const unsigned char c = static_cast<unsigned char>(text[i]);
       uint32_t cp;
@@ -260,43 +434,75 @@ void split_words(std::string_view text, std::vector<Word>& out) {
         cp = utf8_next(text, j);
         if (is_space(cp)) break;
       }
-      cps.push_back({cp, uint32_t(i)});
+      cps.push_back(cp);
+      at.push_back(uint32_t(i));
       i = j;
     }
-    const uint32_t chunk_end = uint32_t(i);
     const size_t m = cps.size();
-    auto at = [&](size_t k) { return k < m ? cps[k].at : chunk_end; };
+    at.push_back(uint32_t(i));
     auto emit = [&](size_t a, size_t b) {  // code points [a, b) as one token
       if (a >= b) return;
-      Word w{at(a), at(b), uint32_t(b - a), true, false};
+      Word w{at[a], at[b], uint32_t(b - a), true, false};
       for (size_t k = a; k < b; k++) {
-        const uint32_t cp = cps[k].cp;
-        if (!is_punct(cp)) w.symbol = false;
-        if (is_alpha(cp)) w.has_alpha = true;
+        if (!is_punct(cps[k])) w.symbol = false;
+        if (is_alpha(cps[k])) w.has_alpha = true;
       }
       out.push_back(w);
     };
-    // Peels punctuation off one end; a run of '.' is one token ("...").
+    // prefix punctuation, one token per mark (a run of '.' is one token)
     size_t a = 0, b = m;
-    std::vector<std::pair<size_t, size_t>> suffix;
-    while (a < b && is_punct(cps[a].cp)) {
+    // ('-' and '~' are not prefixes or suffixes for spaCy: "-5", "--hello", "him:--" stay whole)
+    while (a < b && peelable(cps[a]) && cps[a] != '-' && cps[a] != '~') {
       size_t k = a + 1;
-      if (cps[a].cp == '.')
-        while (k < b && cps[k].cp == '.') k++;
+      if (cps[a] == '.')
+        while (k < b && cps[k] == '.') k++;
+      if (k == b) break;  // the chunk is all punctuation: one token below
       emit(a, k);
       a = k;
     }
-    while (b > a && is_punct(cps[b - 1].cp)) {
+    // suffix punctuation, unless the period belongs to an abbreviation ("Mrs.", "U.S.")
+    suffix.clear();
+    while (b > a + 1 && peelable(cps[b - 1]) && cps[b - 1] != '-') {
       size_t k = b - 1;
-      if (cps[k].cp == '.')
-        while (k > a && cps[k - 1].cp == '.') k--;
+      if (cps[k] == '.') {
+        core.assign(cps.begin() + ptrdiff_t(a), cps.begin() + ptrdiff_t(b));
+        if (k > a && cps[k - 1] != '.' && is_abbreviation(core)) break;
+        while (k > a && cps[k - 1] == '.') k--;
+        if (k == a) break;
+      }
       suffix.emplace_back(k, b);
       b = k;
     }
-    // core: split "letter-letter" hyphens
+    // contractions: "n't" and 's 're 've 'll 'd 'm become their own tokens; "cannot" is two
+    if (b == a + 6) {
+      static const char kCannot[] = "cannot";
+      bool eq = true;
+      for (size_t k = 0; k < 6 && eq; k++) eq = to_lower(cps[a + k]) == uint32_t(kCannot[k]);
+      if (eq) {
+        suffix.emplace_back(a + 3, b);
+        b = a + 3;
+      }
+    }
+    if (const size_t len = b > a ? contraction_suffix(&cps[a], b - a) : 0) {
+      suffix.emplace_back(b - len, b);
+      b -= len;
+    }
+    // infixes: letter-letter hyphens, "--" between word characters, em and en dashes
     size_t start = a;
     for (size_t k = a + 1; k + 1 < b; k++) {
-      if (cps[k].cp == '-' && is_alpha(cps[k - 1].cp) && is_alpha(cps[k + 1].cp)) {
+      const uint32_t c = cps[k];
+      if (c == '-' && is_alpha(cps[k - 1]) && is_alpha(cps[k + 1])) {
+        emit(start, k);
+        emit(k, k + 1);
+        start = k + 1;
+      } else if (c == '-' && cps[k + 1] == '-' && k + 2 < b && is_alnum(cps[k - 1]) &&
+                 is_alnum(cps[k + 2])) {
+        emit(start, k);
+        emit(k, k + 2);
+        start = k + 2;
+        k++;
+      } else if ((c == 0x2014 || c == 0x2013) && k > start && is_alnum(cps[k - 1]) &&
+                 is_alpha(cps[k + 1])) {
         emit(start, k);
         emit(k, k + 1);
         start = k + 1;
@@ -307,36 +513,52 @@ void split_words(std::string_view text, std::vector<Word>& out) {
   }
 }
 
-int count_sentences(std::string_view line) {
-  int count = 0;
-  bool pending = false;  // non-space text since the last sentence end
-  const size_t n = line.size();
-  size_t i = 0;
-  while (i < n) {
-    size_t j = i;
-    const uint32_t cp = utf8_next(line, j);
-    if (cp == '.' || cp == '!' || cp == '?') {
-      // a run of terminal marks, then optional closing quotes/brackets
-      size_t k = j;
-      while (k < n && (line[k] == '.' || line[k] == '!' || line[k] == '?')) k++;
-      while (k < n && (line[k] == '"' || line[k] == '\'' || line[k] == ')' || line[k] == ']'))
-        k++;
-      size_t after = k;
-      const bool at_end = after >= n || is_space(utf8_next(line, after));
-      if (at_end && pending) {
-        count++;
-        pending = false;
-        i = k;
-        continue;
-      }
-      pending = true;
-      i = j;
-      continue;
-    }
-    if (!is_space(cp)) pending = true;
-    i = j;
+}  // namespace
+
+void split_words(std::string_view text, std::vector<Word>& out) { split_words_impl(text, out, true); }
+void split_words_general(std::string_view text, std::vector<Word>& out) {
+  split_words_impl(text, out, false);
+}
+
+const std::vector<Word>& words_of(std::string_view text) {
+  // Gopher quality, Gopher repetition and FineWeb all split the same text; one split serves
+  // all three unless a stage in between changed the text (the hash says so).
+  struct Cache {
+    const char* data = nullptr;
+    size_t size = 0;
+    uint64_t hash = 0;
+    std::vector<Word> words;
+  };
+  thread_local Cache c;
+  const uint64_t h = XXH3_64bits(text.data(), text.size());
+  if (c.data != text.data() || c.size != text.size() || c.hash != h) {
+    split_words(text, c.words);
+    c.data = text.data();
+    c.size = text.size();
+    c.hash = h;
   }
-  return count + (pending ? 1 : 0);
+  return c.words;
+}
+
+int count_sentences(std::string_view line) {
+  // spaCy's sentencizer, which datatrove's C4 filter uses: a sentence ends after a token that
+  // is a sentence-final mark, once a token that is not punctuation follows.
+  thread_local std::vector<Word> words;
+  split_words(line, words);
+  if (words.empty()) return 0;
+  int count = 1;
+  bool ended = false;
+  for (const Word& w : words) {
+    if (ended && !w.symbol) {
+      count++;
+      ended = false;
+    }
+    if (w.chars == 1) {
+      size_t k = w.begin;
+      if (is_terminal_punct(utf8_next(line, k))) ended = true;
+    }
+  }
+  return count;
 }
 
 void simplify_words(std::string_view text, std::string& out,

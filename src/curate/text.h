@@ -67,18 +67,26 @@ struct Word {
   bool symbol;           // every code point is_punct (datatrove: not a "non-symbol word")
   bool has_alpha;        // some code point is_alpha
 };
-// The Gopher/FineWeb word splitter. datatrove uses spaCy's English tokenizer; this is its core
-// behaviour without the model: split on whitespace, then peel leading and trailing punctuation
-// off each chunk as separate tokens (a run of '.' stays one token, like spaCy's "..."), and split
-// a hyphen between two letters ("well-known" -> well, -, known). spaCy's exception lists
-// (abbreviations such as "U.S.", contractions such as "don't" -> do n't) are not reproduced;
-// bench/bench_curate.py measures how often the filter decisions differ from datatrove's.
+// The Gopher/FineWeb word splitter. datatrove uses spaCy's English tokenizer; this reproduces
+// its rules that matter for the filters, without the library: split on whitespace; peel
+// leading and trailing punctuation off as separate tokens (a run of '.' stays one "..."), except
+// the period of an abbreviation ("Mrs.", "U.S.", "e.g.", single letters); split contractions
+// ("don't" -> do n't, "Hurst's" -> Hurst 's, "cannot" -> can not); split infixes: a hyphen between letters, "--"
+// between words, em and en dashes between a letter or digit and a letter; contractions split
+// as spaCy's exception lists do ('s always, n't after verbs, 'll 're 've 'd 'm after pronouns).
+// bench/bench_curate.py measures how often the filter decisions still differ from datatrove's.
 void split_words(std::string_view text, std::vector<Word>& out);
+// The same without the ASCII fast path (every chunk decoded): the reference the tests compare
+// the fast path with.
+void split_words_general(std::string_view text, std::vector<Word>& out);
+// split_words of `text`, remembered per thread for the last text seen (the filters that run one
+// after another on an unchanged document split it once).
+const std::vector<Word>& words_of(std::string_view text);
 
-// Sentences in one line, for C4's "at least N sentences": a sentence ends at a run of . ! ?
-// (optionally followed by closing quotes or brackets) that is followed by whitespace or the
-// end of the line; a non-empty remainder counts as one more. C4 used NLTK's punkt tokenizer,
-// which also knows abbreviations; this counts "Mr. Smith" as two sentences.
+// Sentences in one line, for C4's "at least N sentences", as spaCy's sentencizer counts them
+// (datatrove's C4QualityFilter uses it; C4 itself used NLTK punkt): over split_words tokens, a
+// sentence ends after a one-character sentence-final mark (. ! ? and the other terminal marks)
+// once a token that is not punctuation follows. "..." and abbreviations end nothing.
 int count_sentences(std::string_view line);
 
 // Calls f(line) for each line of text split on '\n' (no terminator included). Like Python's

@@ -43,6 +43,31 @@ void all_reduce_sum(float* data, size_t n) {
   }
 }
 void barrier() { MPI_Barrier(MPI_COMM_WORLD); }
+
+void broadcast_bytes(std::string& data, int root) {
+  unsigned long long n = data.size();
+  DSV3_CHECK(MPI_Bcast(&n, 1, MPI_UNSIGNED_LONG_LONG, root, MPI_COMM_WORLD) == MPI_SUCCESS,
+             "MPI_Bcast failed");
+  data.resize(size_t(n));
+  const size_t chunk = size_t(1) << 30;  // MPI counts are int
+  for (size_t off = 0; off < n; off += chunk) {
+    const int count = int(std::min<size_t>(chunk, size_t(n) - off));
+    DSV3_CHECK(MPI_Bcast(data.data() + off, count, MPI_BYTE, root, MPI_COMM_WORLD) ==
+                   MPI_SUCCESS,
+               "MPI_Bcast failed");
+  }
+}
+
+std::vector<std::string> all_gather_bytes(const std::string& mine) {
+  // One broadcast per rank: simple, any size, and the volume is what an all-gather moves anyway.
+  const int n = world_size(), me = rank();
+  std::vector<std::string> all(static_cast<size_t>(n));
+  for (int r = 0; r < n; r++) {
+    if (r == me) all[size_t(r)] = mine;
+    broadcast_bytes(all[size_t(r)], r);
+  }
+  return all;
+}
 const char* backend_name() { return "mpi"; }
 
 }  // namespace dsv3::dist
