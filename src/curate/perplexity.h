@@ -1,7 +1,8 @@
 // Perplexity filter (D4): scores a document with a small dsv3 model (as CCNet does with KenLM
 // and the Llama/DCLM pipelines do with small LMs): perplexity = exp(mean next-token loss) over
-// the document's first max_tokens tokens. Until the tokenizer lands the model reads byte-level
-// ids (0..255), so this is perplexity per byte and the model needs vocab >= 256.
+// the document's first max_tokens tokens. Text is encoded with the model's own tokenizer when one
+// sits beside it (tokenizer.dsv3tok / tokenizer.json, as `dsv3 train --data` leaves in its run
+// directory), else as byte-level ids (then it is perplexity per byte; vocab must be >= 256).
 //
 // Model objects keep activation buffers, so each OpenMP thread gets its own copy of the model.
 #pragma once
