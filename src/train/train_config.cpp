@@ -81,8 +81,10 @@ void validate(const TrainConfig& t) {
   DSV3_CHECK(t.keep >= 1, "keep must be >= 1");
   DSV3_CHECK(!t.out.empty(), "out must name a directory");
   DSV3_CHECK(t.seq_warmup_steps >= 0, "seq_warmup_steps must be >= 0");
-  DSV3_CHECK(t.seq_warmup_start >= 2 && t.seq_warmup_start <= t.seq_len,
-             "seq_warmup_start must be in [2, seq_len]");
+  if (t.seq_warmup_steps > 0)
+    DSV3_CHECK(t.seq_warmup_start >= 2 && t.seq_warmup_start <= t.seq_len,
+               "seq_warmup_start must be in [2, seq_len] (", t.seq_len, "), got ",
+               t.seq_warmup_start);
   DSV3_CHECK(t.mix_adaptive >= 1.0, "mix_adaptive must be >= 1 (1 = off)");
   DSV3_CHECK(t.mix_window >= 1, "mix_window must be >= 1");
   DSV3_CHECK(t.fim_rate >= 0 && t.fim_rate <= 1, "fim_rate must be in [0, 1]");

@@ -135,9 +135,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       }
       log.write(rec);
     }
-    const double overall = tokens > 0 ? sum / double(tokens) : 0;
-    log.write({{"kind", "eval"}, {"step", step}, {"domain", "all"}, {"val_loss", overall},
-               {"val_tokens", tokens}});
+    if (data.val_sets().size() > 1)  // the token-weighted mean over domains
+      log.write({{"kind", "eval"}, {"step", step}, {"domain", "all"},
+                 {"val_loss", tokens > 0 ? sum / double(tokens) : 0.0}, {"val_tokens", tokens}});
     if (const nlohmann::json mix = data.observe_validation(losses); !mix.is_null()) {
       log.write({{"kind", "mixture"}, {"step", step}, {"mixture", mix}});
       line += " | weights " + mix.at("weights").dump();

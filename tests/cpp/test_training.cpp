@@ -201,7 +201,7 @@ TEST(BadInput, ClearMessageAndNonZeroExit) {
        "trunc.dsv3"},
       {"eval --model " + ck + " --data " + ck, "20240520"},
       {"eval --model " + ck + " --data " + (d / "tok_trunc.bin").string(), "tok_trunc.bin"},
-      {"eval --model " + ck, "--data is required"},
+      {"eval --model " + ck, "--data (an llm.c token file) or --text"},
       {"train --resume " + (d / "trunc.dsv3").string(), "trunc.dsv3"},
       {"export --model " + ck + " --format gguf --out " + d.string(), "unknown --format 'gguf'"},
       {"train " + kSmall + "--train_data " + (d / "text.dsv3").string(), "text.dsv3"},
