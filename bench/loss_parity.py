@@ -112,19 +112,34 @@ def evaluate(cfg, tc, params, val_tokens, B, T, nb):
     return tot / nb
 
 
-def run_reference(args, cfg, init_std, tr_path, va_path):
+TRAIN_SETTINGS = dict(mtp_weight=0.3, balance_alpha=1e-4, balance_scope="sequence",
+                      bias_update_rate=1e-3, schedule="cosine", beta1=0.9, beta2=0.95, eps=1e-8,
+                      weight_decay=0.1, clip=1.0, grad_accum=1)
+
+
+def train_cfg(args):
+    return R.TrainCfg(lr=args.lr, min_lr=args.min_lr, warmup=args.warmup, steps=args.steps,
+                      **TRAIN_SETTINGS)
+
+
+def run_reference(args, cfg, init_std, tr_path, va_path, chunks=False):
+    """Trains the float32 reference; llm.c batch order, or (chunks=True) reftool's order:
+    micro-batch j = the j-th consecutive chunk of B*(T+1) tokens."""
     torch.set_num_threads(args.threads)
-    tc = R.TrainCfg(mtp_weight=0.3, balance_alpha=1e-4, balance_scope="sequence",
-                    bias_update_rate=1e-3, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup,
-                    steps=args.steps, schedule="cosine", beta1=0.9, beta2=0.95, eps=1e-8,
-                    weight_decay=0.1, clip=1.0, grad_accum=1)
+    tc = train_cfg(args)
     params = R.to_params(cfg, init_arrays(cfg, init_std, args.seed), torch.float32)
     train_tokens, val_tokens = R.read_tokens(tr_path), R.read_tokens(va_path)
-    it = R.llmc_batches(train_tokens, args.batch, args.seq)
+    if chunks:
+        get = R.chunk_batches(train_tokens, args.batch, args.seq)
+        it = (get(j) for j in range(args.steps))
+    else:
+        it = R.llmc_batches(train_tokens, args.batch, args.seq)
     tr = R.Trainer(cfg, tc, params)
     t0 = time.time()
+    history = []
     for s in range(args.steps):
         rec = tr.step([next(it)])
+        history.append(rec)
         if s % args.log_every == 0 or s == args.steps - 1:
             el = time.time() - t0
             print("ref step %4d loss %.4f mtp %.4f bal %.2e gnorm %.3f lr %.2e  %.0f tok/s" % (
@@ -133,7 +148,44 @@ def run_reference(args, cfg, init_std, tr_path, va_path):
     train_s = time.time() - t0
     val = evaluate(cfg, tc, params, val_tokens, args.batch, args.seq, args.eval_batches)
     return {"val_loss": val, "train_loss": rec["loss"], "tok_s": args.steps * args.batch * args.seq / train_s,
-            "seconds": train_s}
+            "seconds": train_s, "history": history}
+
+
+def run_reftool_same_init(args, cfg, init_std, tr_path, va_path):
+    """The engine's model and optimizer step (tests/reftool) trained from the reference's exact
+    initial weights on the same batches; its final weights are evaluated by the reference. This
+    removes initialisation variance from the comparison (what remains: fp32 rounding, amplified
+    by training)."""
+    tool = args.reftool
+    hf = os.path.join(args.work, "same_init_hf")
+    os.makedirs(hf, exist_ok=True)
+    with open(os.path.join(hf, "config.json"), "w") as f:
+        json.dump(cfg.to_hf(), f, indent=1)
+    R.write_safetensors(os.path.join(hf, "model.safetensors"), init_arrays(cfg, init_std, args.seed))
+    n = args.steps * args.batch * (args.seq + 1)
+    tok = os.path.join(args.work, "same_init_tokens.bin")
+    R.write_tokens(tok, R.read_tokens(tr_path)[:n])
+    out = os.path.join(args.work, "same_init_out")
+    cmd = [tool, "--hf", hf, "--tokens", tok, "--batch", str(args.batch), "--seq", str(args.seq),
+           "--steps", str(args.steps), "--out", out, "--lr", repr(args.lr), "--min_lr", repr(args.min_lr),
+           "--warmup", str(args.warmup)]
+    for k, v in TRAIN_SETTINGS.items():
+        cmd += ["--" + k, repr(v) if isinstance(v, float) else str(v)]
+    print("running: " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    pr = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+    wall = time.time() - t0
+    if pr.returncode != 0:
+        return {"error": "reftool failed (rc %d): %s" % (pr.returncode, pr.stdout.decode(errors="replace")[-2000:])}
+    with open(os.path.join(out, "metrics.json")) as f:
+        steps = json.load(f)["steps"]
+    final, _ = R.read_safetensors(os.path.join(out, "final.safetensors"))
+    params = R.to_params(cfg, final, torch.float32)
+    val = evaluate(cfg, train_cfg(args), params, R.read_tokens(va_path), args.batch, args.seq,
+                   args.eval_batches)
+    return {"val_loss": val, "steps": steps, "seconds": wall,
+            "tok_s": args.steps * args.batch * args.seq / wall}
 
 
 def find_number(obj, pred):
@@ -241,6 +293,11 @@ def main():
     ap.add_argument("--work", default=os.path.join(REPO, "build", "loss_parity"))
     ap.add_argument("--skip_ref", action="store_true")
     ap.add_argument("--skip_dsv3", action="store_true")
+    ap.add_argument("--same_init", action="store_true",
+                    help="instead of `dsv3 train` (own init), train the engine through tests/reftool from "
+                         "the reference's initial weights on the same batches (consecutive chunks)")
+    ap.add_argument("--reftool", default=os.path.join(os.environ.get("DSV3_BUILD_DIR", os.path.join(REPO, "build")),
+                                                      "tests", "reftool"))
     ap.add_argument("--dsv3_extra", nargs=argparse.REMAINDER, default=[],
                     help="further flags for dsv3 train (everything after this flag)")
     args = ap.parse_args()
@@ -255,9 +312,36 @@ def main():
 
     ref = dsv = None
     if not args.skip_ref:
-        ref = run_reference(args, cfg, init_std, tr_path, va_path)
+        ref = run_reference(args, cfg, init_std, tr_path, va_path, chunks=args.same_init)
         print("reference: val loss %.4f (train loss %.4f), %.0f tok/s, %.0fs" % (
             ref["val_loss"], ref["train_loss"], ref["tok_s"], ref["seconds"]))
+    if args.same_init:
+        eng = run_reftool_same_init(args, cfg, init_std, tr_path, va_path)
+        if "error" in eng:
+            print("engine: " + eng["error"])
+            return 1
+        print("engine (reftool, same init): val loss %.4f, %.0f tok/s incl. dumps, %.0fs" % (
+            eng["val_loss"], eng["tok_s"], eng["seconds"]))
+        if ref:
+            first = None
+            for r, e in zip(ref["history"], eng["steps"]):
+                d = abs(e["loss"] - r["loss"]) / r["loss"]
+                if first is None and d > 1e-3:
+                    first = r["step"]
+            k = max(1, len(eng["steps"]) // 3)
+            tail = np.mean([(e["loss"] - r["loss"]) / r["loss"]
+                            for r, e in zip(ref["history"][-k:], eng["steps"][-k:])])
+            print("train loss: trajectories agree to 0.1%% %s; mean relative difference over "
+                  "the last %d steps %+.3f%%" % ("at every step" if first is None else "until step %d" % first,
+                                                k, 100 * tail))
+            diff = (eng["val_loss"] - ref["val_loss"]) / ref["val_loss"]
+            ok = abs(diff) <= 0.01
+            print("relative difference %+.2f%% (target within 1%%): %s" % (100 * diff, "OK" if ok else "MISMATCH"))
+            print("BENCHMARKS.md: | loss parity (same init, reftool), tiny, %d steps, B=%d T=%d | reference val "
+                  "%.4f | engine val %.4f | %+.2f%% |" % (args.steps, args.batch, args.seq, ref["val_loss"],
+                                                          eng["val_loss"], 100 * diff))
+            return 0 if ok else 1
+        return 0
     if not args.skip_dsv3:
         dsv = run_dsv3(args, tr_path, va_path)
         if "error" in dsv:
