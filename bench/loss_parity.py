@@ -142,8 +142,9 @@ def run_reference(args, cfg, init_std, tr_path, va_path, chunks=False):
         history.append(rec)
         if s % args.log_every == 0 or s == args.steps - 1:
             el = time.time() - t0
-            print("ref step %4d loss %.4f mtp %.4f bal %.2e gnorm %.3f lr %.2e  %.0f tok/s" % (
-                s, rec["loss"], rec["mtp_loss"], rec["balance_loss"], rec["grad_norm"], rec["lr"],
+            lm = " ".join("%.2f" % (max(v) / (sum(v) / len(v))) for _, v in sorted(rec["loads"].items()))
+            print("ref step %4d loss %.4f mtp %.4f bal %.2e gnorm %.3f lr %.2e load max/mean %s  %.0f tok/s" % (
+                s, rec["loss"], rec["mtp_loss"], rec["balance_loss"], rec["grad_norm"], rec["lr"], lm,
                 (s + 1) * args.batch * args.seq / el), flush=True)
     train_s = time.time() - t0
     val = evaluate(cfg, tc, params, val_tokens, args.batch, args.seq, args.eval_batches)
