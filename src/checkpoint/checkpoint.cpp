@@ -124,15 +124,10 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
   f.read_at(0, head, kFixedHeader);
   DSV3_CHECK(std::equal(kMagic, kMagic + 8, reinterpret_cast<const char*>(head)), path,
              " is not a dsv3 checkpoint (bad magic)", looks_like(path));
-  const uint32_t version = load_u32le(head + 8);
-  DSV3_CHECK(version <= kCheckpointVersion, path, ": checkpoint format version ", version,
-             " is newer than this build reads (", kCheckpointVersion, "): update dsv3");
-  DSV3_CHECK(version >= 1, path, ": unsupported checkpoint format version ", version);
-  const uint32_t header_crc = load_u32le(head + 12);
-  const uint64_t hlen = load_u64le(head + 16);
-  DSV3_CHECK(hlen <= size - kFixedHeader, path, ": truncated: header length ", hlen,
-             " but the file has only ", size, " bytes");
-  DSV3_CHECK(hlen <= kMaxHeader, path, ": header length ", hlen, " is not sane (corrupt file)");
+  const FrameHeader frame =
+      check_frame(path, head, size, kCheckpointVersion, kMaxHeader, "checkpoint");
+  const uint32_t header_crc = frame.header_crc;
+  const uint64_t hlen = frame.header_len;
   const std::string text = f.read_string(kFixedHeader, size_t(hlen));
   const uint32_t got_crc = crc32_update(0, text.data(), text.size());
   DSV3_CHECK(got_crc == header_crc, path, ": header checksum mismatch (stored ", header_crc,

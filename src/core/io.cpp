@@ -135,6 +135,22 @@ std::string read_file(const std::string& path) {
   return f.read_string(0, size_t(f.size()));
 }
 
+FrameHeader check_frame(const std::string& path, const unsigned char* head, uint64_t size,
+                        uint32_t max_version, uint64_t max_header, const char* what) {
+  FrameHeader f;
+  f.version = load_u32le(head + 8);
+  DSV3_CHECK(f.version <= max_version, path, ": ", what, " format version ", f.version,
+             " is newer than this build reads (", max_version, "): update dsv3");
+  DSV3_CHECK(f.version >= 1, path, ": unsupported ", what, " format version ", f.version);
+  f.header_crc = load_u32le(head + 12);
+  f.header_len = load_u64le(head + 16);
+  DSV3_CHECK(f.header_len <= size - kFrameBytes, path, ": truncated: header length ",
+             f.header_len, " but the file has only ", size, " bytes");
+  DSV3_CHECK(f.header_len <= max_header, path, ": header length ", f.header_len,
+             " is not sane (corrupt file)");
+  return f;
+}
+
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
   auto* p = static_cast<const Bytef*>(data);
   uLong c = crc;

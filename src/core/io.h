@@ -58,6 +58,19 @@ inline uint64_t load_u64le(const void* p) {
   return uint64_t(load_u32le(b)) | uint64_t(load_u32le(b + 4)) << 32;
 }
 
+// dsv3's own binary files (checkpoints, token shards) share a 24-byte frame: 8-byte magic, u32
+// format version, u32 CRC-32 of the JSON header, u64 JSON header length. Given the first 24
+// bytes (magic already checked), validates version and length against the file size and
+// `max_header`; `what` names the format in messages ("checkpoint", "shard").
+struct FrameHeader {
+  uint32_t version = 0;
+  uint32_t header_crc = 0;
+  uint64_t header_len = 0;
+};
+constexpr uint64_t kFrameBytes = 24;
+FrameHeader check_frame(const std::string& path, const unsigned char* head, uint64_t file_size,
+                        uint32_t max_version, uint64_t max_header, const char* what);
+
 // CRC-32 (zlib's polynomial); chain calls by passing the previous value as `crc`.
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n);
 

@@ -233,15 +233,9 @@ Shard Shard::open(const std::string& path, const ShardOpenOptions& opt) {
              " is not a dsv3 token shard (bad magic)", looks_like(path));
   DSV3_CHECK(size >= kFixedHeader, path, ": truncated: ", size,
              " bytes is too short for the shard header (", kFixedHeader, " bytes)");
-  const uint32_t version = load_u32le(head + 8);
-  DSV3_CHECK(version <= kShardVersion, path, ": shard format version ", version,
-             " is newer than this build reads (", kShardVersion, "): update dsv3");
-  DSV3_CHECK(version >= 1, path, ": unsupported shard format version ", version);
-  const uint32_t header_crc = load_u32le(head + 12);
-  const uint64_t hlen = load_u64le(head + 16);
-  DSV3_CHECK(hlen <= size - kFixedHeader, path, ": truncated: header length ", hlen,
-             " but the file has only ", size, " bytes");
-  DSV3_CHECK(hlen <= kMaxHeader, path, ": header length ", hlen, " is not sane (corrupt file)");
+  const FrameHeader frame = check_frame(path, head, size, kShardVersion, kMaxHeader, "shard");
+  const uint32_t header_crc = frame.header_crc;
+  const uint64_t hlen = frame.header_len;
 
   s.map_ = map_file(path, size_t(size)), s.map_size_ = size_t(size);
   const unsigned char* m = s.map_;
