@@ -25,24 +25,6 @@ size_t st_dtype_size(const std::string& d) {
   return it == sizes.end() ? 0 : it->second;
 }
 
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-  uint32_t u;
-  if (exp == 0) {
-    float f = float(mant) * 0x1p-24f;  // zero or subnormal: mant * 2^-24, exact in fp32
-    std::memcpy(&u, &f, 4);
-    u |= sign;
-  } else if (exp == 31) {
-    u = sign | 0x7f800000u | (mant << 13);  // inf / NaN
-  } else {
-    u = sign | ((exp + 112) << 23) | (mant << 13);  // rebias 15 -> 127
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 bool get_u64(const nlohmann::json& v, uint64_t* out) {
   if (v.is_number_unsigned()) {
     *out = v.get<uint64_t>();
