@@ -10,7 +10,7 @@
 #include "core/timer.h"
 #include "curate/classifier.h"
 #include "curate/pipeline.h"
-#include "curate/reader.h"
+#include "data/reader.h"
 #include "dist/comm.h"
 #include "flags.h"
 
@@ -228,7 +228,7 @@ int cmd_curate(int argc, char** argv) {
   const std::vector<FieldGroup> groups = {{"curate", &curate_fields(), &cfg}};
   ParsedArgs a = parse_list_args(argc, argv, 2, groups);
   if (a.help) {
-    if (dist::rank() == 0)
+    if (dist::world().rank() == 0)
       std::printf("%s", help_text("dsv3 curate --input FILES --output DIR [--config FILE] [--key value ...]\n"
                                   "       dsv3 curate train-classifier --help",
                                   "Curates text: normalisation, Gopher/C4/FineWeb filters, PII "
@@ -250,7 +250,7 @@ int cmd_curate(int argc, char** argv) {
     dist::finalize();
     throw;
   }
-  if (dist::rank() == 0) {
+  if (dist::world().rank() == 0) {
     if (a.json) {
       std::printf("%s\n", out.summary.dump().c_str());
     } else {

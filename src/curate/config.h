@@ -20,8 +20,8 @@
 #include "curate/normalize.h"
 #include "curate/perplexity.h"
 #include "curate/pii.h"
-#include "curate/reader.h"
 #include "curate/writer.h"
+#include "data/reader.h"
 
 namespace dsv3::curate {
 

@@ -380,7 +380,7 @@ bool part_is_done(const Context& ctx, const Part& part) {
 // Every rank contributes its error (or ""); all throw the first one, so no rank is left
 // waiting in a collective while another has failed.
 void agree(const std::string& mine) {
-  const auto all = dist::all_gather_bytes(mine);
+  const auto all = dist::world().all_gather_bytes(mine);
   for (size_t r = 0; r < all.size(); r++)
     if (!all[r].empty()) {
       if (all.size() > 1) fail("rank ", r, ": ", all[r]);
@@ -447,7 +447,7 @@ std::vector<std::string> split_csv(const std::string& s) {
 
 // Phase B: every rank gets every part's keys.
 Global gather_keys(const Context& ctx, const std::vector<Part>& parts, const std::vector<int>& owner) {
-  const int me = dist::rank();
+  const int me = dist::world().rank();
   std::string mine;
   auto put64 = [&](uint64_t v) { mine.append(reinterpret_cast<const char*>(&v), 8); };
   for (size_t p = 0; p < parts.size(); p++) {
@@ -462,7 +462,7 @@ Global gather_keys(const Context& ctx, const std::vector<Part>& parts, const std
     put64(k.body.size());
     mine += k.body;
   }
-  const auto all = dist::all_gather_bytes(mine);
+  const auto all = dist::world().all_gather_bytes(mine);
   std::vector<PartKeys> keys(parts.size());
   std::vector<bool> have(parts.size(), false);
   for (const auto& buf : all) {
@@ -614,7 +614,7 @@ void relevance_and_diversity(const Context& ctx, const std::vector<Part>& parts,
                              const std::vector<int>& owner, Global& g, RunStats& summed,
                              RunStats& global, nlohmann::json& info) {
   const CurateConfig& cfg = ctx.cfg;
-  const int me = dist::rank();
+  const int me = dist::world().rank();
   const int L = cfg.tfidf_log2_features, D = cfg.diversity_dim;
   const Idf idf = make_idf(g.df, g.n);
   std::vector<float> centroid;
@@ -698,7 +698,7 @@ void relevance_and_diversity(const Context& ctx, const std::vector<Part>& parts,
   if (!ctx.diversity) return;
   // Every rank gathers all candidates in global order and computes the same selection.
   const double t0 = now_seconds();
-  const auto all = dist::all_gather_bytes(vec_msg);
+  const auto all = dist::world().all_gather_bytes(vec_msg);
   std::vector<std::pair<uint64_t, const char*>> cand;
   for (const auto& buf : all)
     for (size_t pos = 0; pos + 8 <= buf.size(); pos += 8 + size_t(D) * 4)
@@ -849,7 +849,7 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
   cfg.minhash.seed = uint64_t(cfg.seed);
   validate(cfg);
   if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
-  const int me = dist::rank(), ranks = dist::world_size();
+  const int me = dist::world().rank(), ranks = dist::world().size();
 
   Context ctx(cfg);
   ctx.stages = resolve_stages(cfg);
@@ -890,7 +890,7 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
       listing = std::string("!") + e.what();
     }
   }
-  dist::broadcast_bytes(listing, 0);
+  dist::world().broadcast_bytes(listing, 0);
   DSV3_CHECK(listing.empty() || listing[0] != '!', listing.substr(1));
   std::vector<InputFile> inputs;
   for (const auto& f : nlohmann::json::parse(listing))
@@ -903,7 +903,7 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
       fs::create_directories(d);
     remove_stale_temps({ctx.dirs.out, ctx.dirs.data, ctx.dirs.rejects, ctx.dirs.work});
   }
-  dist::barrier();
+  dist::world().barrier();
 
   // Phase A
   RunStats summed;  // per rank, summed over ranks at the end
@@ -958,7 +958,7 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
 
   // Summary: per-rank counts summed, global ones once.
   nlohmann::json mine = {{"stats", to_json(summed)}, {"resumed", resumed}, {"processed", processed}};
-  const auto all = dist::all_gather_bytes(mine.dump());
+  const auto all = dist::world().all_gather_bytes(mine.dump());
   RunStats total = global;
   int64_t resumed_all = 0;
   for (const auto& s : all) {
@@ -969,7 +969,7 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
   const double wall = now_seconds() - t_start;
   std::string cpu_msg = std::to_string(process_cpu_seconds() - cpu_start);
   double cpu_all = 0;
-  for (const auto& c : dist::all_gather_bytes(cpu_msg)) cpu_all += std::strtod(c.c_str(), nullptr);
+  for (const auto& c : dist::world().all_gather_bytes(cpu_msg)) cpu_all += std::strtod(c.c_str(), nullptr);
   const int threads = std::max(1, omp_get_max_threads());
   std::map<std::string, double> phases = {{"A read+filter+keys", phase_a},
                                           {"B global dedup", phase_b},
@@ -1015,7 +1015,7 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
     write_file_atomic(ctx.dirs.out + "/report.md",
                       [&](std::FILE* f) { write_bytes(f, out.report.data(), out.report.size()); });
   }
-  dist::barrier();
+  dist::world().barrier();
   if (!cfg.keep_work) {
     for (const Part& part : parts) {
       if (owner[part.index] != me) continue;
@@ -1024,7 +1024,7 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
       fs::remove(ctx.dirs.spool(part.index), ec);
       fs::remove(ctx.dirs.work_rejects(part.index, cfg.compression), ec);
     }
-    dist::barrier();
+    dist::world().barrier();
     if (me == 0) {
       std::error_code ec;
       fs::remove(ctx.dirs.work, ec);  // only if empty

@@ -12,7 +12,7 @@
 #include "core/check.h"
 #include "core/io.h"
 #include "core/timer.h"
-#include "curate/reader.h"
+#include "data/reader.h"
 #include "data/shard.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/formats.h"
@@ -94,9 +94,9 @@ nlohmann::json run_prepare(const PrepareConfig& c) {
   const Tokenizer& tok = enc.tokenizer();
   DSV3_CHECK(tok.roles.eos >= 0, "tokenizer ", c.tokenizer,
              " has no end-of-text token; documents need an EOS separator");
-  curate::ReaderConfig rc;
+  ReaderConfig rc;
   rc.text_key = c.text_key;
-  rc.text_unit = curate::parse_text_unit(c.text_unit);
+  rc.text_unit = parse_text_unit(c.text_unit);
   fs::create_directories(c.out);
   const int threads = c.threads > 0 ? c.threads : omp_get_max_threads();
 
@@ -107,7 +107,7 @@ nlohmann::json run_prepare(const PrepareConfig& c) {
     for (size_t e = 0; e < d; e++)
       DSV3_CHECK(c.sources[e].domain != c.sources[d].domain, "domain '", c.sources[d].domain,
                  "' is given twice; list all its inputs in one --source");
-    files[d] = curate::expand_inputs(c.sources[d].inputs);
+    files[d] = expand_inputs(c.sources[d].inputs);
     for (const auto& f : files[d]) total_bytes += fs::file_size(f);
   }
 
@@ -152,43 +152,43 @@ nlohmann::json run_prepare(const PrepareConfig& c) {
     std::vector<std::string> bad_examples;
     for (size_t fi = 0; fi < files[d].size(); fi++) {
       const std::string& path = files[d][fi];
-      curate::RecordReader reader(path, rc);
+      RecordReader reader(path, rc);
       uint64_t index = 0;
       bool more = true;
       while (more) {
         // a batch of records, parsed and tokenised in parallel, written in order
-        std::vector<curate::RawRecord> raws;
+        std::vector<RawRecord> raws;
         size_t batch_bytes = 0;
-        curate::RawRecord r;
+        RawRecord r;
         while (raws.size() < 4096 && batch_bytes < (16u << 20) && (more = reader.next(r))) {
           batch_bytes += r.bytes;
           raws.push_back(std::move(r));
         }
         const size_t n = raws.size();
-        std::vector<curate::Document> docs(n);
+        std::vector<Record> docs(n);
         std::vector<uint32_t> problems(n);
         std::vector<std::string> detail(n);
         std::vector<std::vector<int32_t>> ids(n);
 #pragma omp parallel for schedule(dynamic, 8) num_threads(threads)
         for (size_t i = 0; i < n; i++) {
           if (raws[i].too_large) {
-            problems[i] = curate::bad_input_bit(curate::BadInput::TooLarge);
+            problems[i] = bad_input_bit(BadInput::TooLarge);
             continue;
           }
-          problems[i] = curate::parse_record(raws[i], reader.format(), rc, path, docs[i], detail[i]);
+          problems[i] = parse_record(raws[i], reader.format(), rc, path, docs[i], detail[i]);
           if (!docs[i].text.empty()) enc.encode_ordinary(docs[i].text, ids[i]);
         }
         for (size_t i = 0; i < n; i++) {
           const uint64_t k = index++;
           bytes_done += raws[i].bytes;
-          for (int b = 1; b < int(curate::BadInput::Count_); b++) {
-            const auto kind = curate::BadInput(b);
-            if (!(problems[i] & curate::bad_input_bit(kind))) continue;
-            const bool fatal = !curate::bad_input_is_repairable(kind);
-            if (kind == curate::BadInput::Empty) continue;  // blank paragraphs are not news
-            bad[curate::bad_input_name(kind)]++;
+          for (int b = 1; b < int(BadInput::Count_); b++) {
+            const auto kind = BadInput(b);
+            if (!(problems[i] & bad_input_bit(kind))) continue;
+            const bool fatal = !bad_input_is_repairable(kind);
+            if (kind == BadInput::Empty) continue;  // blank paragraphs are not news
+            bad[bad_input_name(kind)]++;
             const std::string where = path + ":" + std::to_string(raws[i].line) + ": " +
-                                      curate::bad_input_name(kind) +
+                                      bad_input_name(kind) +
                                       (detail[i].empty() ? "" : " (" + detail[i] + ")");
             DSV3_CHECK(!(c.strict && fatal), where, " (--strict makes bad records fatal)");
             if (bad_examples.size() < 5) bad_examples.push_back(where);

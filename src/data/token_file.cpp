@@ -2,6 +2,7 @@
 
 #include "core/check.h"
 #include "core/io.h"
+#include "data/reader.h"
 
 namespace dsv3 {
 
@@ -45,6 +46,22 @@ std::vector<int32_t> read_token_file(const std::string& path) {
   std::vector<uint16_t> raw(static_cast<size_t>(count));
   f.read_at(kTokenFileHeaderBytes, raw.data(), raw.size() * 2);
   return std::vector<int32_t>(raw.begin(), raw.end());
+}
+
+std::vector<std::string> expand_token_files(const std::string& spec, const std::string& what) {
+  std::vector<std::string> items;
+  for (size_t pos = 0; pos <= spec.size();) {
+    size_t c = spec.find(',', pos);
+    if (c == std::string::npos) c = spec.size();
+    if (c > pos) items.push_back(spec.substr(pos, c - pos));
+    pos = c + 1;
+  }
+  DSV3_CHECK(!items.empty(), what, ": names no token files");
+  try {
+    return expand_inputs(items);
+  } catch (const Error& e) {
+    fail(what, ": ", e.what());
+  }
 }
 
 void write_token_file(const std::string& path, const std::vector<int32_t>& ids) {

@@ -20,6 +20,12 @@ int64_t read_token_file_header(const std::string& path);
 // wrong magic (with what the file looks like), unsupported version, size not matching the count.
 std::vector<int32_t> read_token_file(const std::string& path);
 
+// The files named by a --train_data / --val_data value: a comma-separated list of items, each a
+// file, a glob (sorted matches: 'data/fineweb_train_*.bin') or a directory (its files, sorted),
+// in the order given; a file named twice is kept once. Errors start with `what` (the flag) and
+// name an item that matches nothing. The files themselves are not opened here.
+std::vector<std::string> expand_token_files(const std::string& spec, const std::string& what);
+
 // Writes ids (each in [0, 65536)) atomically.
 void write_token_file(const std::string& path, const std::vector<int32_t>& ids);
 

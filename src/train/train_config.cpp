@@ -28,6 +28,8 @@ const std::vector<FieldSpec>& train_fields() {
       field("data", &T::data, "prepared data directory (dsv3 prepare): shards + tokenizer"),
       field("train_data", &T::train_data, "llm.c token file (neither: built-in corpus)"),
       field("val_data", &T::val_data, "llm.c token file for validation"),
+      field("shuffle", &T::shuffle,
+            "train_data: random windows, new order each epoch (false: in order)"),
       field("mix", &T::mix, "domain weights name:w,... (default: token shares)"),
       field("mix_end", &T::mix_end, "domain weights at the end (linear schedule from --mix)"),
       field("mix_adaptive", &T::mix_adaptive,

@@ -31,6 +31,7 @@ struct TrainConfig {
   std::string data;        // a `dsv3 prepare` directory: shards, domains, tokenizer
   std::string train_data;  // or an llm.c token file; neither = the built-in corpus
   std::string val_data;    // llm.c token file for validation (with train_data)
+  bool shuffle = true;     // train_data / built-in corpus: random windows (false: in order)
   std::string mix;         // domain weights "a:0.7,b:0.3" (default: each domain's token share)
   std::string mix_end;     // weights at the end of the run (moved linearly from `mix`)
   double mix_adaptive = 1.0;  // loss-adaptive factor (1 = off; the seed: 1.15)

@@ -45,6 +45,9 @@ TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
   const Dims d = tc.dims();
   DSV3_CHECK(tc.data.empty() || tc.train_data.empty(),
              "give --data (a prepared directory) or --train_data (an llm.c file), not both");
+  DSV3_CHECK(tc.data.empty() || tc.shuffle,
+             "--shuffle is for --train_data and the built-in corpus; prepared data (--data) has "
+             "its own loader, which shuffles documents: drop --shuffle false");
   if (!tc.data.empty()) {
     std::string dir;
     const nlohmann::json m = read_manifest(tc.data, &dir);
@@ -70,8 +73,8 @@ TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
     lc.fim_middle = tok.roles.fim_middle;
     lc.fim_suffix = tok.roles.fim_suffix;
     lc.fim_rate = tc.fim_rate;
-    lc.rank = dist::rank();  // each data-parallel rank reads its own documents
-    lc.world = dist::world_size();
+    lc.rank = dist::world().rank();  // each data-parallel rank reads its own documents
+    lc.world = dist::world().size();
     if (tc.fim_rate > 0 && (lc.fim_prefix < 0 || lc.fim_middle < 0 || lc.fim_suffix < 0)) {
       std::fprintf(stderr, "note: the tokenizer has no FIM markers, so fill-in-the-middle is off\n");
       lc.fim_rate = 0;
@@ -107,23 +110,41 @@ TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
             format_domain_weights(names, loader_->weights()) + ")";
     return;
   }
-  std::vector<int32_t> train;
+  TokenStreamConfig sc;
+  sc.batch = d.B;
+  sc.seq_len = d.T;
+  sc.shuffle = tc.shuffle;
+  sc.seed = uint64_t(tc.seed);
+  const char* order = tc.shuffle ? "shuffled windows" : "sequential";
   if (tc.train_data.empty()) {
     DSV3_CHECK(c.vocab >= 256, "the built-in corpus is byte-level: vocab must be >= 256");
-    train = bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed), kBuiltinTrainBytes));
+    std::vector<int32_t> train =
+        bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed), kBuiltinTrainBytes));
     val_.push_back({"builtin",
                     bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed) + 1000003, kBuiltinValBytes)),
                     1.0});
-    desc_ = "built-in corpus (" + std::to_string(train.size()) + " byte tokens)";
+    desc_ = "built-in corpus (" + std::to_string(train.size()) + " byte tokens, " + order + ")";
+    std::vector<std::vector<int32_t>> parts;
+    parts.push_back(std::move(train));
+    stream_ = std::make_unique<TokenStream>(std::move(parts), sc,
+                                            std::vector<std::string>{"built-in corpus"});
   } else {
-    train = load_tokens(tc.train_data, c.vocab, "train_data");
-    desc_ = tc.train_data + " (" + std::to_string(train.size()) + " tokens)";
+    const std::vector<std::string> files = expand_token_files(tc.train_data, "--train_data");
+    stream_ = std::make_unique<TokenStream>(TokenStream::open_files(files, sc));
+    stream_->check_ids_below(c.vocab, "train_data");
+    desc_ = (files.size() == 1 ? files[0]
+                               : std::to_string(files.size()) + " files " + tc.train_data) +
+            " (" + std::to_string(stream_->tokens()) + " tokens, " + order + ")";
   }
-  if (!tc.val_data.empty()) {
+  if (!tc.val_data.empty()) {  // every file in order, concatenated: validation is not shuffled
+    ValSet v{"val", {}, 0.0};
+    for (const std::string& f : expand_token_files(tc.val_data, "--val_data")) {
+      const std::vector<int32_t> t = load_tokens(f, c.vocab, "val_data");
+      v.tokens.insert(v.tokens.end(), t.begin(), t.end());
+    }
     val_.clear();
-    val_.push_back({"val", load_tokens(tc.val_data, c.vocab, "val_data"), 0.0});
+    val_.push_back(std::move(v));
   }
-  stream_ = std::make_unique<TokenStream>(std::move(train), d);
 }
 
 const int32_t* TrainData::next() { return loader_ ? loader_->next() : stream_->next(); }
@@ -134,7 +155,7 @@ void TrainData::set_step(int64_t step, int64_t total) {
 
 nlohmann::json TrainData::state() const {
   if (loader_) return {{"loader", loader_->state()}};
-  return {{"position", stream_->position()}, {"epoch", stream_->epoch()}};
+  return stream_->state();
 }
 
 void TrainData::restore(const nlohmann::json& s) {
@@ -143,9 +164,17 @@ void TrainData::restore(const nlohmann::json& s) {
     loader_->restore(s.at("loader"));
     return;
   }
-  DSV3_CHECK(s.contains("position"), "checkpoint was trained on prepared data: pass its --data");
-  stream_->seek(s.at("position").get<uint64_t>());
-  stream_->set_epoch(s.at("epoch").get<uint64_t>());
+  DSV3_CHECK(!s.contains("loader"), "checkpoint was trained on prepared data: pass its --data");
+  const bool shuffled = stream_->shuffled();
+  const uint64_t seed = stream_->seed();
+  stream_->restore(s);  // the checkpoint's order and seed win: the run continues as it started
+  if (stream_->shuffled() != shuffled)
+    std::fprintf(stderr, "note: the checkpoint read its data %s%s; the resumed run continues so "
+                 "(--shuffle applies to new runs)\n",
+                 stream_->shuffled() ? "in shuffled order" : "in sequential order",
+                 s.contains("order") ? "" : " (written before --shuffle existed)");
+  else if (stream_->shuffled() && stream_->seed() != seed)
+    std::fprintf(stderr, "note: the data order continues with the checkpoint's seed\n");
 }
 
 nlohmann::json TrainData::observe_validation(const std::vector<double>& losses) {

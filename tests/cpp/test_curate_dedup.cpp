@@ -11,10 +11,10 @@
 #include "curate/classifier.h"
 #include "curate/dedup.h"
 #include "curate/kmeans.h"
-#include "curate/reader.h"
 #include "curate/tfidf.h"
 #include "curate/writer.h"
 #include "curate_test_util.h"
+#include "data/reader.h"
 
 namespace dsv3::curate {
 namespace {

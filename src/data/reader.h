@@ -1,18 +1,22 @@
-// Input side of `dsv3 curate` (D1): which files, how to decompress them, and how a file becomes
-// records. Everything streams: a file is read through a fixed buffer, so memory does not grow
-// with its size, and a record longer than max_doc_bytes is skipped without being held.
+// Input readers (D1), shared by `dsv3 curate` and `dsv3 prepare`: which files, how to
+// decompress them, and how a file becomes records. Everything streams: a file is read through a
+// fixed buffer, so memory does not grow with its size, and a record longer than max_doc_bytes
+// is skipped without being held.
 //
 // Bad input never throws here unless the caller asks (strict mode is the pipeline's business):
 // each problem becomes a BadInput kind attached to the record, with its file and line.
+//
+// Layering: this is the data layer; it includes nothing from src/curate (curation stages build
+// their curate::Document from a Record, see parse_record below).
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "curate/document.h"
+#include <nlohmann/json.hpp>
 
-namespace dsv3::curate {
+namespace dsv3 {
 
 // Expands --input items in the order given: a file; a directory (its regular files,
 // recursively, sorted, hidden entries skipped); or a glob with * ? [...] per path segment and
@@ -99,12 +103,36 @@ class RecordReader {
   bool file_done_ = false; // TextUnit::File: the one record was returned
 };
 
-// Turns a raw record into a document: parses JSON and takes the text and id fields, repairs
+// A record's text and where it came from, as parse_record makes it.
+struct Record {
+  std::string text;
+  std::string id;         // the record's id field, or "<input path>:<line>"
+  nlohmann::json meta;    // the input record without its text and id (JSONL), else null
+  uint64_t line = 0;      // 1-based line where the record starts in its file
+  uint64_t bytes_in = 0;  // bytes of the record as read
+};
+
+// Turns a raw record into a Record: parses JSON and takes the text and id fields, repairs
 // invalid UTF-8 and removes NUL bytes. Returns the problems found as a mask of
-// bad_input_bit(kind) (0 if clean); the document is usable iff no unrepairable problem is set.
+// bad_input_bit(kind) (0 if clean); the record is usable iff no unrepairable problem is set.
 // `detail` says more about the first problem (the JSON parser's message, ...).
 inline uint32_t bad_input_bit(BadInput b) { return 1u << unsigned(b); }
 uint32_t parse_record(RawRecord& raw, InputFormat format, const ReaderConfig& cfg,
-                      const std::string& path, Document& doc, std::string& detail);
+                      const std::string& path, Record& rec, std::string& detail);
 
-}  // namespace dsv3::curate
+// The same for a richer document type (curate::Document): fills its text, id, meta, line and
+// bytes_in and leaves its other fields alone.
+template <typename Doc>
+uint32_t parse_record(RawRecord& raw, InputFormat format, const ReaderConfig& cfg,
+                      const std::string& path, Doc& doc, std::string& detail) {
+  Record r;
+  const uint32_t problems = parse_record(raw, format, cfg, path, r, detail);
+  doc.text = std::move(r.text);
+  doc.id = std::move(r.id);
+  doc.meta = std::move(r.meta);
+  doc.line = r.line;
+  doc.bytes_in = r.bytes_in;
+  return problems;
+}
+
+}  // namespace dsv3

@@ -1,4 +1,4 @@
-#include "curate/reader.h"
+#include "data/reader.h"
 
 #include <fnmatch.h>
 #include <zlib.h>
@@ -12,9 +12,8 @@
 #include <set>
 
 #include "core/check.h"
-#include "curate/text.h"
 
-namespace dsv3::curate {
+namespace dsv3 {
 
 namespace fs = std::filesystem;
 
@@ -403,16 +402,107 @@ bool RecordReader::next(RawRecord& r) {
 }
 
 namespace {
+
+// UTF-8 checks of the reader. curate/text.cpp has the same rules (utf8_valid, utf8_repair,
+// is_space, trim_view) for the curation stages; the data layer cannot include it.
+
+// Length of the valid UTF-8 sequence at p (1..4), or 0 if the bytes there are not one
+// (overlong forms, surrogates and code points above U+10FFFF are invalid, as in Python).
+size_t valid_seq(const unsigned char* p, size_t left) {
+  const unsigned c = p[0];
+  if (c < 0x80) return 1;
+  auto cont = [&](size_t k) { return k < left && (p[k] & 0xC0) == 0x80; };
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && p[1] < 0xA0) return 0;  // overlong
+    if (c == 0xED && p[1] >= 0xA0) return 0;  // surrogate
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && p[1] < 0x90) return 0;  // overlong
+    if (c == 0xF4 && p[1] >= 0x90) return 0;  // > U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+// Replaces every maximal invalid subsequence by U+FFFD (Python's errors="replace"); returns
+// how many replacements were made.
+size_t repair_utf8(std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {  // the common case: already valid, nothing copied
+    if (i + 8 <= n) {  // 8 ASCII bytes at a time
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      if (!(w & 0x8080808080808080ull)) {
+        i += 8;
+        continue;
+      }
+    }
+    const size_t k = valid_seq(p + i, n - i);
+    if (!k) break;
+    i += k;
+  }
+  if (i == n) return 0;
+  std::string out(s, 0, i);
+  out.reserve(s.size() + 16);
+  size_t fixes = 0;
+  while (i < n) {
+    const size_t k = valid_seq(p + i, n - i);
+    if (k) {
+      out.append(s, i, k);
+      i += k;
+      continue;
+    }
+    // One U+FFFD per maximal invalid prefix: a lead byte with its valid continuation bytes,
+    // or a single stray byte.
+    size_t skip = 1;
+    const unsigned c = p[i];
+    const size_t want = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 1;
+    while (skip < want && i + skip < n && (p[i + skip] & 0xC0) == 0x80) skip++;
+    out += "\xEF\xBF\xBD";
+    i += skip;
+    fixes++;
+  }
+  s.swap(out);
+  return fixes;
+}
+
+// Whether valid UTF-8 text is only whitespace in Python's sense (str.strip() would empty it).
+bool blank_text(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  for (size_t i = 0; i < s.size();) {
+    const unsigned c = p[i];
+    const size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (len > s.size() - i) return false;
+    uint32_t cp;
+    if (c < 0x80) cp = c, i += 1;
+    else if (c < 0xE0) cp = (c & 0x1F) << 6 | (p[i + 1] & 0x3F), i += 2;
+    else if (c < 0xF0) cp = (c & 0x0F) << 12 | (p[i + 1] & 0x3F) << 6 | (p[i + 2] & 0x3F), i += 3;
+    else return false;  // U+10000 and above: no whitespace there
+    const bool space = cp == ' ' || (cp >= 9 && cp <= 13) || (cp >= 0x1c && cp <= 0x1f) ||
+                       cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) ||
+                       cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    if (!space) return false;
+  }
+  return true;
+}
+
 size_t strip_nul(std::string& s) {
   const size_t before = s.size();
   if (std::memchr(s.data(), 0, s.size()) == nullptr) return 0;
   s.erase(std::remove(s.begin(), s.end(), '\0'), s.end());
   return before - s.size();
 }
+
 }  // namespace
 
 uint32_t parse_record(RawRecord& raw, InputFormat format, const ReaderConfig& cfg,
-                      const std::string& path, Document& doc, std::string& detail) {
+                      const std::string& path, Record& doc, std::string& detail) {
   uint32_t problems = 0;
   detail.clear();
   doc.line = raw.line;
@@ -425,7 +515,7 @@ uint32_t parse_record(RawRecord& raw, InputFormat format, const ReaderConfig& cf
     return bad_input_bit(BadInput::TooLarge);
   }
   // Repair first: a JSON parser rejects a whole line for one bad byte inside a string.
-  if (const size_t fixes = utf8_repair(raw.data)) {
+  if (const size_t fixes = repair_utf8(raw.data)) {
     problems |= bad_input_bit(BadInput::InvalidUtf8);
     detail = std::to_string(fixes) + " invalid UTF-8 sequence(s) replaced by U+FFFD";
   }
@@ -465,11 +555,11 @@ uint32_t parse_record(RawRecord& raw, InputFormat format, const ReaderConfig& cf
     if (!problems) detail = std::to_string(nul) + " NUL byte(s) removed";
     problems |= bad_input_bit(BadInput::NulBytes);
   }
-  if (trim_view(doc.text).empty()) {
+  if (blank_text(doc.text)) {
     detail = "no text";
     problems |= bad_input_bit(BadInput::Empty);
   }
   return problems;
 }
 
-}  // namespace dsv3::curate
+}  // namespace dsv3

@@ -1,0 +1,64 @@
+#include "dist/layout.h"
+
+#include "core/check.h"
+
+namespace dsv3::dist {
+
+void validate(const ParallelLayout& l, int world_size) {
+  DSV3_CHECK(l.dp >= 1 && l.tp >= 1 && l.pp >= 1 && l.ep >= 1,
+             "parallel layout ", describe(l), ": every degree must be at least 1");
+  DSV3_CHECK(l.dp * l.tp * l.pp == world_size, "parallel layout ", describe(l),
+             " needs dp * tp * pp = ", l.dp * l.tp * l.pp, " ranks, but the world has ", world_size);
+  DSV3_CHECK(l.dp % l.ep == 0, "parallel layout ", describe(l), ": ep (", l.ep,
+             ") must divide dp (", l.dp,
+             "): expert parallelism is carved out of the data-parallel ranks");
+}
+
+std::string describe(const ParallelLayout& l) {
+  return cat("dp ", l.dp, " x tp ", l.tp, " x pp ", l.pp, ", ep ", l.ep);
+}
+
+RankCoords rank_coords(const ParallelLayout& l, int rank) {
+  RankCoords c;
+  c.tp = rank % l.tp;
+  c.dp = (rank / l.tp) % l.dp;
+  c.pp = rank / (l.tp * l.dp);
+  c.ep = c.dp % l.ep;
+  c.edp = c.dp / l.ep;
+  return c;
+}
+
+int rank_at(const ParallelLayout& l, int dp, int tp, int pp) {
+  return tp + l.tp * (dp + l.dp * pp);
+}
+
+std::string ParallelGroups::describe() const {
+  return cat("rank ", rank, ": dp ", at.dp, " tp ", at.tp, " pp ", at.pp, " ep ", at.ep);
+}
+
+ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& l) {
+  validate(l, world.size());
+  ParallelGroups g;
+  g.layout = l;
+  g.rank = world.rank();
+  g.at = rank_coords(l, g.rank);
+  const RankCoords& c = g.at;
+  // Colors number the groups; keys order each group by its own dimension. Every rank makes the
+  // same five calls in the same order (split is collective).
+  const int tp_pp = c.pp * l.tp + c.tp;  // the (tp, pp) position dp/ep/edp groups share
+  g.tp = world.split(c.pp * l.dp + c.dp, c.tp);
+  g.pp = world.split(c.dp * l.tp + c.tp, c.pp);
+  g.dp = world.split(tp_pp, c.dp);
+  g.ep = world.split(tp_pp * (l.dp / l.ep) + c.edp, c.ep);
+  g.edp = world.split(tp_pp * l.ep + c.ep, c.edp);
+  return g;
+}
+
+void require_single_process(const char* what) {
+  const int n = world().size();
+  DSV3_CHECK(n == 1, "dsv3 ", what, " under mpirun (", n,
+             " processes) needs parallel flags (--dp/--ep), which arrive with distributed "
+             "training; run it as one process");
+}
+
+}  // namespace dsv3::dist
