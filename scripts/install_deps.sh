@@ -4,6 +4,7 @@ set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build pkg-config
   libopenblas-openmp-dev   # BLAS for CPU GEMM; the OpenMP build cooperates with our threads
+  libdnnl-dev              # oneDNN: bf16 GEMM (AVX512-BF16); its OpenMP runtime is our libgomp
   nlohmann-json3-dev zlib1g-dev
   libpcre2-dev             # the tokenizer's pre-tokenisation regexes (PCRE2 with JIT)
   libzstd-dev libutf8proc-dev libxxhash-dev   # dsv3 curate: .zst, NFC, dedup hashes
