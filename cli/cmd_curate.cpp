@@ -12,6 +12,7 @@
 #include "curate/pipeline.h"
 #include "data/reader.h"
 #include "dist/comm.h"
+#include "eval/perplexity.h"
 #include "flags.h"
 
 namespace dsv3::cli {
@@ -245,7 +246,12 @@ int cmd_curate(int argc, char** argv) {
   }
   CurateOutcome out;
   try {
-    out = run_curate(cfg);
+    // the perplexity stage scores with a dsv3 model: the CLI, which knows every layer, wires it
+    out = run_curate(cfg, [](const PerplexityConfig& pc) {
+      auto scorer = std::make_shared<PerplexityScorer>(pc.model, pc.max_tokens);
+      return PerplexityModel{[scorer](std::string_view t) { return scorer->score(t); },
+                             scorer->source()};
+    });
   } catch (...) {
     dist::finalize();
     throw;

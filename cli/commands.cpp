@@ -10,16 +10,16 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf.h"
 #include "core/check.h"
-#include "core/rng.h"
 #include "core/io.h"
+#include "core/rng.h"
 #include "core/timer.h"
-#include "data/builtin_corpus.h"
 #include "data/token_file.h"
 #include "eval/eval.h"
 #include "flags.h"
 #include "infer/sample.h"
-#include "infer/text_codec.h"
-#include "ops/gemm.h"
+#include "ops/gemm_cpu.h"
+#include "tokenizer/text_codec.h"
+#include "train/state.h"
 #include "train/step.h"
 #include "train/train_data.h"
 #include "train/trainer.h"
@@ -27,12 +27,6 @@
 namespace dsv3::cli {
 
 namespace {
-
-std::vector<FieldGroup> run_groups(RunSpec& s) {
-  return {{"model", &model_fields(), &s.model},
-          {"losses", &loss_fields(), &s.loss},
-          {"training", &train_fields(), &s.train}};
-}
 
 void print_json(const nlohmann::json& j) { std::printf("%s\n", j.dump().c_str()); }
 
@@ -46,20 +40,28 @@ std::string human(double n) {
 }
 
 // Parses a run's settings: preset (default `tiny`), config file, flags.
-ParsedArgs parse_run(int argc, char** argv, RunSpec& s) {
+ParsedArgs parse_run(int argc, char** argv, std::vector<FieldGroup> groups, RunSpec& s) {
   s.model = preset("tiny");
-  return parse_args(argc, argv, 2, run_groups(s), [&](const std::string& p) { s.model = preset(p); });
+  return parse_args(argc, argv, 2, groups, [&](const std::string& p) { s.model = preset(p); });
 }
 
-// Loads a model for eval/sample/export: checkpoint file, run directory or HF directory.
-std::unique_ptr<Model> load_for_inference(const std::string& path, Dims d) {
+// A model for eval/sample: checkpoint file, run directory or HF directory, in `precision`.
+std::unique_ptr<ModelWeights> load_weights(const std::string& path, Precision precision) {
   DSV3_CHECK(!path.empty(), "--model is required (a checkpoint, run directory or HF directory)");
   LoadedModel lm = load_model_any(path);
-  d.T = std::min(d.T, lm.config.max_seq);
-  auto m = std::make_unique<Model>(lm.config, TrainingLossConfig{}, d);
-  std::copy(lm.params.begin(), lm.params.end(), m->params());
-  std::fprintf(stderr, "loaded %s\n", lm.source.c_str());
-  return m;
+  auto w = std::make_unique<ModelWeights>(lm.config, compute_dtype(precision));
+  w->load(lm.params);
+  std::fprintf(stderr, "loaded %s (%s)\n", lm.source.c_str(), precision_name(precision));
+  return w;
+}
+
+// The groups of `dsv3 train`, `bench` and `info` that a command does not use are not offered.
+std::vector<FieldGroup> pick(const std::vector<FieldGroup>& all, std::initializer_list<const char*> titles) {
+  std::vector<FieldGroup> out;
+  for (const char* t : titles)
+    for (const auto& g : all)
+      if (g.title == t) out.push_back(g);
+  return out;
 }
 
 }  // namespace
@@ -67,26 +69,30 @@ std::unique_ptr<Model> load_for_inference(const std::string& path, Dims d) {
 // ---------------------------------------------------------------------------------------------
 int cmd_train(int argc, char** argv) {
   RunSpec spec;
-  ParsedArgs a = parse_run(argc, argv, spec);
+  const auto groups = run_groups(spec);
+  ParsedArgs a = parse_run(argc, argv, groups, spec);
   if (a.help) {
     std::printf("%s", help_text("dsv3 train [--preset NAME] [--config FILE] [--key value ...]",
-                                "Trains a model. Without --train_data it uses the built-in corpus "
-                                "(byte-level ids).\nWrites OUT/metrics.jsonl and OUT/ckpt_*.dsv3; "
-                                "--resume OUT continues exactly.",
-                                run_groups(spec), true)
+                                "Trains a model. Without --data or --train_data it uses the "
+                                "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
+                                "OUT/ckpt_*.dsv3; --resume OUT continues exactly.",
+                                groups, true)
                         .c_str());
     return 0;
   }
+  dist::require_single_process("train");
   const bool vocab_given =
       std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
-  if (!spec.train.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
-    spec.model.vocab = vocab_for_prepared_data(spec.train.data);
-  if (spec.train.resume.empty()) {
+  if (!spec.data.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
+    spec.model.vocab = vocab_for_prepared_data(spec.data.data);
+  if (spec.checkpoint.resume.empty()) {
+    reject_inapplicable(spec, a.set_keys);
     run_training(spec, nullptr);
     return 0;
   }
-  // Resume: the checkpoint's settings, then the training flags given now (not model ones).
-  std::string path = spec.train.resume;
+  // Resume: the checkpoint's settings, then the settings given now. Model settings may be
+  // repeated (the original command line) but not changed.
+  std::string path = spec.checkpoint.resume;
   if (std::filesystem::is_directory(path)) {
     auto list = list_checkpoints(path);
     DSV3_CHECK(!list.empty(), "no checkpoints (ckpt_*.dsv3) in ", path, " to resume from");
@@ -94,18 +100,22 @@ int cmd_train(int argc, char** argv) {
   }
   Checkpoint ck = load_checkpoint(path);
   RunSpec resumed = spec_from_checkpoint(ck);
+  const auto from = run_groups(spec), to = run_groups(resumed);
   for (const auto& key : a.set_keys) {
-    DSV3_CHECK(!find_field(model_fields(), key), "--", key,
-               " changes the model, which a resumed run cannot do (drop it or start a new run)");
-    auto groups = run_groups(resumed);
-    for (const auto& g : groups)
-      if (const FieldSpec* f = find_field(*g.fields, key)) {
-        const auto& src = run_groups(spec);
-        for (const auto& sg : src)
-          if (sg.fields == g.fields) f->set(g.target, f->get(sg.target));
-      }
+    if (key == "resume") continue;
+    const FieldGroup *gf = nullptr, *gt = nullptr;
+    const FieldSpec* f = find_field(from, key, &gf);
+    find_field(to, key, &gt);
+    if (gf->title == "model") {
+      DSV3_CHECK(f->get(gf->target) == f->get(gt->target), "--", key, " ", f->get(gf->target),
+                 " changes the model (the checkpoint has ", f->get(gt->target),
+                 "), which a resumed run cannot do (drop it or start a new run)");
+      continue;
+    }
+    f->set(gt->target, f->get(gf->target));
   }
-  resumed.train.resume = path;
+  resumed.checkpoint.resume = path;
+  reject_inapplicable(resumed, a.set_keys);
   std::fprintf(stderr, "resuming from %s\n", path.c_str());
   run_training(resumed, &ck);
   return 0;
@@ -114,25 +124,31 @@ int cmd_train(int argc, char** argv) {
 // ---------------------------------------------------------------------------------------------
 int cmd_info(int argc, char** argv) {
   RunSpec spec;
-  ParsedArgs a = parse_run(argc, argv, spec);
+  const auto groups = pick(run_groups(spec), {"model", "training", "precision"});
+  ParsedArgs a = parse_run(argc, argv, groups, spec);
   if (a.help) {
     std::printf("%s", help_text("dsv3 info [--preset NAME] [--key value ...] [--json]",
                                 "Parameters, activated parameters, training FLOPs per token and "
-                                "training memory\n(fp32 weights, gradients, AdamW moments and "
-                                "activations for batch x seq_len).",
-                                run_groups(spec), true)
+                                "training memory\n(weights in the compute precision, fp32 master "
+                                "weights, gradients and AdamW moments, activations for batch x "
+                                "seq_len).",
+                                groups, true)
                         .c_str());
     return 0;
   }
   const ModelConfig& c = spec.model;
   validate(c);
-  validate(spec.train);
-  const ModelStats s = model_stats(c, spec.train.seq_len);
+  validate(spec.run);
+  const DType dt = compute_dtype(spec.precision.precision);
+  const ModelStats s = model_stats(c, spec.run.seq_len);
   const double P = double(s.params);
-  const double act = double(Model::measure_activation_floats(c, spec.train.dims(),
-                                                             spec.train.recompute)) * 4;
-  const double weights = P * 4, grads = P * 4, adam = P * 8;
-  const double total = weights + grads + adam + act;
+  WorkspaceConfig wc;
+  wc.max = spec.run.dims();
+  wc.recompute = spec.run.recompute;
+  const double act = double(Workspace::measure_bytes(c, dt, wc));
+  const double weights = P * double(dtype_size(dt));
+  const double master = dt == DType::F32 ? 0.0 : P * 4, grads = P * 4, adam = P * 8;
+  const double total = weights + master + grads + adam + act;
   if (a.json) {
     print_json({{"preset", a.preset},
                 {"params", s.params},
@@ -142,10 +158,11 @@ int cmd_info(int argc, char** argv) {
                 {"active_matmul_params", s.active_matmul},
                 {"train_flops_per_token", s.train_flops_per_token},
                 {"fwd_flops_per_token", s.fwd_flops_per_token},
-                {"seq_len", spec.train.seq_len},
+                {"seq_len", spec.run.seq_len},
+                {"precision", precision_name(spec.precision.precision)},
                 {"memory_bytes",
-                 {{"weights", weights}, {"grads", grads}, {"adam", adam}, {"activations", act},
-                  {"total", total}}},
+                 {{"weights", weights}, {"master", master}, {"grads", grads}, {"adam", adam},
+                  {"activations", act}, {"total", total}}},
                 {"config", fields_to_json(model_fields(), &c)}});
     return 0;
   }
@@ -160,12 +177,14 @@ int cmd_info(int argc, char** argv) {
               human(double(s.active_params)).c_str());
   std::printf("  train FLOPs/token %s at seq_len %d (6 x %s GEMM params incl. MTP + causal "
               "attention)\n",
-              human(s.train_flops_per_token).c_str(), spec.train.seq_len,
+              human(s.train_flops_per_token).c_str(), spec.run.seq_len,
               human(double(s.active_matmul)).c_str());
-  std::printf("  training memory   %.3f GiB = weights %.3f + grads %.3f + AdamW %.3f + "
-              "activations %.3f (batch %d x %d, recompute %s, fp32)\n",
-              gib(total), gib(weights), gib(grads), gib(adam), gib(act), spec.train.batch,
-              spec.train.seq_len, recompute_name(spec.train.recompute));
+  std::printf("  training memory   %.3f GiB = weights %.3f (%s)%s + grads %.3f + AdamW %.3f + "
+              "activations %.3f (batch %d x %d, recompute %s)\n",
+              gib(total), gib(weights), dtype_name(dt),
+              master > 0 ? (" + fp32 master " + std::to_string(gib(master)).substr(0, 5)).c_str() : "",
+              gib(grads), gib(adam), gib(act), spec.run.batch, spec.run.seq_len,
+              recompute_name(spec.run.recompute));
   return 0;
 }
 
@@ -187,55 +206,86 @@ const std::vector<FieldSpec>& bench_fields() {
 int cmd_bench(int argc, char** argv) {
   RunSpec spec;
   BenchOptions bo;
-  spec.model = preset("tiny");
-  auto groups = run_groups(spec);
+  auto groups = pick(run_groups(spec),
+                     {"model", "losses", "training", "optimizer", "schedule", "precision"});
   groups.insert(groups.begin(), {"bench", &bench_fields(), &bo});
-  ParsedArgs a = parse_args(argc, argv, 2, groups, [&](const std::string& p) { spec.model = preset(p); });
+  ParsedArgs a = parse_run(argc, argv, groups, spec);
   if (a.help) {
     std::printf("%s", help_text("dsv3 bench [--preset NAME] [--key value ...] [--json]",
-                                "Runs warm-up and timed optimizer steps (AdamW, clipping) on "
-                                "synthetic tokens and reports\ntokens/s, MFU against the measured "
-                                "fp32 GEMM peak, and peak memory.",
+                                "Runs warm-up and timed optimizer steps (AdamW, clipping, routing-"
+                                "bias update) on\nrandom tokens and reports tokens/s, MFU against "
+                                "the measured fp32 and bf16 GEMM peaks,\nand peak memory.",
                                 groups, true)
                         .c_str());
     return 0;
   }
   validate(spec.model);
-  validate(spec.train);
+  validate(spec.run);
+  validate(spec.optimizer);
+  validate(spec.schedule);
+  validate(spec.precision);
   DSV3_CHECK(bo.warmup_steps >= 0 && bo.timed_steps >= 1, "need timed_steps >= 1");
+  DSV3_CHECK(spec.run.seq_len <= spec.model.max_seq, "sequence length ", spec.run.seq_len,
+             " exceeds max_seq ", spec.model.max_seq);
   const ModelConfig& c = spec.model;
-  const TrainConfig& tc = spec.train;
-  const Dims d = tc.dims();
-  Model model(c, spec.loss, d, tc.recompute, Exec{parse_device(tc.device)});
-  init_params(c, model.table(), model.params(), uint64_t(tc.seed));
-  AdamW opt(tc.adamw(), model.table());
-  Rng rng(uint64_t(tc.seed));
-  std::vector<int32_t> tokens(size_t(d.B) * (d.T + 1) * tc.grad_accum);
+  const RunConfig& rc = spec.run;
+  const Device device = parse_device(rc.device);
+  DSV3_CHECK(backend::available(device), "device ", rc.device, " requested but ",
+             backend::describe(device));
+  const DType dt = compute_dtype(spec.precision.precision);
+  const Dims d = rc.dims();
+  ModelWeights weights(c, dt, device);
+  TrainState st(weights, spec.optimizer, spec.precision);
+  {
+    std::vector<float> init(weights.table().total);
+    init_params(c, weights.table(), init.data(), uint64_t(rc.seed));
+    st.load_weights(init);
+  }
+  WorkspaceConfig wc;
+  wc.max = d;
+  wc.recompute = rc.recompute;
+  Workspace ws(c, dt, device, wc);
+  Rng rng(uint64_t(rc.seed));
+  std::vector<int32_t> tokens(size_t(d.B) * (d.T + 1) * rc.grad_accum);
   for (auto& t : tokens) t = int32_t(rng.below(uint64_t(c.vocab)));
-  const StepSettings ss = step_settings(tc.grad_accum, tc.clip, tc.schedule_config(), spec.loss);
-  auto micro = [&](int i) { return tokens.data() + size_t(i) * d.B * (d.T + 1); };
-  for (int i = 0; i < bo.warmup_steps; i++) train_step(model, opt, ss, i, d, micro);
+  const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, bo.warmup_steps + bo.timed_steps,
+                                        spec.loss);
+  auto micro = [&](int i) { return MicroBatch{d, tokens.data() + size_t(i) * d.B * (d.T + 1)}; };
+  for (int i = 0; i < bo.warmup_steps; i++) train_step(st, ws, spec.loss, ss, i, micro);
   const double t0 = now_seconds();
   double loss = 0;
   for (int i = 0; i < bo.timed_steps; i++)
-    loss = train_step(model, opt, ss, bo.warmup_steps + i, d, micro).loss.loss;
-  const double dt = (now_seconds() - t0) / bo.timed_steps;
-  const double peak = tc.peak_gflops > 0 ? tc.peak_gflops : measure_gemm_peak_gflops();
+    loss = train_step(st, ws, spec.loss, ss, bo.warmup_steps + i, micro).loss.loss;
+  const double dt_step = (now_seconds() - t0) / bo.timed_steps;
+  const double peak32 = cpu::measure_gemm_peak_gflops(DType::F32);
+  const double peak16 = cpu::measure_gemm_peak_gflops(DType::BF16);
+  const double peak = rc.peak_gflops > 0 ? rc.peak_gflops : (dt == DType::BF16 ? peak16 : peak32);
   const ModelStats s = model_stats(c, d.T);
-  const double tps = double(d.N()) * tc.grad_accum / dt;
-  const double mfu = tps * s.train_flops_per_token / (peak * 1e9);
+  const double tps = double(d.N()) * rc.grad_accum / dt_step;
+  const double achieved = tps * s.train_flops_per_token / 1e9;
+  const double mfu = achieved / peak;
   const double rss = double(peak_rss_bytes());
+  const backend::MemoryStats mem = backend::memory_stats(device);
+  if (mfu > 1 && rc.peak_gflops == 0)
+    std::fprintf(stderr, "warning: achieved %.1f GFLOP/s exceeds the measured peak %.1f: the "
+                 "peak measurement was disturbed (set --peak_gflops)\n", achieved, peak);
   if (a.json) {
-    print_json({{"preset", a.preset}, {"batch", d.B}, {"seq_len", d.T},
-                {"grad_accum", tc.grad_accum}, {"threads", omp_get_max_threads()},
-                {"step_s", dt}, {"tokens_per_s", tps}, {"train_flops_per_token", s.train_flops_per_token},
-                {"achieved_gflops", tps * s.train_flops_per_token / 1e9},
-                {"peak_gflops", peak}, {"mfu", mfu}, {"peak_rss_bytes", rss}, {"loss", loss}});
+    print_json({{"preset", a.preset}, {"precision", precision_name(spec.precision.precision)},
+                {"batch", d.B}, {"seq_len", d.T}, {"grad_accum", rc.grad_accum},
+                {"recompute", recompute_name(rc.recompute)}, {"threads", omp_get_max_threads()},
+                {"step_s", dt_step}, {"tokens_per_s", tps},
+                {"train_flops_per_token", s.train_flops_per_token}, {"achieved_gflops", achieved},
+                {"peak_gflops", peak}, {"peak_gflops_fp32", peak32}, {"peak_gflops_bf16", peak16},
+                {"mfu", mfu}, {"mfu_fp32_peak", achieved / peak32},
+                {"peak_rss_bytes", rss}, {"peak_alloc_bytes", mem.peak}, {"loss", loss}});
   } else {
-    std::printf("bench %s: batch %d x %d, %d threads: %.3f s/step, %.0f tokens/s, %.1f GFLOP/s "
-                "of %.1f peak = MFU %.1f%%, peak memory %.0f MiB\n",
-                a.preset.empty() ? "(custom)" : a.preset.c_str(), d.B, d.T, omp_get_max_threads(),
-                dt, tps, tps * s.train_flops_per_token / 1e9, peak, 100 * mfu, rss / 1048576.0);
+    std::printf("bench %s %s: batch %d x %d, %d threads, recompute %s: %.3f s/step, %.0f "
+                "tokens/s, %.1f GFLOP/s = MFU %.1f%% of the %s peak %.1f (fp32 peak %.1f, bf16 "
+                "%.1f), peak memory %.0f MiB\n",
+                a.preset.empty() ? "(custom)" : a.preset.c_str(),
+                precision_name(spec.precision.precision), d.B, d.T, omp_get_max_threads(),
+                recompute_name(rc.recompute), dt_step, tps, achieved, 100 * mfu, dtype_name(dt),
+                peak, peak32, peak16, rss / 1048576.0);
   }
   return 0;
 }
@@ -246,7 +296,7 @@ struct EvalOptions {
   std::string model, data, text, tokenizer;
   int batch = 8, seq_len = 256, max_batches = 0;
 };
-const std::vector<FieldSpec>& eval_fields() {
+const std::vector<FieldSpec>& eval_command_fields() {
   using E = EvalOptions;
   static const std::vector<FieldSpec> f = {
       field("model", &E::model, "checkpoint file, run directory or HF directory"),
@@ -263,11 +313,16 @@ const std::vector<FieldSpec>& eval_fields() {
 
 int cmd_eval(int argc, char** argv) {
   EvalOptions o;
-  std::vector<FieldGroup> groups = {{"eval", &eval_fields(), &o}};
+  PrecisionConfig pc;
+  std::vector<FieldGroup> groups = {{"eval", &eval_command_fields(), &o},
+                                    {"precision", &precision_fields(), &pc}};
   const auto a = parse_command(argc, argv, 2, groups, "dsv3 eval --model M --data F [--json]",
                                 "Mean next-token loss (nats) and MTP loss of a model over "
                                 "non-overlapping batches of a token file.");
   if (!a) return 0;
+  for (const auto& k : a->set_keys)
+    DSV3_CHECK(k != "loss_scale" && k != "loss_scale_window", "--", k,
+               " is a training setting; eval only takes --precision");
   DSV3_CHECK(o.data.empty() != o.text.empty(),
              "--data (an llm.c token file) or --text (a text file) is required, not both");
   DSV3_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.max_batches >= 0, "batch and seq_len must be >= 1");
@@ -285,24 +340,30 @@ int cmd_eval(int argc, char** argv) {
   } else {
     tokens = read_token_file(o.data);
   }
-  auto model = load_for_inference(o.model, {o.batch, o.seq_len});
-  const int V = model->config().vocab;
+  auto weights = load_weights(o.model, pc.precision);
+  const ModelConfig& c = weights->config();
+  const int V = c.vocab;
   for (size_t i = 0; i < tokens.size(); i++)
     DSV3_CHECK(tokens[i] < V, (o.data.empty() ? o.text : o.data), ": token ", tokens[i], " at index ", i,
                " is outside the model's vocabulary (", V, ")");
-  const Dims d{o.batch, model->max_context()};
+  const Dims d{o.batch, std::min(o.seq_len, c.max_seq)};
+  WorkspaceConfig wc;
+  wc.max = d;
+  wc.backward = false;
+  Workspace ws(c, weights->dtype(), weights->device(), wc);
   const double t0 = now_seconds();
-  EvalResult r = evaluate(*model, tokens, d, o.max_batches);
+  EvalResult r = evaluate(*weights, ws, tokens, d, o.max_batches);
   const double dt = now_seconds() - t0;
   if (a->json) {
     nlohmann::json j = {{"loss", r.loss}, {"perplexity", std::exp(r.loss)}, {"tokens", r.tokens},
-                        {"batches", r.batches}, {"seq_len", d.T}, {"seconds", dt}};
-    if (model->config().mtp_depth > 0) j["mtp_loss"] = r.mtp_loss;
+                        {"batches", r.batches}, {"seq_len", d.T}, {"seconds", dt},
+                        {"precision", precision_name(pc.precision)}};
+    if (c.mtp_depth > 0) j["mtp_loss"] = r.mtp_loss;
     if (bytes_per_token > 0) j["bits_per_byte"] = r.loss / std::log(2.0) / bytes_per_token;
     print_json(j);
   } else {
     std::printf("loss %.6f (perplexity %.3f)", r.loss, std::exp(r.loss));
-    if (model->config().mtp_depth > 0) std::printf(", MTP loss %.6f", r.mtp_loss);
+    if (c.mtp_depth > 0) std::printf(", MTP loss %.6f", r.mtp_loss);
     if (bytes_per_token > 0) std::printf(", %.4f bits/byte", r.loss / std::log(2.0) / bytes_per_token);
     std::printf(" over %lld tokens in %d batches of %d x %d (%.1f s)\n", (long long)r.tokens,
                 r.batches, o.batch, d.T, dt);
@@ -342,20 +403,25 @@ const std::vector<FieldSpec>& sample_fields() {
 
 int cmd_sample(int argc, char** argv) {
   SampleOptions o;
-  std::vector<FieldGroup> groups = {{"sample", &sample_fields(), &o}};
+  PrecisionConfig pc;
+  std::vector<FieldGroup> groups = {{"sample", &sample_fields(), &o},
+                                    {"precision", &precision_fields(), &pc}};
   const auto a = parse_command(argc, argv, 2, groups, "dsv3 sample --model M [--prompt TEXT] [--key value ...]",
                                 "Generates text, streaming it to stdout.");
   if (!a) return 0;
+  for (const auto& k : a->set_keys)
+    DSV3_CHECK(k != "loss_scale" && k != "loss_scale_window", "--", k,
+               " is a training setting; sample only takes --precision");
   DSV3_CHECK(o.tokens >= 0 && o.context >= 1, "tokens must be >= 0 and context >= 1");
   DSV3_CHECK(!o.prompt.empty(), "--prompt must not be empty");
-  auto model = load_for_inference(o.model, {1, o.context});
+  auto weights = load_weights(o.model, pc.precision);
   const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
   const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
   std::fprintf(stderr, "text: %s\n", codec.describe().c_str());
   SampleConfig sc{o.temperature, o.top_k, o.top_p, o.tokens, uint64_t(o.seed)};
   std::printf("%s", o.prompt.c_str());
   std::fflush(stdout);
-  generate(*model, codec.encode(o.prompt), sc, [&](int32_t id) {
+  generate(*weights, codec.encode(o.prompt), sc, o.context, [&](int32_t id) {
     std::printf("%s", codec.decode(std::span<const int32_t>(&id, 1)).c_str());
     std::fflush(stdout);
   });

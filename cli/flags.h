@@ -11,11 +11,7 @@
 
 namespace dsv3::cli {
 
-struct FieldGroup {
-  std::string title;                     // "model", "training", ...
-  const std::vector<FieldSpec>* fields;
-  void* target;                          // the struct the fields write into
-};
+using dsv3::FieldGroup;  // a component's field table and the struct it writes (core/fields.h)
 
 struct ParsedArgs {
   std::vector<std::string> set_keys;     // every key set by file or flag, in order

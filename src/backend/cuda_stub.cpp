@@ -11,7 +11,15 @@ bool available() { return false; }
 std::string describe() { return "not built (DSV3_CUDA=OFF)"; }
 void* alloc(size_t) { unavailable(); }
 void free(void*) { unavailable(); }
-void copy(void*, bool, const void*, bool, size_t) { unavailable(); }
-void zero(void*, size_t) { unavailable(); }
+void copy(void*, const void*, size_t, int, Stream*) { unavailable(); }
+void memset_zero(void*, size_t, Stream*) { unavailable(); }
+void synchronize(Stream*) { unavailable(); }
+Stream* stream_create() { unavailable(); }
+void stream_destroy(Stream*) { unavailable(); }
+Event* event_create() { unavailable(); }
+void event_destroy(Event*) { unavailable(); }
+void event_record(Event*, Stream*) { unavailable(); }
+void event_wait(Stream*, Event*) { unavailable(); }
+void event_synchronize(Event*) { unavailable(); }
 
 }  // namespace dsv3::cuda

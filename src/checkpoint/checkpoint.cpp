@@ -15,6 +15,22 @@
 
 namespace dsv3 {
 
+const std::vector<FieldSpec>& checkpoint_fields() {
+  using K = CheckpointConfig;
+  static const std::vector<FieldSpec> f = {
+      field("save_every", &K::save_every, "checkpoint every N steps (0 = only at the end)"),
+      field("keep", &K::keep, "checkpoints to keep"),
+      field("resume", &K::resume, "continue from this checkpoint or run directory"),
+  };
+  return f;
+}
+
+void validate(const CheckpointConfig& c) {
+  DSV3_CHECK(c.save_every >= 0, "save_every must be >= 0");
+  DSV3_CHECK(c.keep >= 1, "keep must be >= 1");
+}
+
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 

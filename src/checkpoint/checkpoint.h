@@ -22,11 +22,21 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/fields.h"
 #include "model/config.h"
 
 namespace dsv3 {
 
 constexpr uint32_t kCheckpointVersion = 1;
+
+// When a run saves, what it keeps, where it resumes from (T8).
+struct CheckpointConfig {
+  long long save_every = 100;  // 0 = only at the end
+  int keep = 3;                // checkpoints kept
+  std::string resume;          // checkpoint file or run directory to continue from
+};
+const std::vector<FieldSpec>& checkpoint_fields();
+void validate(const CheckpointConfig& c);
 
 // Writes params (and the Adam moments when both are non-null) of n floats, n ==
 // build_param_table(c).total. `train` is stored as is (step, rng, data position, ...).

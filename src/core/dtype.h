@@ -115,3 +115,16 @@ template <typename T> using accum_t = typename accum<T>::type;
 void convert(void* dst, DType dst_t, const void* src, DType src_t, size_t n);
 
 }  // namespace dsv3
+
+namespace dsv3 {
+// Kernels templated on a storage type read and write through these: load widens to the
+// accumulation type, store rounds back (to nearest even for the 16-bit types).
+template <typename T>
+inline accum_t<T> load(T x) {
+  return static_cast<accum_t<T>>(x);
+}
+template <typename T>
+inline T store(accum_t<T> v) {
+  return T(v);
+}
+}  // namespace dsv3

@@ -83,4 +83,32 @@ void fields_from_json(const std::vector<FieldSpec>& fields, void* obj, const nlo
   }
 }
 
+const FieldSpec* find_field(const std::vector<FieldGroup>& groups, const std::string& name,
+                            const FieldGroup** group) {
+  for (const auto& g : groups)
+    if (const FieldSpec* f = find_field(*g.fields, name)) {
+      if (group) *group = &g;
+      return f;
+    }
+  return nullptr;
+}
+
+nlohmann::json groups_to_json(const std::vector<FieldGroup>& groups) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& g : groups) j[g.title] = fields_to_json(*g.fields, g.target);
+  return j;
+}
+
+void groups_from_json(const std::vector<FieldGroup>& groups, const nlohmann::json& j,
+                      const std::string& where) {
+  DSV3_CHECK(j.is_object(), where, ": expected a JSON object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const FieldGroup* g = nullptr;
+    for (const auto& cand : groups)
+      if (cand.title == it.key()) g = &cand;
+    DSV3_CHECK(g, where, ": unknown settings group '", it.key(), "'");
+    fields_from_json(*g->fields, g->target, it.value(), where + " " + it.key());
+  }
+}
+
 }  // namespace dsv3

@@ -71,6 +71,22 @@ FieldSpec choice(const char* name, E S::*m, const char* choices, const char* hel
 
 const FieldSpec* find_field(const std::vector<FieldSpec>& fields, const std::string& name);
 
+// One component's settings (O5): its field table and the struct the fields read and write.
+// The CLI parses flags into a list of groups; checkpoints store a run's groups by title.
+struct FieldGroup {
+  std::string title;  // "model", "optimizer", ...
+  const std::vector<FieldSpec>* fields;
+  void* target;
+};
+// The field of `name` in any group (nullptr if none), and the group it belongs to.
+const FieldSpec* find_field(const std::vector<FieldGroup>& groups, const std::string& name,
+                            const FieldGroup** group = nullptr);
+// {"title": {fields...}, ...}
+nlohmann::json groups_to_json(const std::vector<FieldGroup>& groups);
+// The inverse: every key must belong to its group; groups absent from j keep their values.
+void groups_from_json(const std::vector<FieldGroup>& groups, const nlohmann::json& j,
+                      const std::string& where);
+
 // Struct <-> JSON object with typed values; from_json rejects unknown keys and bad values.
 nlohmann::json fields_to_json(const std::vector<FieldSpec>& fields, const void* obj);
 void fields_from_json(const std::vector<FieldSpec>& fields, void* obj, const nlohmann::json& j,

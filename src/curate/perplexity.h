@@ -1,19 +1,11 @@
-// Perplexity filter (D4): scores a document with a small dsv3 model (as CCNet does with KenLM
-// and the Llama/DCLM pipelines do with small LMs): perplexity = exp(mean next-token loss) over
-// the document's first max_tokens tokens. Text is encoded with the model's own tokenizer when one
-// sits beside it (tokenizer.dsv3tok / tokenizer.json, as `dsv3 train --data` leaves in its run
-// directory), else as byte-level ids (then it is perplexity per byte; vocab must be >= 256).
-//
-// Model objects keep activation buffers, so each OpenMP thread gets its own copy of the model.
+// Perplexity filter settings (D4): documents are scored with a small dsv3 model (as CCNet does
+// with KenLM and the Llama/DCLM pipelines do with small LMs): perplexity = exp(mean next-token
+// loss) over the document's first max_tokens tokens. Curation does not depend on the model code:
+// the caller of run_curate hands it a loader (eval/perplexity.h implements one).
 #pragma once
-#include <memory>
+#include <functional>
 #include <string>
 #include <string_view>
-#include <vector>
-
-namespace dsv3 {
-class Model;
-}
 
 namespace dsv3::curate {
 
@@ -24,19 +16,10 @@ struct PerplexityConfig {
   int max_tokens = 512;   // tokens scored per document
 };
 
-class PerplexityScorer {
- public:
-  explicit PerplexityScorer(const PerplexityConfig& c);
-  ~PerplexityScorer();
-  // Thread-safe: uses the calling OpenMP thread's model. NaN for texts under two tokens.
-  double score(std::string_view text);
-  const std::string& source() const { return source_; }
-
- private:
-  PerplexityConfig c_;
-  std::string source_;
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+struct PerplexityModel {
+  std::function<double(std::string_view)> score;  // thread-safe; NaN for texts under two tokens
+  std::string source;                             // what scores ("checkpoint ..., tokenizer ...")
 };
+using PerplexityLoader = std::function<PerplexityModel(const PerplexityConfig&)>;
 
 }  // namespace dsv3::curate

@@ -62,7 +62,7 @@ struct Context {
   std::unique_ptr<PiiScrubber> pii;
   std::unique_ptr<ClassifierModel> classifier;
   int classifier_label = -1;
-  std::unique_ptr<PerplexityScorer> perplexity;
+  PerplexityModel perplexity;
   std::unique_ptr<MinHasher> minhasher;
   nlohmann::json fingerprint;
   size_t keep = 5;
@@ -197,7 +197,7 @@ void process_doc(const Context& ctx, RawRecord& raw, InputFormat format, const s
         break;
       }
       case Stage::Perplexity: {
-        doc.perplexity = ctx.perplexity->score(doc.text);
+        doc.perplexity = ctx.perplexity.score(doc.text);
         const double ppl = doc.perplexity;
         if (!std::isnan(ppl) && cfg.perplexity.max > 0 && ppl > cfg.perplexity.max) {
           rule = "above_max";
@@ -843,7 +843,7 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   return out;
 }
 
-CurateOutcome run_curate(const CurateConfig& cfg_in) {
+CurateOutcome run_curate(const CurateConfig& cfg_in, const PerplexityLoader& load_perplexity) {
   const double t_start = now_seconds(), cpu_start = process_cpu_seconds();
   CurateConfig cfg = cfg_in;
   cfg.minhash.seed = uint64_t(cfg.seed);
@@ -873,7 +873,10 @@ CurateOutcome run_curate(const CurateConfig& cfg_in) {
       DSV3_CHECK(ctx.classifier_label >= 0, "classifier_label '", cfg.classifier_label,
                  "' is not a label of ", cfg.classifier_model, " (labels: ", labels, ")");
     }
-    if (s == Stage::Perplexity) ctx.perplexity = std::make_unique<PerplexityScorer>(cfg.perplexity);
+    if (s == Stage::Perplexity) {
+      DSV3_CHECK(load_perplexity, "the perplexity stage needs a model loader (internal error)");
+      ctx.perplexity = load_perplexity(cfg.perplexity);
+    }
   }
   if (ctx.minhash) ctx.minhasher = std::make_unique<MinHasher>(cfg.minhash);
 

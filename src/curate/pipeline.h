@@ -28,7 +28,8 @@ struct CurateOutcome {
   std::string report;      // what OUT/report.md holds
 };
 
-CurateOutcome run_curate(const CurateConfig& cfg);
+// load_perplexity: how the perplexity stage gets its model (eval/perplexity.h for dsv3 models).
+CurateOutcome run_curate(const CurateConfig& cfg, const PerplexityLoader& load_perplexity = {});
 
 // Documents of a curated or rejected output file (any compression), in order.
 std::vector<nlohmann::json> read_jsonl(const std::string& path);

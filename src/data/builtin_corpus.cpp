@@ -91,17 +91,4 @@ std::string builtin_corpus_text(uint64_t seed, size_t bytes) {
   return s;
 }
 
-std::vector<int32_t> bytes_to_ids(const std::string& text) {
-  std::vector<int32_t> ids(text.size());
-  for (size_t i = 0; i < text.size(); i++) ids[i] = int32_t(static_cast<unsigned char>(text[i]));
-  return ids;
-}
-
-std::string ids_to_bytes(const std::vector<int32_t>& ids) {
-  std::string s;
-  s.reserve(ids.size());
-  for (int32_t id : ids) s += id >= 0 && id < 256 ? char(id) : '?';
-  return s;
-}
-
 }  // namespace dsv3

@@ -9,9 +9,7 @@
 
 namespace dsv3 {
 
+// Text of `bytes` bytes; training reads it as byte-level ids (tokenizer/text_codec.h).
 std::string builtin_corpus_text(uint64_t seed, size_t bytes);
-// Byte-level token ids (0..255), the encoding used until a trained tokenizer is given.
-std::vector<int32_t> bytes_to_ids(const std::string& text);
-std::string ids_to_bytes(const std::vector<int32_t>& ids);  // ids >= 256 are shown as '?'
 
 }  // namespace dsv3

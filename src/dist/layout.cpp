@@ -4,6 +4,17 @@
 
 namespace dsv3::dist {
 
+const std::vector<FieldSpec>& parallel_fields() {
+  using P = ParallelLayout;
+  static const std::vector<FieldSpec> f = {
+      field("dp", &P::dp, "data-parallel degree"),
+      field("tp", &P::tp, "tensor-parallel degree"),
+      field("pp", &P::pp, "pipeline-parallel degree"),
+      field("ep", &P::ep, "expert-parallel degree (carved out of dp)"),
+  };
+  return f;
+}
+
 void validate(const ParallelLayout& l, int world_size) {
   DSV3_CHECK(l.dp >= 1 && l.tp >= 1 && l.pp >= 1 && l.ep >= 1,
              "parallel layout ", describe(l), ": every degree must be at least 1");

@@ -16,7 +16,9 @@
 // ranks holding the same experts), so their gradients are reduced there. See docs/parallel.md.
 #pragma once
 #include <string>
+#include <vector>
 
+#include "core/fields.h"
 #include "dist/comm.h"
 
 namespace dsv3::dist {
@@ -24,6 +26,9 @@ namespace dsv3::dist {
 struct ParallelLayout {
   int dp = 1, tp = 1, pp = 1, ep = 1;  // ep divides dp; dp * tp * pp = world size
 };
+
+// The layout flags --dp, --tp, --pp, --ep (the settings group "parallel").
+const std::vector<FieldSpec>& parallel_fields();
 
 // Throws Error unless every degree is >= 1, dp * tp * pp == world_size and ep divides dp.
 void validate(const ParallelLayout& layout, int world_size);

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "model/model.h"
 
 namespace dsv3 {
 
@@ -35,22 +36,35 @@ int32_t sample_token(const float* logits, int V, const SampleConfig& s, Rng& rng
   return order[keep - 1];
 }
 
-std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt,
-                              const SampleConfig& s, const std::function<void(int32_t)>& on_token) {
+std::vector<int32_t> generate(const ModelWeights& w, const std::vector<int32_t>& prompt,
+                              const SampleConfig& s, int context,
+                              const std::function<void(int32_t)>& on_token) {
   DSV3_CHECK(!prompt.empty(), "the prompt is empty");
   DSV3_CHECK(s.temperature >= 0, "temperature must be >= 0");
   DSV3_CHECK(s.top_k >= 0, "top_k must be >= 0");
   DSV3_CHECK(s.top_p > 0 && s.top_p <= 1, "top_p must be in (0, 1]");
-  const int V = model.config().vocab;
+  DSV3_CHECK(context >= 1, "context must be >= 1");
+  const ModelConfig& c = w.config();
+  const int V = c.vocab;
   for (int32_t id : prompt) DSV3_CHECK(id >= 0 && id < V, "prompt token ", id, " outside vocab ", V);
+  const int window = std::min(c.max_seq, context);
+  WorkspaceConfig wc;
+  wc.max = {1, window};
+  wc.backward = false;
+  Workspace ws(c, w.dtype(), w.device(), wc);
   Rng rng(s.seed);
-  std::vector<int32_t> seq = prompt, out;
-  std::vector<float> logits(V);
-  const int window = std::min(model.config().max_seq, int(model.max_context()));
+  std::vector<int32_t> seq = prompt, out, row;
+  std::vector<float> logits;
+  ForwardOptions opt;
+  opt.mtp = false;
   for (int i = 0; i < s.max_tokens; i++) {
     const int T = std::min<int>(int(seq.size()), window);
-    model.next_token_logits(seq.data() + seq.size() - T, T, logits.data());
-    const int32_t id = sample_token(logits.data(), V, s, rng);
+    row.assign(seq.end() - T, seq.end());
+    row.push_back(-1);  // no target at the end
+    logits.resize(size_t(T) * V);
+    opt.logits = logits.data();
+    forward(w, ws, TrainingLossConfig{}, {Dims{1, T}, row.data()}, opt);
+    const int32_t id = sample_token(logits.data() + size_t(T - 1) * V, V, s, rng);
     seq.push_back(id);
     out.push_back(id);
     if (on_token) on_token(id);

@@ -1,27 +1,29 @@
-// Bump allocator over one float buffer. Activations are laid out once per (config, B, T): a
-// first pass with no buffer only measures (every pointer is null), the second hands out memory.
-// The measuring pass is also how `dsv3 info` reports activation memory without allocating it.
+// Bump allocator over one device buffer. Activations are laid out once per (config, dtype, dims,
+// recompute mode): a first pass with no buffer only measures (every tensor it hands out is
+// empty), the second hands out memory. The measuring pass is also how `dsv3 info` reports
+// activation memory without allocating it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
 #include "core/check.h"
+#include "tensor/tensor.h"
 
 namespace dsv3 {
 
 struct Arena {
-  float* base = nullptr;  // null: measuring pass
-  size_t cap = 0;         // floats
+  char* base = nullptr;  // null: measuring pass
+  size_t cap = 0;        // bytes
   size_t used = 0;
+  Device device = Device::CPU;
 
-  float* f(size_t n) {
+  Tensor take(DType t, size_t n) {
     const size_t off = used;
-    used += (n + 15) / 16 * 16;  // 64-byte aligned blocks
-    if (!base) return nullptr;
+    used += (n * dtype_size(t) + 63) / 64 * 64;  // 64-byte aligned blocks
+    if (!base) return Tensor{nullptr, n, t, device};
     DSV3_CHECK(used <= cap, "arena overflow (internal error): ", used, " > ", cap);
-    return base + off;
+    return Tensor{base + off, n, t, device};
   }
-  int32_t* i32(size_t n) { return reinterpret_cast<int32_t*>(f(n)); }
 };
 
 struct Dims {

@@ -1,40 +1,55 @@
 // Pre-norm Transformer block: h = x + mla(rmsnorm(x)); y = h + ffn(rmsnorm(h)), where ffn is the
 // dense SwiGLU or the MoE layer.
 #pragma once
+#include <string>
+
 #include "model/ffn.h"
 #include "model/mla.h"
 #include "model/moe_layer.h"
 
 namespace dsv3 {
 
-struct BlockWeights {
-  float* in_norm = nullptr;    // (C) input_layernorm
-  AttnWeights attn{};
-  float* post_norm = nullptr;  // (C) post_attention_layernorm
-  bool moe = false;
-  FfnWeights dense;            // when !moe
-  MoeWeights moe_w;            // when moe
+// Activation recomputation (T4).
+enum class Recompute : uint8_t {
+  None,       // keep every block's activations
+  Selective,  // DeepSeek-V3: recompute the RMSNorm outputs and MLA up-projections in backward
+  Block,      // keep only block inputs; re-run each block's forward inside backward
 };
-BlockWeights bind_block(const ParamTable& t, float* base, int hf_layer, bool moe,
-                        const ModelConfig& c);
+const char* recompute_name(Recompute r);
+Recompute parse_recompute(const std::string& s);
+
+struct BlockParams {
+  Tensor in_norm;    // (C) input_layernorm
+  AttnParams attn;
+  Tensor post_norm;  // (C) post_attention_layernorm
+  bool moe = false;
+  FfnParams dense;   // when !moe
+  MoeParams moe_p;   // when moe
+};
+BlockParams bind_block(const ParamTable& t, const Tensor& base, const Tensor& buffers,
+                       int hf_layer, bool moe, const ModelConfig& c);
 
 struct BlockActs {
-  float *xn1, *rstd1;  // rmsnorm(x)
-  float* h1;           // x + attention
-  float *xn2, *rstd2;  // rmsnorm(h1)
+  Tensor xn1, rstd1;  // rmsnorm(x): (N,C), (N) accum     xn1 recomputable
+  Tensor h1;          // x + attention
+  Tensor xn2, rstd2;  // rmsnorm(h1)                        xn2 recomputable
   AttnActs attn;
   FfnActs dense;
   MoeActs moe;
 };
-void alloc_block_acts(BlockActs& a, Arena& ar, const ModelConfig& c, Dims d, bool moe);
+// shared: where the recomputable members go under selective recompute (null: own memory).
+void alloc_block_acts(BlockActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d, bool moe,
+                      const BlockActs* shared = nullptr);
+// The recomputable members alone (the shared set of selective recompute).
+void alloc_recomputable(BlockActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d);
 
 struct BlockScratch {  // backward temporaries shared by every block
-  float *dh1, *dxn1, *dxn2;
+  Tensor dh1, dxn1, dxn2;
   AttnScratch attn;
   FfnScratch ffn;  // dense FFN and shared experts (N rows)
   MoeScratch moe;
 };
-void alloc_block_scratch(BlockScratch& s, Arena& ar, const ModelConfig& c, Dims d);
+void alloc_block_scratch(BlockScratch& s, Arena& ar, const ModelConfig& c, DType t, Dims d);
 
 struct BlockCtx {  // what every block call needs besides its own tensors
   const Exec& ex;
@@ -42,12 +57,16 @@ struct BlockCtx {  // what every block call needs besides its own tensors
   const TrainingLossConfig& loss;
   Dims d;
   const RopeTables& rope;
+  Recompute recompute;
 };
 
-void block_forward(const BlockCtx& k, float* y, const float* x, const BlockWeights& w,
-                   BlockActs& a, MoeStats& stats, bool count_loads);
+// y (N,C) = block(x), overwriting y. MoE blocks write their router statistics to st.
+void block_forward(const BlockCtx& k, const Tensor& y, const Tensor& x, const BlockParams& w,
+                   const BlockActs& a, const MoeStatsOut& st);
 // dres: on entry dL/dy, on return dL/dx. g +=. dbalance: weight of this block's balance loss.
-void block_backward(const BlockCtx& k, float* dres, const float* x, const BlockWeights& w,
-                    const BlockWeights& g, const BlockActs& a, BlockScratch& s, double dbalance);
+// Under selective recompute it first rebuilds the recomputable activations from x and a.
+void block_backward(const BlockCtx& k, const Tensor& dres, const Tensor& x, const BlockParams& w,
+                    const BlockParams& g, const BlockActs& a, const BlockScratch& s,
+                    double dbalance);
 
 }  // namespace dsv3

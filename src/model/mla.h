@@ -1,7 +1,6 @@
 // Multi-head latent attention, training path (M2). Math: docs/model.md "MLA".
 #pragma once
 #include <string>
-#include <vector>
 
 #include "backend/backend.h"
 #include "model/arena.h"
@@ -10,51 +9,60 @@
 
 namespace dsv3 {
 
-struct AttnWeights {   // null where the config has no such tensor
-  float* q_a;          // (q_lora, C)
-  float* q_a_norm;     // (q_lora)
-  float* q_b;          // (H*dqk, q_lora)
-  float* q_proj;       // (H*dqk, C)        when q_lora == 0
-  float* kv_a;         // (kv_lora + rope, C)
-  float* kv_a_norm;    // (kv_lora)
-  float* kv_b;         // (H*(nope+v), kv_lora)
-  float* o;            // (C, H*v)
+struct AttnParams {    // empty where the config has no such tensor
+  Tensor q_a;          // (q_lora, C)
+  Tensor q_a_norm;     // (q_lora)
+  Tensor q_b;          // (H*dqk, q_lora)
+  Tensor q_proj;       // (H*dqk, C)        when q_lora == 0
+  Tensor kv_a;         // (kv_lora + rope, C)
+  Tensor kv_a_norm;    // (kv_lora)
+  Tensor kv_b;         // (H*(nope+v), kv_lora)
+  Tensor o;            // (C, H*v)
 };
-AttnWeights bind_attn(const ParamTable& t, float* base, const std::string& layer_prefix);
+AttnParams bind_attn(const ParamTable& t, const Tensor& base, const std::string& layer_prefix);
 
-struct AttnActs {      // saved by forward for backward; N = B*T rows
-  float* qa;           // (N, q_lora) pre-norm
-  float* qa_rstd;      // (N)
-  float* qan;          // (N, q_lora)
-  float* q;            // (N, H*dqk) after RoPE
-  float* kv;           // (N, kv_lora + rope), k_pe part after RoPE
-  float* kv_rstd;      // (N)
-  float* ckvn;         // (N, kv_lora) normalised latent
-  float* kvb;          // (N, H*(nope+v))
-  float* k;            // (N, H*dqk) per-head keys [k_nope | shared k_pe]
-  float* v;            // (N, H*v)
-  float* probs;        // (B, H, T, T)
-  float* ao;           // (N, H*v) attention output before o_proj
+// Saved by forward for backward; N = B*T rows; compute dtype unless noted. The members marked
+// (recomputable) are what `--recompute selective` does not keep per layer: they point into one
+// set shared by all layers and are recomputed from qa and kv inside backward (mla_recompute).
+struct AttnActs {
+  Tensor qa;           // (N, q_lora) pre-norm
+  Tensor qa_rstd;      // (N) accum
+  Tensor qan;          // (N, q_lora)                  (recomputable)
+  Tensor q;            // (N, H*dqk) after RoPE        (recomputable)
+  Tensor kv;           // (N, kv_lora + rope), k_pe part after RoPE
+  Tensor kv_rstd;      // (N) accum
+  Tensor ckvn;         // (N, kv_lora) normalised latent  (recomputable)
+  Tensor kvb;          // (N, H*(nope+v))              (recomputable)
+  Tensor k;            // (N, H*dqk) [k_nope | shared k_pe]  (recomputable)
+  Tensor v;            // (N, H*v)                     (recomputable)
+  Tensor probs;        // (B, H, T, T)
+  Tensor ao;           // (N, H*v) attention output before o_proj
 };
-void alloc_attn_acts(AttnActs& a, Arena& ar, const ModelConfig& c, Dims d);
+// shared: where the recomputable members go (null: this layer's own memory).
+void alloc_attn_acts(AttnActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d,
+                     const AttnActs* shared = nullptr);
 
 struct AttnScratch {   // backward temporaries, shared by all layers
-  float *dq, *dkv, *dkvb, *dk, *dv, *dao, *dqa, *dqan, *dckvn;
+  Tensor dq, dkv, dkvb, dk, dv, dao, dqa, dqan, dckvn;
 };
-void alloc_attn_scratch(AttnScratch& s, Arena& ar, const ModelConfig& c, Dims d);
+void alloc_attn_scratch(AttnScratch& s, Arena& ar, const ModelConfig& c, DType t, Dims d);
 
 struct RopeTables {
-  std::vector<float> cos, sin;  // (T, qk_rope/2)
-  double scale = 1;             // softmax scale incl. the YaRN multiplier
+  Tensor cos, sin;  // (T_max, qk_rope/2) accum: position t is row t
+  double scale = 1;  // softmax scale incl. the YaRN multiplier
 };
-RopeTables make_rope_tables(const ModelConfig& c, int T);
 
 // out (N,C) = attention(x (N,C)), overwriting out.
-void mla_forward(const Exec& ex, float* out, const float* x, const AttnWeights& w, AttnActs& a,
-                 const ModelConfig& c, Dims d, const RopeTables& rope);
+void mla_forward(const Exec& ex, const Tensor& out, const Tensor& x, const AttnParams& w,
+                 const AttnActs& a, const ModelConfig& c, Dims d, const RopeTables& rope);
+// Rebuilds the recomputable members of a from the saved qa and kv (selective recompute): the
+// normalised latents, the up-projections q_b(...) and kv_b(...) (q_proj(x) without the query
+// low-rank path), RoPE on q, keys and values. x: the attention input (N,C).
+void mla_recompute(const Exec& ex, const Tensor& x, const AttnParams& w, const AttnActs& a,
+                   const ModelConfig& c, Dims d, const RopeTables& rope);
 // dx += d/dx, g (gradients bound like the weights) +=.
-void mla_backward(const Exec& ex, float* dx, const float* dout, const float* x,
-                  const AttnWeights& w, const AttnWeights& g, const AttnActs& a, AttnScratch& s,
-                  const ModelConfig& c, Dims d, const RopeTables& rope);
+void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Tensor& x,
+                  const AttnParams& w, const AttnParams& g, const AttnActs& a,
+                  const AttnScratch& s, const ModelConfig& c, Dims d, const RopeTables& rope);
 
 }  // namespace dsv3

@@ -1,105 +1,101 @@
-// The whole DeepSeek-V3 model (M1-M5): embedding, blocks, final norm, head, MTP modules, and the
-// loss. Single-device code (STYLE.md point 9): parallelism will wrap it from outside.
+// The whole DeepSeek-V3 model (M1-M5) as passes over three separate things: the weights
+// (model/weights.h: read-only, shared), a workspace (model/workspace.h: one micro-batch's
+// activations) and, for training, the gradients (views bound like the weights). Single-device
+// code (STYLE.md point 9): data, expert and pipeline parallelism wrap these passes from outside.
 //
-// A training micro-batch is B rows of T+1 tokens (inputs and shifted targets). One call of
-// forward_backward() adds the gradient of grad_scale * loss to `grads`; the optimizer lives in
-// src/optim and only sees the flat parameter and gradient buffers.
+// A micro-batch is B rows of T+1 tokens (inputs and shifted targets). forward_backward() adds
+// the gradient of grad_scale * total loss to the gradients; the optimizer lives in src/optim.
+// The pieces below it compose into the same thing and let a pipeline stage run only its part:
+// load_batch -> embed_forward -> blocks_forward(l0, l1) -> head_loss -> mtp_forward ->
+// mtp_backward -> blocks_backward(l0, l1) -> embed_backward.
 #pragma once
 #include <cstdint>
-#include <memory>
+#include <string>
 #include <vector>
 
-#include "model/block.h"
+#include "model/weights.h"
+#include "model/workspace.h"
 
 namespace dsv3 {
 
-enum class Recompute : uint8_t {
-  None,   // keep every block's activations
-  Block,  // keep only block inputs; re-run each block's forward inside backward (T4)
-};
-const char* recompute_name(Recompute r);
-Recompute parse_recompute(const std::string& s);
-
-struct MtpWeights {
-  float *enorm, *hnorm;  // (C)
-  float* eh_proj;        // (C, 2C)
-  BlockWeights block;
-  float* head_norm;      // (C) shared_head.norm
+struct MicroBatch {
+  Dims d;
+  const int32_t* tokens = nullptr;        // host (B, T+1); a target < 0 is ignored
+  // host (B, T): the weight of each target in the main loss (SFT masks, preference losses);
+  // null: 1 for every target. The loss is sum(w * CE) / sum(w) over targets >= 0; MTP module k
+  // weighs its target t+k+1 of row position t with w[t+k].
+  const float* loss_weights = nullptr;
 };
 
-struct ModelWeights {
-  float* embed;  // (V, C)
-  std::vector<BlockWeights> blocks;
-  std::vector<MtpWeights> mtp;
-  float* norm;   // (C)
-  float* head;   // (V, C)
+struct MoeLayerStats {
+  std::vector<int64_t> loads;  // (E) slots per expert
+  double balance_loss = 0;     // this layer's weighted balance loss
+  double entropy = 0;          // mean router entropy over tokens (nats)
 };
-ModelWeights bind_model(const ModelConfig& c, const ParamTable& t, float* base);
 
 struct LossReport {
-  double loss = 0;          // main next-token cross-entropy (mean over targets)
+  double loss = 0;          // main next-token cross-entropy (weighted mean over targets)
   double mtp_loss = 0;      // mean over MTP modules of their cross-entropy
   double balance_loss = 0;  // sum over MoE layers of the weighted balance loss
   double total = 0;         // loss + mtp_weight * mtp_loss + balance_loss
   int64_t targets = 0;      // main-model targets counted
+  std::vector<MoeLayerStats> moe;  // per MoE layer (main layers in order, then MTP blocks)
 };
 
-class Model {
- public:
-  Model(const ModelConfig& c, const TrainingLossConfig& loss, Dims max_dims,
-        Recompute recompute = Recompute::None, Exec ex = {});
-  ~Model();
-  Model(const Model&) = delete;
-  Model& operator=(const Model&) = delete;
+struct ForwardOptions {
+  float* logits = nullptr;          // host (B*T, V) main-model logits
+  float* mtp_logits = nullptr;      // host (D, B*T, V)
+  float* token_logprobs = nullptr;  // host (B*T): log p(target), 0 where ignored
+  bool mtp = true;                  // run the MTP modules (their loss is reported)
+};
 
-  // tokens: (B, T+1). Adds grad_scale * d(total)/d(params) into grads().
-  LossReport forward_backward(const int32_t* tokens, Dims d, float grad_scale);
-  // Loss only; optionally writes logits (B*T, V) and MTP logits (D, B*T, V).
-  LossReport forward(const int32_t* tokens, Dims d, float* logits = nullptr,
-                     float* mtp_logits = nullptr);
-  // Last position's next-token logits (V) of a single sequence `tokens` of length T (sampling).
-  void next_token_logits(const int32_t* tokens, int T, float* logits);
+// Names of the MoE layers in LossReport::moe order ("layer 3", "mtp 1").
+std::vector<std::string> moe_layer_names(const ModelConfig& c);
 
-  void zero_grads();
-  float* params() { return params_; }
-  float* grads() { return grads_; }
-  size_t num_params() const { return table_.total; }
-  const ParamTable& table() const { return table_; }
-  const ModelConfig& config() const { return c_; }
-  const TrainingLossConfig& loss_config() const { return loss_; }
-  void set_mtp_weight(double w) { loss_.mtp_weight = w; }  // the lambda schedule (M5)
-  // Expert loads per MoE layer (main layers first, then MTP blocks), accumulated by
-  // forward_backward until reset_loads().
-  std::vector<MoeStats>& moe_stats() { return stats_; }
-  void reset_loads();
-  // Names of the MoE layers in moe_stats() order ("layer 3", "mtp 1").
-  std::vector<std::string> moe_layer_names() const;
-  int max_context() const { return max_.T; }
-  size_t activation_bytes() const { return act_floats_ * sizeof(float); }
-  // Activation + scratch floats the model would allocate for these dims (no allocation).
-  static size_t measure_activation_floats(const ModelConfig& c, Dims d, Recompute r);
+// The whole model in one process.
+LossReport forward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
+                   const MicroBatch& mb, const ForwardOptions& opt = {});
+LossReport forward_backward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
+                            const ModelParams& grads, const MicroBatch& mb, float grad_scale);
 
-  struct Acts;  // activation layout (model.cpp); public only so the layout helper can fill it
+// ---- The pieces.
+struct Pass {
+  const ModelWeights& w;
+  Workspace& ws;
+  const TrainingLossConfig& loss;
+  Dims d;
+  const ModelParams* g = nullptr;  // gradients (+=); null: forward only
+  float grad_scale = 1;
+  // filled by load_batch (host)
+  int64_t targets = 0;
+  std::vector<double> row_weight;                   // (N) main-loss weight of each row
+  double weight_sum = 0;                            // their sum
+  std::vector<std::vector<double>> mtp_row_weight;  // per MTP module, (N)
+  std::vector<double> mtp_weight_sum;
+
+  Exec ex() const { return {w.device()}; }
+  BlockCtx block_ctx() const {
+    return {exec_, w.config(), loss, d, ws.rope, ws.config().recompute};
+  }
+  Pass(const ModelWeights& w_, Workspace& ws_, const TrainingLossConfig& l, Dims d_,
+       const ModelParams* g_ = nullptr, float scale = 1);
 
  private:
-  struct HeadIo;
-  LossReport run(const int32_t* tokens, Dims d, bool backward, float grad_scale, float* logits,
-                 float* mtp_logits, bool with_mtp);
-  double head_loss(const HeadIo& io, Dims d, bool backward);
-
-  ModelConfig c_;
-  TrainingLossConfig loss_;
-  Dims max_;
-  Recompute recompute_;
-  Exec ex_;
-  ParamTable table_;
-  float* params_ = nullptr;
-  float* grads_ = nullptr;
-  ModelWeights w_, g_;
-  std::vector<MoeStats> stats_;
-  std::unique_ptr<Acts> acts_;
-  float* act_mem_ = nullptr;
-  size_t act_floats_ = 0;
+  Exec exec_;
 };
+
+// Token ids, targets and per-row loss coefficients of mb into the workspace (checks every id).
+void load_batch(Pass& p, const MicroBatch& mb, bool mtp);
+void embed_forward(const Pass& p);                        // ws.resid[0]
+void blocks_forward(const Pass& p, int l0, int l1);       // ws.resid[l0] -> ws.resid[l1]
+// Final norm, head and loss on ws.resid[L]; with gradients also its backward into ws.dres
+// (which it zeroes first). Returns the weighted mean cross-entropy.
+double head_loss(const Pass& p, const ForwardOptions& opt);
+// MTP modules 1..D forward (each head's backward too, with gradients). Returns their mean loss.
+double mtp_forward(const Pass& p, const ForwardOptions& opt);
+void mtp_backward(const Pass& p);                          // D..1, into ws.dres and the embedding
+void blocks_backward(const Pass& p, int l0, int l1);      // ws.dres at l1 -> at l0
+void embed_backward(const Pass& p);
+std::vector<MoeLayerStats> moe_stats(const Pass& p);      // router statistics of the last forward
 
 }  // namespace dsv3

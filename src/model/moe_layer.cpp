@@ -1,46 +1,63 @@
 #include "model/moe_layer.h"
 
-#include <cstring>
-
+#include "ops/elementwise.h"
 #include "ops/gemm.h"
+#include "ops/swiglu.h"
 
 namespace dsv3 {
 
-MoeWeights bind_moe(const ParamTable& t, float* base, const std::string& p, const ModelConfig& c) {
-  MoeWeights w;
-  w.gate = base + t.at(p + ".mlp.gate.weight").offset;
-  if (const ParamInfo* b = t.find(p + ".mlp.gate.e_score_correction_bias")) w.bias = base + b->offset;
-  for (int e = 0; e < c.experts; e++)
-    w.experts.push_back(bind_ffn(t, base, p + ".mlp.experts." + std::to_string(e)));
+MoeParams bind_moe(const ParamTable& t, const Tensor& base, const Tensor& buffers,
+                   const std::string& p, const ModelConfig& c) {
+  MoeParams w;
+  const ParamInfo& gate = t.at(p + ".mlp.gate.weight");
+  w.gate = base.slice(gate.offset, gate.numel);
+  if (const ParamInfo* b = t.find(p + ".mlp.gate.e_score_correction_bias"))
+    w.bias = buffers ? buffers.slice(b->buffer_offset, b->numel) : base.slice(b->offset, b->numel);
+  w.inter = c.moe_inter;
+  if (c.experts > 0) {
+    const std::string e0 = p + ".mlp.experts.0";
+    const size_t g0 = t.at(e0 + ".gate_proj.weight").offset, d0 = t.at(e0 + ".down_proj.weight").offset;
+    w.expert_stride = c.experts > 1 ? t.at(p + ".mlp.experts.1.gate_proj.weight").offset - g0 : 0;
+    for (int e = 0; e < c.experts; e++) {  // the grouped GEMMs need one stride for every expert
+      const std::string pe = p + ".mlp.experts." + std::to_string(e);
+      const FfnParams f = bind_ffn(t, base, pe);  // also checks gate/up adjacency
+      DSV3_CHECK(t.at(pe + ".gate_proj.weight").offset == g0 + e * w.expert_stride &&
+                     t.at(pe + ".down_proj.weight").offset == d0 + e * w.expert_stride,
+                 "internal: experts of ", p, " are not laid out with a uniform stride");
+    }
+    const size_t span = (c.experts - 1) * w.expert_stride;
+    w.experts_w13 = base.slice(g0, span + 2 * size_t(c.moe_inter) * c.hidden);
+    w.experts_w2 = base.slice(d0, span + size_t(c.moe_inter) * c.hidden);
+  }
   if (c.shared_experts > 0) w.shared = bind_ffn(t, base, p + ".mlp.shared_experts");
   return w;
 }
 
-void alloc_moe_acts(MoeActs& a, Arena& ar, const ModelConfig& c, Dims d) {
+void alloc_moe_acts(MoeActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d) {
   const size_t N = d.N(), E = c.experts, K = c.topk, NK = N * K, C = c.hidden;
-  a.logits = ar.f(N * E);
-  a.scores = ar.f(N * E);
-  a.gates = ar.f(N * K);
-  a.idx = ar.i32(N * K);
-  a.slot_token = ar.i32(NK);
-  a.slot_of = ar.i32(NK);
-  a.offsets = ar.i32(E + 1);
-  a.xp = ar.f(NK * C);
-  alloc_ffn_acts(a.expert, ar, NK, c.moe_inter);
-  a.outp = ar.f(NK * C);
-  if (c.shared_experts > 0) {
-    alloc_ffn_acts(a.shared, ar, N, c.shared_experts * c.moe_inter);
-  }
+  const DType acc = accum_dtype(t);
+  a.logits = ar.take(acc, N * E);
+  a.scores = ar.take(acc, N * E);
+  a.gates = ar.take(acc, N * K);
+  a.idx = ar.take(DType::I32, N * K);
+  a.slot_token = ar.take(DType::I32, NK);
+  a.slot_of = ar.take(DType::I32, NK);
+  a.offsets = ar.take(DType::I32, E + 1);
+  a.xp = ar.take(t, NK * C);
+  alloc_ffn_acts(a.expert, ar, t, NK, c.moe_inter);
+  a.outp = ar.take(t, NK * C);
+  if (c.shared_experts > 0) alloc_ffn_acts(a.shared, ar, t, N, c.shared_experts * c.moe_inter);
 }
 
-void alloc_moe_scratch(MoeScratch& s, Arena& ar, const ModelConfig& c, Dims d) {
+void alloc_moe_scratch(MoeScratch& s, Arena& ar, const ModelConfig& c, DType t, Dims d) {
   const size_t N = d.N(), NK = N * c.topk, C = c.hidden;
-  s.dlogits = ar.f(N * c.experts);
-  s.dgates = ar.f(N * c.topk);
-  s.doutp = ar.f(NK * C);
-  s.dxp = ar.f(NK * C);
-  s.expert.dh13 = ar.f(NK * 2 * c.moe_inter);
-  s.expert.dact = ar.f(NK * c.moe_inter);
+  const DType acc = accum_dtype(t);
+  s.dlogits = ar.take(acc, N * c.experts);
+  if (t != acc) s.dlogits_t = ar.take(t, N * c.experts);
+  s.dgates = ar.take(acc, N * c.topk);
+  s.doutp = ar.take(t, NK * C);
+  s.dxp = ar.take(t, NK * C);
+  alloc_ffn_scratch(s.expert, ar, t, NK, c.moe_inter);
 }
 
 RouterShape router_shape(const ModelConfig& c, const TrainingLossConfig& l, Dims d) {
@@ -59,58 +76,56 @@ RouterShape router_shape(const ModelConfig& c, const TrainingLossConfig& l, Dims
 }
 
 namespace {
-// Offset of expert e's rows inside the expert-sorted (N*K, width) buffers.
-inline size_t rows_at(const MoeActs& a, int e, int width) { return size_t(a.offsets[e]) * width; }
+GroupedShape up_shape(const MoeParams& w, const ModelConfig& c) {
+  return {c.experts, c.hidden, 2 * w.inter, w.expert_stride};
+}
+GroupedShape down_shape(const MoeParams& w, const ModelConfig& c) {
+  return {c.experts, w.inter, c.hidden, w.expert_stride};
+}
 }  // namespace
 
-void moe_forward(const Exec& ex, float* y, const float* x, const MoeWeights& w, MoeActs& a,
-                 MoeStats& stats, const ModelConfig& c, const TrainingLossConfig& l, Dims d,
-                 bool count_loads) {
-  const int N = d.N(), C = c.hidden, E = c.experts, K = c.topk, D = c.moe_inter;
+void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoeParams& w,
+                 const MoeActs& a, const MoeStatsOut& st, const ModelConfig& c,
+                 const TrainingLossConfig& l, Dims d) {
+  const int N = d.N(), C = c.hidden, E = c.experts, K = c.topk, D = w.inter;
   linear_forward(ex, a.logits, x, w.gate, N, C, E);
-  std::vector<int64_t> loads(E, 0);
-  stats.balance_loss = router_forward(ex, a.idx, a.gates, a.scores, loads.data(), a.logits,
-                                      w.bias, router_shape(c, l, d));
-  if (count_loads) {
-    if (stats.loads.size() != size_t(E)) stats.loads.assign(E, 0);
-    for (int e = 0; e < E; e++) stats.loads[e] += loads[e];
-  }
-  moe_permutation(a.slot_token, a.slot_of, a.offsets, a.idx, N, K, E);
+  router_forward(ex, {a.idx, a.gates, a.scores, st.loads, st.stats}, a.logits, w.bias,
+                 router_shape(c, l, d));
+  moe_permutation(ex, a.slot_token, a.slot_of, a.offsets, a.idx, N, K, E);
   moe_gather(ex, a.xp, x, a.slot_token, N * K, C);
-  for (int e = 0; e < E; e++) {  // each expert: one GEMM chain over its contiguous rows
-    const int rows = a.offsets[e + 1] - a.offsets[e];
-    if (rows == 0) continue;
-    FfnActs fa{a.expert.h13 + rows_at(a, e, 2 * D), a.expert.act + rows_at(a, e, D)};
-    ffn_forward(ex, a.outp + rows_at(a, e, C), a.xp + rows_at(a, e, C), w.experts[e], fa, rows, C);
-  }
-  if (c.shared_experts > 0) {
-    ffn_forward(ex, y, x, w.shared, a.shared, N, C);
-    moe_combine(ex, y, a.outp, a.gates, a.slot_of, N, K, C, /*accumulate=*/true);
-  } else {
-    moe_combine(ex, y, a.outp, a.gates, a.slot_of, N, K, C, /*accumulate=*/false);
-  }
+  grouped_linear_forward(ex, a.expert.h13, a.xp, w.experts_w13, a.offsets, up_shape(w, c));
+  swiglu_forward(ex, a.expert.act, a.expert.h13, N * K, D);
+  grouped_linear_forward(ex, a.outp, a.expert.act, w.experts_w2, a.offsets, down_shape(w, c));
+  const bool shared = c.shared_experts > 0;
+  if (shared) ffn_forward(ex, y, x, w.shared, a.shared, N, C);
+  moe_combine(ex, y, a.outp, a.gates, a.slot_of, N, K, C, /*accumulate=*/shared);
 }
 
-void moe_backward(const Exec& ex, float* dx, const float* dy, const float* x, const MoeWeights& w,
-                  const MoeWeights& g, const MoeActs& a, MoeScratch& s, FfnScratch& shared_scratch,
-                  double dbalance, const ModelConfig& c, const TrainingLossConfig& l, Dims d) {
-  const int N = d.N(), C = c.hidden, E = c.experts, K = c.topk, D = c.moe_inter;
+void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tensor& x,
+                  const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
+                  const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,
+                  const TrainingLossConfig& l, Dims d) {
+  const int N = d.N(), C = c.hidden, E = c.experts, K = c.topk, D = w.inter;
+  const size_t NK = size_t(N) * K;
   if (c.shared_experts > 0)
     ffn_backward(ex, dx, dy, x, w.shared, g.shared, a.shared, shared_scratch, N, C);
   moe_combine_backward(ex, s.doutp, s.dgates, dy, a.outp, a.gates, a.slot_of, N, K, C);
-  std::memset(s.dxp, 0, size_t(N) * K * C * sizeof(float));
-  for (int e = 0; e < E; e++) {
-    const int rows = a.offsets[e + 1] - a.offsets[e];
-    if (rows == 0) continue;
-    FfnActs fa{a.expert.h13 + rows_at(a, e, 2 * D), a.expert.act + rows_at(a, e, D)};
-    FfnScratch fs{s.expert.dh13 + rows_at(a, e, 2 * D), s.expert.dact + rows_at(a, e, D)};
-    ffn_backward(ex, s.dxp + rows_at(a, e, C), s.doutp + rows_at(a, e, C), a.xp + rows_at(a, e, C),
-                 w.experts[e], g.experts[e], fa, fs, rows, C);
-  }
-  moe_scatter_add(ex, dx, s.dxp, a.slot_of, N, K, C);
-  std::memset(s.dlogits, 0, size_t(N) * E * sizeof(float));
-  router_backward(ex, s.dlogits, s.dgates, dbalance, a.scores, a.idx, router_shape(c, l, d));
-  linear_backward(ex, dx, g.gate, s.dlogits, x, w.gate, N, C, E);
+  const Tensor dact = s.expert.dact.slice(0, NK * D), dh13 = s.expert.dh13.slice(0, NK * 2 * D);
+  backend::zero(ex, dact);
+  grouped_linear_backward(ex, dact, g.experts_w2, s.doutp, a.expert.act, w.experts_w2, a.offsets,
+                          down_shape(w, c));
+  backend::zero(ex, dh13);
+  swiglu_backward(ex, dh13, dact, a.expert.h13, N * K, D);
+  const Tensor dxp = s.dxp.slice(0, NK * C);
+  backend::zero(ex, dxp);
+  grouped_linear_backward(ex, dxp, g.experts_w13, dh13, a.xp, w.experts_w13, a.offsets,
+                          up_shape(w, c));
+  moe_scatter_add(ex, dx, dxp, a.slot_of, N, K, C);
+  const Tensor dlogits = s.dlogits.slice(0, size_t(N) * E);
+  backend::zero(ex, dlogits);
+  router_backward(ex, dlogits, s.dgates, dbalance, a.scores, a.idx, router_shape(c, l, d));
+  const Tensor dl = as_dtype(ex, dlogits, x.dtype, s.dlogits_t);
+  linear_backward(ex, dx, g.gate, dl, x, w.gate, N, C, E);
 }
 
 }  // namespace dsv3

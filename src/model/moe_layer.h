@@ -1,5 +1,6 @@
-// DeepSeekMoE FFN (M4): router -> tokens sorted by expert -> one GEMM chain per expert ->
-// weighted combine, plus the shared experts. Math: docs/model.md "MoE FFN".
+// DeepSeekMoE FFN (M4): router -> tokens sorted by expert -> the routed experts as grouped GEMMs
+// (one call for all experts) -> weighted combine, plus the shared experts.
+// Math: docs/model.md "MoE FFN".
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,50 +12,60 @@
 
 namespace dsv3 {
 
-struct MoeWeights {
-  float* gate = nullptr;  // (E, C) router
-  float* bias = nullptr;  // (E) e_score_correction_bias (sigmoid router only)
-  std::vector<FfnWeights> experts;
-  FfnWeights shared;      // w13 == nullptr when there are no shared experts
+struct MoeParams {
+  Tensor gate;              // (E, C) router
+  Tensor bias;              // (E) fp32 e_score_correction_bias (sigmoid router only)
+  Tensor experts_w13;       // from expert 0's gate_proj: (2D, C) per expert, every expert_stride
+  Tensor experts_w2;        // from expert 0's down_proj: (C, D) per expert, every expert_stride
+  size_t expert_stride = 0;  // elements between consecutive experts' tensors
+  int inter = 0;            // D
+  FfnParams shared;         // w13 empty when there are no shared experts
 };
-MoeWeights bind_moe(const ParamTable& t, float* base, const std::string& layer_prefix,
-                    const ModelConfig& c);
+// base: the parameter buffer; buffers: where Buffer-kind tensors (the bias) live, fp32, compact
+// (ParamInfo::buffer_offset), or empty when they live in base (fp32 weights).
+MoeParams bind_moe(const ParamTable& t, const Tensor& base, const Tensor& buffers,
+                   const std::string& layer_prefix, const ModelConfig& c);
 
 struct MoeActs {
-  float* logits;        // (N, E)
-  float* scores;        // (N, E) sigmoid or softmax
-  float* gates;         // (N, K)
-  int32_t* idx;         // (N, K) chosen experts
-  int32_t* slot_token;  // (N*K) token of each expert-sorted slot
-  int32_t* slot_of;     // (N*K) slot of (n, k)
-  int32_t* offsets;     // (E+1) slots of expert e: offsets[e]..offsets[e+1]
-  float* xp;            // (N*K, C) gathered inputs
-  FfnActs expert;       // (N*K, .) all experts' activations, expert-sorted
-  float* outp;          // (N*K, C) expert outputs
+  Tensor logits;      // (N, E) accum
+  Tensor scores;      // (N, E) accum: sigmoid or softmax
+  Tensor gates;       // (N, K) accum
+  Tensor idx;         // (N, K) i32 chosen experts
+  Tensor slot_token;  // (N*K) i32 token of each expert-sorted slot
+  Tensor slot_of;     // (N*K) i32 slot of (n, k)
+  Tensor offsets;     // (E+1) i32 slots of expert e: offsets[e]..offsets[e+1]
+  Tensor xp;          // (N*K, C) gathered inputs
+  FfnActs expert;     // (N*K, .) all experts' activations, expert-sorted
+  Tensor outp;        // (N*K, C) expert outputs
   FfnActs shared;
 };
-void alloc_moe_acts(MoeActs& a, Arena& ar, const ModelConfig& c, Dims d);
+void alloc_moe_acts(MoeActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d);
 
 struct MoeScratch {
-  float *dlogits, *dgates, *doutp, *dxp;
+  Tensor dlogits;    // (N, E) accum
+  Tensor dlogits_t;  // (N, E) compute dtype, when it differs from accum (the router GEMM's dy)
+  Tensor dgates;     // (N, K) accum
+  Tensor doutp, dxp;  // (N*K, C)
   FfnScratch expert;  // sized for N*K rows
 };
-void alloc_moe_scratch(MoeScratch& s, Arena& ar, const ModelConfig& c, Dims d);
+void alloc_moe_scratch(MoeScratch& s, Arena& ar, const ModelConfig& c, DType t, Dims d);
 
-struct MoeStats {
-  std::vector<int64_t> loads;  // (E) slots per expert, accumulated until reset
-  double balance_loss = 0;     // of the last forward
+// Where one MoE layer's router statistics go (per layer, so recomputation cannot mix them).
+struct MoeStatsOut {
+  Tensor loads;  // (E) i64 slots per expert
+  Tensor stats;  // (2) f64 balance loss, mean router entropy
 };
 
 RouterShape router_shape(const ModelConfig& c, const TrainingLossConfig& l, Dims d);
 
-// y (N,C) = moe(x), overwriting y. Adds this forward's expert loads to stats when count_loads.
-void moe_forward(const Exec& ex, float* y, const float* x, const MoeWeights& w, MoeActs& a,
-                 MoeStats& stats, const ModelConfig& c, const TrainingLossConfig& l, Dims d,
-                 bool count_loads);
+// y (N,C) = moe(x), overwriting y.
+void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoeParams& w,
+                 const MoeActs& a, const MoeStatsOut& st, const ModelConfig& c,
+                 const TrainingLossConfig& l, Dims d);
 // dx +=, g +=; dbalance is d(total loss)/d(this layer's balance loss).
-void moe_backward(const Exec& ex, float* dx, const float* dy, const float* x, const MoeWeights& w,
-                  const MoeWeights& g, const MoeActs& a, MoeScratch& s, FfnScratch& shared_scratch,
-                  double dbalance, const ModelConfig& c, const TrainingLossConfig& l, Dims d);
+void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tensor& x,
+                  const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
+                  const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,
+                  const TrainingLossConfig& l, Dims d);
 
 }  // namespace dsv3

@@ -31,6 +31,10 @@ struct Builder {
     if (align) t.total = (t.total + 15) / 16 * 16;
     p.offset = t.total;
     t.total += p.numel;
+    if (kind == ParamKind::Buffer) {
+      p.buffer_offset = t.buffers_total;
+      t.buffers_total += p.numel;
+    }
     t.index[p.name] = t.list.size();
     t.list.push_back(std::move(p));
   }
@@ -94,6 +98,13 @@ ParamTable build_param_table(const ModelConfig& c) {
   b.mat("lm_head.weight", c.vocab, c.hidden);
   b.t.total = (b.t.total + 15) / 16 * 16;
   return std::move(b.t);
+}
+
+std::vector<ParamSpan> trainable_spans(const ParamTable& t) {
+  std::vector<ParamSpan> spans;
+  for (const auto& p : t.list)
+    if (p.trainable()) spans.push_back({p.offset, p.numel, p.decay()});
+  return spans;
 }
 
 void init_params(const ModelConfig& c, const ParamTable& t, float* params, uint64_t seed) {

@@ -1,7 +1,8 @@
 // The parameter table: every tensor of the model, named as in the Hugging Face DeepseekV3
-// layout, living at a fixed offset in ONE contiguous fp32 buffer (and its gradient at the same
-// offset in a second buffer). One buffer makes AdamW, the global norm, all-reduce and
-// checkpoints single loops over memory.
+// layout, living at a fixed offset in ONE contiguous buffer. The same offsets lay out the fp32
+// master weights, the compute-dtype copy the forward reads (bf16/fp16 runs), the fp32 gradients
+// and the optimizer moments, so AdamW, the global norm, all-reduce and checkpoints are single
+// loops over memory.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "ops/optimizer.h"
 
 namespace dsv3 {
 
@@ -24,6 +26,7 @@ struct ParamInfo {
   size_t offset = 0;           // in floats, into the parameter buffer
   size_t numel = 0;
   ParamKind kind = ParamKind::Matrix;
+  size_t buffer_offset = 0;    // Buffer kind: offset in the compact fp32 buffer of all Buffers
   bool trainable() const { return kind != ParamKind::Buffer; }
   bool decay() const { return kind == ParamKind::Matrix; }
 };
@@ -31,6 +34,7 @@ struct ParamInfo {
 struct ParamTable {
   std::vector<ParamInfo> list;
   size_t total = 0;  // floats
+  size_t buffers_total = 0;  // elements of all Buffer-kind tensors (routing biases)
   std::unordered_map<std::string, size_t> index;  // name -> position in list
 
   const ParamInfo& at(const std::string& name) const;  // throws naming the missing tensor
@@ -42,6 +46,9 @@ struct ParamTable {
 // one (2D, C) matrix for a single GEMM; within the experts of a layer, all experts' gate/up/down
 // follow each other in expert order.
 ParamTable build_param_table(const ModelConfig& c);
+
+// The trainable tensors as optimizer spans (offset, numel, decay), in table order.
+std::vector<ParamSpan> trainable_spans(const ParamTable& t);
 
 // Initialises a parameter buffer: normal(0, init_std) matrices, ones for norms, zero buffers.
 void init_params(const ModelConfig& c, const ParamTable& t, float* params, uint64_t seed);

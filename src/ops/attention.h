@@ -1,7 +1,9 @@
 // Causal multi-head attention core of MLA's training path: per (batch, head)
-//   S = q k^T * scale (causal), P = softmax(S) in fp32 (or wider), out = P v.
+//   S = q k^T * scale (causal), P = softmax(S) in the accumulation dtype, out = P v.
 // q and k have the same head width dqk (MLA: qk_nope + qk_rope), v may differ (v_head).
-// P is saved for backward: (B, H, T, T); T = sequence length.
+// q, k, v, out, probs and the gradients are in the compute dtype T; scores, the softmax and the
+// score gradients are computed in fp32 (fp64 for the oracle) and P is stored rounded to T, the
+// operand of the P v GEMM. P is saved for backward: (B, H, T, T); T = sequence length.
 #pragma once
 #include "backend/backend.h"
 
@@ -19,9 +21,9 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                         const T* probs, AttentionShape s);
 }  // namespace cpu
-void attention_forward(const Exec& ex, float* out, float* probs, const float* q, const float* k,
-                       const float* v, AttentionShape s);
-void attention_backward(const Exec& ex, float* dq, float* dk, float* dv, const float* dout,
-                        const float* q, const float* k, const float* v, const float* probs,
-                        AttentionShape s);
+void attention_forward(const Exec& ex, const Tensor& out, const Tensor& probs, const Tensor& q,
+                       const Tensor& k, const Tensor& v, AttentionShape s);
+void attention_backward(const Exec& ex, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                        const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& probs, AttentionShape s);
 }  // namespace dsv3

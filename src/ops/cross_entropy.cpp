@@ -1,65 +1,65 @@
 // Fused softmax cross-entropy over the vocabulary; the backward may overwrite the logits.
 #include "ops/cross_entropy.h"
-#include "ops/fast_math.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
+
+#include "ops/dispatch.h"
+#include "ops/fast_math.h"
 
 namespace dsv3 {
 namespace cpu {
 
-
 constexpr size_t kParallelWork = 16384;
 
-template <typename T>
-static T row_max(const T* x, int V) {
-  T m = x[0];
+template <typename A>
+static A row_max(const A* x, int V) {
+  A m = x[0];
 #pragma omp simd reduction(max : m)
   for (int j = 1; j < V; j++) m = x[j] > m ? x[j] : m;
   return m;
 }
 
 // losses[n] = log(sum_j exp(x_j - m)) + m - x_target, m = max_j x_j.
-template <typename T>
-void cross_entropy_forward(T* losses, const T* logits, const int32_t* targets, int N, int V) {
+template <typename A>
+void cross_entropy_forward(A* losses, const A* logits, const int32_t* targets, int N, int V) {
 #pragma omp parallel for schedule(static) if (size_t(N) * V > kParallelWork)
   for (int n = 0; n < N; n++) {
     if (targets[n] < 0) {
       losses[n] = 0;
       continue;
     }
-    const T* x = logits + size_t(n) * V;
-    T m = row_max(x, V), sum = 0;
+    const A* x = logits + size_t(n) * V;
+    A m = row_max(x, V), sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < V; j++) sum += exp_nonpos(x[j] - m);
     losses[n] = std::log(sum) + m - x[targets[n]];
   }
 }
 
-// dlogits = dloss * (softmax - onehot). Each element is read before it is written at the same
-// index, so dlogits may alias logits: the exponentials are stored first, then scaled.
-template <typename T>
-void cross_entropy_backward(T* dlogits, const T* logits, const int32_t* targets, T dloss, int N,
-                            int V) {
+// dlogits = row_scale * (softmax - onehot). Each element is read before it is written at the
+// same index, so dlogits may alias logits: the exponentials are stored first, then scaled.
+template <typename A>
+void cross_entropy_backward(A* dlogits, const A* logits, const int32_t* targets,
+                            const A* row_scale, int N, int V) {
 #pragma omp parallel for schedule(static) if (size_t(N) * V > kParallelWork)
   for (int n = 0; n < N; n++) {
-    T* d = dlogits + size_t(n) * V;
+    A* d = dlogits + size_t(n) * V;
     if (targets[n] < 0) {
       for (int j = 0; j < V; j++) d[j] = 0;
       continue;
     }
-    const T* x = logits + size_t(n) * V;
-    T m = row_max(x, V), sum = 0;
+    const A* x = logits + size_t(n) * V;
+    A m = row_max(x, V), sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < V; j++) {
-      T e = exp_nonpos(x[j] - m);
+      A e = exp_nonpos(x[j] - m);
       d[j] = e;
       sum += e;
     }
-    T k = dloss / sum;
+    const A dloss = row_scale[n], k = dloss / sum;
     for (int j = 0; j < V; j++) d[j] *= k;
     d[targets[n]] -= dloss;
   }
@@ -67,22 +67,46 @@ void cross_entropy_backward(T* dlogits, const T* logits, const int32_t* targets,
 
 template void cross_entropy_forward<float>(float*, const float*, const int32_t*, int, int);
 template void cross_entropy_forward<double>(double*, const double*, const int32_t*, int, int);
-template void cross_entropy_backward<float>(float*, const float*, const int32_t*, float, int, int);
-template void cross_entropy_backward<double>(double*, const double*, const int32_t*, double, int,
-                                             int);
+template void cross_entropy_backward<float>(float*, const float*, const int32_t*, const float*,
+                                            int, int);
+template void cross_entropy_backward<double>(double*, const double*, const int32_t*,
+                                             const double*, int, int);
 
 }  // namespace cpu
 
-void cross_entropy_forward(const Exec& ex, float* losses, const float* logits,
-                           const int32_t* targets, int N, int V) {
-  require_cpu(ex, "cross_entropy_forward");
-  cpu::cross_entropy_forward(losses, logits, targets, N, V);
+void cross_entropy_forward(const Exec& ex, const Tensor& losses, const Tensor& logits,
+                           const Tensor& targets, int N, int V) {
+  const char* op = "cross_entropy_forward";
+  check_device(ex, op, {{"losses", losses}, {"logits", logits}, {"targets", targets}});
+  DSV3_CHECK(logits.dtype == DType::F32 || logits.dtype == DType::F64, op,
+             ": logits must be f32 or f64, not ", dtype_name(logits.dtype), " (internal error)");
+  check_arg(op, "logits", logits, logits.dtype, size_t(N) * V);
+  check_arg(op, "losses", losses, logits.dtype, size_t(N));
+  check_arg(op, "targets", targets, DType::I32, size_t(N));
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (logits.dtype == DType::F64)
+    return cpu::cross_entropy_forward(losses.as<double>(), logits.as<double>(),
+                                      targets.as<int32_t>(), N, V);
+  cpu::cross_entropy_forward(losses.as<float>(), logits.as<float>(), targets.as<int32_t>(), N, V);
 }
 
-void cross_entropy_backward(const Exec& ex, float* dlogits, const float* logits,
-                            const int32_t* targets, float dloss, int N, int V) {
-  require_cpu(ex, "cross_entropy_backward");
-  cpu::cross_entropy_backward(dlogits, logits, targets, dloss, N, V);
+void cross_entropy_backward(const Exec& ex, const Tensor& dlogits, const Tensor& logits,
+                            const Tensor& targets, const Tensor& row_scale, int N, int V) {
+  const char* op = "cross_entropy_backward";
+  check_device(ex, op, {{"dlogits", dlogits}, {"logits", logits}, {"targets", targets},
+                        {"row_scale", row_scale}});
+  DSV3_CHECK(logits.dtype == DType::F32 || logits.dtype == DType::F64, op,
+             ": logits must be f32 or f64, not ", dtype_name(logits.dtype), " (internal error)");
+  check_arg(op, "logits", logits, logits.dtype, size_t(N) * V);
+  check_arg(op, "dlogits", dlogits, logits.dtype, size_t(N) * V);
+  check_arg(op, "row_scale", row_scale, logits.dtype, size_t(N));
+  check_arg(op, "targets", targets, DType::I32, size_t(N));
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (logits.dtype == DType::F64)
+    return cpu::cross_entropy_backward(dlogits.as<double>(), logits.as<double>(),
+                                       targets.as<int32_t>(), row_scale.as<double>(), N, V);
+  cpu::cross_entropy_backward(dlogits.as<float>(), logits.as<float>(), targets.as<int32_t>(),
+                              row_scale.as<float>(), N, V);
 }
 
 }  // namespace dsv3

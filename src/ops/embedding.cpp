@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "ops/dispatch.h"
+
 namespace dsv3 {
 namespace cpu {
 
@@ -15,18 +17,14 @@ constexpr size_t kParallelWork = 16384;
 template <typename T>
 void embedding_forward(T* out, const int32_t* ids, const T* table, int N, int C) {
 #pragma omp parallel for schedule(static) if (size_t(N) * C > kParallelWork)
-  for (int n = 0; n < N; n++) {
-    const T* src = table + size_t(ids[n]) * C;
-    T* dst = out + size_t(n) * C;
-    for (int c = 0; c < C; c++) dst[c] = src[c];
-  }
+  for (int n = 0; n < N; n++) std::copy_n(table + size_t(ids[n]) * C, C, out + size_t(n) * C);
 }
 
 // Repeated ids make a scatter over tokens racy, so each thread owns a slice of the C columns and
 // walks all tokens in order: every dtable element is summed in token order whatever the number
 // of threads, with no atomics, and the result is bit-identical across thread counts.
 template <typename T>
-void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int N, int C) {
+void embedding_backward(accum_t<T>* dtable, const T* dout, const int32_t* ids, int N, int C) {
 #pragma omp parallel if (size_t(N) * C > kParallelWork)
   {
     int nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -34,30 +32,46 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int N, int
     int groups = (C + 15) / 16;
     int c0 = std::min(C, groups * t / nt * 16), c1 = std::min(C, groups * (t + 1) / nt * 16);
     for (int n = 0; n < N; n++) {
-      T* dst = dtable + size_t(ids[n]) * C;
+      accum_t<T>* dst = dtable + size_t(ids[n]) * C;
       const T* src = dout + size_t(n) * C;
-      for (int c = c0; c < c1; c++) dst[c] += src[c];
+      for (int c = c0; c < c1; c++) dst[c] += load(src[c]);
     }
   }
 }
 
-template void embedding_forward<float>(float*, const int32_t*, const float*, int, int);
-template void embedding_forward<double>(double*, const int32_t*, const double*, int, int);
-template void embedding_backward<float>(float*, const float*, const int32_t*, int, int);
-template void embedding_backward<double>(double*, const double*, const int32_t*, int, int);
+#define DSV3_EMBEDDING_INSTANTIATE(T)                                               \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, int, int);       \
+  template void embedding_backward<T>(accum_t<T>*, const T*, const int32_t*, int, int);
+DSV3_EMBEDDING_INSTANTIATE(float)
+DSV3_EMBEDDING_INSTANTIATE(double)
+DSV3_EMBEDDING_INSTANTIATE(bf16_t)
+DSV3_EMBEDDING_INSTANTIATE(f16_t)
 
 }  // namespace cpu
 
-void embedding_forward(const Exec& ex, float* out, const int32_t* ids, const float* table, int N,
-                       int C) {
-  require_cpu(ex, "embedding_forward");
-  cpu::embedding_forward(out, ids, table, N, C);
+void embedding_forward(const Exec& ex, const Tensor& out, const Tensor& ids, const Tensor& table,
+                       int N, int C) {
+  const char* op = "embedding_forward";
+  check_device(ex, op, {{"out", out}, {"ids", ids}, {"table", table}});
+  check_arg(op, "out", out, table.dtype, size_t(N) * C);
+  check_arg(op, "ids", ids, DType::I32, size_t(N));
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(table.dtype, op, [&]<typename T>() {
+    cpu::embedding_forward<T>(out.as<T>(), ids.as<int32_t>(), table.as<T>(), N, C);
+  });
 }
 
-void embedding_backward(const Exec& ex, float* dtable, const float* dout, const int32_t* ids,
-                        int N, int C) {
-  require_cpu(ex, "embedding_backward");
-  cpu::embedding_backward(dtable, dout, ids, N, C);
+void embedding_backward(const Exec& ex, const Tensor& dtable, const Tensor& dout,
+                        const Tensor& ids, int N, int C) {
+  const char* op = "embedding_backward";
+  check_device(ex, op, {{"dtable", dtable}, {"dout", dout}, {"ids", ids}});
+  check_arg(op, "dout", dout, dout.dtype, size_t(N) * C);
+  check_arg(op, "dtable", dtable, accum_dtype(dout.dtype), size_t(C));
+  check_arg(op, "ids", ids, DType::I32, size_t(N));
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(dout.dtype, op, [&]<typename T>() {
+    cpu::embedding_backward<T>(dtable.as<accum_t<T>>(), dout.as<T>(), ids.as<int32_t>(), N, C);
+  });
 }
 
 }  // namespace dsv3

@@ -1,69 +1,128 @@
+// Linear and grouped linear layers: argument checks, then the CPU GEMM layer (gemm_cpu).
 #include "ops/gemm.h"
-
-#include <cblas.h>
-
-namespace dsv3 {
-namespace cpu {
-
-template <>
-void gemm<float>(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
-                 const float* B, int ldb, float beta, float* C, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-              K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-template <>
-void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda,
-                  const double* B, int ldb, double beta, double* C, int ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-              K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-}  // namespace cpu
-
-template <typename T>
-void linear_forward(const Exec& ex, T* y, const T* x, const T* w, int N, int in, int out,
-                    bool accumulate) {
-  require_cpu(ex, "linear_forward");
-  if (N == 0) return;
-  cpu::gemm<T>(false, true, N, out, in, T(1), x, in, w, in, accumulate ? T(1) : T(0), y, out);
-}
-
-template <typename T>
-void linear_backward(const Exec& ex, T* dx, T* dw, const T* dy, const T* x, const T* w, int N,
-                     int in, int out) {
-  require_cpu(ex, "linear_backward");
-  if (N == 0) return;
-  if (dx) cpu::gemm<T>(false, false, N, in, out, T(1), dy, out, w, in, T(1), dx, in);
-  if (dw) cpu::gemm<T>(true, false, out, in, N, T(1), dy, out, x, in, T(1), dw, in);
-}
-
-template void linear_forward<float>(const Exec&, float*, const float*, const float*, int, int, int,
-                                    bool);
-template void linear_forward<double>(const Exec&, double*, const double*, const double*, int, int,
-                                     int, bool);
-template void linear_backward<float>(const Exec&, float*, float*, const float*, const float*,
-                                     const float*, int, int, int);
-template void linear_backward<double>(const Exec&, double*, double*, const double*, const double*,
-                                      const double*, int, int, int);
-
-}  // namespace dsv3
 
 #include <algorithm>
 #include <vector>
 
-#include "core/timer.h"
+#include "ops/dispatch.h"
+#include "ops/gemm_cpu.h"
 
 namespace dsv3 {
-double measure_gemm_peak_gflops(int n, int reps) {
-  std::vector<float> a(size_t(n) * n, 0.5f), b(size_t(n) * n, 0.25f), c(size_t(n) * n);
-  cpu::gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-  double best = 0;
-  for (int r = 0; r < reps; r++) {
-    const double t0 = now_seconds();
-    cpu::gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-    best = std::max(best, 2.0 * n * double(n) * n / (now_seconds() - t0) / 1e9);
-  }
-  return best;
+
+namespace {
+void check_out_dtype(const char* op, const Tensor& y, DType t) {
+  DSV3_CHECK(y.dtype == t || y.dtype == accum_dtype(t), op, ": output is ", dtype_name(y.dtype),
+             ", expected ", dtype_name(t), " or ", dtype_name(accum_dtype(t)), " (internal error)");
 }
+}  // namespace
+
+void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w, int N,
+                    int in, int out, bool accumulate) {
+  const char* op = "linear_forward";
+  check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}});
+  check_arg(op, "x", x, x.dtype, size_t(N) * in);
+  check_arg(op, "w", w, x.dtype, size_t(out) * in);
+  check_out_dtype(op, y, x.dtype);
+  check_arg(op, "y", y, y.dtype, size_t(N) * out);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (N == 0) return;
+  cpu::gemm(false, true, N, out, in, 1.0f, x.data, in, w.data, in, accumulate ? 1.0f : 0.0f, y.data,
+            out, x.dtype, y.dtype);
+}
+
+void linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
+                     const Tensor& x, const Tensor& w, int N, int in, int out) {
+  const char* op = "linear_backward";
+  check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dy", dy}, {"x", x}, {"w", w}});
+  const DType t = dy.dtype;
+  check_arg(op, "dy", dy, t, size_t(N) * out);
+  check_arg(op, "w", w, t, size_t(out) * in);
+  check_opt(op, "dx", dx, t, size_t(N) * in);
+  if (dw) check_arg(op, "x", x, t, size_t(N) * in);
+  check_opt(op, "dw", dw, accum_dtype(t), size_t(out) * in);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (N == 0) return;
+  if (dx) cpu::gemm(false, false, N, in, out, 1.0f, dy.data, out, w.data, in, 1.0f, dx.data, in, t, t);
+  if (dw)
+    cpu::gemm(true, false, out, in, N, 1.0f, dy.data, out, x.data, in, 1.0f, dw.data, in, t,
+              dw.dtype);
+}
+
+namespace {
+void check_offsets(const char* op, const Tensor& offsets, int E, size_t rows_x) {
+  check_arg(op, "offsets", offsets, DType::I32, size_t(E) + 1);
+  const int32_t* o = offsets.as<int32_t>();
+  DSV3_CHECK(o[0] == 0, op, ": offsets[0] is ", o[0], " (internal error)");
+  for (int e = 0; e < E; e++)
+    DSV3_CHECK(o[e + 1] >= o[e], op, ": offsets decrease at expert ", e, " (internal error)");
+  DSV3_CHECK(size_t(o[E]) <= rows_x, op, ": ", o[E], " rows routed, buffers hold ", rows_x,
+             " (internal error)");
+}
+}  // namespace
+
+void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w,
+                            const Tensor& offsets, GroupedShape s) {
+  const char* op = "grouped_linear_forward";
+  check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}, {"offsets", offsets}});
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  const DType t = x.dtype;
+  check_arg(op, "w", w, t, s.E > 0 ? (s.E - 1) * s.w_stride + size_t(s.out) * s.in : 0);
+  check_out_dtype(op, y, t);
+  check_offsets(op, offsets, s.E, x.numel / std::max(s.in, 1));
+  const int32_t* o = offsets.as<int32_t>();
+  check_arg(op, "y", y, y.dtype, size_t(o[s.E]) * s.out);
+  const size_t xs = dtype_size(t), ys = dtype_size(y.dtype);
+  std::vector<cpu::GemmCall> calls;  // one per expert with rows, run side by side (gemm_batch)
+  for (int e = 0; e < s.E; e++) {
+    const int rows = o[e + 1] - o[e];
+    if (rows == 0) continue;
+    calls.push_back({rows, s.out, s.in, static_cast<const char*>(x.data) + size_t(o[e]) * s.in * xs,
+                     s.in, static_cast<const char*>(w.data) + e * s.w_stride * xs, s.in,
+                     static_cast<char*>(y.data) + size_t(o[e]) * s.out * ys, s.out});
+  }
+  cpu::gemm_batch(false, true, 1.0f, 0.0f, calls.data(), int(calls.size()), t, y.dtype);
+}
+
+void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
+                             const Tensor& x, const Tensor& w, const Tensor& offsets,
+                             GroupedShape s) {
+  const char* op = "grouped_linear_backward";
+  check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dy", dy}, {"x", x}, {"w", w}, {"offsets", offsets}});
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  const DType t = dy.dtype;
+  const size_t wspan = s.E > 0 ? (s.E - 1) * s.w_stride + size_t(s.out) * s.in : 0;
+  check_arg(op, "w", w, t, wspan);
+  check_offsets(op, offsets, s.E, dy.numel / std::max(s.out, 1));
+  const int32_t* o = offsets.as<int32_t>();
+  const size_t rows = size_t(o[s.E]);
+  check_arg(op, "dy", dy, t, rows * s.out);
+  check_opt(op, "dx", dx, t, rows * s.in);
+  if (dw) check_arg(op, "x", x, t, rows * s.in);
+  check_opt(op, "dw", dw, accum_dtype(t), wspan);
+  const size_t es = dtype_size(t), gs = dtype_size(accum_dtype(t));
+  auto at = [](const Tensor& tt, size_t i, size_t size) {
+    return static_cast<char*>(tt.data) + i * size;
+  };
+  std::vector<cpu::GemmCall> calls;
+  if (dx) {
+    for (int e = 0; e < s.E; e++) {
+      const int r = o[e + 1] - o[e];
+      if (r == 0) continue;
+      calls.push_back({r, s.in, s.out, at(dy, size_t(o[e]) * s.out, es), s.out,
+                       at(w, e * s.w_stride, es), s.in, at(dx, size_t(o[e]) * s.in, es), s.in});
+    }
+    cpu::gemm_batch(false, false, 1.0f, 1.0f, calls.data(), int(calls.size()), t, t);
+  }
+  if (dw) {
+    calls.clear();
+    for (int e = 0; e < s.E; e++) {
+      const int r = o[e + 1] - o[e];
+      if (r == 0) continue;
+      calls.push_back({s.out, s.in, r, at(dy, size_t(o[e]) * s.out, es), s.out,
+                       at(x, size_t(o[e]) * s.in, es), s.in, at(dw, e * s.w_stride, gs), s.in});
+    }
+    cpu::gemm_batch(true, false, 1.0f, 1.0f, calls.data(), int(calls.size()), t, dw.dtype);
+  }
+}
+
 }  // namespace dsv3

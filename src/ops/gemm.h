@@ -1,29 +1,37 @@
-// GEMM through BLAS (row-major). The product path is fp32 (sgemm); double is for the tests.
+// Linear layers on the backend seam. Weights are stored (out, in) like torch / Hugging Face.
+// Operands x, w, dy and dx share the compute dtype T; a forward output y may be T or the
+// accumulation dtype (the router and the output head write fp32 logits from bf16 operands);
+// weight gradients are in the accumulation dtype (fp32 master gradients; fp64 for the oracle).
+// The CPU kernels are src/ops/gemm_cpu.h (oneDNN / OpenBLAS, chosen per dtype in docs/gemm.md).
 #pragma once
+#include <cstddef>
+
 #include "backend/backend.h"
 
 namespace dsv3 {
-namespace cpu {
-// C(M,N) = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T; lda/ldb/ldc are row strides.
-template <typename T>
-void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
-          const T* B, int ldb, T beta, T* C, int ldc);
-}  // namespace cpu
 
-// Linear layer with a weight stored (out, in) like torch / Hugging Face.
 // y(N,out) = x(N,in) w^T, overwriting y (accumulate=false) or adding to it.
-template <typename T>
-void linear_forward(const Exec& ex, T* y, const T* x, const T* w, int N, int in, int out,
-                    bool accumulate = false);
-// dx(N,in) += dy w;  dw(out,in) += dy^T x.  Either of dx / dw may be null to skip it.
-template <typename T>
-void linear_backward(const Exec& ex, T* dx, T* dw, const T* dy, const T* x, const T* w, int N,
-                     int in, int out);
+void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w, int N,
+                    int in, int out, bool accumulate = false);
+// dx(N,in) += dy w;  dw(out,in) += dy^T x.  Either of dx / dw may be empty to skip it.
+void linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
+                     const Tensor& x, const Tensor& w, int N, int in, int out);
 
-}  // namespace dsv3
+// Grouped linear: the MoE experts in one call (one launch for all experts on a GPU). Rows are
+// sorted by expert: rows offsets[e]..offsets[e+1] of x and y belong to expert e, whose weight
+// (out, in) starts at element e * w_stride of w (the experts' tensors are interleaved in the
+// parameter buffer, so the stride is larger than out * in). offsets: (E+1) i32 on ex.device.
+struct GroupedShape {
+  int E;            // experts
+  int in, out;
+  size_t w_stride;  // elements from one expert's weight to the next
+};
+// y = x w_e^T per expert (overwrites).
+void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w,
+                            const Tensor& offsets, GroupedShape s);
+// dx += dy w_e; dw_e += dy^T x (dw laid out like w, accumulation dtype). Either may be empty.
+void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
+                             const Tensor& x, const Tensor& w, const Tensor& offsets,
+                             GroupedShape s);
 
-namespace dsv3 {
-// fp32 GEMM throughput of this machine (n x n x n sgemm, all threads, best of a few runs), the
-// denominator of CPU MFU.
-double measure_gemm_peak_gflops(int n = 1536, int reps = 4);
 }  // namespace dsv3

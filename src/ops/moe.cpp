@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "ops/dispatch.h"
 
 namespace dsv3 {
 namespace cpu {
@@ -19,8 +20,9 @@ T sigmoid(T x) {
 
 template <typename T>
 double router_forward(int32_t* idx, T* gates, T* scores, int64_t* loads, const T* logits,
-                      const float* bias, RouterShape s) {
+                      const float* bias, RouterShape s, double* entropy) {
   const int N = s.N, E = s.E, K = s.K, G = s.groups, per_group = E / G;
+  std::vector<double> token_entropy(entropy ? size_t(N) : 0);
 #pragma omp parallel
   {
     std::vector<T> sel(E);
@@ -70,9 +72,23 @@ double router_forward(int32_t* idx, T* gates, T* scores, int64_t* loads, const T
       }
       const T norm = s.norm_topk ? T(s.route_scale) / sum : T(s.route_scale);
       for (int k = 0; k < K; k++) gates[size_t(n) * K + k] = sc[order[k]] * norm;
+      if (entropy) {  // H(p), p = scores normalised to sum 1
+        double z = 0, h = 0;
+        for (int e = 0; e < E; e++) z += double(sc[e]);
+        for (int e = 0; e < E; e++) {
+          const double p = double(sc[e]) / z;
+          if (p > 0) h -= p * std::log(p);
+        }
+        token_entropy[n] = h;
+      }
     }
   }
   for (size_t i = 0; i < size_t(N) * K; i++) loads[idx[i]]++;
+  if (entropy) {  // summed in token order: independent of the thread count
+    double h = 0;
+    for (double v : token_entropy) h += v;
+    *entropy = N > 0 ? h / N : 0.0;
+  }
 
   if (s.balance_alpha == 0) return 0.0;
   // Balance loss: alpha * mean over segments of sum_i f_i P_i (docs/model.md).
@@ -161,35 +177,44 @@ void moe_gather(T* xp, const T* x, const int32_t* slot_token, int NK, int C) {
 }
 
 template <typename T>
-void moe_combine(T* y, const T* outp, const T* gates, const int32_t* slot_of, int N, int K, int C,
-                 bool accumulate) {
-#pragma omp parallel for schedule(static) if (size_t(N) * C > 16384)
-  for (int n = 0; n < N; n++) {
-    T* yn = y + size_t(n) * C;
-    if (!accumulate) std::fill_n(yn, C, T(0));
-    for (int k = 0; k < K; k++) {
-      const T g = gates[size_t(n) * K + k];
-      const T* o = outp + size_t(slot_of[size_t(n) * K + k]) * C;
-      for (int c = 0; c < C; c++) yn[c] += g * o[c];
+void moe_combine(T* y, const T* outp, const accum_t<T>* gates, const int32_t* slot_of, int N,
+                 int K, int C, bool accumulate) {
+  using A = accum_t<T>;
+#pragma omp parallel
+  {
+    thread_local std::vector<A> row;
+    if (row.size() < size_t(C)) row.resize(C);
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; n++) {
+      T* yn = y + size_t(n) * C;
+      for (int c = 0; c < C; c++) row[c] = accumulate ? load(yn[c]) : A(0);
+      for (int k = 0; k < K; k++) {
+        const A g = gates[size_t(n) * K + k];
+        const T* o = outp + size_t(slot_of[size_t(n) * K + k]) * C;
+        for (int c = 0; c < C; c++) row[c] += g * load(o[c]);
+      }
+      for (int c = 0; c < C; c++) yn[c] = store<T>(row[c]);
     }
   }
 }
 
 template <typename T>
-void moe_combine_backward(T* doutp, T* dgates, const T* dy, const T* outp, const T* gates,
-                          const int32_t* slot_of, int N, int K, int C) {
+void moe_combine_backward(T* doutp, accum_t<T>* dgates, const T* dy, const T* outp,
+                          const accum_t<T>* gates, const int32_t* slot_of, int N, int K, int C) {
+  using A = accum_t<T>;
 #pragma omp parallel for schedule(static) if (size_t(N) * C > 16384)
   for (int n = 0; n < N; n++) {
     const T* d = dy + size_t(n) * C;
     for (int k = 0; k < K; k++) {
       const size_t slot = size_t(slot_of[size_t(n) * K + k]);
-      const T g = gates[size_t(n) * K + k];
+      const A g = gates[size_t(n) * K + k];
       const T* o = outp + slot * C;
       T* dop = doutp + slot * C;
-      T dot = 0;
+      A dot = 0;
       for (int c = 0; c < C; c++) {
-        dot += d[c] * o[c];
-        dop[c] = g * d[c];
+        const A dc = load(d[c]);
+        dot += dc * load(o[c]);
+        dop[c] = store<T>(g * dc);
       }
       dgates[size_t(n) * K + k] = dot;
     }
@@ -198,29 +223,43 @@ void moe_combine_backward(T* doutp, T* dgates, const T* dy, const T* outp, const
 
 template <typename T>
 void moe_scatter_add(T* dx, const T* dxp, const int32_t* slot_of, int N, int K, int C) {
-#pragma omp parallel for schedule(static) if (size_t(N) * C > 16384)
-  for (int n = 0; n < N; n++) {
-    T* d = dx + size_t(n) * C;
-    for (int k = 0; k < K; k++) {
-      const T* src = dxp + size_t(slot_of[size_t(n) * K + k]) * C;
-      for (int c = 0; c < C; c++) d[c] += src[c];
+  using A = accum_t<T>;
+#pragma omp parallel
+  {
+    thread_local std::vector<A> row;
+    if (row.size() < size_t(C)) row.resize(C);
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; n++) {
+      T* d = dx + size_t(n) * C;
+      for (int c = 0; c < C; c++) row[c] = load(d[c]);
+      for (int k = 0; k < K; k++) {
+        const T* src = dxp + size_t(slot_of[size_t(n) * K + k]) * C;
+        for (int c = 0; c < C; c++) row[c] += load(src[c]);
+      }
+      for (int c = 0; c < C; c++) d[c] = store<T>(row[c]);
     }
   }
 }
 
+template double router_forward<float>(int32_t*, float*, float*, int64_t*, const float*,
+                                      const float*, RouterShape, double*);
+template double router_forward<double>(int32_t*, double*, double*, int64_t*, const double*,
+                                       const float*, RouterShape, double*);
+template void router_backward<float>(float*, const float*, double, const float*, const int32_t*,
+                                     RouterShape);
+template void router_backward<double>(double*, const double*, double, const double*,
+                                      const int32_t*, RouterShape);
 #define DSV3_MOE_INSTANTIATE(T)                                                                 \
-  template double router_forward<T>(int32_t*, T*, T*, int64_t*, const T*, const float*,         \
-                                    RouterShape);                                               \
-  template void router_backward<T>(T*, const T*, double, const T*, const int32_t*, RouterShape); \
   template void moe_gather<T>(T*, const T*, const int32_t*, int, int);                          \
-  template void moe_combine<T>(T*, const T*, const T*, const int32_t*, int, int, int, bool);    \
-  template void moe_combine_backward<T>(T*, T*, const T*, const T*, const T*, const int32_t*,   \
-                                        int, int, int);                                         \
+  template void moe_combine<T>(T*, const T*, const accum_t<T>*, const int32_t*, int, int, int,  \
+                               bool);                                                           \
+  template void moe_combine_backward<T>(T*, accum_t<T>*, const T*, const T*, const accum_t<T>*, \
+                                        const int32_t*, int, int, int);                         \
   template void moe_scatter_add<T>(T*, const T*, const int32_t*, int, int, int);
 DSV3_MOE_INSTANTIATE(float)
 DSV3_MOE_INSTANTIATE(double)
-
-}  // namespace cpu
+DSV3_MOE_INSTANTIATE(bf16_t)
+DSV3_MOE_INSTANTIATE(f16_t)
 
 void moe_permutation(int32_t* slot_token, int32_t* slot_of, int32_t* offsets, const int32_t* idx,
                      int N, int K, int E) {
@@ -239,38 +278,129 @@ void moe_permutation(int32_t* slot_token, int32_t* slot_of, int32_t* offsets, co
     }
 }
 
-}  // namespace dsv3
+}  // namespace cpu
 
-namespace dsv3 {
-double router_forward(const Exec& ex, int32_t* idx, float* gates, float* scores, int64_t* loads,
-                      const float* logits, const float* bias, RouterShape s) {
-  require_cpu(ex, "router_forward");
-  return cpu::router_forward<float>(idx, gates, scores, loads, logits, bias, s);
+void router_forward(const Exec& ex, const RouterOutputs& out, const Tensor& logits,
+                    const Tensor& bias, RouterShape s) {
+  const char* op = "router_forward";
+  check_device(ex, op, {{"idx", out.idx}, {"gates", out.gates}, {"scores", out.scores},
+                        {"loads", out.loads}, {"stats", out.stats}, {"logits", logits}, {"bias", bias}});
+  const DType a = logits.dtype;
+  DSV3_CHECK(a == DType::F32 || a == DType::F64, op, ": logits must be f32 or f64 (internal error)");
+  const size_t NE = size_t(s.N) * s.E, NK = size_t(s.N) * s.K;
+  check_arg(op, "logits", logits, a, NE);
+  check_arg(op, "scores", out.scores, a, NE);
+  check_arg(op, "gates", out.gates, a, NK);
+  check_arg(op, "idx", out.idx, DType::I32, NK);
+  check_arg(op, "loads", out.loads, DType::I64, size_t(s.E));
+  check_arg(op, "stats", out.stats, DType::F64, 2);
+  check_opt(op, "bias", bias, DType::F32, size_t(s.E));
+  DSV3_CHECK(s.segment > 0 && s.N % s.segment == 0, op, ": ", s.N, " tokens are not whole segments of ",
+             s.segment, " (internal error)");
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  int64_t* loads = out.loads.as<int64_t>();
+  std::fill_n(loads, s.E, 0);
+  double* stats = out.stats.as<double>();
+  const float* b = bias ? bias.as<float>() : nullptr;
+  if (a == DType::F64)
+    stats[0] = cpu::router_forward(out.idx.as<int32_t>(), out.gates.as<double>(),
+                                   out.scores.as<double>(), loads, logits.as<double>(), b, s, &stats[1]);
+  else
+    stats[0] = cpu::router_forward(out.idx.as<int32_t>(), out.gates.as<float>(),
+                                   out.scores.as<float>(), loads, logits.as<float>(), b, s, &stats[1]);
 }
-void router_backward(const Exec& ex, float* dlogits, const float* dgates, double dbalance,
-                     const float* scores, const int32_t* idx, RouterShape s) {
-  require_cpu(ex, "router_backward");
-  cpu::router_backward<float>(dlogits, dgates, dbalance, scores, idx, s);
+
+void router_backward(const Exec& ex, const Tensor& dlogits, const Tensor& dgates, double dbalance,
+                     const Tensor& scores, const Tensor& idx, RouterShape s) {
+  const char* op = "router_backward";
+  check_device(ex, op, {{"dlogits", dlogits}, {"dgates", dgates}, {"scores", scores}, {"idx", idx}});
+  const DType a = scores.dtype;
+  DSV3_CHECK(a == DType::F32 || a == DType::F64, op, ": scores must be f32 or f64 (internal error)");
+  const size_t NE = size_t(s.N) * s.E, NK = size_t(s.N) * s.K;
+  check_arg(op, "scores", scores, a, NE);
+  check_arg(op, "dlogits", dlogits, a, NE);
+  check_arg(op, "dgates", dgates, a, NK);
+  check_arg(op, "idx", idx, DType::I32, NK);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (a == DType::F64)
+    return cpu::router_backward(dlogits.as<double>(), dgates.as<double>(), dbalance,
+                                scores.as<double>(), idx.as<int32_t>(), s);
+  cpu::router_backward(dlogits.as<float>(), dgates.as<float>(), dbalance, scores.as<float>(),
+                       idx.as<int32_t>(), s);
 }
-void moe_gather(const Exec& ex, float* xp, const float* x, const int32_t* slot_token, int NK,
-                int C) {
-  require_cpu(ex, "moe_gather");
-  cpu::moe_gather<float>(xp, x, slot_token, NK, C);
+
+void moe_permutation(const Exec& ex, const Tensor& slot_token, const Tensor& slot_of,
+                     const Tensor& offsets, const Tensor& idx, int N, int K, int E) {
+  const char* op = "moe_permutation";
+  check_device(ex, op, {{"slot_token", slot_token}, {"slot_of", slot_of}, {"offsets", offsets}, {"idx", idx}});
+  const size_t NK = size_t(N) * K;
+  check_arg(op, "slot_token", slot_token, DType::I32, NK);
+  check_arg(op, "slot_of", slot_of, DType::I32, NK);
+  check_arg(op, "offsets", offsets, DType::I32, size_t(E) + 1);
+  check_arg(op, "idx", idx, DType::I32, NK);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  cpu::moe_permutation(slot_token.as<int32_t>(), slot_of.as<int32_t>(), offsets.as<int32_t>(),
+                       idx.as<int32_t>(), N, K, E);
 }
-void moe_combine(const Exec& ex, float* y, const float* outp, const float* gates,
-                 const int32_t* slot_of, int N, int K, int C, bool accumulate) {
-  require_cpu(ex, "moe_combine");
-  cpu::moe_combine<float>(y, outp, gates, slot_of, N, K, C, accumulate);
+
+void moe_gather(const Exec& ex, const Tensor& xp, const Tensor& x, const Tensor& slot_token,
+                int NK, int C) {
+  const char* op = "moe_gather";
+  check_device(ex, op, {{"xp", xp}, {"x", x}, {"slot_token", slot_token}});
+  check_arg(op, "xp", xp, x.dtype, size_t(NK) * C);
+  check_arg(op, "slot_token", slot_token, DType::I32, size_t(NK));
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(x.dtype, op, [&]<typename T>() {
+    cpu::moe_gather<T>(xp.as<T>(), x.as<T>(), slot_token.as<int32_t>(), NK, C);
+  });
 }
-void moe_combine_backward(const Exec& ex, float* doutp, float* dgates, const float* dy,
-                          const float* outp, const float* gates, const int32_t* slot_of, int N,
-                          int K, int C) {
-  require_cpu(ex, "moe_combine_backward");
-  cpu::moe_combine_backward<float>(doutp, dgates, dy, outp, gates, slot_of, N, K, C);
+
+void moe_combine(const Exec& ex, const Tensor& y, const Tensor& outp, const Tensor& gates,
+                 const Tensor& slot_of, int N, int K, int C, bool accumulate) {
+  const char* op = "moe_combine";
+  check_device(ex, op, {{"y", y}, {"outp", outp}, {"gates", gates}, {"slot_of", slot_of}});
+  check_arg(op, "y", y, y.dtype, size_t(N) * C);
+  check_arg(op, "outp", outp, y.dtype, size_t(N) * K * C);
+  check_arg(op, "gates", gates, accum_dtype(y.dtype), size_t(N) * K);
+  check_arg(op, "slot_of", slot_of, DType::I32, size_t(N) * K);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(y.dtype, op, [&]<typename T>() {
+    cpu::moe_combine<T>(y.as<T>(), outp.as<T>(), gates.as<accum_t<T>>(), slot_of.as<int32_t>(), N,
+                        K, C, accumulate);
+  });
 }
-void moe_scatter_add(const Exec& ex, float* dx, const float* dxp, const int32_t* slot_of, int N,
-                     int K, int C) {
-  require_cpu(ex, "moe_scatter_add");
-  cpu::moe_scatter_add<float>(dx, dxp, slot_of, N, K, C);
+
+void moe_combine_backward(const Exec& ex, const Tensor& doutp, const Tensor& dgates,
+                          const Tensor& dy, const Tensor& outp, const Tensor& gates,
+                          const Tensor& slot_of, int N, int K, int C) {
+  const char* op = "moe_combine_backward";
+  check_device(ex, op, {{"doutp", doutp}, {"dgates", dgates}, {"dy", dy}, {"outp", outp},
+                        {"gates", gates}, {"slot_of", slot_of}});
+  const DType t = dy.dtype;
+  check_arg(op, "dy", dy, t, size_t(N) * C);
+  check_arg(op, "outp", outp, t, size_t(N) * K * C);
+  check_arg(op, "doutp", doutp, t, size_t(N) * K * C);
+  check_arg(op, "gates", gates, accum_dtype(t), size_t(N) * K);
+  check_arg(op, "dgates", dgates, accum_dtype(t), size_t(N) * K);
+  check_arg(op, "slot_of", slot_of, DType::I32, size_t(N) * K);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(t, op, [&]<typename T>() {
+    cpu::moe_combine_backward<T>(doutp.as<T>(), dgates.as<accum_t<T>>(), dy.as<T>(), outp.as<T>(),
+                                 gates.as<accum_t<T>>(), slot_of.as<int32_t>(), N, K, C);
+  });
 }
+
+void moe_scatter_add(const Exec& ex, const Tensor& dx, const Tensor& dxp, const Tensor& slot_of,
+                     int N, int K, int C) {
+  const char* op = "moe_scatter_add";
+  check_device(ex, op, {{"dx", dx}, {"dxp", dxp}, {"slot_of", slot_of}});
+  check_arg(op, "dx", dx, dx.dtype, size_t(N) * C);
+  check_arg(op, "dxp", dxp, dx.dtype, size_t(N) * K * C);
+  check_arg(op, "slot_of", slot_of, DType::I32, size_t(N) * K);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(dx.dtype, op, [&]<typename T>() {
+    cpu::moe_scatter_add<T>(dx.as<T>(), dxp.as<T>(), slot_of.as<int32_t>(), N, K, C);
+  });
+}
+
 }  // namespace dsv3

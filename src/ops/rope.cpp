@@ -2,6 +2,8 @@
 // (precompute_freqs_cis, apply_rotary_emb).
 #include "ops/rope.h"
 
+#include "ops/dispatch.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -41,65 +43,102 @@ double rope_softmax_scale_multiplier(const RopeParams& p) {
 namespace cpu {
 
 // cos, sin: (seq_len, dim/2), angles computed in double.
-template <typename T>
-void rope_tables(T* cos, T* sin, int seq_len, const RopeParams& p) {
+template <typename A>
+void rope_tables(A* cos, A* sin, int seq_len, const RopeParams& p) {
   const int half = p.dim / 2;
   std::vector<double> f(half);
   rope_frequencies(f.data(), p);
   for (int t = 0; t < seq_len; t++)
     for (int i = 0; i < half; i++) {
       double a = double(t) * f[i];
-      cos[size_t(t) * half + i] = T(std::cos(a));
-      sin[size_t(t) * half + i] = T(std::sin(a));
+      cos[size_t(t) * half + i] = A(std::cos(a));
+      sin[size_t(t) * half + i] = A(std::sin(a));
     }
 }
 
 // sign = +1 rotates by +angle (forward), -1 by -angle (backward: R^T = R(-angle)).
 template <typename T>
-static void rope_rotate(T* x, const T* cos, const T* sin, RopeLayout l, T sign) {
+static void rope_rotate(T* x, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout l,
+                        accum_t<T> sign) {
+  using A = accum_t<T>;
   const int half = l.dim / 2;
 #pragma omp parallel for schedule(static) if (size_t(l.N) * l.heads * l.dim > 16384)
   for (int n = 0; n < l.N; n++) {
-    const T* c = cos + size_t(n % l.T) * half;
-    const T* s = sin + size_t(n % l.T) * half;
+    const A* c = cos + size_t(n % l.T) * half;
+    const A* s = sin + size_t(n % l.T) * half;
     for (int h = 0; h < l.heads; h++) {
       T* v = x + size_t(n) * l.row_stride + size_t(h) * l.head_stride + l.offset;
       for (int i = 0; i < half; i++) {
-        T x0 = v[2 * i], x1 = v[2 * i + 1], si = sign * s[i];
-        v[2 * i] = x0 * c[i] - x1 * si;
-        v[2 * i + 1] = x0 * si + x1 * c[i];
+        const A x0 = load(v[2 * i]), x1 = load(v[2 * i + 1]), si = sign * s[i];
+        v[2 * i] = store<T>(x0 * c[i] - x1 * si);
+        v[2 * i + 1] = store<T>(x0 * si + x1 * c[i]);
       }
     }
   }
 }
 
 template <typename T>
-void rope_forward(T* x, const T* cos, const T* sin, RopeLayout l) {
-  rope_rotate(x, cos, sin, l, T(1));
+void rope_forward(T* x, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout l) {
+  rope_rotate(x, cos, sin, l, accum_t<T>(1));
 }
 
 template <typename T>
-void rope_backward(T* dx, const T* cos, const T* sin, RopeLayout l) {
-  rope_rotate(dx, cos, sin, l, T(-1));
+void rope_backward(T* dx, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout l) {
+  rope_rotate(dx, cos, sin, l, accum_t<T>(-1));
 }
 
 template void rope_tables<float>(float*, float*, int, const RopeParams&);
 template void rope_tables<double>(double*, double*, int, const RopeParams&);
-template void rope_forward<float>(float*, const float*, const float*, RopeLayout);
-template void rope_forward<double>(double*, const double*, const double*, RopeLayout);
-template void rope_backward<float>(float*, const float*, const float*, RopeLayout);
-template void rope_backward<double>(double*, const double*, const double*, RopeLayout);
+#define DSV3_ROPE_INSTANTIATE(T)                                                               \
+  template void rope_forward<T>(T*, const accum_t<T>*, const accum_t<T>*, RopeLayout);         \
+  template void rope_backward<T>(T*, const accum_t<T>*, const accum_t<T>*, RopeLayout);
+DSV3_ROPE_INSTANTIATE(float)
+DSV3_ROPE_INSTANTIATE(double)
+DSV3_ROPE_INSTANTIATE(bf16_t)
+DSV3_ROPE_INSTANTIATE(f16_t)
 
 }  // namespace cpu
 
-void rope_forward(const Exec& ex, float* x, const float* cos, const float* sin, RopeLayout l) {
-  require_cpu(ex, "rope_forward");
-  cpu::rope_forward(x, cos, sin, l);
+namespace {
+void check_rope(const Exec& ex, const char* op, const Tensor& x, const Tensor& cos,
+                const Tensor& sin, RopeLayout l) {
+  check_device(ex, op, {{"x", x}, {"cos", cos}, {"sin", sin}});
+  const size_t span = l.N > 0 ? size_t(l.N - 1) * l.row_stride + size_t(l.heads - 1) * l.head_stride +
+                                    l.offset + l.dim
+                              : 0;
+  check_arg(op, "x", x, x.dtype, span);
+  const size_t table = size_t(std::min(l.N, l.T)) * (l.dim / 2);
+  check_arg(op, "cos", cos, accum_dtype(x.dtype), table);
+  check_arg(op, "sin", sin, accum_dtype(x.dtype), table);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+}
+}  // namespace
+
+void rope_tables(const Exec& ex, const Tensor& cos, const Tensor& sin, int seq_len,
+                 const RopeParams& p) {
+  const char* op = "rope_tables";
+  check_device(ex, op, {{"cos", cos}, {"sin", sin}});
+  check_arg(op, "cos", cos, cos.dtype, size_t(seq_len) * (p.dim / 2));
+  check_arg(op, "sin", sin, cos.dtype, size_t(seq_len) * (p.dim / 2));
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (cos.dtype == DType::F64) return cpu::rope_tables<double>(cos.as<double>(), sin.as<double>(), seq_len, p);
+  cpu::rope_tables<float>(cos.as<float>(), sin.as<float>(), seq_len, p);
 }
 
-void rope_backward(const Exec& ex, float* dx, const float* cos, const float* sin, RopeLayout l) {
-  require_cpu(ex, "rope_backward");
-  cpu::rope_backward(dx, cos, sin, l);
+void rope_forward(const Exec& ex, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                  RopeLayout l) {
+  check_rope(ex, "rope_forward", x, cos, sin, l);
+  dispatch_float(x.dtype, "rope_forward", [&]<typename T>() {
+    cpu::rope_forward<T>(x.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), l);
+  });
+}
+
+void rope_backward(const Exec& ex, const Tensor& dx, const Tensor& cos, const Tensor& sin,
+                   RopeLayout l) {
+  check_rope(ex, "rope_backward", dx, cos, sin, l);
+  dispatch_float(dx.dtype, "rope_backward", [&]<typename T>() {
+    cpu::rope_backward<T>(dx.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), l);
+  });
 }
 
 }  // namespace dsv3

@@ -30,15 +30,22 @@ struct RopeLayout {
 };
 
 namespace cpu {
+template <typename A>
+void rope_tables(A* cos, A* sin, int seq_len, const RopeParams& p);  // each (seq_len, dim/2)
+// x in place; the tables are in the accumulation dtype of T.
 template <typename T>
-void rope_tables(T* cos, T* sin, int seq_len, const RopeParams& p);  // each (seq_len, dim/2)
-template <typename T>
-void rope_forward(T* x, const T* cos, const T* sin, RopeLayout l);  // in place
+void rope_forward(T* x, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout l);
 // In place on the gradient: applies the inverse rotation (not +=; rotation is orthogonal).
 template <typename T>
-void rope_backward(T* dx, const T* cos, const T* sin, RopeLayout l);
+void rope_backward(T* dx, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout l);
 }  // namespace cpu
-void rope_forward(const Exec& ex, float* x, const float* cos, const float* sin, RopeLayout l);
-void rope_backward(const Exec& ex, float* dx, const float* cos, const float* sin, RopeLayout l);
+// cos, sin: (seq_len, dim/2) in an accumulation dtype (f32 or f64); angles computed in double.
+void rope_tables(const Exec& ex, const Tensor& cos, const Tensor& sin, int seq_len,
+                 const RopeParams& p);
+// x (T, in place) with tables in accum_dtype(x.dtype).
+void rope_forward(const Exec& ex, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                  RopeLayout l);
+void rope_backward(const Exec& ex, const Tensor& dx, const Tensor& cos, const Tensor& sin,
+                   RopeLayout l);
 
 }  // namespace dsv3

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstddef>
 
+#include "ops/dispatch.h"
+
 namespace dsv3 {
 namespace cpu {
 
@@ -12,12 +14,16 @@ constexpr size_t kParallelWork = 16384;
 // h: (N, 2D) = [g | u] per row; out: (N, D).
 template <typename T>
 void swiglu_forward(T* out, const T* h, int N, int D) {
+  using A = accum_t<T>;
 #pragma omp parallel for schedule(static) if (size_t(N) * D > kParallelWork)
   for (int n = 0; n < N; n++) {
     const T* g = h + size_t(n) * 2 * D;
     const T* u = g + D;
     T* o = out + size_t(n) * D;
-    for (int d = 0; d < D; d++) o[d] = g[d] / (T(1) + std::exp(-g[d])) * u[d];
+    for (int d = 0; d < D; d++) {
+      const A gd = load(g[d]);
+      o[d] = store<T>(gd / (A(1) + std::exp(-gd)) * load(u[d]));
+    }
   }
 }
 
@@ -25,6 +31,7 @@ void swiglu_forward(T* out, const T* h, int N, int D) {
 //   dg += dout * u * s * (1 + g (1 - s)),   du += dout * g * s.
 template <typename T>
 void swiglu_backward(T* dh, const T* dout, const T* h, int N, int D) {
+  using A = accum_t<T>;
 #pragma omp parallel for schedule(static) if (size_t(N) * D > kParallelWork)
   for (int n = 0; n < N; n++) {
     const T* g = h + size_t(n) * 2 * D;
@@ -33,28 +40,45 @@ void swiglu_backward(T* dh, const T* dout, const T* h, int N, int D) {
     T* dg = dh + size_t(n) * 2 * D;
     T* du = dg + D;
     for (int d = 0; d < D; d++) {
-      T s = T(1) / (T(1) + std::exp(-g[d]));
-      dg[d] += go[d] * u[d] * s * (T(1) + g[d] * (T(1) - s));
-      du[d] += go[d] * g[d] * s;
+      const A gd = load(g[d]), ud = load(u[d]), o = load(go[d]);
+      const A s = A(1) / (A(1) + std::exp(-gd));
+      dg[d] = store<T>(load(dg[d]) + o * ud * s * (A(1) + gd * (A(1) - s)));
+      du[d] = store<T>(load(du[d]) + o * gd * s);
     }
   }
 }
 
-template void swiglu_forward<float>(float*, const float*, int, int);
-template void swiglu_forward<double>(double*, const double*, int, int);
-template void swiglu_backward<float>(float*, const float*, const float*, int, int);
-template void swiglu_backward<double>(double*, const double*, const double*, int, int);
+#define DSV3_SWIGLU_INSTANTIATE(T)                                  \
+  template void swiglu_forward<T>(T*, const T*, int, int);          \
+  template void swiglu_backward<T>(T*, const T*, const T*, int, int);
+DSV3_SWIGLU_INSTANTIATE(float)
+DSV3_SWIGLU_INSTANTIATE(double)
+DSV3_SWIGLU_INSTANTIATE(bf16_t)
+DSV3_SWIGLU_INSTANTIATE(f16_t)
 
 }  // namespace cpu
 
-void swiglu_forward(const Exec& ex, float* out, const float* h, int N, int D) {
-  require_cpu(ex, "swiglu_forward");
-  cpu::swiglu_forward(out, h, N, D);
+void swiglu_forward(const Exec& ex, const Tensor& out, const Tensor& h, int N, int D) {
+  const char* op = "swiglu_forward";
+  check_device(ex, op, {{"out", out}, {"h", h}});
+  check_arg(op, "h", h, h.dtype, size_t(N) * 2 * D);
+  check_arg(op, "out", out, h.dtype, size_t(N) * D);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(h.dtype, op,
+                 [&]<typename T>() { cpu::swiglu_forward<T>(out.as<T>(), h.as<T>(), N, D); });
 }
 
-void swiglu_backward(const Exec& ex, float* dh, const float* dout, const float* h, int N, int D) {
-  require_cpu(ex, "swiglu_backward");
-  cpu::swiglu_backward(dh, dout, h, N, D);
+void swiglu_backward(const Exec& ex, const Tensor& dh, const Tensor& dout, const Tensor& h, int N,
+                     int D) {
+  const char* op = "swiglu_backward";
+  check_device(ex, op, {{"dh", dh}, {"dout", dout}, {"h", h}});
+  check_arg(op, "h", h, h.dtype, size_t(N) * 2 * D);
+  check_arg(op, "dh", dh, h.dtype, size_t(N) * 2 * D);
+  check_arg(op, "dout", dout, h.dtype, size_t(N) * D);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  dispatch_float(h.dtype, op, [&]<typename T>() {
+    cpu::swiglu_backward<T>(dh.as<T>(), dout.as<T>(), h.as<T>(), N, D);
+  });
 }
 
 }  // namespace dsv3

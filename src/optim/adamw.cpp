@@ -2,56 +2,40 @@
 
 #include <cmath>
 
+#include "ops/optimizer.h"
+
 namespace dsv3 {
 
-AdamW::AdamW(const AdamWConfig& c, const ParamTable& t) : cfg(c), m(t.total, 0.f), v(t.total, 0.f) {
-  for (const auto& p : t.list)
-    if (p.trainable()) spans_.push_back({p.offset, p.numel, p.decay()});
+const std::vector<FieldSpec>& optimizer_fields() {
+  using A = AdamWConfig;
+  static const std::vector<FieldSpec> f = {
+      field("beta1", &A::beta1, "AdamW beta1"),
+      field("beta2", &A::beta2, "AdamW beta2"),
+      field("eps", &A::eps, "AdamW epsilon"),
+      field("weight_decay", &A::weight_decay, "decoupled weight decay (2-D weights only)"),
+      field("clip", &A::clip, "clip the global gradient norm to this (0 = off)"),
+  };
+  return f;
 }
 
-void AdamW::step(float* params, const float* grads, double lr, int64_t t) {
-  const float b1 = float(cfg.beta1), b2 = float(cfg.beta2), eps = float(cfg.eps);
-  const float bc1 = float(1.0 - std::pow(cfg.beta1, double(t)));
-  const float bc2_sqrt = float(std::sqrt(1.0 - std::pow(cfg.beta2, double(t))));
-  const float step_size = float(lr) / bc1;
-  for (const Span& s : spans_) {
-    const float decay = s.decay ? float(1.0 - lr * cfg.weight_decay) : 1.0f;
-    float* p = params + s.offset;
-    const float* g = grads + s.offset;
-    float* mm = m.data() + s.offset;
-    float* vv = v.data() + s.offset;
-#pragma omp parallel for simd schedule(static) if (s.numel > 32768)
-    for (size_t i = 0; i < s.numel; i++) {
-      mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
-      vv[i] = b2 * vv[i] + (1.0f - b2) * g[i] * g[i];
-      const float denom = std::sqrt(vv[i]) / bc2_sqrt + eps;
-      p[i] = p[i] * decay - step_size * mm[i] / denom;
-    }
-  }
+void validate(const AdamWConfig& c) {
+  DSV3_CHECK(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1, "betas must be in [0, 1)");
+  DSV3_CHECK(c.eps > 0, "eps must be positive");
+  DSV3_CHECK(c.weight_decay >= 0, "weight_decay must be >= 0");
+  DSV3_CHECK(c.clip >= 0, "clip must be >= 0");
 }
 
-double grad_global_norm(const float* grads, const ParamTable& t) {
-  double total = 0;
-  for (const auto& p : t.list) {
-    if (!p.trainable()) continue;
-    const float* g = grads + p.offset;
-    double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static) if (p.numel > 32768)
-    for (size_t i = 0; i < p.numel; i++) s += double(g[i]) * g[i];
-    total += s;
-  }
-  return std::sqrt(total);
+AdamW::AdamW(const AdamWConfig& c, const ParamTable& t, Device device)
+    : cfg_(c), spans_(trainable_spans(t)), m_(device, DType::F32, t.total), v_(device, DType::F32, t.total) {}
+
+void AdamW::step(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& compute,
+                 double lr, int64_t t) {
+  adamw_update(ex, master, grads, m_.view(), v_.view(), compute, spans_,
+               {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, t});
 }
 
-void scale_grads(float* grads, size_t n, float s) {
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < n; i++) grads[i] *= s;
-}
-
-double clip_grad_norm(float* grads, const ParamTable& t, double max_norm) {
-  const double norm = grad_global_norm(grads, t);
-  if (max_norm > 0 && norm > max_norm) scale_grads(grads, t.total, float(max_norm / (norm + 1e-6)));
-  return norm;
+double global_norm(const Exec& ex, const Tensor& grads, const std::vector<ParamSpan>& spans) {
+  return std::sqrt(sum_squares(ex, grads, spans));
 }
 
 }  // namespace dsv3

@@ -1,10 +1,13 @@
-// AdamW over the flat parameter buffer (T1), torch.optim.AdamW semantics: decoupled weight decay
-// on 2-D weights only (norm weights and other 1-D tensors are exempt), routing-bias buffers are
-// not touched. Moments are fp32 and live beside the parameters in checkpoints.
+// AdamW (T1) with global-norm clipping, torch.optim.AdamW semantics: decoupled weight decay on
+// 2-D weights only (norm weights and other 1-D tensors are exempt), routing-bias buffers are not
+// touched. Master weights, gradients and moments are fp32 device buffers laid out by the
+// parameter table; the update itself is an op (ops/optimizer.h) behind the backend seam.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "backend/backend.h"
+#include "core/fields.h"
 #include "model/params.h"
 
 namespace dsv3 {
@@ -14,30 +17,30 @@ struct AdamWConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   double weight_decay = 0.1;
+  double clip = 1.0;  // clip the global gradient norm to this (0 = off)
 };
+const std::vector<FieldSpec>& optimizer_fields();
+void validate(const AdamWConfig& c);
 
-struct AdamW {
-  AdamWConfig cfg;
-  std::vector<float> m, v;  // same layout as the parameters
-
-  AdamW(const AdamWConfig& c, const ParamTable& t);
-  // One update with learning rate lr; t is the 1-based step count (bias correction).
-  void step(float* params, const float* grads, double lr, int64_t t);
+class AdamW {
+ public:
+  AdamW(const AdamWConfig& c, const ParamTable& t, Device device);
+  // One update of master (fp32) from grads with learning rate lr; t is the 1-based step count.
+  // compute (16-bit weights laid out like master, or empty) is rewritten in the same pass.
+  void step(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& compute,
+            double lr, int64_t t);
+  const AdamWConfig& config() const { return cfg_; }
+  const std::vector<ParamSpan>& spans() const { return spans_; }  // the trainable tensors
+  const Tensor& m() const { return m_.view(); }
+  const Tensor& v() const { return v_.view(); }
 
  private:
-  struct Span {
-    size_t offset, numel;
-    bool decay;
-  };
-  std::vector<Span> spans_;  // trainable tensors
+  AdamWConfig cfg_;
+  std::vector<ParamSpan> spans_;
+  Buffer m_, v_;
 };
 
-// sqrt(sum of squares) over trainable tensors, accumulated in double in a fixed order.
-double grad_global_norm(const float* grads, const ParamTable& t);
-// Multiplies every gradient by s.
-void scale_grads(float* grads, size_t n, float s);
-// torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when norm > max_norm.
-// Returns the norm before clipping.
-double clip_grad_norm(float* grads, const ParamTable& t, double max_norm);
+// sqrt(sum of squares) over the spans, in double in a fixed order (thread-count independent).
+double global_norm(const Exec& ex, const Tensor& grads, const std::vector<ParamSpan>& spans);
 
 }  // namespace dsv3

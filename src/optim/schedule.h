@@ -1,7 +1,11 @@
-// Learning-rate schedules (T2). Formulas: docs/model.md "One optimizer step".
+// Learning-rate schedules (T2). Formulas: docs/model.md "One optimizer step". The run's length
+// is the training run's `steps`, passed in (not a setting of its own).
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "core/fields.h"
 
 namespace dsv3 {
 
@@ -11,13 +15,14 @@ ScheduleKind parse_schedule(const std::string& s);
 
 struct ScheduleConfig {
   ScheduleKind kind = ScheduleKind::Cosine;
-  double lr = 1e-3;          // peak
-  double min_lr = 1e-4;      // floor at the end of the decay
-  int64_t warmup = 0;        // steps
-  int64_t total = 1;         // steps
-  double decay_frac = 0.2;   // WSD: fraction of steps in the final decay
+  double lr = 1e-3;         // peak
+  double min_lr = 1e-4;     // floor at the end of the decay
+  long long warmup = 20;    // steps
+  double decay_frac = 0.2;  // WSD: fraction of steps in the final decay
 };
+const std::vector<FieldSpec>& schedule_fields();
+void validate(const ScheduleConfig& s);
 
-double lr_at(const ScheduleConfig& s, int64_t step);  // step counts from 0
+double lr_at(const ScheduleConfig& s, int64_t step, int64_t total);  // step counts from 0
 
 }  // namespace dsv3

@@ -1,42 +1,74 @@
 // One optimizer step (docs/model.md "One optimizer step"): micro-batches -> mean gradient ->
-// global-norm clip -> AdamW -> routing-bias update. Shared by `dsv3 train` and the reference
-// test tool so the product's step is the one that is checked.
+// (fp16: unscale, overflow check) -> global-norm clip -> AdamW -> routing-bias update. Split in
+// two so the trainer's guard can look at the loss and the gradient norm before anything changes
+// (compute_gradients, then apply_update or not); train_step does both. Shared by `dsv3 train`,
+// `dsv3 bench` and the reference test tool, so the product's step is the one that is checked.
 #pragma once
 #include <climits>
 #include <cmath>
 #include <functional>
+#include <string>
 
 #include "model/model.h"
-#include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "train/state.h"
 
 namespace dsv3 {
 
 struct StepSettings {
   int grad_accum = 1;
-  double clip = 1.0;
   ScheduleConfig schedule;
+  int64_t total_steps = 1;        // the run's length, for the schedule
   double bias_update_rate = 0.0;  // gamma
   // MTP lambda schedule: mtp_weight before step mtp_late_step, mtp_weight_late from it on.
   double mtp_weight = 0.3, mtp_weight_late = 0.1;
   int64_t mtp_late_step = INT64_MAX;
 };
-// The settings above from a run's loss config and length.
-StepSettings step_settings(int grad_accum, double clip, const ScheduleConfig& sched,
+// The settings above from a run's loss config, schedule and length.
+StepSettings step_settings(int grad_accum, const ScheduleConfig& sched, int64_t total_steps,
                            const TrainingLossConfig& loss);
 
-struct StepResult {
-  LossReport loss;        // means over the micro-batches
-  double grad_norm = 0;   // before clipping
-  double lr = 0;
-  std::vector<double> load_max_over_mean;  // per MoE layer, this step
+// Expert-load detail of one MoE layer over a step (O1).
+struct LoadStats {
+  double max_over_mean = 0, min_over_mean = 0;
+  double cv = 0;       // coefficient of variation: std / mean of the per-expert loads
+  double entropy = 0;  // mean router entropy (nats)
+};
+LoadStats load_stats(const MoeLayerStats& s);
+
+struct Gradients {
+  LossReport loss;       // means over the micro-batches (MoE loads summed)
+  double grad_norm = 0;  // of the true (unscaled) gradient, before clipping
+  bool finite = true;    // loss and gradient norm
+  double loss_scale = 1;
 };
 
-// `micro(a)` returns micro-batch a's tokens (B, T+1). step counts from 0.
-StepResult train_step(Model& model, AdamW& opt, const StepSettings& s, int64_t step, Dims d,
-                      const std::function<const int32_t*(int)>& micro);
+struct StepResult {
+  LossReport loss;
+  double grad_norm = 0;
+  double lr = 0;
+  bool applied = true;        // false: the update was skipped
+  std::string skipped;        // why ("fp16 overflow", a guard reason)
+  double loss_scale = 1;
+  std::vector<LoadStats> load;  // per MoE layer
+};
 
-// b_i += gamma * sign(mean load - load_i) for every sigmoid-routed MoE layer.
-void update_routing_bias(Model& model, double gamma);
+using MicroFn = std::function<MicroBatch(int)>;  // micro-batch a of the step
+
+// Zeroes the gradients and runs every micro-batch's forward and backward; the gradients are
+// scaled by the loss scale (fp16) until apply_update removes it.
+Gradients compute_gradients(TrainState& st, Workspace& ws, const TrainingLossConfig& loss,
+                            const StepSettings& s, int64_t step, const MicroFn& micro);
+// Unscale + clip + AdamW + routing-bias update (step counts from 0). Returns the lr used.
+double apply_update(TrainState& st, const StepSettings& s, int64_t step, const Gradients& g);
+// Both, the loss scaler deciding whether the update is applied (fp16 overflow: skipped).
+StepResult train_step(TrainState& st, Workspace& ws, const TrainingLossConfig& loss,
+                      const StepSettings& s, int64_t step, const MicroFn& micro);
+// What train_step reports from the two halves (also used by the trainer's guarded step).
+StepResult step_result(const Gradients& g, double lr, bool applied, const std::string& why);
+
+// b_i += gamma * sign(mean load - load_i) for every sigmoid-routed MoE layer, on the master
+// weights; the weights' fp32 bias copies follow.
+void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, double gamma);
 
 }  // namespace dsv3

@@ -9,6 +9,7 @@
 #include "data/token_file.h"
 #include "dist/comm.h"
 #include "tokenizer/formats.h"
+#include "tokenizer/text_codec.h"
 
 namespace fs = std::filesystem;
 
@@ -41,10 +42,56 @@ int vocab_for_prepared_data(const std::string& data_dir) {
 
 TrainData::~TrainData() = default;
 
-TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
-  const Dims d = tc.dims();
-  DSV3_CHECK(tc.data.empty() || tc.train_data.empty(),
+const std::vector<FieldSpec>& data_fields() {
+  using D = DataConfig;
+  static const std::vector<FieldSpec> f = {
+      field("data", &D::data, "prepared data directory (dsv3 prepare): shards + tokenizer"),
+      field("train_data", &D::train_data,
+            "llm.c token files: a file, glob, directory or a,b,c (neither: built-in corpus)"),
+      field("val_data", &D::val_data, "llm.c token files for validation"),
+      field("shuffle", &D::shuffle,
+            "train_data / built-in corpus: random windows, new order each epoch (false: in order)"),
+      field("mix", &D::mix, "domain weights name:w,... (default: token shares)"),
+      field("mix_end", &D::mix_end, "domain weights at the end (linear schedule from --mix)"),
+      field("mix_adaptive", &D::mix_adaptive,
+            "raise a domain's weight by this factor when its val loss keeps rising (1 = off)"),
+      field("mix_window", &D::mix_window, "evaluations of rising loss before a raise (K)"),
+      field("fim_rate", &D::fim_rate, "fill-in-the-middle share of documents (prepared data)"),
+      choice("fim_order", &D::fim_order, "psm|spm", "FIM layout", fim_order_name, parse_fim_order),
+      field("window_overlap", &D::window_overlap,
+            "tokens shared by windows of documents longer than seq_len"),
+      field("seq_warmup_steps", &D::seq_warmup_steps,
+            "sequence-length warmup: steps to grow the context to seq_len (0 = off)"),
+      field("seq_warmup_start", &D::seq_warmup_start, "context length at step 0 of the warmup"),
+  };
+  return f;
+}
+
+int DataConfig::seq_split(long long step, int seq_len) const {
+  if (step >= seq_warmup_steps) return 1;
+  const double target =
+      seq_warmup_start + double(seq_len - seq_warmup_start) * double(step) / double(seq_warmup_steps);
+  int k = 1;
+  while (seq_len % (2 * k) == 0 && double(seq_len / (2 * k)) >= target) k *= 2;
+  return k;
+}
+
+void validate(const DataConfig& t, int seq_len) {
+  DSV3_CHECK(t.seq_warmup_steps >= 0, "seq_warmup_steps must be >= 0");
+  if (t.seq_warmup_steps > 0)
+    DSV3_CHECK(t.seq_warmup_start >= 2 && t.seq_warmup_start <= seq_len,
+               "seq_warmup_start must be in [2, seq_len] (", seq_len, "), got ", t.seq_warmup_start);
+  DSV3_CHECK(t.mix_adaptive >= 1.0, "mix_adaptive must be >= 1 (1 = off)");
+  DSV3_CHECK(t.mix_window >= 1, "mix_window must be >= 1");
+  DSV3_CHECK(t.fim_rate >= 0 && t.fim_rate <= 1, "fim_rate must be in [0, 1]");
+  DSV3_CHECK(t.window_overlap >= 0 && t.window_overlap < seq_len,
+             "window_overlap must be in [0, seq_len)");
+  DSV3_CHECK(t.data.empty() || t.train_data.empty(),
              "give --data (a prepared directory) or --train_data (an llm.c file), not both");
+  DSV3_CHECK(t.val_data.empty() || !t.train_data.empty(), "--val_data needs --train_data");
+}
+
+TrainData::TrainData(const DataConfig& tc, Dims d, uint64_t seed, const ModelConfig& c) {
   DSV3_CHECK(tc.data.empty() || tc.shuffle,
              "--shuffle is for --train_data and the built-in corpus; prepared data (--data) has "
              "its own loader, which shuffles documents: drop --shuffle false");
@@ -65,7 +112,7 @@ TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
     LoaderConfig lc;
     lc.batch = d.B;
     lc.seq_len = d.T;
-    lc.seed = uint64_t(tc.seed);
+    lc.seed = seed;
     lc.fim_order = tc.fim_order;
     lc.window_overlap = tc.window_overlap;
     lc.eos = tok.roles.eos;
@@ -114,14 +161,14 @@ TrainData::TrainData(const TrainConfig& tc, const ModelConfig& c) {
   sc.batch = d.B;
   sc.seq_len = d.T;
   sc.shuffle = tc.shuffle;
-  sc.seed = uint64_t(tc.seed);
+  sc.seed = seed;
   const char* order = tc.shuffle ? "shuffled windows" : "sequential";
   if (tc.train_data.empty()) {
     DSV3_CHECK(c.vocab >= 256, "the built-in corpus is byte-level: vocab must be >= 256");
     std::vector<int32_t> train =
-        bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed), kBuiltinTrainBytes));
+        bytes_to_ids(builtin_corpus_text(seed, kBuiltinTrainBytes));
     val_.push_back({"builtin",
-                    bytes_to_ids(builtin_corpus_text(uint64_t(tc.seed) + 1000003, kBuiltinValBytes)),
+                    bytes_to_ids(builtin_corpus_text(seed + 1000003, kBuiltinValBytes)),
                     1.0});
     desc_ = "built-in corpus (" + std::to_string(train.size()) + " byte tokens, " + order + ")";
     std::vector<std::vector<int32_t>> parts;

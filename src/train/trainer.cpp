@@ -9,14 +9,15 @@
 
 #include "core/check.h"
 #include "core/timer.h"
-#include "data/builtin_corpus.h"
-#include "train/train_data.h"
+#include "dist/comm.h"
 #include "eval/eval.h"
 #include "infer/sample.h"
-#include "infer/text_codec.h"
-#include "ops/gemm.h"
+#include "ops/gemm_cpu.h"
+#include "tokenizer/text_codec.h"
 #include "train/metrics.h"
+#include "train/state.h"
 #include "train/step.h"
+#include "train/train_data.h"
 
 namespace dsv3 {
 
@@ -28,100 +29,153 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
+// The groups a checkpoint stores (everything but the model, which has its own section).
+std::vector<FieldGroup> saved_groups(RunSpec& s) { return run_groups_without_model(s); }
+
 }  // namespace
 
-nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done,
-                              const nlohmann::json& data_state, uint64_t tokens_seen,
-                              const Rng& rng) {
-  return {{"steps_done", steps_done},
-          {"rng", {rng.s[0], rng.s[1], rng.s[2], rng.s[3]}},
-          {"data", data_state},
-          {"tokens_seen", tokens_seen},
-          {"train_config", fields_to_json(train_fields(), &spec.train)},
-          {"loss_config", fields_to_json(loss_fields(), &spec.loss)}};
+nlohmann::json run_state_json(const RunSpec& spec, const RunState& st) {
+  RunSpec copy = spec;
+  return {{"steps_done", st.steps_done},
+          {"rng", {st.rng.s[0], st.rng.s[1], st.rng.s[2], st.rng.s[3]}},
+          {"data", st.data},
+          {"tokens_seen", st.tokens_seen},
+          {"attempts", st.attempts},
+          {"loss_scaler", st.loss_scaler},
+          {"guard", st.guard},
+          {"settings", groups_to_json(saved_groups(copy))}};
 }
 
 RunSpec spec_from_checkpoint(const Checkpoint& ck) {
   RunSpec s;
   s.model = ck.config;
-  DSV3_CHECK(ck.train.contains("train_config") && ck.train.contains("loss_config"),
-             "checkpoint has no training state (weights only): it cannot be resumed");
-  fields_from_json(train_fields(), &s.train, ck.train["train_config"], "checkpoint train_config");
-  fields_from_json(loss_fields(), &s.loss, ck.train["loss_config"], "checkpoint loss_config");
-  s.train.resume.clear();
+  auto groups = saved_groups(s);
+  if (ck.train.contains("settings")) {
+    groups_from_json(groups, ck.train["settings"], "checkpoint settings");
+  } else {
+    // Before the per-component configs: one "train_config" object (every setting by its name)
+    // and "loss_config". Each key goes to the group that owns it now.
+    DSV3_CHECK(ck.train.contains("train_config") && ck.train.contains("loss_config"),
+               "checkpoint has no training state (weights only): it cannot be resumed");
+    fields_from_json(loss_fields(), &s.loss, ck.train["loss_config"], "checkpoint loss_config");
+    const auto& tc = ck.train["train_config"];
+    DSV3_CHECK(tc.is_object(), "checkpoint train_config is not an object");
+    for (auto it = tc.begin(); it != tc.end(); ++it) {
+      const FieldGroup* g = nullptr;
+      DSV3_CHECK(find_field(groups, it.key(), &g), "checkpoint train_config: unknown key '",
+                 it.key(), "'");
+      fields_from_json(*g->fields, g->target, nlohmann::json{{it.key(), it.value()}},
+                       "checkpoint train_config");
+    }
+  }
+  s.checkpoint.resume.clear();
   return s;
 }
 
+RunState state_from_checkpoint(const Checkpoint& ck) {
+  RunState st;
+  DSV3_CHECK(ck.train.contains("steps_done"), "checkpoint has no training state (weights only): "
+             "it cannot be resumed");
+  st.steps_done = ck.train.at("steps_done").get<int64_t>();
+  st.tokens_seen = ck.train.value("tokens_seen", uint64_t(0));
+  st.attempts = ck.train.value("attempts", st.steps_done);
+  st.data = ck.train.value("data", nlohmann::json());
+  st.loss_scaler = ck.train.value("loss_scaler", nlohmann::json());
+  st.guard = ck.train.value("guard", nlohmann::json());
+  const auto& r = ck.train.at("rng");
+  DSV3_CHECK(r.is_array() && r.size() == 4, "checkpoint rng state is malformed");
+  for (int i = 0; i < 4; i++) st.rng.s[i] = r[i].get<uint64_t>();
+  return st;
+}
+
 void run_training(const RunSpec& spec, const Checkpoint* resume) {
+  validate(spec);
   const ModelConfig& c = spec.model;
-  const TrainConfig& tc = spec.train;
-  validate(c);
-  validate(tc);
-  DSV3_CHECK(parse_device(tc.device) == Device::CPU || cuda::available(),
-             "device ", tc.device, " requested but ", cuda::describe());
-  const Exec ex{parse_device(tc.device)};
-  require_cpu(ex, "training");
-  const Dims d = tc.dims();
-  std::filesystem::create_directories(tc.out);
+  const RunConfig& rc = spec.run;
+  DSV3_CHECK(dist::world().size() == 1 && spec.parallel.dp * spec.parallel.tp * spec.parallel.pp == 1,
+             "distributed training (", dist::world().size(), " processes, ",
+             dist::describe(spec.parallel), ") arrives with the distributed-training issue; "
+             "run dsv3 train as one process without --dp/--tp/--pp/--ep");
+  const Device device = parse_device(rc.device);
+  DSV3_CHECK(backend::available(device), "device ", rc.device, " requested but ",
+             backend::describe(device));
+  const Exec ex{device};
+  const DType dtype = compute_dtype(spec.precision.precision);
+  const Dims d = rc.dims();
+  std::filesystem::create_directories(rc.out);
 
   // ---- data
-  TrainData data(tc, c);
+  TrainData data(spec.data, d, uint64_t(rc.seed), c);
   if (!data.tokenizer_path().empty())  // sample and eval find it beside the checkpoints
-    std::filesystem::copy_file(data.tokenizer_path(), tc.out + "/tokenizer.dsv3tok",
+    std::filesystem::copy_file(data.tokenizer_path(), rc.out + "/tokenizer.dsv3tok",
                                std::filesystem::copy_options::overwrite_existing);
 
-  // ---- model and optimizer
-  Model model(c, spec.loss, d, tc.recompute, ex);
-  AdamW opt(tc.adamw(), model.table());
-  int64_t start = 0;
-  uint64_t tokens_seen = 0;
-  Rng rng(uint64_t(tc.seed) ^ 0x5eed5eed5eedull);
+  // ---- weights, training state, workspace
+  ModelWeights weights(c, dtype, device);
+  TrainState st(weights, spec.optimizer, spec.precision);
+  WorkspaceConfig wc;
+  wc.max = d;
+  wc.recompute = rc.recompute;
+  Workspace ws(c, dtype, device, wc);
+  Guard guard(spec.guard);
+  RunState rs;
+  rs.rng = Rng(uint64_t(rc.seed) ^ 0x5eed5eed5eedull);
+  auto restore = [&](const Checkpoint& ck, bool data_too) {
+    DSV3_CHECK(ck.params.size() == weights.table().total, "checkpoint has ", ck.params.size(),
+               " parameters, the model ", weights.table().total);
+    DSV3_CHECK(!ck.adam_m.empty(), "checkpoint has no optimizer state: cannot resume");
+    st.load_weights(ck.params);
+    st.load_moments(ck.adam_m, ck.adam_v);
+    const RunState saved = state_from_checkpoint(ck);
+    rs.steps_done = saved.steps_done;
+    rs.tokens_seen = saved.tokens_seen;
+    rs.rng = saved.rng;
+    st.scaler().restore(saved.loss_scaler);
+    if (data_too) {  // a resume; a rollback keeps the data moving past the bad batches
+      data.restore(saved.data);
+      rs.attempts = saved.attempts;
+      guard.restore(saved.guard);
+    }
+  };
   if (resume) {
-    DSV3_CHECK(resume->params.size() == model.num_params(), "checkpoint has ",
-               resume->params.size(), " parameters, the model ", model.num_params());
-    DSV3_CHECK(!resume->adam_m.empty(), "checkpoint has no optimizer state: cannot resume");
-    std::copy(resume->params.begin(), resume->params.end(), model.params());
-    opt.m = resume->adam_m;
-    opt.v = resume->adam_v;
-    start = resume->train.at("steps_done").get<int64_t>();
-    data.restore(resume->train.at("data"));
-    tokens_seen = resume->train.value("tokens_seen", uint64_t(0));
-    const auto& r = resume->train.at("rng");
-    DSV3_CHECK(r.is_array() && r.size() == 4, "checkpoint rng state is malformed");
-    for (int i = 0; i < 4; i++) rng.s[i] = r[i].get<uint64_t>();
-    DSV3_CHECK(start < tc.steps, "checkpoint is at step ", start, " and the run has ", tc.steps,
-               " steps: nothing to do (raise --steps)");
+    restore(*resume, true);
+    DSV3_CHECK(rs.steps_done < rc.steps, "checkpoint is at step ", rs.steps_done, " and the run has ",
+               rc.steps, " steps: nothing to do (raise --steps)");
   } else {
-    init_params(c, model.table(), model.params(), uint64_t(tc.seed));
+    std::vector<float> init(weights.table().total);
+    init_params(c, weights.table(), init.data(), uint64_t(rc.seed));
+    st.load_weights(init);
   }
 
   const ModelStats ms = model_stats(c, d.T);
-  const double peak = tc.peak_gflops > 0 ? tc.peak_gflops : measure_gemm_peak_gflops();
-  const double tokens_per_step = double(d.N()) * tc.grad_accum;
+  const double peak = rc.peak_gflops > 0 ? rc.peak_gflops : cpu::measure_gemm_peak_gflops(dtype);
+  const double tokens_per_step = double(d.N()) * rc.grad_accum;
   std::fprintf(stderr,
                "dsv3 train: %.2fM params (%.2fM active), %d layers, %d experts top-%d, MTP %d\n"
-               "  data: %s\n  batch %d x %d x accum %d = %.0f tokens/step, %lld steps, "
-               "%d threads, fp32 GEMM peak %.1f GFLOP/s, activations %.1f MiB\n",
+               "  data: %s\n  batch %d x %d x accum %d = %.0f tokens/step, %lld steps, %d threads, "
+               "%s (%s GEMM peak %.1f GFLOP/s), recompute %s, activations %.1f MiB\n",
                ms.params / 1e6, ms.active_params / 1e6, c.layers, c.experts, c.topk, c.mtp_depth,
-               data.describe().c_str(), d.B, d.T, tc.grad_accum, tokens_per_step, tc.steps,
-               omp_get_max_threads(), peak, model.activation_bytes() / 1048576.0);
-  if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)start);
+               data.describe().c_str(), d.B, d.T, rc.grad_accum, tokens_per_step, rc.steps,
+               omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
+               peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
+  if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
 
-  MetricsLog log(tc.out + "/metrics.jsonl");
-  ProgressLine progress(tc.steps);
-  const StepSettings ss = step_settings(tc.grad_accum, tc.clip, tc.schedule_config(), spec.loss);
-  const auto names = model.moe_layer_names();
+  MetricsLog log(rc.out + "/metrics.jsonl");
+  ProgressLine progress(rc.steps);
+  const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, rc.steps, spec.loss);
+  const auto names = moe_layer_names(c);
   double window_time = 0, window_tokens = 0;
+  bool warned_peak = false;
 
   auto run_eval = [&](int64_t step) {
-    if (data.val_sets().empty() || tc.eval_batches == 0) return;
+    if (data.val_sets().empty() || spec.eval.eval_batches == 0) return;
     const double t0 = now_seconds();
     std::vector<double> losses;
     double sum = 0;
     int64_t tokens = 0;
     std::string line = "eval step " + std::to_string(step) + ":";
     for (const ValSet& v : data.val_sets()) {
-      const EvalResult e = evaluate(model, v.tokens, d, tc.eval_batches);
+      const EvalResult e = evaluate(weights, ws, v.tokens, d, spec.eval.eval_batches);
       losses.push_back(e.loss);
       sum += e.loss * double(e.tokens), tokens += e.tokens;
       nlohmann::json rec = {{"kind", "eval"}, {"step", step}, {"domain", v.domain},
@@ -144,74 +198,150 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     }
     progress.print(line + fmt(" (%.1fs)", now_seconds() - t0));
   };
-  auto save = [&](int64_t steps_done) {
-    const std::string path = checkpoint_path(tc.out, steps_done);
-    save_checkpoint(path, c, run_state_json(spec, steps_done, data.state(), tokens_seen, rng),
-                    model.params(), opt.m.data(), opt.v.data(), model.num_params());
-    prune_checkpoints(tc.out, tc.keep);
+  auto save = [&]() {
+    const std::string path = checkpoint_path(rc.out, rs.steps_done);
+    rs.data = data.state();
+    rs.loss_scaler = st.scaler().state();
+    rs.guard = guard.state();
+    const std::vector<float> p = st.master_host(), m = st.m_host(), v = st.v_host();
+    save_checkpoint(path, c, run_state_json(spec, rs), p.data(), m.data(), v.data(), p.size());
+    prune_checkpoints(rc.out, spec.checkpoint.keep);
     progress.print("saved " + path);
+  };
+  auto rollback = [&](int64_t at_step) {
+    const auto list = list_checkpoints(rc.out);
+    DSV3_CHECK(!list.empty(), "training diverged at step ", at_step, ": ", guard.bad_streak(),
+               " bad steps in a row and no checkpoint to roll back to (lower --lr, raise "
+               "--warmup, or save earlier with --save_every)");
+    const Checkpoint ck = load_checkpoint(list.back());
+    restore(ck, false);
+    guard.rolled_back(at_step);
+    log.write({{"kind", "rollback"}, {"step", at_step}, {"to_step", rs.steps_done},
+               {"checkpoint", list.back()}, {"attempts", rs.attempts}});
+    progress.print("guard: " + std::to_string(spec.guard.max_bad_steps) +
+                   " bad steps in a row; rolled back to " + list.back() +
+                   ", continuing with the data after the offending batches");
   };
 
   std::vector<int32_t> split_rows;  // sequence-length warmup buffer
   const double run_t0 = now_seconds();
-  for (int64_t step = start; step < tc.steps; step++) {
+  while (rs.steps_done < rc.steps) {
+    const int64_t step = rs.steps_done;
     const double t0 = now_seconds();
-    data.set_step(step, tc.steps);
+    data.set_step(step, rc.steps);
     // sequence-length warmup: each loader row of T+1 tokens becomes k rows of T/k + 1
-    const int k = tc.seq_split(step);
+    const int k = spec.data.seq_split(step, d.T);
     const Dims ds{d.B * k, d.T / k};
-    StepResult r = train_step(model, opt, ss, step, ds, [&](int) {
+    const MicroFn micro = [&](int) {
       const int32_t* batch = data.next();
-      if (k == 1) return batch;
+      if (k == 1) return MicroBatch{ds, batch};
       split_rows.resize(size_t(ds.B) * (ds.T + 1));
       for (int b = 0; b < d.B; b++)
         for (int j = 0; j < k; j++)
           std::copy_n(batch + size_t(b) * (d.T + 1) + size_t(j) * ds.T, ds.T + 1,
                       split_rows.data() + (size_t(b) * k + j) * (ds.T + 1));
-      return static_cast<const int32_t*>(split_rows.data());
-    });
+      return MicroBatch{ds, split_rows.data()};
+    };
+    const int64_t attempt = ++rs.attempts;
+    Gradients g = compute_gradients(st, ws, spec.loss, ss, step, micro);
+    switch (guard.fault_at(attempt)) {  // fault injection (GuardConfig::inject_fault)
+      case Fault::Nan: {
+        g.loss.loss = g.loss.total = NAN;
+        g.grad_norm = NAN;
+        g.finite = false;
+        const float nan = NAN;
+        backend::copy(ex, st.grads().slice(0, 1), host_tensor(&nan, 1));
+        break;
+      }
+      case Fault::Spike: g.loss.loss *= 4, g.loss.total *= 4; break;
+      case Fault::None: break;
+    }
+    // fp16 gradient overflow (finite loss): the loss scaler skips the step and lowers the scale.
+    // Anything else not finite, or a spike, is the guard's.
+    std::string why;
+    const bool overflow = st.scaler().enabled() && std::isfinite(g.loss.total) &&
+                          !std::isfinite(g.grad_norm);
+    if (overflow) {
+      st.scaler().update(false);
+      why = "fp16 overflow (loss scale now " + fmt("%g", st.scaler().scale()) + ")";
+    } else {
+      why = guard.assess(g.loss.total, g.grad_norm);
+      if (!spec.guard.guard && !std::isfinite(g.loss.total))
+        fail("loss is ", g.loss.total, " at step ", step + 1,
+             ": training diverged (lower --lr, or check the data; --guard true skips such steps)");
+    }
+    double lr = lr_at(spec.schedule, step, rc.steps);
+    if (why.empty()) {
+      st.scaler().update(true);
+      lr = apply_update(st, ss, step, g);
+      guard.accepted(g.loss.total);
+    } else if (!overflow) {
+      guard.rejected();
+    }
+    const StepResult r = step_result(g, lr, why.empty(), why);
+    rs.steps_done++;
     const double dt = now_seconds() - t0;
-    tokens_seen += uint64_t(tokens_per_step);
-    DSV3_CHECK(std::isfinite(r.loss.total), "loss is ", r.loss.total, " at step ", step + 1,
-               ": training diverged (lower --lr, or check the data)");
+    rs.tokens_seen += uint64_t(tokens_per_step);
     window_time = 0.8 * window_time + dt, window_tokens = 0.8 * window_tokens + tokens_per_step;
     const double tps = tokens_per_step / dt;
     const double mfu = tps * ms.train_flops_per_token / (peak * 1e9);
+    if (mfu > 1 && !warned_peak && rc.peak_gflops == 0) {
+      warned_peak = true;
+      progress.print("warning: achieved " + fmt("%.1f", tps * ms.train_flops_per_token / 1e9) +
+                     " GFLOP/s exceeds the measured peak " + fmt("%.1f", peak) +
+                     "; the peak measurement was disturbed, so MFU overstates (set --peak_gflops)");
+    }
     double load_max = 0;
     nlohmann::json loads = nlohmann::json::array();
-    for (size_t i = 0; i < r.load_max_over_mean.size(); i++) {
-      load_max = std::max(load_max, r.load_max_over_mean[i]);
-      loads.push_back({{"layer", names[i]}, {"max_over_mean", r.load_max_over_mean[i]}});
+    for (size_t i = 0; i < r.load.size(); i++) {
+      const LoadStats& ls = r.load[i];
+      load_max = std::max(load_max, ls.max_over_mean);
+      loads.push_back({{"layer", names[i]}, {"max_over_mean", ls.max_over_mean},
+                       {"min_over_mean", ls.min_over_mean}, {"cv", ls.cv},
+                       {"router_entropy", ls.entropy}});
     }
-    log.write({{"kind", "train"}, {"step", step + 1}, {"loss", r.loss.loss},
-               {"mtp_loss", r.loss.mtp_loss}, {"balance_loss", r.loss.balance_loss},
-               {"total_loss", r.loss.total}, {"grad_norm", r.grad_norm}, {"lr", r.lr},
-               {"tokens_per_s", tps}, {"mfu", mfu}, {"step_s", dt}, {"tokens", tokens_seen},
-               {"seq_len", ds.T},
-               {"peak_rss_bytes", peak_rss_bytes()}, {"expert_load", loads}});
-    const double eta = double(tc.steps - step - 1) * window_time / std::max(1e-9, window_tokens) *
-                       tokens_per_step;
+    const backend::MemoryStats mem = backend::memory_stats(device);
+    nlohmann::json rec = {{"kind", "train"}, {"step", step + 1}, {"loss", r.loss.loss},
+                          {"mtp_loss", r.loss.mtp_loss}, {"balance_loss", r.loss.balance_loss},
+                          {"total_loss", r.loss.total}, {"grad_norm", r.grad_norm}, {"lr", r.lr},
+                          {"tokens_per_s", tps}, {"mfu", mfu}, {"step_s", dt},
+                          {"tokens", rs.tokens_seen}, {"seq_len", ds.T},
+                          {"peak_rss_bytes", peak_rss_bytes()},
+                          {"peak_alloc_bytes", mem.peak}, {"expert_load", loads}};
+    if (st.scaler().enabled()) rec["loss_scale"] = r.loss_scale;
+    if (!r.applied) rec["skipped"] = r.skipped;
+    log.write(rec);
+    if (!r.applied) progress.print("step " + std::to_string(step + 1) + " skipped: " + r.skipped);
+    const double eta = double(rc.steps - rs.steps_done) * window_time /
+                       std::max(1e-9, window_tokens) * tokens_per_step;
     std::string text = "loss " + fmt("%.4f", r.loss.loss);
     if (c.mtp_depth > 0) text += " | mtp " + fmt("%.4f", r.loss.mtp_loss);
     if (c.experts > 0) text += " | bal " + fmt("%.2e", r.loss.balance_loss);
     text += " | gnorm " + fmt("%.3f", r.grad_norm) + " | lr " + fmt("%.2e", r.lr) + " | " +
             fmt("%.0f tok/s", tps) + " | MFU " + fmt("%.1f%%", 100 * mfu);
     if (c.experts > 0) text += " | load max/mean " + fmt("%.2f", load_max);
-    progress.update(step + 1, text, eta);
-    const bool last = step + 1 == tc.steps;
-    if ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last) run_eval(step + 1);
-    if ((tc.save_every > 0 && (step + 1) % tc.save_every == 0) || last) save(step + 1);
+    progress.update(rs.steps_done, text, eta);
+    if (guard.rollback_due()) {
+      rollback(step + 1);
+      continue;
+    }
+    const bool last = rs.steps_done == rc.steps;
+    if ((spec.eval.eval_every > 0 && rs.steps_done % spec.eval.eval_every == 0) || last)
+      run_eval(rs.steps_done);
+    if ((spec.checkpoint.save_every > 0 && rs.steps_done % spec.checkpoint.save_every == 0) || last)
+      save();
   }
   progress.finish();
   std::fprintf(stderr, "done in %s\n", format_duration(now_seconds() - run_t0).c_str());
 
-  if (tc.sample_tokens > 0 && tc.train_data.empty()) {  // known text encoding: show what it learned
-    const TextCodec codec = data.tokenizer_path().empty() ? TextCodec() : TextCodec(data.tokenizer_path());
+  if (rc.sample_tokens > 0 && spec.data.train_data.empty()) {  // known text encoding
+    const TextCodec codec =
+        data.tokenizer_path().empty() ? TextCodec() : TextCodec(data.tokenizer_path());
     SampleConfig sc;
-    sc.max_tokens = tc.sample_tokens;
-    sc.seed = rng.next_u64();
+    sc.max_tokens = rc.sample_tokens;
+    sc.seed = rs.rng.next_u64();
     const std::string prompt = "Once upon a time";
-    const auto out = generate(model, codec.encode(prompt), sc);
+    const auto out = generate(weights, codec.encode(prompt), sc, d.T);
     std::printf("sample: %s%s\n", prompt.c_str(), codec.decode(out).c_str());
   }
 }

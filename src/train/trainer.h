@@ -1,30 +1,32 @@
-// `dsv3 train`: the training loop around train_step() -- data, evaluation, checkpoints,
-// metrics, and the sample at the end.
+// `dsv3 train`: the training loop around the optimizer step -- data, the guard, evaluation,
+// checkpoints, metrics, and the sample at the end.
 #pragma once
-#include <optional>
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
 
 #include "checkpoint/checkpoint.h"
 #include "core/rng.h"
-#include "model/config.h"
-#include "train/train_config.h"
+#include "train/run_config.h"
 
 namespace dsv3 {
 
-struct RunSpec {
-  ModelConfig model;
-  TrainingLossConfig loss;
-  TrainConfig train;
+// What a checkpoint's "train" JSON holds besides weights and moments: step, RNG, data position,
+// tokens seen, every settings group, the loss scaler and the guard. Enough for an exact resume.
+struct RunState {
+  int64_t steps_done = 0;
+  uint64_t tokens_seen = 0;
+  int64_t attempts = 0;  // step attempts so far, replays after a rollback included
+  nlohmann::json data, loss_scaler, guard;
+  Rng rng{1};
 };
-
-// The checkpoint's "train" JSON: everything resume needs besides weights and moments.
-// The run's RNG (data order decisions, sampling) is saved with it so resume is exact.
-nlohmann::json run_state_json(const RunSpec& spec, int64_t steps_done,
-                              const nlohmann::json& data_state, uint64_t tokens_seen,
-                              const Rng& rng);
-// Restores the run's settings from a checkpoint (model, loss and training settings).
+nlohmann::json run_state_json(const RunSpec& spec, const RunState& st);
+// The run's settings from a checkpoint (model, losses and every other group), in either the
+// current layout ("settings") or the one before the per-component configs ("train_config").
 RunSpec spec_from_checkpoint(const Checkpoint& ck);
+RunState state_from_checkpoint(const Checkpoint& ck);
 
-// Trains; `resume` (when given) supplies weights, moments, step and data position.
+// Trains; `resume` (when given) supplies weights, moments, step, data position and the rest.
 void run_training(const RunSpec& spec, const Checkpoint* resume);
 
 }  // namespace dsv3

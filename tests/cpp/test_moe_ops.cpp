@@ -31,7 +31,7 @@ void check_router_gradient(RouterShape s, bool with_bias) {
   auto f = [&] {
     std::fill(loads.begin(), loads.end(), 0);
     double bal = cpu::router_forward<double>(idx.data(), gates.data(), scores.data(), loads.data(),
-                                             logits.data(), with_bias ? bias.data() : nullptr, s);
+                                             logits.data(), with_bias ? bias.data() : nullptr, s, nullptr);
     double v = cb * bal;
     for (size_t i = 0; i < NK; i++) v += gates[i] * R[i];
     return v;
@@ -50,7 +50,7 @@ void check_router_gradient(RouterShape s, bool with_bias) {
   std::vector<int32_t> idxf(NK);
   std::fill(loads.begin(), loads.end(), 0);
   cpu::router_forward<float>(idxf.data(), gf.data(), sf.data(), loads.data(), lf.data(),
-                             with_bias ? bias.data() : nullptr, s);
+                             with_bias ? bias.data() : nullptr, s, nullptr);
   EXPECT_EQ(idxf, idx0);
   EXPECT_LT(rel_error(gf, gates), 1e-6);
 }
@@ -75,7 +75,7 @@ TEST(Router, ChoicesMatchBruteForce) {
   std::vector<double> gates(idx.size()), scores(logits.size());
   std::vector<int64_t> loads(s.E, 0);
   cpu::router_forward<double>(idx.data(), gates.data(), scores.data(), loads.data(), logits.data(),
-                              bias.data(), s);
+                              bias.data(), s, nullptr);
   for (int n = 0; n < s.N; n++) {
     std::vector<double> sc(s.E), sel(s.E);
     for (int e = 0; e < s.E; e++) {
@@ -112,7 +112,7 @@ TEST(Router, BalanceLossValue) {
   std::vector<double> gates(idx.size()), scores(logits.size());
   std::vector<int64_t> loads(s.E, 0);
   double bal = cpu::router_forward<double>(idx.data(), gates.data(), scores.data(), loads.data(),
-                                           logits.data(), nullptr, s);
+                                           logits.data(), nullptr, s, nullptr);
   double want = 0;
   for (int seg = 0; seg < s.N / s.segment; seg++) {
     for (int e = 0; e < s.E; e++) {
@@ -134,7 +134,7 @@ TEST(MoeDispatch, PermutationIsStableCountingSort) {
   const int N = 7, K = 2, E = 4;
   std::vector<int32_t> idx = {3, 0, 1, 3, 0, 2, 3, 1, 2, 0, 1, 2, 0, 3};
   std::vector<int32_t> slot_token(N * K), slot_of(N * K), off(E + 1);
-  moe_permutation(slot_token.data(), slot_of.data(), off.data(), idx.data(), N, K, E);
+  cpu::moe_permutation(slot_token.data(), slot_of.data(), off.data(), idx.data(), N, K, E);
   EXPECT_EQ(off, (std::vector<int32_t>{0, 4, 7, 10, 14}));
   for (int n = 0; n < N; n++)
     for (int k = 0; k < K; k++) {
@@ -151,7 +151,7 @@ TEST(MoeDispatch, CombineGradientAndGatherScatterAdjoint) {
   const int N = 5, K = 2, C = 3, E = 3;
   std::vector<int32_t> idx = {0, 2, 1, 0, 2, 1, 0, 1, 2, 0};
   std::vector<int32_t> slot_token(N * K), slot_of(N * K), off(E + 1);
-  moe_permutation(slot_token.data(), slot_of.data(), off.data(), idx.data(), N, K, E);
+  cpu::moe_permutation(slot_token.data(), slot_of.data(), off.data(), idx.data(), N, K, E);
   std::vector<double> outp = random_vec(N * K * C, 41), gates = random_vec(N * K, 42),
                       R = random_vec(N * C, 43), y(N * C);
   auto f = [&] {

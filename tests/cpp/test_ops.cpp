@@ -26,6 +26,10 @@ using test::random_vec;
 using test::rel_error;
 using Vec = std::vector<double>;
 using VecF = std::vector<float>;
+template <typename V>
+Tensor H(V& v) {  // a host view of a test vector
+  return host_tensor(v);
+}
 
 // Finite differences in double with h = 1e-6: the central-difference truncation error is
 // O(h^2 |f'''|) ~ 1e-12 and the rounding error O(eps |L| / h) ~ 1e-16 * 10 / 1e-6 = 1e-9, both
@@ -92,8 +96,8 @@ TEST(Embedding, ForwardBackwardAccumulateFloat) {
   for (size_t i = 0; i < twice.size(); i++) EXPECT_NEAR(twice[i], 2 * dtable[i], 1e-12);
 
   VecF tf = to_f(table), Rf = to_f(R), outf(out.size()), dtf(table.size(), 0.f);
-  embedding_forward(Exec{}, outf.data(), ids.data(), tf.data(), N, C);
-  embedding_backward(Exec{}, dtf.data(), Rf.data(), ids.data(), N, C);
+  embedding_forward(Exec{}, H(outf), H(ids), H(tf), N, C);
+  embedding_backward(Exec{}, H(dtf), H(Rf), H(ids), N, C);
   cpu::embedding_forward(out.data(), ids.data(), table.data(), N, C);
   EXPECT_LT(rel_error(outf, out), kF32Tol);
   EXPECT_LT(rel_error(dtf, dtable), kF32Tol);
@@ -152,8 +156,8 @@ TEST(RmsNorm, StridedForwardBackwardFloat) {
 
   VecF xf = to_f(x), wf = to_f(w), Rf = to_f(R), of(out.size(), float(sentinel)), rf(s.N);
   VecF dxf(x.size(), 0.f), dwf(w.size(), 0.f);
-  rmsnorm_forward(Exec{}, of.data(), rf.data(), xf.data(), wf.data(), s, eps);
-  rmsnorm_backward(Exec{}, dxf.data(), dwf.data(), Rf.data(), xf.data(), wf.data(), rf.data(), s);
+  rmsnorm_forward(Exec{}, H(of), H(rf), H(xf), H(wf), s, eps);
+  rmsnorm_backward(Exec{}, H(dxf), H(dwf), H(Rf), H(xf), H(wf), H(rf), s);
   EXPECT_LT(rel_error(of, out), kF32Tol);
   EXPECT_LT(rel_error(rf, rstd), kF32Tol);
   EXPECT_LT(rel_error(dxf, dx), kF32Tol);
@@ -271,11 +275,11 @@ TEST(Rope, ForwardBackwardFloatYarnOnAndOff) {
     EXPECT_LT(rel_error(back, x), 1e-14);
 
     VecF cf = to_f(rc.cos), sf = to_f(rc.sin), yf = to_f(x), df = to_f(R);
-    rope_forward(Exec{}, yf.data(), cf.data(), sf.data(), l);
-    rope_backward(Exec{}, df.data(), cf.data(), sf.data(), l);
+    rope_forward(Exec{}, H(yf), H(cf), H(sf), l);
+    rope_backward(Exec{}, H(df), H(cf), H(sf), l);
     EXPECT_LT(rel_error(yf, y), kF32Tol);
     EXPECT_LT(rel_error(df, dx), kF32Tol);
-    rope_backward(Exec{}, yf.data(), cf.data(), sf.data(), l);
+    rope_backward(Exec{}, H(yf), H(cf), H(sf), l);
     EXPECT_LT(rel_error(yf, x), kF32Tol);
   }
 }
@@ -308,8 +312,8 @@ TEST(SwiGlu, ForwardBackwardAccumulateFloat) {
   for (size_t i = 0; i < dh.size(); i++) EXPECT_NEAR(dh2[i], 2 * dh[i], 1e-12);
 
   VecF hf = to_f(h), Rf = to_f(R), of(out.size()), dhf(h.size(), 0.f);
-  swiglu_forward(Exec{}, of.data(), hf.data(), N, D);
-  swiglu_backward(Exec{}, dhf.data(), Rf.data(), hf.data(), N, D);
+  swiglu_forward(Exec{}, H(of), H(hf), N, D);
+  swiglu_backward(Exec{}, H(dhf), H(Rf), H(hf), N, D);
   cpu::swiglu_forward(out.data(), h.data(), N, D);
   EXPECT_LT(rel_error(of, out), kF32Tol);
   EXPECT_LT(rel_error(dhf, dh), kF32Tol);
@@ -317,8 +321,8 @@ TEST(SwiGlu, ForwardBackwardAccumulateFloat) {
 
 TEST(SwiGlu, LargeGatesStayFinite) {
   VecF h = {-200.f, 200.f, -90.f, 3.f, 1.f, 1.f}, out(3), dh(6, 0.f), g = {1.f, 1.f, 1.f};
-  swiglu_forward(Exec{}, out.data(), h.data(), 1, 3);
-  swiglu_backward(Exec{}, dh.data(), g.data(), h.data(), 1, 3);
+  swiglu_forward(Exec{}, H(out), H(h), 1, 3);
+  swiglu_backward(Exec{}, H(dh), H(g), H(h), 1, 3);
   for (float v : out) EXPECT_TRUE(std::isfinite(v));
   for (float v : dh) EXPECT_TRUE(std::isfinite(v));
   EXPECT_NEAR(out[1], 200.f, 1e-3);
@@ -347,7 +351,7 @@ TEST(CrossEntropy, ForwardBackwardIgnoreInPlaceFloat) {
   }
 
   Vec dx(x.size(), 123.0);  // overwritten, not accumulated
-  cpu::cross_entropy_backward(dx.data(), x.data(), tg.data(), dloss, N, V);
+  cpu::cross_entropy_backward(dx.data(), x.data(), tg.data(), Vec(N, dloss).data(), N, V);
   auto L = [&] {
     cpu::cross_entropy_forward(loss.data(), x.data(), tg.data(), N, V);
     double s = 0;
@@ -358,15 +362,15 @@ TEST(CrossEntropy, ForwardBackwardIgnoreInPlaceFloat) {
   for (int n : {1, 4})
     for (int j = 0; j < V; j++) EXPECT_EQ(dx[n * V + j], 0.0);
 
-  VecF xf = to_f(x), lf(N), df(x.size(), -5.f);
-  cross_entropy_forward(Exec{}, lf.data(), xf.data(), tg.data(), N, V);
-  cross_entropy_backward(Exec{}, df.data(), xf.data(), tg.data(), float(dloss), N, V);
+  VecF xf = to_f(x), lf(N), df(x.size(), -5.f), rowf(N, float(dloss));
+  cross_entropy_forward(Exec{}, H(lf), H(xf), H(tg), N, V);
+  cross_entropy_backward(Exec{}, H(df), H(xf), H(tg), H(rowf), N, V);
   cpu::cross_entropy_forward(loss.data(), x.data(), tg.data(), N, V);
   EXPECT_LT(rel_error(lf, loss), kF32Tol);
   EXPECT_LT(rel_error(df, dx), kF32Tol);
 
   VecF inplace = xf;  // dlogits aliasing logits gives the same bits as out of place
-  cross_entropy_backward(Exec{}, inplace.data(), inplace.data(), tg.data(), float(dloss), N, V);
+  cross_entropy_backward(Exec{}, H(inplace), H(inplace), H(tg), H(rowf), N, V);
   EXPECT_EQ(std::memcmp(inplace.data(), df.data(), df.size() * sizeof(float)), 0);
 }
 
@@ -375,11 +379,12 @@ TEST(CrossEntropy, LargeLogitsAreStable) {
   const int N = 3, V = 50;
   const std::vector<int32_t> tg = {7, 0, 49};
   VecF x = to_f(random_vec(size_t(N) * V, 41)), xs = x, l(N), ls(N), d(x.size()), ds(x.size());
+  VecF ones_f(N, 1.f);
   for (auto& v : xs) v += 1000.f;
-  cross_entropy_forward(Exec{}, l.data(), x.data(), tg.data(), N, V);
-  cross_entropy_forward(Exec{}, ls.data(), xs.data(), tg.data(), N, V);
-  cross_entropy_backward(Exec{}, d.data(), x.data(), tg.data(), 1.f, N, V);
-  cross_entropy_backward(Exec{}, ds.data(), xs.data(), tg.data(), 1.f, N, V);
+  cross_entropy_forward(Exec{}, H(l), H(x), H(tg), N, V);
+  cross_entropy_forward(Exec{}, H(ls), H(xs), H(tg), N, V);
+  cross_entropy_backward(Exec{}, H(d), H(x), H(tg), H(ones_f), N, V);
+  cross_entropy_backward(Exec{}, H(ds), H(xs), H(tg), H(ones_f), N, V);
   EXPECT_LT(rel_error(ls, l), 1e-4);  // the shift costs float ulps of 1000 in each logit
   EXPECT_LT(rel_error(ds, d), 1e-3);
 }
@@ -392,9 +397,9 @@ TEST(CrossEntropy, SoftmaxAccurateOverWideRange) {
   std::vector<int32_t> tg(N, 0);
   Vec x(size_t(N) * V), d(x.size());
   for (int n = 0; n < N; n++) x[n * V + 1] = -0.1 * n;
-  VecF xf = to_f(x), df(x.size());
-  cpu::cross_entropy_backward(d.data(), x.data(), tg.data(), 1.0, N, V);
-  cross_entropy_backward(Exec{}, df.data(), xf.data(), tg.data(), 1.f, N, V);
+  VecF xf = to_f(x), df(x.size()), ones_f(N, 1.f);
+  cpu::cross_entropy_backward(d.data(), x.data(), tg.data(), Vec(N, 1.0).data(), N, V);
+  cross_entropy_backward(Exec{}, H(df), H(xf), H(tg), H(ones_f), N, V);
   for (int n = 0; n < N; n++) {
     double ref = std::exp(double(xf[n * V + 1])) / (1 + std::exp(double(xf[n * V + 1])));
     EXPECT_NEAR(df[n * V + 1], ref, 5e-7 * ref) << n;
@@ -483,9 +488,9 @@ TEST(Attention, ForwardBackwardAccumulateFloat) {
 
   VecF qf = to_f(q), kf = to_f(k), vf = to_f(v), Rf = to_f(R), of(nv), pf(np, NAN);
   VecF dqf(nq, 0.f), dkf(nq, 0.f), dvf(nv, 0.f);
-  attention_forward(Exec{}, of.data(), pf.data(), qf.data(), kf.data(), vf.data(), s);
-  attention_backward(Exec{}, dqf.data(), dkf.data(), dvf.data(), Rf.data(), qf.data(), kf.data(),
-                     vf.data(), pf.data(), s);
+  attention_forward(Exec{}, H(of), H(pf), H(qf), H(kf), H(vf), s);
+  attention_backward(Exec{}, H(dqf), H(dkf), H(dvf), H(Rf), H(qf), H(kf),
+                     H(vf), H(pf), s);
   EXPECT_LT(rel_error(of, out), kF32Tol);
   EXPECT_LT(rel_error(pf, probs), kF32Tol);
   EXPECT_LT(rel_error(dqf, dq), kF32Tol);
@@ -508,9 +513,9 @@ TEST(Attention, LongerSequenceLargeScoresFloat) {
                           probs.data(), s);
   VecF qf = to_f(q), kf = to_f(k), vf = to_f(v), Rf = to_f(R), of(nv), pf(np, NAN);
   VecF dqf(nq, 0.f), dkf(nq, 0.f), dvf(nv, 0.f);
-  attention_forward(Exec{}, of.data(), pf.data(), qf.data(), kf.data(), vf.data(), s);
-  attention_backward(Exec{}, dqf.data(), dkf.data(), dvf.data(), Rf.data(), qf.data(), kf.data(),
-                     vf.data(), pf.data(), s);
+  attention_forward(Exec{}, H(of), H(pf), H(qf), H(kf), H(vf), s);
+  attention_backward(Exec{}, H(dqf), H(dkf), H(dvf), H(Rf), H(qf), H(kf),
+                     H(vf), H(pf), s);
   expect_causal_probs(pf, s, 1e-5);
   // Scores of size ~250 amplify fp32 input rounding (relative 6e-8 of 250 = 1.5e-5 in a logit),
   // so the tolerance here is looser than kF32Tol.
@@ -528,22 +533,22 @@ TEST(Linear, BackwardMatchesFiniteDifferencesDouble) {
                       R = test::random_vec(N * out, 73), y(N * out);
   const Exec ex;
   auto f = [&] {
-    linear_forward<double>(ex, y.data(), x.data(), w.data(), N, in, out);
+    linear_forward(ex, H(y), H(x), H(w), N, in, out);
     double v = 0;
     for (int i = 0; i < N * out; i++) v += y[i] * R[i];
     return v;
   };
   std::vector<double> dx(N * in, 0.0), dw(out * in, 0.0);
-  linear_backward<double>(ex, dx.data(), dw.data(), R.data(), x.data(), w.data(), N, in, out);
+  linear_backward(ex, H(dx), H(dw), H(R), H(x), H(w), N, in, out);
   // f is bilinear: central differences are exact up to rounding (~1e-16/h).
   EXPECT_LT(test::rel_error(dx, test::finite_difference(f, x)), 1e-8);
   EXPECT_LT(test::rel_error(dw, test::finite_difference(f, w)), 1e-8);
   std::vector<double> dx2 = dx;
-  linear_backward<double>(ex, dx2.data(), nullptr, R.data(), x.data(), w.data(), N, in, out);
+  linear_backward(ex, H(dx2), Tensor{}, H(R), H(x), H(w), N, in, out);
   for (int i = 0; i < N * in; i++) EXPECT_DOUBLE_EQ(dx2[i], 2 * dx[i]);  // accumulates
   f();  // y at the unperturbed x
   std::vector<double> y2 = y;
-  linear_forward<double>(ex, y2.data(), x.data(), w.data(), N, in, out, /*accumulate=*/true);
+  linear_forward(ex, H(y2), H(x), H(w), N, in, out, /*accumulate=*/true);
   for (int i = 0; i < N * out; i++) EXPECT_NEAR(y2[i], 2 * y[i], 1e-12);
 }
 

@@ -19,7 +19,6 @@
 #include "data/token_stream.h"
 #include "model/config.h"
 #include "test_util.h"
-#include "train/train_config.h"
 #include "train/train_data.h"
 
 namespace dsv3 {
@@ -337,11 +336,12 @@ TEST(TrainDataTokenFiles, GlobShuffleValidationAndOldStates) {
   write_token_file((d / "val_b.bin").string(), iota_ids(50, 40000));
   ModelConfig mc;
   mc.vocab = 65536;
-  TrainConfig tc;
-  tc.batch = 4, tc.seq_len = 16, tc.seed = 3;
+  DataConfig tc;
+  const Dims dims{4, 16};
+  const uint64_t seed = 3;
   tc.train_data = (d / "train_*.bin").string();
   tc.val_data = (d / "val_a.bin").string() + "," + (d / "val_b.bin").string();
-  TrainData td(tc, mc);
+  TrainData td(tc, dims, seed, mc);
   EXPECT_NE(td.describe().find("2 files"), std::string::npos) << td.describe();
   ASSERT_EQ(td.val_sets().size(), 1u);
   std::vector<int32_t> val = iota_ids(100, 30000), vb = iota_ids(50, 40000);
@@ -356,18 +356,18 @@ TEST(TrainDataTokenFiles, GlobShuffleValidationAndOldStates) {
   // an old checkpoint's state resumes in the old sequential order of the first file
   OldSequential old{iota_ids(3000, 0), 4, 16};
   for (int k = 0; k < 3; k++) old.batch();
-  TrainData resumed(tc, mc);
+  TrainData resumed(tc, dims, seed, mc);
   resumed.restore({{"position", old.pos}, {"epoch", old.epoch}});
   for (int k = 0; k < 5; k++) EXPECT_EQ(flat(resumed.next(), 4, 16), old.batch());
 
   tc.shuffle = false;
-  TrainData seq(tc, mc);
+  TrainData seq(tc, dims, seed, mc);
   OldSequential first{iota_ids(3000, 0), 4, 16};
   for (int k = 0; k < 5; k++) EXPECT_EQ(flat(seq.next(), 4, 16), first.batch());
 
   tc.data = d.string();
   tc.train_data.clear();
-  expect_error([&] { TrainData x(tc, mc); }, {"--shuffle", "--data"});
+  expect_error([&] { TrainData x(tc, dims, seed, mc); }, {"--shuffle", "--data"});
 }
 
 }  // namespace

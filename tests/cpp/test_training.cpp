@@ -204,7 +204,8 @@ TEST(BadInput, ClearMessageAndNonZeroExit) {
       {"eval --model " + ck, "--data (an llm.c token file) or --text"},
       {"train --resume " + (d / "trunc.dsv3").string(), "trunc.dsv3"},
       {"export --model " + ck + " --format gguf --out " + d.string(), "unknown --format 'gguf'"},
-      {"train " + kSmall + "--train_data " + (d / "text.dsv3").string(), "text.dsv3"},
+      {"train --preset debug --batch 4 --seq_len 32 --train_data " + (d / "text.dsv3").string(),
+       "text.dsv3"},
   };
   for (const auto& c : cases) {
     auto res = run_cli(c.args);

@@ -2,7 +2,9 @@
 // (tests/python/test_reference.py): imports an HF directory, dumps logits and every gradient of
 // the first micro-batch, then trains `steps` steps and dumps the metrics and final weights.
 //   reftool --hf DIR --tokens FILE --batch B --seq T --steps S --out DIR [--key value ...]
-// Extra keys: any training-loss or training setting (mtp_weight, balance_alpha, lr, ...).
+// Extra keys: any setting of the losses, training, optimizer, schedule or precision groups
+// (mtp_weight, balance_alpha, lr, precision, ...). Gradients are written as the true gradient
+// (divided by the fp16 loss scale), the final weights as the fp32 master weights.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,8 +14,8 @@
 #include "checkpoint/safetensors.h"
 #include "core/check.h"
 #include "data/token_file.h"
+#include "train/run_config.h"
 #include "train/step.h"
-#include "train/train_config.h"
 
 using namespace dsv3;
 
@@ -35,59 +37,74 @@ void write_tensors(const std::string& path, const ParamTable& t, const float* ba
 
 int main(int argc, char** argv) try {
   std::string hf, tokens_path, out;
-  TrainingLossConfig loss;
-  TrainConfig tc;
-  tc.warmup = 0;
+  RunSpec spec;
+  spec.schedule.warmup = 0;
+  const auto groups = run_groups_without_model(spec);
   for (int i = 1; i < argc; i++) {
     std::string key = argv[i];
     DSV3_CHECK(key.rfind("--", 0) == 0 && i + 1 < argc, "usage: reftool --key value ...");
     key = key.substr(2);
     const std::string v = argv[++i];
+    const FieldGroup* g = nullptr;
     if (key == "hf") hf = v;
     else if (key == "tokens") tokens_path = v;
     else if (key == "out") out = v;
-    else if (key == "seq") tc.seq_len = int(parse_int(key, v));
-    else if (auto* f = find_field(loss_fields(), key)) f->set(&loss, v);
-    else if (auto* f2 = find_field(train_fields(), key)) f2->set(&tc, v);
+    else if (key == "seq") spec.run.seq_len = int(parse_int(key, v));
+    else if (const FieldSpec* f = find_field(groups, key, &g)) f->set(g->target, v);
     else fail("unknown option --", key);
   }
   DSV3_CHECK(!hf.empty() && !tokens_path.empty() && !out.empty(), "need --hf, --tokens, --out");
   std::filesystem::create_directories(out);
   HfModel m = import_hf(hf);
-  const Dims d = tc.dims();
-  Model model(m.config, loss, d);
-  std::copy(m.params.begin(), m.params.end(), model.params());
+  const ModelConfig& c = m.config;
+  const RunConfig& rc = spec.run;
+  const Dims d = rc.dims();
+  const DType dt = compute_dtype(spec.precision.precision);
+  ModelWeights weights(c, dt);
+  TrainState st(weights, spec.optimizer, spec.precision);
+  st.load_weights(m.params);
+  WorkspaceConfig wc;
+  wc.max = d;
+  wc.recompute = rc.recompute;
+  Workspace ws(c, dt, Device::CPU, wc);
   const std::vector<int32_t> tokens = read_token_file(tokens_path);
   const size_t chunk = size_t(d.B) * (d.T + 1);
-  const size_t need = chunk * tc.grad_accum * tc.steps;
+  const size_t need = chunk * rc.grad_accum * rc.steps;
   DSV3_CHECK(tokens.size() >= need, "token file has ", tokens.size(), " tokens, need ", need);
-  const ModelConfig& c = m.config;
 
   // logits and gradients of chunk 0 at the initial weights
   std::vector<float> logits(size_t(d.N()) * c.vocab), mtp(size_t(c.mtp_depth) * d.N() * c.vocab);
-  LossReport init = model.forward(tokens.data(), d, logits.data(), mtp.empty() ? nullptr : mtp.data());
+  ForwardOptions fo;
+  fo.logits = logits.data();
+  fo.mtp_logits = mtp.empty() ? nullptr : mtp.data();
+  const LossReport init = forward(weights, ws, spec.loss, {d, tokens.data()}, fo);
   write_raw(out + "/logits.bin", logits.data(), logits.size());
   if (!mtp.empty()) write_raw(out + "/mtp_logits.bin", mtp.data(), mtp.size());
-  model.zero_grads();
-  model.forward_backward(tokens.data(), d, 1.0f);
-  write_tensors(out + "/grads.safetensors", model.table(), model.grads(), true);
+  st.zero_grads();
+  const float scale = float(st.scaler().scale());
+  forward_backward(weights, ws, spec.loss, st.grad_view(), {d, tokens.data()}, scale);
+  std::vector<float> grads(st.grads().numel);
+  backend::copy(st.exec(), host_tensor(grads), st.grads());
+  for (float& g : grads) g /= scale;  // a power of two: exact
+  write_tensors(out + "/grads.safetensors", weights.table(), grads.data(), true);
 
   nlohmann::json j;
+  j["precision"] = precision_name(spec.precision.precision);
   j["initial"] = {{"loss", init.loss}, {"mtp_loss", init.mtp_loss},
                   {"balance_loss", init.balance_loss}, {"total", init.total}};
-  AdamW opt(tc.adamw(), model.table());
-  const StepSettings s = step_settings(tc.grad_accum, tc.clip, tc.schedule_config(), loss);
+  const StepSettings s = step_settings(rc.grad_accum, spec.schedule, rc.steps, spec.loss);
   j["steps"] = nlohmann::json::array();
-  for (int64_t step = 0; step < tc.steps; step++) {
-    StepResult r = train_step(model, opt, s, step, d, [&](int a) {
-      return tokens.data() + chunk * (size_t(step) * tc.grad_accum + a);
+  for (int64_t step = 0; step < rc.steps; step++) {
+    const StepResult r = train_step(st, ws, spec.loss, s, step, [&](int a) {
+      return MicroBatch{d, tokens.data() + chunk * (size_t(step) * rc.grad_accum + a)};
     });
     j["steps"].push_back({{"step", step}, {"loss", r.loss.loss}, {"mtp_loss", r.loss.mtp_loss},
                           {"balance_loss", r.loss.balance_loss}, {"grad_norm", r.grad_norm},
-                          {"lr", r.lr}});
+                          {"lr", r.lr}, {"applied", r.applied}, {"loss_scale", r.loss_scale}});
   }
   std::ofstream(out + "/metrics.json") << j.dump(1) << "\n";
-  write_tensors(out + "/final.safetensors", model.table(), model.params(), false);
+  const std::vector<float> fin = st.master_host();
+  write_tensors(out + "/final.safetensors", weights.table(), fin.data(), false);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "reftool: %s\n", e.what());

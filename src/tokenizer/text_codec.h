@@ -10,6 +10,10 @@
 
 namespace dsv3 {
 
+// Byte-level ids: one id per byte (0-255); ids outside 0-255 decode as '?'.
+std::vector<int32_t> bytes_to_ids(std::string_view text);
+std::string ids_to_bytes(std::span<const int32_t> ids);
+
 class Encoder;
 
 class TextCodec {

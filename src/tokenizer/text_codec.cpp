@@ -1,14 +1,26 @@
-#include "infer/text_codec.h"
+#include "tokenizer/text_codec.h"
 
 #include <filesystem>
 
-#include "data/builtin_corpus.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/formats.h"
 
 namespace fs = std::filesystem;
 
 namespace dsv3 {
+
+std::vector<int32_t> bytes_to_ids(std::string_view text) {
+  std::vector<int32_t> ids(text.size());
+  for (size_t i = 0; i < text.size(); i++) ids[i] = int32_t(static_cast<unsigned char>(text[i]));
+  return ids;
+}
+
+std::string ids_to_bytes(std::span<const int32_t> ids) {
+  std::string s;
+  s.reserve(ids.size());
+  for (int32_t id : ids) s += id >= 0 && id < 256 ? char(id) : '?';
+  return s;
+}
 
 TextCodec::TextCodec() : desc_("byte-level ids") {}
 TextCodec::TextCodec(const std::string& path)
@@ -18,12 +30,12 @@ TextCodec::TextCodec(TextCodec&&) noexcept = default;
 TextCodec& TextCodec::operator=(TextCodec&&) noexcept = default;
 
 std::vector<int32_t> TextCodec::encode(std::string_view text) const {
-  if (!enc_) return bytes_to_ids(std::string(text));
+  if (!enc_) return bytes_to_ids(text);
   return enc_->encode(text);
 }
 
 std::string TextCodec::decode(std::span<const int32_t> ids) const {
-  if (!enc_) return ids_to_bytes(std::vector<int32_t>(ids.begin(), ids.end()));
+  if (!enc_) return ids_to_bytes(ids);
   std::string out;
   const auto& vocab = enc_->tokenizer().vocab;
   for (int32_t id : ids)

@@ -1,0 +1,60 @@
+#include "model/head.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "backend/backend.h"
+#include "ops/cross_entropy.h"
+#include "ops/elementwise.h"
+#include "ops/gemm.h"
+#include "ops/rmsnorm.h"
+
+namespace dsv3 {
+
+void alloc_head_acts(HeadActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d, bool backward) {
+  const size_t N = d.N(), C = c.hidden, rows = std::min<size_t>(kHeadChunk, N);
+  const DType acc = accum_dtype(t);
+  a.xn = ar.take(t, N * C);
+  a.rstd = ar.take(acc, N);
+  a.losses = ar.take(acc, N);
+  a.logits = ar.take(acc, rows * c.vocab);
+  if (backward) {
+    if (t != acc) a.dlogits_t = ar.take(t, rows * c.vocab);
+    a.dxn = ar.take(t, N * C);
+  }
+}
+
+void head_forward_backward(const Exec& ex, const ModelConfig& c, const Tensor& head_w,
+                           const Tensor& head_g, const HeadIo& io, const HeadActs& a, Dims d,
+                           bool backward) {
+  const int N = d.N(), C = c.hidden, V = c.vocab;
+  rmsnorm_forward(ex, a.xn, a.rstd, io.x, io.norm_w, {N, C, C, C}, float(c.rms_eps));
+  const Tensor dxn = backward ? a.dxn.slice(0, size_t(N) * C) : Tensor{};
+  if (backward) backend::zero(ex, dxn);
+  for (int r0 = 0; r0 < N; r0 += kHeadChunk) {
+    const int rows = std::min(kHeadChunk, N - r0);
+    const Tensor lg = a.logits.slice(0, size_t(rows) * V);
+    const Tensor xn = a.xn.slice(size_t(r0) * C, size_t(rows) * C);
+    const Tensor tg = io.targets.slice(r0, rows);
+    linear_forward(ex, lg, xn, head_w, rows, C, V);
+    cross_entropy_forward(ex, a.losses.slice(r0, rows), lg, tg, rows, V);
+    if (io.logits_out) {
+      const Tensor out = host_tensor(io.logits_out + size_t(r0) * V, size_t(rows) * V);
+      if (lg.device == Device::CPU) convert(Exec{}, out, lg);
+      else {
+        Buffer stage(Device::CPU, lg.dtype, lg.numel);
+        backend::copy(ex, stage.view(), lg);
+        convert(Exec{}, out, stage.view());
+      }
+    }
+    if (!backward) continue;
+    cross_entropy_backward(ex, lg, lg, tg, io.row_scale.slice(r0, rows), rows, V);
+    const Tensor dl = as_dtype(ex, lg, xn.dtype, a.dlogits_t);
+    linear_backward(ex, dxn.slice(size_t(r0) * C, size_t(rows) * C), head_g, dl, xn, head_w, rows,
+                    C, V);
+  }
+  if (backward)
+    rmsnorm_backward(ex, io.dx, io.norm_g, dxn, io.x, io.norm_w, a.rstd, {N, C, C, C});
+}
+
+}  // namespace dsv3

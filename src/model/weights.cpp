@@ -1,0 +1,92 @@
+#include "model/weights.h"
+
+#include "ops/elementwise.h"
+
+namespace dsv3 {
+
+ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& base,
+                       const Tensor& buffers) {
+  auto at = [&](const std::string& name) {
+    const ParamInfo& i = t.at(name);
+    return base.slice(i.offset, i.numel);
+  };
+  ModelParams w;
+  w.embed = at("model.embed_tokens.weight");
+  for (int l = 0; l < c.layers; l++)
+    w.blocks.push_back(bind_block(t, base, buffers, l, c.is_moe_layer(l), c));
+  for (int k = 1; k <= c.mtp_depth; k++) {
+    const int hf = c.layers + k - 1;
+    const std::string p = "model.layers." + std::to_string(hf);
+    MtpParams m;
+    m.enorm = at(p + ".enorm.weight");
+    m.hnorm = at(p + ".hnorm.weight");
+    m.eh_proj = at(p + ".eh_proj.weight");
+    m.block = bind_block(t, base, buffers, hf, c.experts > 0, c);
+    m.head_norm = at(p + ".shared_head.norm.weight");
+    w.mtp.push_back(m);
+  }
+  w.norm = at("model.norm.weight");
+  w.head = at("lm_head.weight");
+  return w;
+}
+
+ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device)
+    : c_(c), table_(build_param_table(c)) {
+  validate(c_);
+  DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16 ||
+                 dtype == DType::F64,
+             "weights must be f32, bf16, f16 or f64, not ", dtype_name(dtype));
+  data_ = Buffer(device, dtype, table_.total);
+  const bool own_buffers = dtype != DType::F32;  // the router reads fp32 biases
+  if (own_buffers && table_.buffers_total > 0)
+    buffers_ = Buffer(device, DType::F32, table_.buffers_total);
+  view_ = bind_model(c_, table_, data_.view(), own_buffers ? buffers_.view() : Tensor{});
+}
+
+void ModelWeights::load(const std::vector<float>& host) {
+  DSV3_CHECK(host.size() == table_.total, "weights have ", host.size(), " values, the model ",
+             table_.total);
+  const Exec ex{device()};
+  const Tensor src = host_tensor(host);
+  if (device() == Device::CPU) {
+    convert(ex, data_.view(), src);
+  } else {
+    Buffer stage(device(), DType::F32, table_.total);
+    backend::copy(ex, stage.view(), src);
+    convert(ex, data_.view(), stage.view());
+  }
+  if (buffers_)
+    for (const auto& p : table_.list)
+      if (p.kind == ParamKind::Buffer)
+        backend::copy(ex, buffers_.view().slice(p.buffer_offset, p.numel), src.slice(p.offset, p.numel));
+}
+
+std::vector<float> ModelWeights::to_host() const {
+  std::vector<float> out(table_.total);
+  const Exec ex{device()};
+  const Tensor dst = host_tensor(out);
+  if (device() == Device::CPU) {
+    convert(ex, dst, data_.view());
+  } else {
+    Buffer stage(Device::CPU, dtype(), table_.total);
+    backend::copy(ex, stage.view(), data_.view());
+    convert(Exec{}, dst, stage.view());
+  }
+  if (buffers_)
+    for (const auto& p : table_.list)
+      if (p.kind == ParamKind::Buffer) {
+        std::vector<float> b(p.numel);
+        backend::copy(ex, host_tensor(b), buffers_.view().slice(p.buffer_offset, p.numel));
+        std::copy(b.begin(), b.end(), out.begin() + p.offset);
+      }
+  return out;
+}
+
+void ModelWeights::refresh_buffers(const Exec& ex, const Tensor& master) {
+  if (!buffers_) return;
+  for (const auto& p : table_.list)
+    if (p.kind == ParamKind::Buffer)
+      backend::copy(ex, buffers_.view().slice(p.buffer_offset, p.numel), master.slice(p.offset, p.numel));
+}
+
+}  // namespace dsv3

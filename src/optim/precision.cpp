@@ -1,0 +1,91 @@
+#include "optim/precision.h"
+
+#include <cmath>
+
+#include "core/check.h"
+
+namespace dsv3 {
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::FP32: return "fp32";
+    case Precision::BF16: return "bf16";
+    case Precision::FP16: return "fp16";
+  }
+  return "?";
+}
+
+Precision parse_precision(const std::string& s) {
+  if (s == "fp32" || s == "f32" || s == "float32") return Precision::FP32;
+  if (s == "bf16" || s == "bfloat16") return Precision::BF16;
+  if (s == "fp16" || s == "f16" || s == "float16") return Precision::FP16;
+  fail("unknown precision '", s, "' (expected fp32, bf16 or fp16)");
+}
+
+DType compute_dtype(Precision p) {
+  switch (p) {
+    case Precision::FP32: return DType::F32;
+    case Precision::BF16: return DType::BF16;
+    case Precision::FP16: return DType::F16;
+  }
+  return DType::F32;
+}
+
+const std::vector<FieldSpec>& precision_fields() {
+  using P = PrecisionConfig;
+  static const std::vector<FieldSpec> f = {
+      choice("precision", &P::precision, "fp32|bf16|fp16",
+             "compute dtype of weights and activations (fp32 master weights and optimizer state)",
+             precision_name, parse_precision),
+      field("loss_scale", &P::loss_scale, "fp16: initial dynamic loss scale (a power of two)"),
+      field("loss_scale_window", &P::loss_scale_window,
+            "fp16: clean steps before the loss scale doubles"),
+  };
+  return f;
+}
+
+void validate(const PrecisionConfig& p) {
+  int e = 0;
+  DSV3_CHECK(p.loss_scale >= 1 && p.loss_scale <= 0x1p64 && std::frexp(p.loss_scale, &e) == 0.5,
+             "loss_scale must be a power of two in [1, 2^64], got ", p.loss_scale);
+  DSV3_CHECK(p.loss_scale_window >= 1, "loss_scale_window must be >= 1, got ", p.loss_scale_window);
+}
+
+LossScaler::LossScaler(const PrecisionConfig& p)
+    : enabled_(p.precision == Precision::FP16),
+      scale_(enabled_ ? p.loss_scale : 1.0),
+      window_(p.loss_scale_window) {}
+
+bool LossScaler::update(bool grads_finite) {
+  if (!enabled_) return true;
+  if (!grads_finite) {
+    overflows_++;
+    clean_ = 0;
+    scale_ = std::max(1.0, scale_ / 2);
+    return false;
+  }
+  if (++clean_ >= window_) {
+    clean_ = 0;
+    scale_ = std::min(0x1p64, scale_ * 2);
+  }
+  return true;
+}
+
+nlohmann::json LossScaler::state() const {
+  return {{"scale", scale_}, {"clean_steps", clean_}, {"overflows", overflows_}};
+}
+
+void LossScaler::restore(const nlohmann::json& s) {
+  if (!enabled_ || s.is_null()) return;  // another precision: keep this run's initial scale
+  DSV3_CHECK(s.is_object() && s.contains("scale") && s.contains("clean_steps"),
+             "checkpoint loss-scaler state is malformed");
+  const double sc = s.at("scale").get<double>();
+  int e = 0;
+  DSV3_CHECK(sc >= 1 && std::frexp(sc, &e) == 0.5, "checkpoint loss scale ", sc,
+             " is not a power of two >= 1");
+  scale_ = sc;
+  clean_ = s.at("clean_steps").get<int64_t>();
+  overflows_ = s.value("overflows", int64_t(0));
+}
+
+}  // namespace dsv3
