@@ -5,6 +5,10 @@ layout"), not from the C++ engine. Runs on Debian's /usr/bin/python3 (torch CPU 
 else): it carries its own tiny safetensors reader/writer and llm.c token-file reader/writer.
 
 Works in float64 (the oracle for tests) and float32 (speed, for the loss-parity benchmark).
+TrainCfg(precision="bf16"|"fp16") emulates the engine's mixed precision on top of either: values
+are rounded to the 16-bit dtype exactly where docs/model.md "Mixed precision" says the engine
+stores them (weights, norm outputs, linear outputs, RoPE, P, residuals, ...), with
+straight-through gradients (the backward is computed in the base dtype).
 
 Main entry points:
   ModelCfg.from_hf(dict)          model config from a Hugging Face config.json dict
@@ -293,6 +297,7 @@ class TrainCfg:
         self.weight_decay = 0.1
         self.clip = 1.0
         self.grad_accum = 1
+        self.precision = "fp32"   # fp32 (no rounding) | bf16 | fp16: docs/model.md "Mixed precision"
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise KeyError("unknown training setting " + k)
@@ -300,6 +305,7 @@ class TrainCfg:
         if self.balance_scope == "seq":
             self.balance_scope = "sequence"
         assert self.balance_scope in ("sequence", "batch"), self.balance_scope
+        assert self.precision in ("fp32", "bf16", "fp16"), self.precision
 
 
 def lr_at(tc, s):
@@ -437,21 +443,80 @@ def random_arrays(cfg, seed, std=0.08, emb_std=1.0, norm_jitter=0.1, bias_std=0.
 
 
 # ----------------------------------------------------------------------------------------------
+# Mixed precision: rounding to the compute dtype at the engine's storage points
+# ----------------------------------------------------------------------------------------------
+
+_ROUND = {"dtype": None}  # torch.bfloat16 / torch.float16 while a 16-bit forward runs
+
+
+class _RoundST(torch.autograd.Function):
+    """Round to the 16-bit dtype (nearest even) in the forward, identity in the backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.to(_ROUND["dtype"]).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def rnd(x):
+    """x as the engine stores it (a no-op in fp32 mode)."""
+    return x if _ROUND["dtype"] is None else _RoundST.apply(x)
+
+
+class precision_scope:
+    """with precision_scope(tc): ... runs the forward in tc.precision."""
+
+    def __init__(self, tc):
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.precision]
+
+    def __enter__(self):
+        self.saved = _ROUND["dtype"]
+        _ROUND["dtype"] = self.dtype
+
+    def __exit__(self, *a):
+        _ROUND["dtype"] = self.saved
+
+
+class _Weights(dict):
+    """The parameters as the forward reads them: rounded to the compute dtype once per forward
+    (straight-through), routing biases kept as they are."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.p = params
+
+    def __getitem__(self, n):
+        if n not in self:
+            w = self.p[n]
+            dict.__setitem__(self, n, w if n.endswith("e_score_correction_bias") else rnd(w))
+        return dict.__getitem__(self, n)
+
+
+# ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
 
 def rmsnorm(x, w, eps):
-    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+    return rnd(x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w)
 
 
 def lin(x, w):
+    """A linear layer whose output is stored in the compute dtype."""
+    return rnd(x @ w.t())
+
+
+def lin_f32(x, w):
+    """A linear layer with an fp32 output (router and head logits)."""
     return x @ w.t()
 
 
 def swiglu(p, pre, x):
     g = lin(x, p[pre + ".gate_proj.weight"])
     u = lin(x, p[pre + ".up_proj.weight"])
-    return lin(F.silu(g) * u, p[pre + ".down_proj.weight"])
+    return lin(rnd(F.silu(g) * u), p[pre + ".down_proj.weight"])
 
 
 def rope_freqs(cfg):
@@ -512,16 +577,16 @@ def mla(cfg, p, pre, x, cos, sin):
     kvb = lin(rmsnorm(c_kv, p[a + ".kv_a_layernorm.weight"], cfg.rms_eps), p[a + ".kv_b_proj.weight"])
     kvb = kvb.view(B, T, H, dn + dv)
     k_nope, v = kvb[..., :dn], kvb[..., dn:]
-    q_pe = apply_rope(q_pe, cos[:, None, :], sin[:, None, :])  # (B,T,H,dr)
-    k_pe = apply_rope(k_pe, cos, sin)                          # (B,T,dr): one key for all heads
+    q_pe = rnd(apply_rope(q_pe, cos[:, None, :], sin[:, None, :]))  # (B,T,H,dr)
+    k_pe = rnd(apply_rope(k_pe, cos, sin))                          # (B,T,dr): one key for all heads
     qh = torch.cat([q_nope, q_pe], -1).transpose(1, 2)                                  # (B,H,T,dqk)
     kh = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, dr)], -1).transpose(1, 2)
     vh = v.transpose(1, 2)                                                                # (B,H,T,dv)
     S = (qh @ kh.transpose(-1, -2)) * attn_scale(cfg)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     S = S.masked_fill(~causal, float("-inf"))
-    P = torch.softmax(S, -1)
-    o = (P @ vh).transpose(1, 2).reshape(B, T, H * dv)
+    P = rnd(torch.softmax(S, -1))
+    o = rnd(P @ vh).transpose(1, 2).reshape(B, T, H * dv)
     return lin(o, p[a + ".o_proj.weight"])
 
 
@@ -530,13 +595,33 @@ def _stable_desc_order(v):
     return torch.sort(v, dim=-1, descending=True, stable=True).indices
 
 
+_FORCE = {"queue": None, "decisions": 0, "disagree": 0, "worst_margin": 0.0}
+
+
+class forced_routing:
+    """with forced_routing(choices): route() takes its expert choices from `choices` (an iterable
+    of (N*K,) int arrays, one per MoE layer call, in call order) instead of its own top-k, and
+    records where its own choice differs: how many token decisions, and the largest of its own
+    selection margins among them (a difference at a clear margin is a real disagreement)."""
+
+    def __init__(self, choices):
+        self.it = iter(choices)
+
+    def __enter__(self):
+        _FORCE.update(queue=self.it, decisions=0, disagree=0, worst_margin=0.0)
+        return _FORCE
+
+    def __exit__(self, *a):
+        _FORCE["queue"] = None
+
+
 def route(cfg, p, pre, x):
     """Router of one MoE layer on x (N, C). Returns s (N,E) differentiable scores, chosen (N,K)
     expert ids, w (N,K) gate weights, and the smallest selection margin (how close the discrete
     choices were to flipping; large margins make fp32-vs-fp64 comparisons meaningful)."""
     N = x.shape[0]
     E, K, G = cfg.experts, cfg.topk, cfg.groups
-    logits = lin(x, p[pre + ".mlp.gate.weight"])
+    logits = lin_f32(x, p[pre + ".mlp.gate.weight"])
     if cfg.router == "sigmoid":
         s = torch.sigmoid(logits)
         sel = s.detach() + p[pre + ".mlp.gate.e_score_correction_bias"].detach()
@@ -546,6 +631,7 @@ def route(cfg, p, pre, x):
     else:
         raise ValueError("unknown router " + cfg.router)
     margin = float("inf")
+    tok_margin = torch.full((N,), float("inf"), dtype=torch.float64)  # per token, own choices
     if G > 1:
         g = sel.view(N, G, E // G)
         gscore = torch.sort(g, dim=-1, descending=True).values[..., :2].sum(-1)  # (N, G)
@@ -553,7 +639,9 @@ def route(cfg, p, pre, x):
         keep = order[:, :cfg.topk_groups]
         gsorted = gscore.gather(1, order)
         if cfg.topk_groups < G:
-            margin = min(margin, float((gsorted[:, cfg.topk_groups - 1] - gsorted[:, cfg.topk_groups]).min()))
+            gm = (gsorted[:, cfg.topk_groups - 1] - gsorted[:, cfg.topk_groups]).double()
+            margin = min(margin, float(gm.min()))
+            tok_margin = torch.minimum(tok_margin, gm)
         gmask = torch.zeros(N, G, dtype=torch.bool)
         gmask.scatter_(1, keep, True)
         emask = gmask[:, :, None].expand(N, G, E // G).reshape(N, E)
@@ -566,6 +654,16 @@ def route(cfg, p, pre, x):
         fin = torch.isfinite(b)
         if bool(fin.any()):
             margin = min(margin, float((a[fin] - b[fin]).min()))
+            em = torch.where(fin, a - b, torch.full_like(a, float("inf"))).double()
+            tok_margin = torch.minimum(tok_margin, em)
+    if _FORCE["queue"] is not None:  # follow the engine's choices (16-bit comparisons)
+        forced = torch.as_tensor(next(_FORCE["queue"]), dtype=torch.long).view(N, K)
+        differ = (torch.sort(forced, -1).values != torch.sort(chosen, -1).values).any(-1)
+        _FORCE["decisions"] += N
+        if bool(differ.any()):
+            _FORCE["disagree"] += int(differ.sum())
+            _FORCE["worst_margin"] = max(_FORCE["worst_margin"], float(tok_margin[differ].max()))
+        chosen = forced
     w = s.gather(1, chosen)
     if cfg.norm_topk:
         w = w / w.sum(-1, keepdim=True)
@@ -590,6 +688,7 @@ def moe(cfg, tc, p, pre, x, B, T):
         y = y.index_add(0, rows, out * w[rows, slots][:, None])
     if cfg.shared_experts > 0:
         y = y + swiglu(p, pre + ".mlp.shared_experts", x)
+    y = rnd(y)  # the combine's one rounding of the fp32 sum
     loads = torch.bincount(flat, minlength=E)
     # Balance loss (docs/model.md): f constant, P differentiable.
     probs = s / s.sum(-1, keepdim=True) if cfg.router == "sigmoid" else s
@@ -609,16 +708,16 @@ def moe(cfg, tc, p, pre, x, B, T):
 def block(cfg, tc, p, hf, h, moe_ffn, cos, sin, stats):
     pre = "model.layers.%d" % hf
     B, T, C = h.shape
-    h = h + mla(cfg, p, pre, rmsnorm(h, p[pre + ".input_layernorm.weight"], cfg.rms_eps), cos, sin)
+    h = rnd(h + mla(cfg, p, pre, rmsnorm(h, p[pre + ".input_layernorm.weight"], cfg.rms_eps), cos, sin))
     xn = rmsnorm(h, p[pre + ".post_attention_layernorm.weight"], cfg.rms_eps)
     if moe_ffn:
         y, bal, loads, margin = moe(cfg, tc, p, pre, xn.reshape(B * T, C), B, T)
         stats["balance"].append(bal)
         stats["loads"][hf] = loads
         stats["margin"] = min(stats["margin"], margin)
-        h = h + y.view(B, T, C)
+        h = rnd(h + y.view(B, T, C))
     else:
-        h = h + swiglu(p, pre + ".mlp", xn)
+        h = rnd(h + swiglu(p, pre + ".mlp", xn))
     return h
 
 
@@ -626,11 +725,16 @@ def forward(cfg, tc, params, tokens):
     """tokens: (B, T+1) int64 (a batch row holds T+1 tokens). Returns a dict:
     logits (B*T, V), mtp_logits [D x (B*T, V)], loss_main, mtp_loss, balance_loss, total (tensors),
     loads {hf layer: (E,) int64}, margin (float)."""
+    with precision_scope(tc):
+        return _forward(cfg, tc, _Weights(params), tokens)
+
+
+def _forward(cfg, tc, params, tokens):
     p = params
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     B, T1 = tokens.shape
     T = T1 - 1
-    dtype = p["lm_head.weight"].dtype
+    dtype = p.p["lm_head.weight"].dtype
     x, y = tokens[:, :T], tokens[:, 1:]
     cos, sin = rope_tables(cfg, T, dtype)
     stats = {"balance": [], "loads": {}, "margin": float("inf")}
@@ -638,7 +742,7 @@ def forward(cfg, tc, params, tokens):
     h = emb[x]
     for l in range(cfg.layers):
         h = block(cfg, tc, p, l, h, cfg.is_moe_layer(l), cos, sin, stats)
-    logits = lin(rmsnorm(h, p["model.norm.weight"], cfg.rms_eps), p["lm_head.weight"])
+    logits = lin_f32(rmsnorm(h, p["model.norm.weight"], cfg.rms_eps), p["lm_head.weight"])
     V = logits.shape[-1]
     loss_main = F.cross_entropy(logits.reshape(B * T, V), y.reshape(B * T))
     mtp_logits = []
@@ -655,7 +759,7 @@ def forward(cfg, tc, params, tokens):
                             rmsnorm(hk, p[pre + ".hnorm.weight"], cfg.rms_eps)], -1),
                  p[pre + ".eh_proj.weight"])
         hk = block(cfg, tc, p, hf, hp, cfg.experts > 0, cos, sin, stats)
-        lk = lin(rmsnorm(hk, p[pre + ".shared_head.norm.weight"], cfg.rms_eps), p["lm_head.weight"])
+        lk = lin_f32(rmsnorm(hk, p[pre + ".shared_head.norm.weight"], cfg.rms_eps), p["lm_head.weight"])
         mtp_logits.append(lk.reshape(B * T, V))
         tgt_idx = t_idx + k + 1                                    # target_k(t) = x[t+k+1] if <= T
         valid = tgt_idx <= T

@@ -2,6 +2,10 @@
 // (tests/python/test_reference.py): imports an HF directory, dumps logits and every gradient of
 // the first micro-batch, then trains `steps` steps and dumps the metrics and final weights.
 //   reftool --hf DIR --tokens FILE --batch B --seq T --steps S --out DIR [--key value ...]
+// OUT/routing.bin: the experts every MoE layer chose (N*K int32 per layer, main layers then MTP
+// blocks) in every forward pass: the first micro-batch at the initial weights, then each step's
+// micro-batches. The 16-bit comparisons let the oracle follow these choices (near-ties may
+// break differently under rounding; the oracle checks that every disagreement is one).
 // Extra keys: any setting of the losses, training, optimizer, schedule or precision groups
 // (mtp_weight, balance_alpha, lr, precision, ...). Gradients are written as the true gradient
 // (divided by the fp16 loss scale), the final weights as the fp32 master weights.
@@ -32,6 +36,19 @@ void write_tensors(const std::string& path, const ParamTable& t, const float* ba
   for (const auto& p : t.list)
     if (!trainable_only || p.trainable()) list.push_back({p.name, p.shape, base + p.offset});
   write_safetensors(path, list, DType::F32);
+}
+// Appends the expert choices of the workspace's last forward pass to f.
+void dump_routing(std::FILE* f, const Workspace& ws, const ModelConfig& c, Dims d) {
+  const size_t NK = size_t(d.N()) * c.topk;
+  std::vector<int32_t> idx(NK);
+  auto put = [&](const Tensor& t) {
+    backend::copy(Exec{}, host_tensor(idx), t.slice(0, NK));
+    DSV3_CHECK(std::fwrite(idx.data(), sizeof(int32_t), NK, f) == NK, "short write routing.bin");
+  };
+  for (int l = 0; l < c.layers; l++)
+    if (c.is_moe_layer(l)) put(const_cast<Workspace&>(ws).block_acts(l).moe.idx);
+  if (c.experts > 0)
+    for (int k = 0; k < c.mtp_depth; k++) put(ws.mtp[k].blk.moe.idx);
 }
 }  // namespace
 
@@ -78,6 +95,10 @@ int main(int argc, char** argv) try {
   fo.logits = logits.data();
   fo.mtp_logits = mtp.empty() ? nullptr : mtp.data();
   const LossReport init = forward(weights, ws, spec.loss, {d, tokens.data()}, fo);
+  DSV3_CHECK(rc.recompute == Recompute::None, "reftool reads each layer's routing: recompute none");
+  std::FILE* routing = std::fopen((out + "/routing.bin").c_str(), "wb");
+  DSV3_CHECK(routing, "cannot write ", out, "/routing.bin");
+  dump_routing(routing, ws, c, d);
   write_raw(out + "/logits.bin", logits.data(), logits.size());
   if (!mtp.empty()) write_raw(out + "/mtp_logits.bin", mtp.data(), mtp.size());
   st.zero_grads();
@@ -96,12 +117,15 @@ int main(int argc, char** argv) try {
   j["steps"] = nlohmann::json::array();
   for (int64_t step = 0; step < rc.steps; step++) {
     const StepResult r = train_step(st, ws, spec.loss, s, step, [&](int a) {
+      if (a > 0) dump_routing(routing, ws, c, d);  // micro-batch a-1's choices
       return MicroBatch{d, tokens.data() + chunk * (size_t(step) * rc.grad_accum + a)};
     });
+    dump_routing(routing, ws, c, d);
     j["steps"].push_back({{"step", step}, {"loss", r.loss.loss}, {"mtp_loss", r.loss.mtp_loss},
                           {"balance_loss", r.loss.balance_loss}, {"grad_norm", r.grad_norm},
                           {"lr", r.lr}, {"applied", r.applied}, {"loss_scale", r.loss_scale}});
   }
+  DSV3_CHECK(std::fclose(routing) == 0, "cannot write ", out, "/routing.bin");
   std::ofstream(out + "/metrics.json") << j.dump(1) << "\n";
   const std::vector<float> fin = st.master_host();
   write_tensors(out + "/final.safetensors", weights.table(), fin.data(), false);
