@@ -67,9 +67,9 @@ ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& l) 
 
 void require_single_process(const char* what) {
   const int n = world().size();
-  DSV3_CHECK(n == 1, "dsv3 ", what, " under mpirun (", n,
-             " processes) needs parallel flags (--dp/--ep), which arrive with distributed "
-             "training; run it as one process");
+  DSV3_CHECK(n == 1, "dsv3 ", what, " was started as ", n, " processes (mpirun/srun), but "
+             "distributed training (--dp/--ep) is not implemented yet: each process would train "
+             "its own copy into one run directory. Run it as one process");
 }
 
 }  // namespace dsv3::dist

@@ -1,6 +1,7 @@
 // End-to-end behaviour of `dsv3 train / eval / sample / export / import / info` through the
 // real command: determinism, exact resume, recomputation, accumulation, the HF round trip, the
 // calculator, and one clear error for each kind of bad input.
+#include <cmath>
 #include <filesystem>
 
 #include "cli_util.h"
@@ -52,14 +53,114 @@ TEST(Train, ExactResume) {
   EXPECT_NE(r.out.find("changes the model"), std::string::npos) << r.out;
 }
 
+TEST(Train, ExactResumeInEveryPrecision) {
+  auto d = temp_dir("resume_prec");
+  for (const char* prec : {"bf16", "fp16"}) {
+    const std::string p = std::string(" --precision ") + prec + " ";
+    const auto straight = d / (std::string("straight_") + prec), resumed = d / (std::string("resumed_") + prec);
+    auto r = run_cli("train " + kSmall + p + "--steps 16 --save_every 8 --keep 5 --out " + straight.string());
+    ASSERT_EQ(r.code, 0) << r.out;
+    fs::create_directories(resumed);
+    fs::copy_file(straight / "ckpt_00000008.dsv3", resumed / "ckpt_00000008.dsv3");
+    r = run_cli("train --resume " + resumed.string() + " --out " + resumed.string());
+    ASSERT_EQ(r.code, 0) << r.out;
+    auto a = losses(straight), b = losses(resumed);
+    ASSERT_EQ(a.size(), 16u);
+    ASSERT_EQ(b.size(), 8u);
+    for (int i = 0; i < 8; i++) EXPECT_EQ(a[8 + i], b[i]) << prec << " step " << 9 + i;
+    if (std::string(prec) == "fp16") {  // the loss scaler's state travels with the checkpoint
+      auto ra = read_metrics(straight / "metrics.jsonl", "train");
+      auto rb = read_metrics(resumed / "metrics.jsonl", "train");
+      EXPECT_EQ(ra.back()["loss_scale"], rb.back()["loss_scale"]);
+    }
+  }
+}
+
+TEST(Train, CheckpointsArePrecisionIndependent) {
+  // a bf16 run resumes as fp32 and back; the master weights are fp32 in the file either way
+  auto d = temp_dir("cross_prec");
+  auto r = run_cli("train " + kSmall + "--precision bf16 --steps 8 --save_every 4 --keep 5 --out " +
+                   (d / "a").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_cli("train --resume " + (d / "a" / "ckpt_00000004.dsv3").string() +
+              " --precision fp32 --out " + (d / "b").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto a = losses(d / "a"), b = losses(d / "b");
+  ASSERT_EQ(b.size(), 4u);
+  for (int i = 0; i < 4; i++) EXPECT_NEAR(b[i], a[4 + i], 0.02 * a[4 + i]) << "step " << 5 + i;
+  r = run_cli("train --resume " + (d / "b").string() + " --precision bf16 --steps 10 --out " +
+              (d / "b").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(losses(d / "b").size(), 6u);
+}
+
 TEST(Train, RecomputeGivesIdenticalLosses) {
   auto d = temp_dir("recompute");
-  for (const char* mode : {"none", "block"}) {
+  for (const char* mode : {"none", "selective", "block"}) {
     auto r = run_cli("train " + kSmall + "--steps 5 --recompute " + mode + " --out " +
                      (d / mode).string());
     ASSERT_EQ(r.code, 0) << r.out;
   }
   EXPECT_EQ(losses(d / "none"), losses(d / "block"));
+  EXPECT_EQ(losses(d / "none"), losses(d / "selective"));
+}
+
+TEST(Guard, NanStepIsSkippedAndLogged) {
+  auto d = temp_dir("guard_nan");
+  auto r = run_cli("train " + kSmall + "--steps 10 --inject_fault nan@4 --out " + d.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto train = read_metrics(d / "metrics.jsonl", "train");
+  ASSERT_EQ(train.size(), 10u);
+  for (const auto& j : train) {
+    const bool bad = j["step"] == 4;
+    EXPECT_EQ(j.contains("skipped"), bad) << j.dump();
+    if (bad) EXPECT_EQ(j["skipped"], "non-finite loss");
+  }
+  EXPECT_NE(r.out.find("step 4 skipped: non-finite loss"), std::string::npos) << r.out;
+  EXPECT_TRUE(std::isfinite(train.back()["loss"].get<double>()));
+  // without the guard the same fault stops the run with a message
+  r = run_cli("train " + kSmall + "--steps 10 --guard false --inject_fault nan@4 --out " +
+              (d / "off").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("training diverged"), std::string::npos) << r.out;
+}
+
+TEST(Guard, RepeatedBadStepsRollBackToTheLastCheckpointAndTheRunCompletes) {
+  auto d = temp_dir("guard_rollback");
+  // attempts 7, 8, 9 fail: three in a row -> back to the checkpoint of step 6; the replayed steps
+  // 7.. then read the batches after the offending ones and the run completes all 12 steps
+  auto r = run_cli("train " + kSmall + "--steps 12 --save_every 3 --keep 5 --max_bad_steps 3 "
+                   "--inject_fault nan@7,8,9 --out " + d.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto rb = read_metrics(d / "metrics.jsonl", "rollback");
+  ASSERT_EQ(rb.size(), 1u);
+  EXPECT_EQ(rb[0]["step"], 9);
+  EXPECT_EQ(rb[0]["to_step"], 6);
+  auto train = read_metrics(d / "metrics.jsonl", "train");
+  ASSERT_EQ(train.size(), 15u);  // 9 attempts, then steps 7..12 again
+  EXPECT_EQ(train.back()["step"], 12);
+  EXPECT_FALSE(train.back().contains("skipped"));
+  EXPECT_TRUE(fs::exists(d / "ckpt_00000012.dsv3"));
+  // with nothing to roll back to, the run stops and says so
+  r = run_cli("train " + kSmall + "--steps 12 --save_every 0 --inject_fault nan@2,3,4 --out " +
+              (d / "none").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("no checkpoint to roll back to"), std::string::npos) << r.out;
+}
+
+TEST(Guard, LossSpikeIsSkipped) {
+  auto d = temp_dir("guard_spike");
+  auto r = run_cli("train " + kSmall + "--steps 30 --spike_zscore 6 --spike_window 20 "
+                   "--inject_fault spike@25 --out " + d.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  int skipped = 0;
+  for (const auto& j : read_metrics(d / "metrics.jsonl", "train"))
+    if (j.contains("skipped")) {
+      skipped++;
+      EXPECT_EQ(j["step"], 25);
+      EXPECT_NE(j["skipped"].get<std::string>().find("loss spike"), std::string::npos);
+    }
+  EXPECT_EQ(skipped, 1);
 }
 
 TEST(Train, GradAccumulationMatchesLargeBatch) {
@@ -102,9 +203,15 @@ TEST(Train, MetricsAndCheckpointsKeepLastN) {
   auto train = read_metrics(d / "metrics.jsonl", "train");
   ASSERT_EQ(train.size(), 6u);
   for (const char* key : {"loss", "mtp_loss", "balance_loss", "grad_norm", "lr", "tokens_per_s",
-                          "mfu", "expert_load"})
+                          "mfu", "expert_load", "peak_rss_bytes", "peak_alloc_bytes"})
     EXPECT_TRUE(train[0].contains(key)) << key;
   EXPECT_EQ(train[0]["expert_load"].size(), 2u);  // layer 1 and the MTP block
+  for (const auto& l : train[0]["expert_load"]) {  // O1: load detail and router entropy
+    EXPECT_GE(l["max_over_mean"].get<double>(), 1.0);
+    EXPECT_LE(l["min_over_mean"].get<double>(), 1.0);
+    EXPECT_GE(l["cv"].get<double>(), 0.0);
+    EXPECT_GT(l["router_entropy"].get<double>(), 0.0);
+  }
   EXPECT_EQ(read_metrics(d / "metrics.jsonl", "eval").size(), 2u);
   EXPECT_NE(r.out.find("ETA"), std::string::npos);
 }
@@ -206,6 +313,22 @@ TEST(BadInput, ClearMessageAndNonZeroExit) {
       {"export --model " + ck + " --format gguf --out " + d.string(), "unknown --format 'gguf'"},
       {"train --preset debug --batch 4 --seq_len 32 --train_data " + (d / "text.dsv3").string(),
        "text.dsv3"},
+      // flags that do not apply to the run are refused, naming what they need
+      {"train --mix a:1", "--mix does not apply to this run: it needs prepared data"},
+      {"train --fim_rate 0.2", "--fim_rate does not apply"},
+      {"train --window_overlap 8", "--window_overlap does not apply"},
+      {"train --val_data x.bin", "--val_data does not apply"},
+      {"train --precision bf16 --loss_scale 1024", "--loss_scale does not apply to this run: it needs --precision fp16"},
+      {"train --decay_frac 0.3", "--decay_frac does not apply to this run: it needs --schedule wsd"},
+      {"train --seq_warmup_start 32", "--seq_warmup_start does not apply"},
+      {"train --preset debug --experts 0 --dense_layers 2 --balance_alpha 0.01", "--balance_alpha does not apply"},
+      {"train --spike_window 10", "--spike_window does not apply"},
+      {"train --precision bf17", "unknown precision 'bf17'"},
+      {"train --recompute some", "unknown recompute mode 'some'"},
+      {"train --loss_scale 1000 --precision fp16", "loss_scale must be a power of two"},
+      {"train --inject_fault nan@x", "inject_fault"},
+      {"train --dp 2", "distributed training"},
+      {"eval --model " + ck + " --data " + (d / "tok.bin").string() + " --loss_scale 8", "training setting"},
   };
   for (const auto& c : cases) {
     auto res = run_cli(c.args);

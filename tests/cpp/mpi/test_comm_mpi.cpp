@@ -438,8 +438,9 @@ TEST(CommGroups, EveryParallelLayoutOfTheWorld) {
 
 TEST(CommGroups, RequireSingleProcessRefusesManyRanks) {
   const std::string e = error_of([] { dist::require_single_process("train"); });
-  EXPECT_TRUE(has(e, "dsv3 train under mpirun (" + std::to_string(W().size()) +
-                         " processes) needs parallel flags (--dp/--ep)")) << e;
+  EXPECT_TRUE(has(e, "dsv3 train was started as " + std::to_string(W().size()) +
+                         " processes (mpirun/srun), but distributed training (--dp/--ep) is not "
+                         "implemented yet")) << e;
 }
 
 // --- errors ---------------------------------------------------------------------------------------
