@@ -11,6 +11,7 @@
 #include "checkpoint/hf.h"
 #include "core/check.h"
 #include "core/io.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "data/token_file.h"
@@ -193,11 +194,13 @@ namespace {
 struct BenchOptions {
   int warmup_steps = 2;
   int timed_steps = 5;
+  bool profile = false;
 };
 const std::vector<FieldSpec>& bench_fields() {
   static const std::vector<FieldSpec> f = {
       field("warmup_steps", &BenchOptions::warmup_steps, "untimed steps first"),
       field("timed_steps", &BenchOptions::timed_steps, "timed steps"),
+      field("profile", &BenchOptions::profile, "print the time of every op over the timed steps"),
   };
   return f;
 }
@@ -251,14 +254,22 @@ int cmd_bench(int argc, char** argv) {
   const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, bo.warmup_steps + bo.timed_steps,
                                         spec.loss);
   auto micro = [&](int i) { return MicroBatch{d, tokens.data() + size_t(i) * d.B * (d.T + 1)}; };
+  const double peak32 = cpu::measure_gemm_peak_gflops(DType::F32);
+  const double peak16 = cpu::measure_gemm_peak_gflops(DType::BF16);
   for (int i = 0; i < bo.warmup_steps; i++) train_step(st, ws, spec.loss, ss, i, micro);
+  if (bo.profile) {
+    profile::reset();
+    profile::enable(true);
+  }
   const double t0 = now_seconds();
   double loss = 0;
   for (int i = 0; i < bo.timed_steps; i++)
     loss = train_step(st, ws, spec.loss, ss, bo.warmup_steps + i, micro).loss.loss;
   const double dt_step = (now_seconds() - t0) / bo.timed_steps;
-  const double peak32 = cpu::measure_gemm_peak_gflops(DType::F32);
-  const double peak16 = cpu::measure_gemm_peak_gflops(DType::BF16);
+  if (bo.profile) {
+    profile::enable(false);
+    std::fprintf(stderr, "%s", profile::report(dt_step * bo.timed_steps).c_str());
+  }
   const double peak = rc.peak_gflops > 0 ? rc.peak_gflops : (dt == DType::BF16 ? peak16 : peak32);
   const ModelStats s = model_stats(c, d.T);
   const double tps = double(d.N()) * rc.grad_accum / dt_step;

@@ -39,10 +39,8 @@ void ffn_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tens
   const int D = w.inter;
   if (rows == 0) return;
   const Tensor dact = s.dact.slice(0, size_t(rows) * D), dh13 = s.dh13.slice(0, size_t(rows) * 2 * D);
-  backend::zero(ex, dact);
-  linear_backward(ex, dact, g.w2, dy, a.act, w.w2, rows, D, C);
-  backend::zero(ex, dh13);
-  swiglu_backward(ex, dh13, dact, a.h13, rows, D);
+  linear_backward(ex, dact, g.w2, dy, a.act, w.w2, rows, D, C, Write::Overwrite);
+  swiglu_backward(ex, dh13, dact, a.h13, rows, D, Write::Overwrite);
   linear_backward(ex, dx, g.w13, dh13, x, w.w13, rows, C, 2 * D);
 }
 

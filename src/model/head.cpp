@@ -29,8 +29,7 @@ void head_forward_backward(const Exec& ex, const ModelConfig& c, const Tensor& h
                            bool backward) {
   const int N = d.N(), C = c.hidden, V = c.vocab;
   rmsnorm_forward(ex, a.xn, a.rstd, io.x, io.norm_w, {N, C, C, C}, float(c.rms_eps));
-  const Tensor dxn = backward ? a.dxn.slice(0, size_t(N) * C) : Tensor{};
-  if (backward) backend::zero(ex, dxn);
+  const Tensor dxn = backward ? a.dxn.slice(0, size_t(N) * C) : Tensor{};  // chunks write their rows
   for (int r0 = 0; r0 < N; r0 += kHeadChunk) {
     const int rows = std::min(kHeadChunk, N - r0);
     const Tensor lg = a.logits.slice(0, size_t(rows) * V);
@@ -48,10 +47,11 @@ void head_forward_backward(const Exec& ex, const ModelConfig& c, const Tensor& h
       }
     }
     if (!backward) continue;
-    cross_entropy_backward(ex, lg, lg, tg, io.row_scale.slice(r0, rows), rows, V);
-    const Tensor dl = as_dtype(ex, lg, xn.dtype, a.dlogits_t);
+    // the logits' gradient in the dtype of the head GEMMs' operands (in place when that is fp32)
+    const Tensor dl = xn.dtype == lg.dtype ? lg : a.dlogits_t.slice(0, lg.numel);
+    cross_entropy_backward(ex, dl, lg, tg, io.row_scale.slice(r0, rows), rows, V);
     linear_backward(ex, dxn.slice(size_t(r0) * C, size_t(rows) * C), head_g, dl, xn, head_w, rows,
-                    C, V);
+                    C, V, Write::Overwrite);
   }
   if (backward)
     rmsnorm_backward(ex, io.dx, io.norm_g, dxn, io.x, io.norm_w, a.rstd, {N, C, C, C});

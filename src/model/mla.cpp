@@ -117,8 +117,7 @@ void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Te
   const int N = d.N(), C = c.hidden, H = c.heads, kvw = c.kv_lora + c.qk_rope;
   const int kvbw = c.qk_nope + c.v_head;
   const Tensor dao = s.dao.slice(0, rows(d, H * c.v_head));
-  backend::zero(ex, dao);
-  linear_backward(ex, dao, g.o, dout, a.ao, w.o, N, H * c.v_head, C);
+  linear_backward(ex, dao, g.o, dout, a.ao, w.o, N, H * c.v_head, C, Write::Overwrite);
   const Tensor dq = s.dq.slice(0, rows(d, c.q_dim())), dk = s.dk.slice(0, rows(d, c.q_dim()));
   const Tensor dv = s.dv.slice(0, rows(d, H * c.v_head));
   backend::zero(ex, dq);
@@ -131,16 +130,14 @@ void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Te
   rope_backward(ex, s.dkv, rope.cos, rope.sin, k_rope_layout(c, d));
   // latent path: kvb = kv_b(rmsnorm(c_kv))
   const Tensor dckvn = s.dckvn.slice(0, rows(d, c.kv_lora));
-  backend::zero(ex, dckvn);
-  linear_backward(ex, dckvn, g.kv_b, s.dkvb, a.ckvn, w.kv_b, N, c.kv_lora, H * kvbw);
+  linear_backward(ex, dckvn, g.kv_b, s.dkvb, a.ckvn, w.kv_b, N, c.kv_lora, H * kvbw, Write::Overwrite);
   rmsnorm_backward(ex, s.dkv, g.kv_a_norm, dckvn, a.kv, w.kv_a_norm, a.kv_rstd,
                    {N, c.kv_lora, kvw, c.kv_lora});
   linear_backward(ex, dx, g.kv_a, s.dkv, x, w.kv_a, N, C, kvw);
   // query path
   if (c.q_lora > 0) {
     const Tensor dqan = s.dqan.slice(0, rows(d, c.q_lora)), dqa = s.dqa.slice(0, rows(d, c.q_lora));
-    backend::zero(ex, dqan);
-    linear_backward(ex, dqan, g.q_b, dq, a.qan, w.q_b, N, c.q_lora, c.q_dim());
+    linear_backward(ex, dqan, g.q_b, dq, a.qan, w.q_b, N, c.q_lora, c.q_dim(), Write::Overwrite);
     backend::zero(ex, dqa);
     rmsnorm_backward(ex, dqa, g.q_a_norm, dqan, a.qa, w.q_a_norm, a.qa_rstd,
                      {N, c.q_lora, c.q_lora, c.q_lora});

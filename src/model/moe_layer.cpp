@@ -111,15 +111,12 @@ void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tens
     ffn_backward(ex, dx, dy, x, w.shared, g.shared, a.shared, shared_scratch, N, C);
   moe_combine_backward(ex, s.doutp, s.dgates, dy, a.outp, a.gates, a.slot_of, N, K, C);
   const Tensor dact = s.expert.dact.slice(0, NK * D), dh13 = s.expert.dh13.slice(0, NK * 2 * D);
-  backend::zero(ex, dact);
   grouped_linear_backward(ex, dact, g.experts_w2, s.doutp, a.expert.act, w.experts_w2, a.offsets,
-                          down_shape(w, c));
-  backend::zero(ex, dh13);
-  swiglu_backward(ex, dh13, dact, a.expert.h13, N * K, D);
+                          down_shape(w, c), Write::Overwrite);
+  swiglu_backward(ex, dh13, dact, a.expert.h13, N * K, D, Write::Overwrite);
   const Tensor dxp = s.dxp.slice(0, NK * C);
-  backend::zero(ex, dxp);
   grouped_linear_backward(ex, dxp, g.experts_w13, dh13, a.xp, w.experts_w13, a.offsets,
-                          up_shape(w, c));
+                          up_shape(w, c), Write::Overwrite);
   moe_scatter_add(ex, dx, dxp, a.slot_of, N, K, C);
   const Tensor dlogits = s.dlogits.slice(0, size_t(N) * E);
   backend::zero(ex, dlogits);

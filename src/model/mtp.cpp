@@ -53,8 +53,7 @@ void mtp_backward(const BlockCtx& k, const MtpParams& w, const MtpParams& g, con
   const size_t NC = size_t(N) * C;
   block_backward(k, m.dres, m.hin, w.block, g.block, m.blk, bs, dbalance);
   const Tensor dcat = s.dcat.slice(0, 2 * NC), de = s.de.slice(0, NC);
-  backend::zero(k.ex, dcat);
-  linear_backward(k.ex, dcat, g.eh_proj, m.dres, m.cat, w.eh_proj, N, 2 * C, C);
+  linear_backward(k.ex, dcat, g.eh_proj, m.dres, m.cat, w.eh_proj, N, 2 * C, C, Write::Overwrite);
   backend::zero(k.ex, de);
   rmsnorm_backward(k.ex, de, g.enorm, dcat, m.e, w.enorm, m.e_rstd, {N, C, C, 2 * C});
   embedding_backward(k.ex, io.embed_g, de, m.tok, N, C);

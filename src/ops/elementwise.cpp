@@ -2,6 +2,7 @@
 
 #include <cstddef>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -36,6 +37,7 @@ void scale(T* x, accum_t<T> s, size_t n) {
 
 void add_inplace(const Exec& ex, const Tensor& y, const Tensor& x) {
   const char* op = "add_inplace";
+  profile::Scope prof(op);
   check_device(ex, op, {{"y", y}, {"x", x}});
   check_arg(op, "x", x, y.dtype, y.numel);
   if (ex.device != Device::CPU) no_kernel(ex, op);
@@ -44,6 +46,7 @@ void add_inplace(const Exec& ex, const Tensor& y, const Tensor& x) {
 
 void convert(const Exec& ex, const Tensor& dst, const Tensor& src) {
   const char* op = "convert";
+  profile::Scope prof(op);
   check_device(ex, op, {{"dst", dst}, {"src", src}});
   check_arg(op, "src", src, src.dtype, dst.numel);
   if (src.dtype == dst.dtype) return backend::copy(ex, dst, src.slice(0, dst.numel));
@@ -57,6 +60,7 @@ void convert(const Exec& ex, const Tensor& dst, const Tensor& src) {
 
 void scale_inplace(const Exec& ex, const Tensor& x, double s) {
   const char* op = "scale_inplace";
+  profile::Scope prof(op);
   check_device(ex, op, {{"x", x}});
   if (ex.device != Device::CPU) no_kernel(ex, op);
   dispatch_float(x.dtype, op, [&]<typename T>() {

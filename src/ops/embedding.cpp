@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -52,6 +53,7 @@ DSV3_EMBEDDING_INSTANTIATE(f16_t)
 void embedding_forward(const Exec& ex, const Tensor& out, const Tensor& ids, const Tensor& table,
                        int N, int C) {
   const char* op = "embedding_forward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"out", out}, {"ids", ids}, {"table", table}});
   check_arg(op, "out", out, table.dtype, size_t(N) * C);
   check_arg(op, "ids", ids, DType::I32, size_t(N));
@@ -64,6 +66,7 @@ void embedding_forward(const Exec& ex, const Tensor& out, const Tensor& ids, con
 void embedding_backward(const Exec& ex, const Tensor& dtable, const Tensor& dout,
                         const Tensor& ids, int N, int C) {
   const char* op = "embedding_backward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"dtable", dtable}, {"dout", dout}, {"ids", ids}});
   check_arg(op, "dout", dout, dout.dtype, size_t(N) * C);
   check_arg(op, "dtable", dtable, accum_dtype(dout.dtype), size_t(C));

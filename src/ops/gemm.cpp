@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 #include "ops/gemm_cpu.h"
 
@@ -17,8 +18,9 @@ void check_out_dtype(const char* op, const Tensor& y, DType t) {
 }  // namespace
 
 void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w, int N,
-                    int in, int out, bool accumulate) {
+                    int in, int out, Write mode) {
   const char* op = "linear_forward";
+  profile::Scope prof(op, 2.0 * N * in * out);
   check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}});
   check_arg(op, "x", x, x.dtype, size_t(N) * in);
   check_arg(op, "w", w, x.dtype, size_t(out) * in);
@@ -26,13 +28,14 @@ void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tens
   check_arg(op, "y", y, y.dtype, size_t(N) * out);
   if (ex.device != Device::CPU) no_kernel(ex, op);
   if (N == 0) return;
-  cpu::gemm(false, true, N, out, in, 1.0f, x.data, in, w.data, in, accumulate ? 1.0f : 0.0f, y.data,
+  cpu::gemm(false, true, N, out, in, 1.0f, x.data, in, w.data, in, mode == Write::Accumulate ? 1.0f : 0.0f, y.data,
             out, x.dtype, y.dtype);
 }
 
 void linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
-                     const Tensor& x, const Tensor& w, int N, int in, int out) {
+                     const Tensor& x, const Tensor& w, int N, int in, int out, Write dx_mode) {
   const char* op = "linear_backward";
+  profile::Scope prof(op, 2.0 * N * in * out * ((dx ? 1 : 0) + (dw ? 1 : 0)));
   check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dy", dy}, {"x", x}, {"w", w}});
   const DType t = dy.dtype;
   check_arg(op, "dy", dy, t, size_t(N) * out);
@@ -42,7 +45,9 @@ void linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const T
   check_opt(op, "dw", dw, accum_dtype(t), size_t(out) * in);
   if (ex.device != Device::CPU) no_kernel(ex, op);
   if (N == 0) return;
-  if (dx) cpu::gemm(false, false, N, in, out, 1.0f, dy.data, out, w.data, in, 1.0f, dx.data, in, t, t);
+  if (dx)
+    cpu::gemm(false, false, N, in, out, 1.0f, dy.data, out, w.data, in,
+              dx_mode == Write::Accumulate ? 1.0f : 0.0f, dx.data, in, t, t);
   if (dw)
     cpu::gemm(true, false, out, in, N, 1.0f, dy.data, out, x.data, in, 1.0f, dw.data, in, t,
               dw.dtype);
@@ -63,6 +68,7 @@ void check_offsets(const char* op, const Tensor& offsets, int E, size_t rows_x) 
 void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w,
                             const Tensor& offsets, GroupedShape s) {
   const char* op = "grouped_linear_forward";
+  profile::Scope prof(op, profile::enabled() && offsets ? 2.0 * offsets.as<int32_t>()[s.E] * s.in * s.out : 0);
   check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}, {"offsets", offsets}});
   if (ex.device != Device::CPU) no_kernel(ex, op);
   const DType t = x.dtype;
@@ -85,8 +91,11 @@ void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, co
 
 void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
                              const Tensor& x, const Tensor& w, const Tensor& offsets,
-                             GroupedShape s) {
+                             GroupedShape s, Write dx_mode) {
   const char* op = "grouped_linear_backward";
+  profile::Scope prof(op, profile::enabled() && offsets
+                              ? 2.0 * offsets.as<int32_t>()[s.E] * s.in * s.out * ((dx ? 1 : 0) + (dw ? 1 : 0))
+                              : 0);
   check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dy", dy}, {"x", x}, {"w", w}, {"offsets", offsets}});
   if (ex.device != Device::CPU) no_kernel(ex, op);
   const DType t = dy.dtype;
@@ -111,7 +120,8 @@ void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw,
       calls.push_back({r, s.in, s.out, at(dy, size_t(o[e]) * s.out, es), s.out,
                        at(w, e * s.w_stride, es), s.in, at(dx, size_t(o[e]) * s.in, es), s.in});
     }
-    cpu::gemm_batch(false, false, 1.0f, 1.0f, calls.data(), int(calls.size()), t, t);
+    cpu::gemm_batch(false, false, 1.0f, dx_mode == Write::Accumulate ? 1.0f : 0.0f, calls.data(),
+                    int(calls.size()), t, t);
   }
   if (dw) {
     calls.clear();

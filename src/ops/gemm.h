@@ -7,15 +7,18 @@
 #include <cstddef>
 
 #include "backend/backend.h"
+#include "ops/write.h"
 
 namespace dsv3 {
 
-// y(N,out) = x(N,in) w^T, overwriting y (accumulate=false) or adding to it.
+// y(N,out) = x(N,in) w^T, overwriting y or adding to it.
 void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w, int N,
-                    int in, int out, bool accumulate = false);
-// dx(N,in) += dy w;  dw(out,in) += dy^T x.  Either of dx / dw may be empty to skip it.
+                    int in, int out, Write mode = Write::Overwrite);
+// dx(N,in) += dy w (or = with dx_mode Overwrite);  dw(out,in) += dy^T x.  Either of dx / dw
+// may be empty to skip it.
 void linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
-                     const Tensor& x, const Tensor& w, int N, int in, int out);
+                     const Tensor& x, const Tensor& w, int N, int in, int out,
+                     Write dx_mode = Write::Accumulate);
 
 // Grouped linear: the MoE experts in one call (one launch for all experts on a GPU). Rows are
 // sorted by expert: rows offsets[e]..offsets[e+1] of x and y belong to expert e, whose weight
@@ -29,9 +32,10 @@ struct GroupedShape {
 // y = x w_e^T per expert (overwrites).
 void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w,
                             const Tensor& offsets, GroupedShape s);
-// dx += dy w_e; dw_e += dy^T x (dw laid out like w, accumulation dtype). Either may be empty.
+// dx += dy w_e (or = with dx_mode Overwrite); dw_e += dy^T x (dw laid out like w, accumulation
+// dtype). Either may be empty.
 void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dy,
                              const Tensor& x, const Tensor& w, const Tensor& offsets,
-                             GroupedShape s);
+                             GroupedShape s, Write dx_mode = Write::Accumulate);
 
 }  // namespace dsv3

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <vector>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -69,6 +70,7 @@ void check_kv(const char* op, const Tensor& kvb, const Tensor& kv, const Tensor&
 void mla_kv_expand_forward(const Exec& ex, const Tensor& k, const Tensor& v, const Tensor& kvb,
                            const Tensor& kv, MlaKvShape s) {
   const char* op = "mla_kv_expand_forward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"k", k}, {"v", v}, {"kvb", kvb}, {"kv", kv}});
   check_kv(op, kvb, kv, k, v, s);
   if (ex.device != Device::CPU) no_kernel(ex, op);
@@ -80,6 +82,7 @@ void mla_kv_expand_forward(const Exec& ex, const Tensor& k, const Tensor& v, con
 void mla_kv_expand_backward(const Exec& ex, const Tensor& dkvb, const Tensor& dkv,
                             const Tensor& dk, const Tensor& dv, MlaKvShape s) {
   const char* op = "mla_kv_expand_backward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"dkvb", dkvb}, {"dkv", dkv}, {"dk", dk}, {"dv", dv}});
   check_kv(op, dkvb, dkv, dk, dv, s);
   if (ex.device != Device::CPU) no_kernel(ex, op);

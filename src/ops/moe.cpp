@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -211,11 +212,10 @@ void moe_combine_backward(T* doutp, accum_t<T>* dgates, const T* dy, const T* ou
       const T* o = outp + slot * C;
       T* dop = doutp + slot * C;
       A dot = 0;
-      for (int c = 0; c < C; c++) {
-        const A dc = load(d[c]);
-        dot += dc * load(o[c]);
-        dop[c] = store<T>(g * dc);
-      }
+#pragma omp simd reduction(+ : dot)
+      for (int c = 0; c < C; c++) dot += load(d[c]) * load(o[c]);
+#pragma omp simd
+      for (int c = 0; c < C; c++) dop[c] = store<T>(g * load(d[c]));
       dgates[size_t(n) * K + k] = dot;
     }
   }
@@ -283,6 +283,7 @@ void moe_permutation(int32_t* slot_token, int32_t* slot_of, int32_t* offsets, co
 void router_forward(const Exec& ex, const RouterOutputs& out, const Tensor& logits,
                     const Tensor& bias, RouterShape s) {
   const char* op = "router_forward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"idx", out.idx}, {"gates", out.gates}, {"scores", out.scores},
                         {"loads", out.loads}, {"stats", out.stats}, {"logits", logits}, {"bias", bias}});
   const DType a = logits.dtype;
@@ -313,6 +314,7 @@ void router_forward(const Exec& ex, const RouterOutputs& out, const Tensor& logi
 void router_backward(const Exec& ex, const Tensor& dlogits, const Tensor& dgates, double dbalance,
                      const Tensor& scores, const Tensor& idx, RouterShape s) {
   const char* op = "router_backward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"dlogits", dlogits}, {"dgates", dgates}, {"scores", scores}, {"idx", idx}});
   const DType a = scores.dtype;
   DSV3_CHECK(a == DType::F32 || a == DType::F64, op, ": scores must be f32 or f64 (internal error)");
@@ -332,6 +334,7 @@ void router_backward(const Exec& ex, const Tensor& dlogits, const Tensor& dgates
 void moe_permutation(const Exec& ex, const Tensor& slot_token, const Tensor& slot_of,
                      const Tensor& offsets, const Tensor& idx, int N, int K, int E) {
   const char* op = "moe_permutation";
+  profile::Scope prof(op);
   check_device(ex, op, {{"slot_token", slot_token}, {"slot_of", slot_of}, {"offsets", offsets}, {"idx", idx}});
   const size_t NK = size_t(N) * K;
   check_arg(op, "slot_token", slot_token, DType::I32, NK);
@@ -346,6 +349,7 @@ void moe_permutation(const Exec& ex, const Tensor& slot_token, const Tensor& slo
 void moe_gather(const Exec& ex, const Tensor& xp, const Tensor& x, const Tensor& slot_token,
                 int NK, int C) {
   const char* op = "moe_gather";
+  profile::Scope prof(op);
   check_device(ex, op, {{"xp", xp}, {"x", x}, {"slot_token", slot_token}});
   check_arg(op, "xp", xp, x.dtype, size_t(NK) * C);
   check_arg(op, "slot_token", slot_token, DType::I32, size_t(NK));
@@ -358,6 +362,7 @@ void moe_gather(const Exec& ex, const Tensor& xp, const Tensor& x, const Tensor&
 void moe_combine(const Exec& ex, const Tensor& y, const Tensor& outp, const Tensor& gates,
                  const Tensor& slot_of, int N, int K, int C, bool accumulate) {
   const char* op = "moe_combine";
+  profile::Scope prof(op);
   check_device(ex, op, {{"y", y}, {"outp", outp}, {"gates", gates}, {"slot_of", slot_of}});
   check_arg(op, "y", y, y.dtype, size_t(N) * C);
   check_arg(op, "outp", outp, y.dtype, size_t(N) * K * C);
@@ -374,6 +379,7 @@ void moe_combine_backward(const Exec& ex, const Tensor& doutp, const Tensor& dga
                           const Tensor& dy, const Tensor& outp, const Tensor& gates,
                           const Tensor& slot_of, int N, int K, int C) {
   const char* op = "moe_combine_backward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"doutp", doutp}, {"dgates", dgates}, {"dy", dy}, {"outp", outp},
                         {"gates", gates}, {"slot_of", slot_of}});
   const DType t = dy.dtype;
@@ -393,6 +399,7 @@ void moe_combine_backward(const Exec& ex, const Tensor& doutp, const Tensor& dga
 void moe_scatter_add(const Exec& ex, const Tensor& dx, const Tensor& dxp, const Tensor& slot_of,
                      int N, int K, int C) {
   const char* op = "moe_scatter_add";
+  profile::Scope prof(op);
   check_device(ex, op, {{"dx", dx}, {"dxp", dxp}, {"slot_of", slot_of}});
   check_arg(op, "dx", dx, dx.dtype, size_t(N) * C);
   check_arg(op, "dxp", dxp, dx.dtype, size_t(N) * K * C);

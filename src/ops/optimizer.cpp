@@ -1,13 +1,30 @@
 #include "ops/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
 namespace cpu {
 namespace {
+
+// The spans cut into blocks of at most kUpdateBlock elements, in order: one parallel loop over
+// all of them keeps both threads busy (most tensors are small experts' matrices).
+constexpr size_t kUpdateBlock = 16384;
+struct Block {
+  size_t offset, numel;
+  bool decay;
+};
+std::vector<Block> blocks_of(std::span<const ParamSpan> spans, size_t block) {
+  std::vector<Block> out;
+  for (const ParamSpan& s : spans)
+    for (size_t i = 0; i < s.numel; i += block)
+      out.push_back({s.offset + i, std::min(block, s.numel - i), s.decay});
+  return out;
+}
 
 template <typename A, typename T>
 void adamw(A* p, const A* g, A* m, A* v, T* compute, std::span<const ParamSpan> spans,
@@ -16,20 +33,34 @@ void adamw(A* p, const A* g, A* m, A* v, T* compute, std::span<const ParamSpan> 
   const A bc1 = A(1.0 - std::pow(h.beta1, double(h.step)));
   const A bc2_sqrt = A(std::sqrt(1.0 - std::pow(h.beta2, double(h.step))));
   const A step_size = A(h.lr) / bc1;
-  for (const ParamSpan& s : spans) {
-    const A decay = s.decay ? A(1.0 - h.lr * h.weight_decay) : A(1);
+  const A decay_on = A(1.0 - h.lr * h.weight_decay);
+  const A gs = A(h.grad_scale);
+  const bool scaled = h.grad_scale != 1.0;
+  const std::vector<Block> blocks = blocks_of(spans, kUpdateBlock);
+#pragma omp parallel for schedule(static) if (blocks.size() > 1)
+  for (size_t b = 0; b < blocks.size(); b++) {
+    const Block& s = blocks[b];
+    const A decay = s.decay ? decay_on : A(1);
     A* pp = p + s.offset;
     const A* gg = g + s.offset;
     A* mm = m + s.offset;
     A* vv = v + s.offset;
-    T* cc = compute ? compute + s.offset : nullptr;
-#pragma omp parallel for simd schedule(static) if (s.numel > 32768)
-    for (size_t i = 0; i < s.numel; i++) {
-      mm[i] = b1 * mm[i] + (A(1) - b1) * gg[i];
-      vv[i] = b2 * vv[i] + (A(1) - b2) * gg[i] * gg[i];
-      const A denom = std::sqrt(vv[i]) / bc2_sqrt + eps;
-      pp[i] = pp[i] * decay - step_size * mm[i] / denom;
-      if (cc) cc[i] = store<T>(pp[i]);
+    auto update = [&](auto read_g) {
+#pragma omp simd
+      for (size_t i = 0; i < s.numel; i++) {
+        const A gi = read_g(i);
+        mm[i] = b1 * mm[i] + (A(1) - b1) * gi;
+        vv[i] = b2 * vv[i] + (A(1) - b2) * gi * gi;
+        const A denom = std::sqrt(vv[i]) / bc2_sqrt + eps;
+        pp[i] = pp[i] * decay - step_size * mm[i] / denom;
+      }
+    };
+    if (scaled) update([&](size_t i) { return gg[i] * gs; });
+    else update([&](size_t i) { return gg[i]; });
+    if (compute) {
+      T* cc = compute + s.offset;
+#pragma omp simd
+      for (size_t i = 0; i < s.numel; i++) cc[i] = store<T>(pp[i]);
     }
   }
 }
@@ -64,6 +95,7 @@ void adamw_update(const Exec& ex, const Tensor& master, const Tensor& grads, con
                   const Tensor& v, const Tensor& compute, std::span<const ParamSpan> spans,
                   const AdamwHyper& h) {
   const char* op = "adamw_update";
+  profile::Scope prof(op);
   check_device(ex, op, {{"master", master}, {"grads", grads}, {"m", m}, {"v", v}, {"compute", compute}});
   const DType a = master.dtype;
   DSV3_CHECK(a == DType::F32 || a == DType::F64, op, ": master weights must be f32 or f64 (internal error)");
@@ -90,6 +122,7 @@ void adamw_update(const Exec& ex, const Tensor& master, const Tensor& grads, con
 
 double sum_squares(const Exec& ex, const Tensor& x, std::span<const ParamSpan> spans) {
   const char* op = "sum_squares";
+  profile::Scope prof(op);
   check_device(ex, op, {{"x", x}});
   size_t end = 0;
   for (const ParamSpan& s : spans) end = std::max(end, s.offset + s.numel);

@@ -16,12 +16,14 @@ struct ParamSpan {
   bool decay;            // decoupled weight decay applies (2-D weights)
 };
 
-// torch.optim.AdamW semantics, in fp32 arithmetic:
+// torch.optim.AdamW semantics, in fp32 arithmetic (g = grads * grad_scale, rounded to fp32):
 //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   p = p (1 - lr wd [decay]) - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 struct AdamwHyper {
   double lr, beta1, beta2, eps, weight_decay;
-  int64_t step;  // t, 1-based (bias correction)
+  int64_t step;             // t, 1-based (bias correction)
+  double grad_scale = 1.0;  // g is read as g * float(grad_scale): clipping and loss-scale removal
+                            // in this pass instead of one of their own (the gradients stay as they are)
 };
 void adamw_update(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& m,
                   const Tensor& v, const Tensor& compute, std::span<const ParamSpan> spans,

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -91,6 +92,7 @@ size_t rows_span(int N, int stride, int C) { return N > 0 ? size_t(N - 1) * stri
 void rmsnorm_forward(const Exec& ex, const Tensor& out, const Tensor& rstd, const Tensor& x,
                      const Tensor& w, RmsNormShape s, float eps) {
   const char* op = "rmsnorm_forward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"out", out}, {"rstd", rstd}, {"x", x}, {"w", w}});
   check_arg(op, "x", x, x.dtype, rows_span(s.N, s.x_stride, s.C));
   check_arg(op, "out", out, x.dtype, rows_span(s.N, s.out_stride, s.C));
@@ -105,6 +107,7 @@ void rmsnorm_forward(const Exec& ex, const Tensor& out, const Tensor& rstd, cons
 void rmsnorm_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const Tensor& dout,
                       const Tensor& x, const Tensor& w, const Tensor& rstd, RmsNormShape s) {
   const char* op = "rmsnorm_backward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dout", dout}, {"x", x}, {"w", w}, {"rstd", rstd}});
   check_arg(op, "x", x, x.dtype, rows_span(s.N, s.x_stride, s.C));
   check_arg(op, "dout", dout, x.dtype, rows_span(s.N, s.out_stride, s.C));

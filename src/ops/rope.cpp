@@ -2,6 +2,7 @@
 // (precompute_freqs_cis, apply_rotary_emb).
 #include "ops/rope.h"
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
 
 #include <algorithm>
@@ -117,6 +118,7 @@ void check_rope(const Exec& ex, const char* op, const Tensor& x, const Tensor& c
 void rope_tables(const Exec& ex, const Tensor& cos, const Tensor& sin, int seq_len,
                  const RopeParams& p) {
   const char* op = "rope_tables";
+  profile::Scope prof(op);
   check_device(ex, op, {{"cos", cos}, {"sin", sin}});
   check_arg(op, "cos", cos, cos.dtype, size_t(seq_len) * (p.dim / 2));
   check_arg(op, "sin", sin, cos.dtype, size_t(seq_len) * (p.dim / 2));
@@ -127,6 +129,7 @@ void rope_tables(const Exec& ex, const Tensor& cos, const Tensor& sin, int seq_l
 
 void rope_forward(const Exec& ex, const Tensor& x, const Tensor& cos, const Tensor& sin,
                   RopeLayout l) {
+  profile::Scope prof("rope_forward");
   check_rope(ex, "rope_forward", x, cos, sin, l);
   dispatch_float(x.dtype, "rope_forward", [&]<typename T>() {
     cpu::rope_forward<T>(x.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), l);
@@ -135,6 +138,7 @@ void rope_forward(const Exec& ex, const Tensor& x, const Tensor& cos, const Tens
 
 void rope_backward(const Exec& ex, const Tensor& dx, const Tensor& cos, const Tensor& sin,
                    RopeLayout l) {
+  profile::Scope prof("rope_backward");
   check_rope(ex, "rope_backward", dx, cos, sin, l);
   dispatch_float(dx.dtype, "rope_backward", [&]<typename T>() {
     cpu::rope_backward<T>(dx.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), l);

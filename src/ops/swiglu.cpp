@@ -4,7 +4,9 @@
 #include <cmath>
 #include <cstddef>
 
+#include "core/profile.h"
 #include "ops/dispatch.h"
+#include "ops/fast_math.h"
 
 namespace dsv3 {
 namespace cpu {
@@ -20,17 +22,18 @@ void swiglu_forward(T* out, const T* h, int N, int D) {
     const T* g = h + size_t(n) * 2 * D;
     const T* u = g + D;
     T* o = out + size_t(n) * D;
+#pragma omp simd
     for (int d = 0; d < D; d++) {
       const A gd = load(g[d]);
-      o[d] = store<T>(gd / (A(1) + std::exp(-gd)) * load(u[d]));
+      o[d] = store<T>(gd * sigmoid_fast(gd) * load(u[d]));
     }
   }
 }
 
 // With s = sigmoid(g):  d silu / dg = s * (1 + g * (1 - s)).
 //   dg += dout * u * s * (1 + g (1 - s)),   du += dout * g * s.
-template <typename T>
-void swiglu_backward(T* dh, const T* dout, const T* h, int N, int D) {
+template <typename T, bool kAccumulate>
+static void swiglu_backward_rows(T* dh, const T* dout, const T* h, int N, int D) {
   using A = accum_t<T>;
 #pragma omp parallel for schedule(static) if (size_t(N) * D > kParallelWork)
   for (int n = 0; n < N; n++) {
@@ -39,18 +42,33 @@ void swiglu_backward(T* dh, const T* dout, const T* h, int N, int D) {
     const T* go = dout + size_t(n) * D;
     T* dg = dh + size_t(n) * 2 * D;
     T* du = dg + D;
+#pragma omp simd
     for (int d = 0; d < D; d++) {
       const A gd = load(g[d]), ud = load(u[d]), o = load(go[d]);
-      const A s = A(1) / (A(1) + std::exp(-gd));
-      dg[d] = store<T>(load(dg[d]) + o * ud * s * (A(1) + gd * (A(1) - s)));
-      du[d] = store<T>(load(du[d]) + o * gd * s);
+      const A s = sigmoid_fast(gd);
+      const A vg = o * ud * s * (A(1) + gd * (A(1) - s)), vu = o * gd * s;
+      if constexpr (kAccumulate) {
+        dg[d] = store<T>(load(dg[d]) + vg);
+        du[d] = store<T>(load(du[d]) + vu);
+      } else {
+        dg[d] = store<T>(vg);
+        du[d] = store<T>(vu);
+      }
     }
   }
 }
 
+// With s = sigmoid(g):  d silu / dg = s * (1 + g * (1 - s)).
+//   dg (+)= dout * u * s * (1 + g (1 - s)),   du (+)= dout * g * s.
+template <typename T>
+void swiglu_backward(T* dh, const T* dout, const T* h, int N, int D, bool accumulate) {
+  if (accumulate) swiglu_backward_rows<T, true>(dh, dout, h, N, D);
+  else swiglu_backward_rows<T, false>(dh, dout, h, N, D);
+}
+
 #define DSV3_SWIGLU_INSTANTIATE(T)                                  \
   template void swiglu_forward<T>(T*, const T*, int, int);          \
-  template void swiglu_backward<T>(T*, const T*, const T*, int, int);
+  template void swiglu_backward<T>(T*, const T*, const T*, int, int, bool);
 DSV3_SWIGLU_INSTANTIATE(float)
 DSV3_SWIGLU_INSTANTIATE(double)
 DSV3_SWIGLU_INSTANTIATE(bf16_t)
@@ -60,6 +78,7 @@ DSV3_SWIGLU_INSTANTIATE(f16_t)
 
 void swiglu_forward(const Exec& ex, const Tensor& out, const Tensor& h, int N, int D) {
   const char* op = "swiglu_forward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"out", out}, {"h", h}});
   check_arg(op, "h", h, h.dtype, size_t(N) * 2 * D);
   check_arg(op, "out", out, h.dtype, size_t(N) * D);
@@ -69,15 +88,16 @@ void swiglu_forward(const Exec& ex, const Tensor& out, const Tensor& h, int N, i
 }
 
 void swiglu_backward(const Exec& ex, const Tensor& dh, const Tensor& dout, const Tensor& h, int N,
-                     int D) {
+                     int D, Write mode) {
   const char* op = "swiglu_backward";
+  profile::Scope prof(op);
   check_device(ex, op, {{"dh", dh}, {"dout", dout}, {"h", h}});
   check_arg(op, "h", h, h.dtype, size_t(N) * 2 * D);
   check_arg(op, "dh", dh, h.dtype, size_t(N) * 2 * D);
   check_arg(op, "dout", dout, h.dtype, size_t(N) * D);
   if (ex.device != Device::CPU) no_kernel(ex, op);
   dispatch_float(h.dtype, op, [&]<typename T>() {
-    cpu::swiglu_backward<T>(dh.as<T>(), dout.as<T>(), h.as<T>(), N, D);
+    cpu::swiglu_backward<T>(dh.as<T>(), dout.as<T>(), h.as<T>(), N, D, mode == Write::Accumulate);
   });
 }
 

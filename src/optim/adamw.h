@@ -27,8 +27,9 @@ class AdamW {
   AdamW(const AdamWConfig& c, const ParamTable& t, Device device);
   // One update of master (fp32) from grads with learning rate lr; t is the 1-based step count.
   // compute (16-bit weights laid out like master, or empty) is rewritten in the same pass.
+  // grad_scale multiplies every gradient as it is read (clipping, loss-scale removal).
   void step(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& compute,
-            double lr, int64_t t);
+            double lr, int64_t t, double grad_scale = 1.0);
   const AdamWConfig& config() const { return cfg_; }
   const std::vector<ParamSpan>& spans() const { return spans_; }  // the trainable tensors
   const Tensor& m() const { return m_.view(); }

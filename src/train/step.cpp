@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "ops/elementwise.h"
 
 namespace dsv3 {
 
@@ -100,17 +99,13 @@ double apply_update(TrainState& st, const StepSettings& s, int64_t step, const G
   const Exec ex = st.exec();
   const double clip = st.optimizer().config().clip;
   // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when norm > max_norm; the
-  // loss scale comes off in the same pass (exactly: it is a power of two).
+  // loss scale comes off with it (exactly: it is a power of two). AdamW applies the factor as it
+  // reads each gradient: one fp32 multiplication, as torch multiplies by an fp32 tensor.
   double factor = 1.0 / g.loss_scale;
   if (clip > 0 && g.grad_norm > clip) factor *= clip / (g.grad_norm + 1e-6);
-  if (factor != 1.0) {
-    // one multiplication per element; with no loss scale this is the clip factor rounded to
-    // fp32, as torch multiplies by a fp32 tensor
-    scale_inplace(ex, st.grads(), double(float(factor)));
-  }
   const double lr = lr_at(s.schedule, step, s.total_steps);
   const Tensor compute = st.weights().dtype() == DType::F32 ? Tensor{} : st.weights().data();
-  st.optimizer().step(ex, st.master(), st.grads(), compute, lr, step + 1);
+  st.optimizer().step(ex, st.master(), st.grads(), compute, lr, step + 1, double(float(factor)));
   update_routing_bias(st, g.loss.moe, s.bias_update_rate);
   return lr;
 }

@@ -197,14 +197,17 @@ std::vector<Case> cases() {
                   cross_entropy_forward(e.ex, losses, logits, t, N, V);
                   Tensor d = e.zeros(e.acc, size_t(N) * V);
                   cross_entropy_backward(e.ex, d, logits, t, scale, N, V);
-                  return Outputs{{"losses", e.get(losses)}, {"dlogits", e.get(d)}};
+                  Tensor dt = e.zeros(e.t, size_t(N) * V);  // written in the compute dtype
+                  cross_entropy_backward(e.ex, dt, logits, t, scale, N, V);
+                  return Outputs{{"losses", e.get(losses)}, {"dlogits", e.get(d)},
+                                 {"dlogits in T", e.get(dt)}};
                 }});
   cs.push_back({"linear (output in T and in fp32)", [](Env& e) {
                   const int N = 45, in = 70, out = 38;
                   Tensor x = e.act(rnd(size_t(N) * in, 24)), w = e.act(rnd(size_t(out) * in, 25, 0.1));
                   Tensor y = e.zeros(e.t, size_t(N) * out), y32 = e.accum(rnd(size_t(N) * out, 26));
                   linear_forward(e.ex, y, x, w, N, in, out);
-                  linear_forward(e.ex, y32, x, w, N, in, out, /*accumulate=*/true);
+                  linear_forward(e.ex, y32, x, w, N, in, out, Write::Accumulate);
                   Tensor dy = e.act(rnd(size_t(N) * out, 27)), dx = e.act(rnd(size_t(N) * in, 28));
                   Tensor dw = e.accum(rnd(size_t(out) * in, 29));
                   linear_backward(e.ex, dx, dw, dy, x, w, N, in, out);

@@ -299,7 +299,7 @@ TEST(SwiGlu, ForwardBackwardAccumulateFloat) {
     }
 
   Vec dh(h.size(), 0.0);
-  cpu::swiglu_backward(dh.data(), R.data(), h.data(), N, D);
+  cpu::swiglu_backward(dh.data(), R.data(), h.data(), N, D, true);
   auto L = [&] {
     cpu::swiglu_forward(out.data(), h.data(), N, D);
     return dot(out, R);
@@ -307,9 +307,12 @@ TEST(SwiGlu, ForwardBackwardAccumulateFloat) {
   expect_grad("dh", L, h, dh);
 
   Vec dh2(h.size(), 0.0);
-  cpu::swiglu_backward(dh2.data(), R.data(), h.data(), N, D);
-  cpu::swiglu_backward(dh2.data(), R.data(), h.data(), N, D);
+  cpu::swiglu_backward(dh2.data(), R.data(), h.data(), N, D, true);
+  cpu::swiglu_backward(dh2.data(), R.data(), h.data(), N, D, true);
   for (size_t i = 0; i < dh.size(); i++) EXPECT_NEAR(dh2[i], 2 * dh[i], 1e-12);
+  Vec dh3(h.size(), 123.0);  // Write::Overwrite ignores what was there
+  cpu::swiglu_backward(dh3.data(), R.data(), h.data(), N, D, false);
+  EXPECT_EQ(dh3, dh);
 
   VecF hf = to_f(h), Rf = to_f(R), of(out.size()), dhf(h.size(), 0.f);
   swiglu_forward(Exec{}, H(of), H(hf), N, D);
@@ -546,9 +549,12 @@ TEST(Linear, BackwardMatchesFiniteDifferencesDouble) {
   std::vector<double> dx2 = dx;
   linear_backward(ex, H(dx2), Tensor{}, H(R), H(x), H(w), N, in, out);
   for (int i = 0; i < N * in; i++) EXPECT_DOUBLE_EQ(dx2[i], 2 * dx[i]);  // accumulates
+  std::vector<double> dx3(N * in, 77.0);
+  linear_backward(ex, H(dx3), Tensor{}, H(R), H(x), H(w), N, in, out, Write::Overwrite);
+  for (int i = 0; i < N * in; i++) EXPECT_NEAR(dx3[i], dx[i], 1e-15);  // overwrites
   f();  // y at the unperturbed x
   std::vector<double> y2 = y;
-  linear_forward(ex, H(y2), H(x), H(w), N, in, out, /*accumulate=*/true);
+  linear_forward(ex, H(y2), H(x), H(w), N, in, out, Write::Accumulate);
   for (int i = 0; i < N * out; i++) EXPECT_NEAR(y2[i], 2 * y[i], 1e-12);
 }
 

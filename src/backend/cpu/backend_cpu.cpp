@@ -7,6 +7,7 @@
 
 #include "backend/backend.h"
 #include "core/check.h"
+#include "core/profile.h"
 
 namespace dsv3 {
 
@@ -74,6 +75,7 @@ void free(Device d, void* p, size_t bytes) {
 }
 
 void copy(const Exec& ex, const Tensor& dst, const Tensor& src) {
+  profile::Scope prof("backend::copy");
   DSV3_CHECK(dst.dtype == src.dtype && dst.numel == src.numel, "copy: ", dtype_name(src.dtype),
              " x ", src.numel, " into ", dtype_name(dst.dtype), " x ", dst.numel,
              " (internal error)");
@@ -86,6 +88,7 @@ void copy(const Exec& ex, const Tensor& dst, const Tensor& src) {
 }
 
 void zero(const Exec& ex, const Tensor& t) {
+  profile::Scope prof("backend::zero");
   if (t.numel == 0) return;
   if (t.device == Device::CUDA) return cuda::memset_zero(t.data, t.bytes(), ex.stream);
   std::memset(t.data, 0, t.bytes());
