@@ -20,7 +20,7 @@ Numbers
   large square matrices (fp32 and bf16, best over sizes and repetitions): "MFU" uses the peak of
   the row's compute precision (bf16 rows: the bf16 peak; fp32 and fp16 rows: the fp32 peak, there
   being no fp16 FMA on this CPU), "MFU fp32pk" is every row against the fp32 peak. dsv3's own
-  measured fp32 peak (OpenBLAS sgemm) is reported beside it. Peak memory: max RSS of the process
+  measured fp32 and bf16 peaks (oneDNN, `dsv3 bench`) are reported beside it. Peak memory: max RSS of the process
   that ran the variant (dsv3: its peak_rss_bytes).
 
 Usage
@@ -366,7 +366,7 @@ def report(s, out):
          s.get("params_peer", "-"),
          (" (+%d routing biases = %d)" % (s["params_peer_routing_bias"], s["params_peer"] + s["params_peer_routing_bias"]))
          if "params_peer" in s else ""))
-    w("GEMM peaks (GFLOP/s, best of torch.matmul %s, %s reps): fp32 %s, bf16 %s; dsv3's own fp32 peak (OpenBLAS) %s; torch %s"
+    w("GEMM peaks (GFLOP/s, best of torch.matmul %s, %s reps): fp32 %s, bf16 %s; dsv3's own fp32 peak (oneDNN) %s; torch %s"
       % (P.get("gemm_sizes", "-"), P.get("gemm_reps", "-"), fmt(P.get("torch_fp32_gflops"), "%.1f"),
          fmt(P.get("torch_bf16_gflops"), "%.1f"), fmt(P.get("dsv3_fp32_gflops"), "%.1f"), s.get("torch", "-")))
     w("%-42s %10s %9s %7s %10s %9s %10s" % ("", "tokens/s", "s/step", "MFU", "MFU fp32pk", "peak MiB", "vs dsv3 fp32"))

@@ -63,7 +63,8 @@ struct BlockCtx {  // what every block call needs besides its own tensors
 // y (N,C) = block(x), overwriting y. MoE blocks write their router statistics to st.
 void block_forward(const BlockCtx& k, const Tensor& y, const Tensor& x, const BlockParams& w,
                    const BlockActs& a, const MoeStatsOut& st);
-// dres: on entry dL/dy, on return dL/dx. g +=. dbalance: weight of this block's balance loss.
+// dres: on entry dL/dy, on return dL/dx. g +=. dbalance: the factor of this block's balance loss
+// in what is differentiated (the pass's grad scale).
 // Under selective recompute it first rebuilds the recomputable activations from x and a.
 void block_backward(const BlockCtx& k, const Tensor& dres, const Tensor& x, const BlockParams& w,
                     const BlockParams& g, const BlockActs& a, const BlockScratch& s,

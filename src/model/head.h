@@ -1,7 +1,8 @@
 // The output head (M1): final RMSNorm, lm_head GEMM and softmax cross-entropy per row, shared by
 // the main model and every MTP module (each with its own norm, the one lm_head). Rows are done in
-// chunks of kHeadChunk with the backward right behind the forward (the chunk's logits are
-// overwritten by their gradient), so the (N, V) logits never exist. Logits and losses are fp32
+// chunks of kHeadChunk with the backward right behind the forward (an fp32 run overwrites the
+// chunk's logits with their gradient; 16-bit runs write it in the compute dtype beside them), so
+// the (N, V) logits never exist. Logits and losses are fp32
 // in every precision (fp64 for the oracle).
 #pragma once
 #include "model/arena.h"
@@ -16,7 +17,7 @@ constexpr int kHeadChunk = 256;  // rows of logits alive at once
 struct HeadActs {
   Tensor xn, rstd;   // (N,C), (N) accum: the norm's output (saved for backward)
   Tensor losses;     // (N) accum: cross-entropy of each row, 0 where the target is ignored
-  Tensor logits;     // (kHeadChunk, V) accum; overwritten by the gradient in backward
+  Tensor logits;     // (kHeadChunk, V) accum; in fp32 runs overwritten by its gradient
   Tensor dlogits_t;  // (kHeadChunk, V) compute dtype, when it differs from accum
   Tensor dxn;        // (N,C)
 };

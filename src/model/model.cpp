@@ -74,6 +74,8 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
   const ModelConfig& c = p.w.config();
   const int B = p.d.B, T = p.d.T, N = p.d.N();
   DSV3_CHECK(mb.tokens, "micro-batch without tokens (internal error)");
+  DSV3_CHECK(!(mb.loss_weights && mb.ce_coef), "a micro-batch takes loss weights or CE "
+             "coefficients, not both (internal error)");
   DSV3_CHECK(mb.d.B == B && mb.d.T == T, "micro-batch dims differ from the pass (internal error)");
   std::vector<int32_t> in(N), tg(N);
   p.row_weight.assign(N, 0.0);
@@ -84,25 +86,32 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
       const int32_t x = mb.tokens[size_t(b) * (T + 1) + t], y = mb.tokens[size_t(b) * (T + 1) + t + 1];
       DSV3_CHECK(x >= 0 && x < c.vocab, "token id ", x, " outside the vocabulary (", c.vocab, ")");
       DSV3_CHECK(y < c.vocab, "token id ", y, " outside the vocabulary (", c.vocab, ")");
-      const float wt = mb.loss_weights ? mb.loss_weights[size_t(b) * T + t] : 1.0f;
-      DSV3_CHECK(std::isfinite(wt) && wt >= 0, "loss weight ", wt, " at row ", b, " position ", t,
-                 " (weights must be finite and >= 0)");
       const int n = b * T + t;
       in[n] = x;
       tg[n] = y;
+      if (mb.ce_coef) {
+        const float cf = mb.ce_coef[n];
+        DSV3_CHECK(std::isfinite(cf), "CE coefficient ", cf, " at row ", b, " position ", t);
+        if (y >= 0 && cf != 0) p.row_weight[n] = cf, p.targets++;
+        continue;
+      }
+      const float wt = mb.loss_weights ? mb.loss_weights[n] : 1.0f;
+      DSV3_CHECK(std::isfinite(wt) && wt >= 0, "loss weight ", wt, " at row ", b, " position ", t,
+                 " (weights must be finite and >= 0)");
       if (y >= 0 && wt > 0) {
         p.row_weight[n] = wt;
         p.weight_sum += wt;
         p.targets++;
       }
     }
+  if (mb.ce_coef) p.weight_sum = 1;  // the objective is the plain sum of coef * CE
   upload(p, p.ws.inputs, in);
   upload(p, p.ws.targets, tg);
   std::vector<double> scale(N);
   for (int n = 0; n < N; n++) scale[n] = p.weight_sum > 0 ? p.grad_scale * p.row_weight[n] / p.weight_sum : 0.0;
   upload_scale(p, p.ws.row_scale, scale);
 
-  const int D = mtp && p.ws.config().head ? c.mtp_depth : 0;
+  const int D = mtp && p.ws.config().head && !mb.ce_coef ? c.mtp_depth : 0;
   p.mtp_row_weight.assign(D, {});
   p.mtp_weight_sum.assign(D, 0.0);
   const double per_module = p.loss.mtp_weight / std::max(D, 1);

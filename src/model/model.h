@@ -25,6 +25,11 @@ struct MicroBatch {
   // null: 1 for every target. The loss is sum(w * CE) / sum(w) over targets >= 0; MTP module k
   // weighs its target t+k+1 of row position t with w[t+k].
   const float* loss_weights = nullptr;
+  // host (B, T), instead of loss_weights: the objective's coefficient on each target's
+  // cross-entropy, any sign and not normalised, i.e. d(objective)/d(CE) = -d(objective)/d(log p)
+  // (DPO, GRPO: computed from a forward pass's token_logprobs). The reported loss is then
+  // sum(coef * CE), and the MTP modules are left out of it.
+  const float* ce_coef = nullptr;
 };
 
 struct MoeLayerStats {

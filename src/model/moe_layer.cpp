@@ -20,7 +20,7 @@ MoeParams bind_moe(const ParamTable& t, const Tensor& base, const Tensor& buffer
     w.expert_stride = c.experts > 1 ? t.at(p + ".mlp.experts.1.gate_proj.weight").offset - g0 : 0;
     for (int e = 0; e < c.experts; e++) {  // the grouped GEMMs need one stride for every expert
       const std::string pe = p + ".mlp.experts." + std::to_string(e);
-      const FfnParams f = bind_ffn(t, base, pe);  // also checks gate/up adjacency
+      bind_ffn(t, base, pe);  // checks gate/up adjacency
       DSV3_CHECK(t.at(pe + ".gate_proj.weight").offset == g0 + e * w.expert_stride &&
                      t.at(pe + ".down_proj.weight").offset == d0 + e * w.expert_stride,
                  "internal: experts of ", p, " are not laid out with a uniform stride");

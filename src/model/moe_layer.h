@@ -62,7 +62,8 @@ RouterShape router_shape(const ModelConfig& c, const TrainingLossConfig& l, Dims
 void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoeParams& w,
                  const MoeActs& a, const MoeStatsOut& st, const ModelConfig& c,
                  const TrainingLossConfig& l, Dims d);
-// dx +=, g +=; dbalance is d(total loss)/d(this layer's balance loss).
+// dx +=, g +=; dbalance: the factor of this layer's balance loss in what is differentiated (the
+// pass's grad scale: loss scale / grad_accum).
 void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tensor& x,
                   const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
                   const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,

@@ -54,13 +54,15 @@ class Workspace {
   Tensor moe_loads, moe_stats;       // (n_moe, E) i64 and (n_moe, 2) f64: per MoE layer
   int n_moe = 0;                     // MoE layers: main ones in order, then the MTP blocks
 
-  BlockActs& block_acts(int l) { return blocks[blocks.size() == 1 ? 0 : size_t(l - wc_.layer_begin)]; }
+  BlockActs& block_acts(int l) { return blocks[block_index(l)]; }
+  const BlockActs& block_acts(int l) const { return blocks[block_index(l)]; }
   // Where MoE layer i (moe_index) writes its router statistics.
   MoeStatsOut moe_out(int i) const;
   int moe_index_of_layer(int l) const;  // -1 for a dense layer
   int moe_index_of_mtp(int k) const;    // k = 1..D; -1 without experts
 
  private:
+  size_t block_index(int l) const { return blocks.size() == 1 ? 0 : size_t(l - wc_.layer_begin); }
   struct MeasureOnly {};
   Workspace(MeasureOnly, const ModelConfig& c, DType t, const WorkspaceConfig& wc);
   void layout(Arena& ar, const ModelConfig& c);

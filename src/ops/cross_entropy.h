@@ -14,7 +14,7 @@ template <typename A>
 void cross_entropy_forward(A* losses, const A* logits, const int32_t* targets, int N, int V);
 // dlogits (N,V) = row_scale[n] * (softmax(logits[n]) - onehot(target)), zero rows for ignored
 // targets. row_scale[n] is d(loss)/d(losses[n]): 1/count for a mean, a token weight for masked
-// or preference losses. OVERWRITES dlogits (the one exception to +=); in the accumulation dtype
+// or preference losses. OVERWRITES dlogits (see src/ops/README.md); in the accumulation dtype
 // it may alias logits; a 16-bit dlogits (the operand of the head's backward GEMMs in bf16/fp16
 // runs) gets each value rounded once.
 template <typename A, typename T>

@@ -68,7 +68,9 @@ void check_offsets(const char* op, const Tensor& offsets, int E, size_t rows_x) 
 void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w,
                             const Tensor& offsets, GroupedShape s) {
   const char* op = "grouped_linear_forward";
-  profile::Scope prof(op, profile::enabled() && offsets ? 2.0 * offsets.as<int32_t>()[s.E] * s.in * s.out : 0);
+  profile::Scope prof(op, profile::enabled() && offsets && offsets.device == Device::CPU
+                              ? 2.0 * offsets.as<int32_t>()[s.E] * s.in * s.out
+                              : 0);
   check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}, {"offsets", offsets}});
   if (ex.device != Device::CPU) no_kernel(ex, op);
   const DType t = x.dtype;
@@ -93,7 +95,7 @@ void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw,
                              const Tensor& x, const Tensor& w, const Tensor& offsets,
                              GroupedShape s, Write dx_mode) {
   const char* op = "grouped_linear_backward";
-  profile::Scope prof(op, profile::enabled() && offsets
+  profile::Scope prof(op, profile::enabled() && offsets && offsets.device == Device::CPU
                               ? 2.0 * offsets.as<int32_t>()[s.E] * s.in * s.out * ((dx ? 1 : 0) + (dw ? 1 : 0))
                               : 0);
   check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dy", dy}, {"x", x}, {"w", w}, {"offsets", offsets}});

@@ -120,6 +120,25 @@ void adamw_update(const Exec& ex, const Tensor& master, const Tensor& grads, con
   else run.template operator()<float>();
 }
 
+void routing_bias_update(const Exec& ex, const Tensor& bias, const Tensor& loads, double gamma) {
+  const char* op = "routing_bias_update";
+  profile::Scope prof(op);
+  check_device(ex, op, {{"bias", bias}, {"loads", loads}});
+  check_arg(op, "bias", bias, DType::F32, bias.numel);
+  check_arg(op, "loads", loads, DType::I64, bias.numel);
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  const int64_t* l = loads.as<int64_t>();
+  float* b = bias.as<float>();
+  const size_t E = bias.numel;
+  double mean = 0;
+  for (size_t e = 0; e < E; e++) mean += double(l[e]);
+  mean /= double(E);
+  for (size_t e = 0; e < E; e++) {
+    const double diff = mean - double(l[e]);
+    b[e] += float(gamma * double((diff > 0) - (diff < 0)));
+  }
+}
+
 double sum_squares(const Exec& ex, const Tensor& x, std::span<const ParamSpan> spans) {
   const char* op = "sum_squares";
   profile::Scope prof(op);

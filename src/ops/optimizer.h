@@ -29,6 +29,10 @@ void adamw_update(const Exec& ex, const Tensor& master, const Tensor& grads, con
                   const Tensor& v, const Tensor& compute, std::span<const ParamSpan> spans,
                   const AdamwHyper& h);
 
+// Auxiliary-loss-free balancing (DeepSeek-V3): bias (E, fp32) += gamma * sign(mean(loads) - load_e)
+// for one MoE layer, loads (E, i64) being the slots routed to each expert over the step.
+void routing_bias_update(const Exec& ex, const Tensor& bias, const Tensor& loads, double gamma);
+
 // sum over the spans of x^2, accumulated in double in blocks of a fixed size and a fixed order:
 // the same bits for any thread count. Inf or NaN anywhere gives a non-finite result.
 double sum_squares(const Exec& ex, const Tensor& x, std::span<const ParamSpan> spans);

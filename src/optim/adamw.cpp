@@ -29,9 +29,9 @@ AdamW::AdamW(const AdamWConfig& c, const ParamTable& t, Device device)
     : cfg_(c), spans_(trainable_spans(t)), m_(device, DType::F32, t.total), v_(device, DType::F32, t.total) {}
 
 void AdamW::step(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& compute,
-                 double lr, int64_t t, double grad_scale) {
+                 double lr, double grad_scale) {
   adamw_update(ex, master, grads, m_.view(), v_.view(), compute, spans_,
-               {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, t, grad_scale});
+               {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, ++updates_, grad_scale});
 }
 
 double global_norm(const Exec& ex, const Tensor& grads, const std::vector<ParamSpan>& spans) {

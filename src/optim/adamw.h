@@ -25,11 +25,14 @@ void validate(const AdamWConfig& c);
 class AdamW {
  public:
   AdamW(const AdamWConfig& c, const ParamTable& t, Device device);
-  // One update of master (fp32) from grads with learning rate lr; t is the 1-based step count.
-  // compute (16-bit weights laid out like master, or empty) is rewritten in the same pass.
-  // grad_scale multiplies every gradient as it is read (clipping, loss-scale removal).
+  // One update of master (fp32) from grads with learning rate lr. compute (16-bit weights laid
+  // out like master, or empty) is rewritten in the same pass. grad_scale multiplies every
+  // gradient as it is read (clipping, loss-scale removal). The bias correction counts the
+  // updates applied (skipped steps do not count, as with torch's GradScaler).
   void step(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& compute,
-            double lr, int64_t t, double grad_scale = 1.0);
+            double lr, double grad_scale = 1.0);
+  int64_t updates() const { return updates_; }
+  void set_updates(int64_t n) { updates_ = n; }  // from a checkpoint
   const AdamWConfig& config() const { return cfg_; }
   const std::vector<ParamSpan>& spans() const { return spans_; }  // the trainable tensors
   const Tensor& m() const { return m_.view(); }
@@ -39,6 +42,7 @@ class AdamW {
   AdamWConfig cfg_;
   std::vector<ParamSpan> spans_;
   Buffer m_, v_;
+  int64_t updates_ = 0;
 };
 
 // sqrt(sum of squares) over the spans, in double in a fixed order (thread-count independent).

@@ -72,11 +72,13 @@ bool LossScaler::update(bool grads_finite) {
 }
 
 nlohmann::json LossScaler::state() const {
+  if (!enabled_) return nullptr;  // fp32/bf16: nothing to carry (an fp16 resume starts afresh)
   return {{"scale", scale_}, {"clean_steps", clean_}, {"overflows", overflows_}};
 }
 
 void LossScaler::restore(const nlohmann::json& s) {
-  if (!enabled_ || s.is_null()) return;  // another precision: keep this run's initial scale
+  // a checkpoint of an fp32/bf16 run (null) leaves this run's initial scale in place
+  if (!enabled_ || s.is_null()) return;
   DSV3_CHECK(s.is_object() && s.contains("scale") && s.contains("clean_steps"),
              "checkpoint loss-scaler state is malformed");
   const double sc = s.at("scale").get<double>();

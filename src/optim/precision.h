@@ -31,7 +31,8 @@ void validate(const PrecisionConfig& p);
 // DynamicGradScaler): the loss is multiplied by scale() before backward and the gradients are
 // divided by it before the update. A step with any inf/NaN gradient is skipped and the scale
 // halves; after `window` clean steps in a row it doubles. Scales stay powers of two, so scaling
-// and unscaling are exact. Disabled (scale 1, never skips) for fp32 and bf16.
+// and unscaling are exact. Disabled (scale 1, never skips) for fp32 and bf16. (The trainer sends a
+// step whose loss itself is not finite to the guard instead: that is divergence, not overflow.)
 class LossScaler {
  public:
   LossScaler() = default;
@@ -41,8 +42,8 @@ class LossScaler {
   // Records a step's outcome. Returns true when the update may be applied.
   bool update(bool grads_finite);
   int64_t overflows() const { return overflows_; }
-  nlohmann::json state() const;            // for checkpoints
-  void restore(const nlohmann::json& s);   // from a checkpoint of an fp16 run
+  nlohmann::json state() const;            // for checkpoints (null when disabled)
+  void restore(const nlohmann::json& s);   // from a checkpoint (null: keep the initial scale)
 
  private:
   bool enabled_ = false;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "ops/optimizer.h"
+
 
 namespace dsv3 {
 
@@ -41,7 +43,7 @@ void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, 
   if (gamma == 0 || c.router != RouterKind::Sigmoid || c.experts == 0) return;
   const auto names = moe_layer_names(c);
   const Exec ex = st.exec();
-  std::vector<float> b(c.experts);
+  Buffer loads(ex.device, DType::I64, c.experts);
   for (size_t i = 0; i < moe.size(); i++) {
     // "layer 3" -> HF layer 3; "mtp k" -> HF layer layers + k - 1
     const std::string& n = names[i];
@@ -49,16 +51,8 @@ void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, 
                                            : std::stoi(n.substr(6));
     const ParamInfo& p = st.weights().table().at("model.layers." + std::to_string(hf) +
                                                  ".mlp.gate.e_score_correction_bias");
-    const Tensor dev = st.master().slice(p.offset, p.numel);
-    backend::copy(ex, host_tensor(b), dev);
-    double mean = 0;
-    for (int64_t l : moe[i].loads) mean += double(l);
-    mean /= c.experts;
-    for (int e = 0; e < c.experts; e++) {
-      const double diff = mean - double(moe[i].loads[e]);
-      b[e] += float(gamma * double((diff > 0) - (diff < 0)));
-    }
-    backend::copy(ex, dev, host_tensor(b));
+    backend::copy(ex, loads.view(), host_tensor(moe[i].loads));  // the step's loads, summed
+    routing_bias_update(ex, st.master().slice(p.offset, p.numel), loads.view(), gamma);
   }
   st.weights().refresh_buffers(ex, st.master());
 }
@@ -105,7 +99,7 @@ double apply_update(TrainState& st, const StepSettings& s, int64_t step, const G
   if (clip > 0 && g.grad_norm > clip) factor *= clip / (g.grad_norm + 1e-6);
   const double lr = lr_at(s.schedule, step, s.total_steps);
   const Tensor compute = st.weights().dtype() == DType::F32 ? Tensor{} : st.weights().data();
-  st.optimizer().step(ex, st.master(), st.grads(), compute, lr, step + 1, double(float(factor)));
+  st.optimizer().step(ex, st.master(), st.grads(), compute, lr, double(float(factor)));
   update_routing_bias(st, g.loss.moe, s.bias_update_rate);
   return lr;
 }

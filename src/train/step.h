@@ -55,11 +55,13 @@ struct StepResult {
 
 using MicroFn = std::function<MicroBatch(int)>;  // micro-batch a of the step
 
-// Zeroes the gradients and runs every micro-batch's forward and backward; the gradients are
-// scaled by the loss scale (fp16) until apply_update removes it.
+// Zeroes the gradients and runs every micro-batch's forward and backward. The gradient buffer
+// holds loss_scale x the mean gradient (fp16; 1 otherwise); apply_update divides it out as the
+// optimizer reads each value (the buffer itself stays scaled).
 Gradients compute_gradients(TrainState& st, Workspace& ws, const TrainingLossConfig& loss,
                             const StepSettings& s, int64_t step, const MicroFn& micro);
-// Unscale + clip + AdamW + routing-bias update (step counts from 0). Returns the lr used.
+// Unscale + clip + AdamW + routing-bias update (step counts from 0, for the schedule; AdamW's
+// bias correction counts applied updates). Returns the lr used.
 double apply_update(TrainState& st, const StepSettings& s, int64_t step, const Gradients& g);
 // Both, the loss scaler deciding whether the update is applied (fp16 overflow: skipped).
 StepResult train_step(TrainState& st, Workspace& ws, const TrainingLossConfig& loss,

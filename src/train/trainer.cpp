@@ -41,6 +41,7 @@ nlohmann::json run_state_json(const RunSpec& spec, const RunState& st) {
           {"data", st.data},
           {"tokens_seen", st.tokens_seen},
           {"attempts", st.attempts},
+          {"optimizer_updates", st.updates},
           {"loss_scaler", st.loss_scaler},
           {"guard", st.guard},
           {"settings", groups_to_json(saved_groups(copy))}};
@@ -79,6 +80,7 @@ RunState state_from_checkpoint(const Checkpoint& ck) {
   st.steps_done = ck.train.at("steps_done").get<int64_t>();
   st.tokens_seen = ck.train.value("tokens_seen", uint64_t(0));
   st.attempts = ck.train.value("attempts", st.steps_done);
+  st.updates = ck.train.value("optimizer_updates", st.steps_done);  // older files: no skips
   st.data = ck.train.value("data", nlohmann::json());
   st.loss_scaler = ck.train.value("loss_scaler", nlohmann::json());
   st.guard = ck.train.value("guard", nlohmann::json());
@@ -130,6 +132,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     rs.steps_done = saved.steps_done;
     rs.tokens_seen = saved.tokens_seen;
     rs.rng = saved.rng;
+    st.optimizer().set_updates(saved.updates);
     st.scaler().restore(saved.loss_scaler);
     if (data_too) {  // a resume; a rollback keeps the data moving past the bad batches
       data.restore(saved.data);
@@ -137,6 +140,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       guard.restore(saved.guard);
     }
   };
+  // Where a rollback returns to: the last checkpoint this run saved or started from (never some
+  // other file in the directory: an older run's, or a later one than where this run began).
+  std::string last_good = resume ? spec.checkpoint.resume : "";
   if (resume) {
     restore(*resume, true);
     DSV3_CHECK(rs.steps_done < rc.steps, "checkpoint is at step ", rs.steps_done, " and the run has ",
@@ -203,23 +209,24 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     rs.data = data.state();
     rs.loss_scaler = st.scaler().state();
     rs.guard = guard.state();
+    rs.updates = st.optimizer().updates();
     const std::vector<float> p = st.master_host(), m = st.m_host(), v = st.v_host();
     save_checkpoint(path, c, run_state_json(spec, rs), p.data(), m.data(), v.data(), p.size());
     prune_checkpoints(rc.out, spec.checkpoint.keep);
+    last_good = path;
     progress.print("saved " + path);
   };
   auto rollback = [&](int64_t at_step) {
-    const auto list = list_checkpoints(rc.out);
-    DSV3_CHECK(!list.empty(), "training diverged at step ", at_step, ": ", guard.bad_streak(),
+    DSV3_CHECK(!last_good.empty(), "training diverged at step ", at_step, ": ", guard.bad_streak(),
                " bad steps in a row and no checkpoint to roll back to (lower --lr, raise "
                "--warmup, or save earlier with --save_every)");
-    const Checkpoint ck = load_checkpoint(list.back());
+    const Checkpoint ck = load_checkpoint(last_good);
     restore(ck, false);
     guard.rolled_back(at_step);
     log.write({{"kind", "rollback"}, {"step", at_step}, {"to_step", rs.steps_done},
-               {"checkpoint", list.back()}, {"attempts", rs.attempts}});
+               {"checkpoint", last_good}, {"attempts", rs.attempts}});
     progress.print("guard: " + std::to_string(spec.guard.max_bad_steps) +
-                   " bad steps in a row; rolled back to " + list.back() +
+                   " bad steps in a row; rolled back to " + last_good +
                    ", continuing with the data after the offending batches");
   };
 

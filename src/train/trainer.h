@@ -17,6 +17,7 @@ struct RunState {
   int64_t steps_done = 0;
   uint64_t tokens_seen = 0;
   int64_t attempts = 0;  // step attempts so far, replays after a rollback included
+  int64_t updates = 0;   // optimizer updates applied (AdamW's bias correction counts these)
   nlohmann::json data, loss_scaler, guard;
   Rng rng{1};
 };

@@ -92,6 +92,28 @@ TEST(Train, CheckpointsArePrecisionIndependent) {
               (d / "b").string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(losses(d / "b").size(), 6u);
+  // into fp16: the loss scaler starts at its initial scale (a bf16 checkpoint carries none)
+  r = run_cli("train --resume " + (d / "a" / "ckpt_00000004.dsv3").string() +
+              " --precision fp16 --out " + (d / "c").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto c16 = read_metrics(d / "c" / "metrics.jsonl", "train");
+  ASSERT_FALSE(c16.empty());
+  EXPECT_EQ(c16.front()["loss_scale"], 65536.0);
+}
+
+TEST(Guard, RollbackReturnsToThisRunsCheckpointNotAnotherInTheDirectory) {
+  // an older run left a later checkpoint in the directory; a resumed run that rolls back must
+  // go to its own last checkpoint (the one it resumed from), not to that one
+  auto d = temp_dir("guard_own_ckpt");
+  auto r = run_cli("train " + kSmall + "--steps 12 --save_every 4 --keep 5 --out " + d.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_cli("train --resume " + (d / "ckpt_00000004.dsv3").string() +
+              " --save_every 0 --inject_fault nan@5,6,7 --out " + (d / "b").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto rb = read_metrics(d / "b" / "metrics.jsonl", "rollback");
+  ASSERT_EQ(rb.size(), 1u);
+  EXPECT_EQ(rb[0]["to_step"], 4);
+  EXPECT_NE(rb[0]["checkpoint"].get<std::string>().find("ckpt_00000004"), std::string::npos);
 }
 
 TEST(Train, RecomputeGivesIdenticalLosses) {
@@ -114,7 +136,9 @@ TEST(Guard, NanStepIsSkippedAndLogged) {
   for (const auto& j : train) {
     const bool bad = j["step"] == 4;
     EXPECT_EQ(j.contains("skipped"), bad) << j.dump();
-    if (bad) EXPECT_EQ(j["skipped"], "non-finite loss");
+    if (bad) {
+      EXPECT_EQ(j["skipped"], "non-finite loss");
+    }
   }
   EXPECT_NE(r.out.find("step 4 skipped: non-finite loss"), std::string::npos) << r.out;
   EXPECT_TRUE(std::isfinite(train.back()["loss"].get<double>()));

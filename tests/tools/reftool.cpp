@@ -46,7 +46,7 @@ void dump_routing(std::FILE* f, const Workspace& ws, const ModelConfig& c, Dims 
     DSV3_CHECK(std::fwrite(idx.data(), sizeof(int32_t), NK, f) == NK, "short write routing.bin");
   };
   for (int l = 0; l < c.layers; l++)
-    if (c.is_moe_layer(l)) put(const_cast<Workspace&>(ws).block_acts(l).moe.idx);
+    if (c.is_moe_layer(l)) put(ws.block_acts(l).moe.idx);
   if (c.experts > 0)
     for (int k = 0; k < c.mtp_depth; k++) put(ws.mtp[k].blk.moe.idx);
 }
