@@ -18,7 +18,7 @@
 #include "eval/eval.h"
 #include "flags.h"
 #include "infer/sample.h"
-#include "ops/gemm_cpu.h"
+#include "ops/gemm.h"
 #include "tokenizer/text_codec.h"
 #include "train/state.h"
 #include "train/step.h"
@@ -46,13 +46,27 @@ ParsedArgs parse_run(int argc, char** argv, std::vector<FieldGroup> groups, RunS
   return parse_args(argc, argv, 2, groups, [&](const std::string& p) { s.model = preset(p); });
 }
 
-// A model for eval/sample: checkpoint file, run directory or HF directory, in `precision`.
-std::unique_ptr<ModelWeights> load_weights(const std::string& path, Precision precision) {
+// The device of eval/sample (--device), checked before anything is loaded: a missing GPU is
+// one clear error, and --tf32 is for CUDA only.
+Device pick_device(const std::string& name, const PrecisionConfig& pc) {
+  const Device d = parse_device(name);
+  DSV3_CHECK(backend::available(d), "device ", name, " requested but ", backend::describe(d));
+  DSV3_CHECK(!pc.tf32 || (d == Device::CUDA && pc.precision == Precision::FP32),
+             "--tf32 needs --device cuda and --precision fp32 (drop it)");
+  gemm_allow_tf32(pc.tf32);
+  return d;
+}
+
+// A model for eval/sample: checkpoint file, run directory or HF directory, in `precision`, on
+// `device`. Checkpoints hold fp32 weights whatever device wrote them.
+std::unique_ptr<ModelWeights> load_weights(const std::string& path, Precision precision,
+                                           Device device) {
   DSV3_CHECK(!path.empty(), "--model is required (a checkpoint, run directory or HF directory)");
   LoadedModel lm = load_model_any(path);
-  auto w = std::make_unique<ModelWeights>(lm.config, compute_dtype(precision));
+  auto w = std::make_unique<ModelWeights>(lm.config, compute_dtype(precision), device);
   w->load(lm.params);
-  std::fprintf(stderr, "loaded %s (%s)\n", lm.source.c_str(), precision_name(precision));
+  std::fprintf(stderr, "loaded %s (%s on %s)\n", lm.source.c_str(), precision_name(precision),
+               device_name(device));
   return w;
 }
 
@@ -232,9 +246,11 @@ int cmd_bench(int argc, char** argv) {
              " exceeds max_seq ", spec.model.max_seq);
   const ModelConfig& c = spec.model;
   const RunConfig& rc = spec.run;
+  reject_inapplicable(spec, a.set_keys);
   const Device device = parse_device(rc.device);
   DSV3_CHECK(backend::available(device), "device ", rc.device, " requested but ",
              backend::describe(device));
+  gemm_allow_tf32(spec.precision.tf32);
   const DType dt = compute_dtype(spec.precision.precision);
   const Dims d = rc.dims();
   ModelWeights weights(c, dt, device);
@@ -247,6 +263,7 @@ int cmd_bench(int argc, char** argv) {
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = rc.recompute;
+  wc.cuda_graphs = rc.cuda_graphs;
   Workspace ws(c, dt, device, wc);
   Rng rng(uint64_t(rc.seed));
   std::vector<int32_t> tokens(size_t(d.B) * (d.T + 1) * rc.grad_accum);
@@ -254,22 +271,26 @@ int cmd_bench(int argc, char** argv) {
   const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, bo.warmup_steps + bo.timed_steps,
                                         spec.loss);
   auto micro = [&](int i) { return MicroBatch{d, tokens.data() + size_t(i) * d.B * (d.T + 1)}; };
-  double peak32 = cpu::measure_gemm_peak_gflops(DType::F32);
-  double peak16 = cpu::measure_gemm_peak_gflops(DType::BF16);
+  const Exec ex{device};
+  double peak32 = measure_gemm_peak_gflops(device, DType::F32);
+  double peak16 = measure_gemm_peak_gflops(device, DType::BF16);
   for (int i = 0; i < bo.warmup_steps; i++) train_step(st, ws, spec.loss, ss, i, micro);
   if (bo.profile) {
     profile::reset();
     profile::enable(true);
   }
+  backend::reset_peak(device);
+  backend::synchronize(ex);  // the GPU's queue is empty when the clock starts and stops
   const double t0 = now_seconds();
   double loss = 0;
   for (int i = 0; i < bo.timed_steps; i++)
     loss = train_step(st, ws, spec.loss, ss, bo.warmup_steps + i, micro).loss.loss;
+  backend::synchronize(ex);
   const double dt_step = (now_seconds() - t0) / bo.timed_steps;
   // the peaks again after the timed steps: a shared machine's slow spell during one measurement
   // would otherwise inflate MFU; the better of the two is the machine's rate
-  peak32 = std::max(peak32, cpu::measure_gemm_peak_gflops(DType::F32));
-  peak16 = std::max(peak16, cpu::measure_gemm_peak_gflops(DType::BF16));
+  peak32 = std::max(peak32, measure_gemm_peak_gflops(device, DType::F32));
+  peak16 = std::max(peak16, measure_gemm_peak_gflops(device, DType::BF16));
   if (bo.profile) {
     profile::enable(false);
     std::fprintf(stderr, "%s", profile::report(dt_step * bo.timed_steps).c_str());
@@ -286,6 +307,8 @@ int cmd_bench(int argc, char** argv) {
                  "peak measurement was disturbed (set --peak_gflops)\n", achieved, peak);
   if (a.json) {
     print_json({{"preset", a.preset}, {"precision", precision_name(spec.precision.precision)},
+                {"device", backend::describe(device)}, {"cuda_graphs", rc.cuda_graphs},
+                {"peak_device_bytes", mem.peak}, {"reserved_device_bytes", mem.reserved},
                 {"batch", d.B}, {"seq_len", d.T}, {"grad_accum", rc.grad_accum},
                 {"recompute", recompute_name(rc.recompute)}, {"threads", omp_get_max_threads()},
                 {"step_s", dt_step}, {"tokens_per_s", tps},
@@ -294,13 +317,14 @@ int cmd_bench(int argc, char** argv) {
                 {"mfu", mfu}, {"mfu_fp32_peak", achieved / peak32},
                 {"peak_rss_bytes", rss}, {"peak_alloc_bytes", mem.peak}, {"loss", loss}});
   } else {
-    std::printf("bench %s %s: batch %d x %d, %d threads, recompute %s: %.3f s/step, %.0f "
+    std::printf("bench %s %s on %s: batch %d x %d, %d threads, recompute %s: %.3f s/step, %.0f "
                 "tokens/s, %.1f GFLOP/s = MFU %.1f%% of the %s peak %.1f (fp32 peak %.1f, bf16 "
-                "%.1f), peak memory %.0f MiB\n",
+                "%.1f), peak memory %.0f MiB (device: %.0f MiB)\n",
                 a.preset.empty() ? "(custom)" : a.preset.c_str(),
-                precision_name(spec.precision.precision), d.B, d.T, omp_get_max_threads(),
-                recompute_name(rc.recompute), dt_step, tps, achieved, 100 * mfu, dtype_name(dt),
-                peak, peak32, peak16, rss / 1048576.0);
+                precision_name(spec.precision.precision), device_name(device), d.B, d.T,
+                omp_get_max_threads(), recompute_name(rc.recompute), dt_step, tps, achieved,
+                100 * mfu, dtype_name(dt), peak, peak32, peak16, rss / 1048576.0,
+                mem.peak / 1048576.0);
   }
   return 0;
 }
@@ -308,7 +332,7 @@ int cmd_bench(int argc, char** argv) {
 // ---------------------------------------------------------------------------------------------
 namespace {
 struct EvalOptions {
-  std::string model, data, text, tokenizer;
+  std::string model, data, text, tokenizer, device = "cpu";
   int batch = 8, seq_len = 256, max_batches = 0;
 };
 const std::vector<FieldSpec>& eval_command_fields() {
@@ -321,6 +345,7 @@ const std::vector<FieldSpec>& eval_command_fields() {
       field("batch", &E::batch, "sequences per batch"),
       field("seq_len", &E::seq_len, "tokens per sequence"),
       field("max_batches", &E::max_batches, "batches to score (0 = all that fit)"),
+      field("device", &E::device, "cpu or cuda"),
   };
   return f;
 }
@@ -341,6 +366,7 @@ int cmd_eval(int argc, char** argv) {
   DSV3_CHECK(o.data.empty() != o.text.empty(),
              "--data (an llm.c token file) or --text (a text file) is required, not both");
   DSV3_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.max_batches >= 0, "batch and seq_len must be >= 1");
+  const Device device = pick_device(o.device, pc);
   std::vector<int32_t> tokens;
   double bytes_per_token = 0;  // known for --text: bits per byte
   if (!o.text.empty()) {
@@ -355,7 +381,7 @@ int cmd_eval(int argc, char** argv) {
   } else {
     tokens = read_token_file(o.data);
   }
-  auto weights = load_weights(o.model, pc.precision);
+  auto weights = load_weights(o.model, pc.precision, device);
   const ModelConfig& c = weights->config();
   const int V = c.vocab;
   for (size_t i = 0; i < tokens.size(); i++)
@@ -389,7 +415,7 @@ int cmd_eval(int argc, char** argv) {
 // ---------------------------------------------------------------------------------------------
 namespace {
 struct SampleOptions {
-  std::string model, tokenizer;
+  std::string model, tokenizer, device = "cpu";
   std::string prompt = "Once upon a time";
   int tokens = 200;
   double temperature = 0.8;
@@ -411,6 +437,7 @@ const std::vector<FieldSpec>& sample_fields() {
       field("top_p", &S::top_p, "nucleus sampling mass (1 = off)"),
       field("seed", &S::seed, "sampling seed"),
       field("context", &S::context, "longest context fed to the model"),
+      field("device", &S::device, "cpu or cuda"),
   };
   return f;
 }
@@ -429,7 +456,8 @@ int cmd_sample(int argc, char** argv) {
                " is a training setting; sample only takes --precision");
   DSV3_CHECK(o.tokens >= 0 && o.context >= 1, "tokens must be >= 0 and context >= 1");
   DSV3_CHECK(!o.prompt.empty(), "--prompt must not be empty");
-  auto weights = load_weights(o.model, pc.precision);
+  const Device device = pick_device(o.device, pc);
+  auto weights = load_weights(o.model, pc.precision, device);
   const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
   const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
   std::fprintf(stderr, "text: %s\n", codec.describe().c_str());

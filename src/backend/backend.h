@@ -10,7 +10,9 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <unordered_map>
 
 #include "tensor/tensor.h"
 
@@ -18,6 +20,7 @@ namespace dsv3 {
 
 struct Stream;  // cudaStream_t on CUDA; the CPU runs everything inline (null stream)
 struct Event;   // cudaEvent_t on CUDA
+struct Graph;   // an instantiated CUDA graph
 
 // Where an op runs: its device, and on CUDA the stream it is ordered on.
 struct Exec {
@@ -48,11 +51,39 @@ void event_wait(const Exec& ex, Event* e);    // ex.stream waits for e (the host
 void event_synchronize(Device d, Event* e);   // the host waits for e
 
 struct MemoryStats {
-  size_t in_use = 0;  // bytes allocated through alloc() and not freed
-  size_t peak = 0;    // highest in_use since the start or reset_peak()
+  size_t in_use = 0;    // bytes allocated through alloc() and not freed
+  size_t peak = 0;      // highest in_use since the start or reset_peak()
+  size_t reserved = 0;  // CUDA: bytes the caching allocator holds from the device (>= in_use)
 };
 MemoryStats memory_stats(Device d);
 void reset_peak(Device d);
+
+// Replays a region of device work as a CUDA graph: hundreds of kernel launches become one. On
+// the CPU, and on CUDA when disabled, run() just calls fn. On CUDA the first run of a key is eager
+// (it sizes the ops' scratch memory), the second captures fn into a graph and launches it, later
+// ones launch the graph. fn must queue device work on ex.stream only, never wait for it or read
+// it on the host, and queue the same work for the same key (same buffers, same scalars); a
+// region that cannot be captured runs eagerly from then on.
+class GraphCache {
+ public:
+  explicit GraphCache(bool enabled = false) : enabled_(enabled) {}
+  ~GraphCache() { clear(); }
+  GraphCache(const GraphCache&) = delete;
+  GraphCache& operator=(const GraphCache&) = delete;
+  bool enabled() const { return enabled_; }
+  void run(const Exec& ex, uint64_t key, const std::function<void()>& fn);
+  void clear();
+  size_t graphs() const;  // captured so far
+
+ private:
+  struct Entry {
+    int runs = 0;
+    Graph* graph = nullptr;
+    bool eager_only = false;  // capture failed
+  };
+  bool enabled_;
+  std::unordered_map<uint64_t, Entry> entries_;
+};
 
 }  // namespace backend
 
@@ -109,6 +140,11 @@ void event_destroy(Event* e);
 void event_record(Event* e, Stream* s);
 void event_wait(Stream* s, Event* e);
 void event_synchronize(Event* e);
+size_t memory_reserved();
+void graph_begin(Stream* s);
+Graph* graph_end(Stream* s);  // nullptr when the captured work cannot form a graph
+void graph_launch(Graph* g, Stream* s);
+void graph_destroy(Graph* g);
 }  // namespace cuda
 
 }  // namespace dsv3

@@ -8,7 +8,7 @@ namespace dsv3::cuda {
   fail("this dsv3 was built without CUDA; rebuild with -DDSV3_CUDA=ON or use --device cpu");
 }
 bool available() { return false; }
-std::string describe() { return "not built (DSV3_CUDA=OFF)"; }
+std::string describe() { return "this dsv3 was built without CUDA (rebuild with -DDSV3_CUDA=ON)"; }
 void* alloc(size_t) { unavailable(); }
 void free(void*) { unavailable(); }
 void copy(void*, const void*, size_t, int, Stream*) { unavailable(); }
@@ -21,5 +21,10 @@ void event_destroy(Event*) { unavailable(); }
 void event_record(Event*, Stream*) { unavailable(); }
 void event_wait(Stream*, Event*) { unavailable(); }
 void event_synchronize(Event*) { unavailable(); }
+size_t memory_reserved() { return 0; }
+void graph_begin(Stream*) { unavailable(); }
+Graph* graph_end(Stream*) { unavailable(); }
+void graph_launch(Graph*, Stream*) { unavailable(); }
+void graph_destroy(Graph*) {}
 
 }  // namespace dsv3::cuda

@@ -28,7 +28,9 @@ void alloc_attn_acts(AttnActs& a, Arena& ar, const ModelConfig& c, DType t, Dims
   }
   a.kv = ar.take(t, N * (c.kv_lora + c.qk_rope));
   a.kv_rstd = ar.take(acc, N);
-  a.probs = ar.take(t, size_t(d.B) * H * d.T * d.T);
+  // P on the CPU, the log-sum-exp per row on CUDA (ops/attention.h)
+  const AttentionSaved saved = attention_saved(ar.device, t, {d.B, d.T, c.heads, c.qk_head(), c.v_head, 1.0});
+  a.probs = ar.take(saved.dtype, saved.numel);
   a.ao = ar.take(t, N * H * c.v_head);
   if (shared) {
     a.qan = shared->qan, a.q = shared->q, a.ckvn = shared->ckvn;
@@ -123,7 +125,7 @@ void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Te
   backend::zero(ex, dq);
   backend::zero(ex, dk);
   backend::zero(ex, dv);
-  attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.probs, attn_shape(c, d, rope));
+  attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.ao, a.probs, attn_shape(c, d, rope));
   // dk_nope, dv -> dkvb; dk_pe summed over heads -> dkv's rotary slice; dkv's latent zeroed
   mla_kv_expand_backward(ex, s.dkvb, s.dkv, dk, dv, kv_shape(c, d));
   rope_backward(ex, dq, rope.cos, rope.sin, q_rope_layout(c, d));

@@ -35,7 +35,7 @@ struct AttnActs {
   Tensor kvb;          // (N, H*(nope+v))              (recomputable)
   Tensor k;            // (N, H*dqk) [k_nope | shared k_pe]  (recomputable)
   Tensor v;            // (N, H*v)                     (recomputable)
-  Tensor probs;        // (B, H, T, T)
+  Tensor probs;        // saved by attention: P (B, H, T, T) on the CPU, lse (B, H, T) on CUDA
   Tensor ao;           // (N, H*v) attention output before o_proj
 };
 // shared: where the recomputable members go (null: this layer's own memory).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "ops/embedding.h"
 
@@ -242,6 +243,26 @@ std::vector<MoeLayerStats> moe_stats(const Pass& p) {
 }
 
 namespace {
+// What a captured region depends on besides the workspace's buffers: the shape, the weights and
+// gradients it reads and writes, and the scalars baked into its kernels (the loss scale reaches
+// the router's backward as dbalance).
+uint64_t graph_key(const Pass& p, int region) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  mix(uint64_t(region));
+  mix(uint64_t(p.d.B));
+  mix(uint64_t(p.d.T));
+  mix(reinterpret_cast<uintptr_t>(p.w.data().data));
+  mix(p.g ? reinterpret_cast<uintptr_t>(p.g->embed.data) : 0);
+  uint32_t scale;
+  std::memcpy(&scale, &p.grad_scale, 4);
+  mix(scale);
+  uint64_t alpha;
+  std::memcpy(&alpha, &p.loss.balance_alpha, 8);
+  mix(alpha);
+  return h;
+}
+
 LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt) {
   const ModelConfig& c = p.w.config();
   DSV3_CHECK(p.ws.config().embed && p.ws.config().head && p.ws.config().layer_begin == 0 &&
@@ -249,8 +270,11 @@ LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt) {
              "a whole-model pass needs a workspace for the whole model (internal error)");
   const bool with_mtp = opt.mtp || p.g;  // training always trains the MTP modules
   load_batch(p, mb, with_mtp);
-  embed_forward(p);
-  blocks_forward(p, 0, c.layers);
+  // device work only (no host reads): on CUDA with cuda_graphs, one graph launch
+  p.ws.graphs.run(p.ex(), graph_key(p, 0), [&] {
+    embed_forward(p);
+    blocks_forward(p, 0, c.layers);
+  });
   LossReport rep;
   rep.targets = p.targets;
   rep.loss = head_loss(p, opt);
@@ -264,8 +288,10 @@ LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt) {
   rep.total = rep.loss + p.loss.mtp_weight * rep.mtp_loss + rep.balance_loss;
   if (!p.g) return rep;
   mtp_backward(p);
-  blocks_backward(p, 0, c.layers);
-  embed_backward(p);
+  p.ws.graphs.run(p.ex(), graph_key(p, 1), [&] {
+    blocks_backward(p, 0, c.layers);
+    embed_backward(p);
+  });
   return rep;
 }
 }  // namespace

@@ -71,10 +71,12 @@ void Workspace::layout(Arena& ar, const ModelConfig& c) {
 }
 
 Workspace::Workspace(const ModelConfig& c, DType t, Device device, const WorkspaceConfig& wc)
-    : c_(c), t_(t), device_(device), wc_(wc), layer_end_(end_of(c, wc)) {
+    : graphs(wc.cuda_graphs && device == Device::CUDA), c_(c), t_(t), device_(device), wc_(wc),
+      layer_end_(end_of(c, wc)) {
   DSV3_CHECK(wc.max.B > 0 && wc.max.T > 0, "batch and sequence length must be positive");
   DSV3_CHECK(wc.max.T <= c.max_seq, "sequence length ", wc.max.T, " exceeds max_seq ", c.max_seq);
   Arena measure;
+  measure.device = device;  // some buffers depend on it (attention's saved state)
   layout(measure, c);
   mem_ = Buffer(device, DType::U8, measure.used);
   Arena ar{static_cast<char*>(mem_.view().data), measure.used, 0, device};

@@ -22,6 +22,9 @@ struct WorkspaceConfig {
   // layer_end) (layer_end -1: to the last), the embedding, the head and the MTP modules.
   int layer_begin = 0, layer_end = -1;
   bool embed = true, head = true;
+  // CUDA: replay the embedding + blocks forward and the blocks + embedding backward of a whole-
+  // model pass as CUDA graphs (backend::GraphCache; the first pass of each shape runs eagerly).
+  bool cuda_graphs = false;
 };
 
 class Workspace {
@@ -53,6 +56,7 @@ class Workspace {
   MtpScratch mtp_scratch;
   Tensor moe_loads, moe_stats;       // (n_moe, E) i64 and (n_moe, 2) f64: per MoE layer
   int n_moe = 0;                     // MoE layers: main ones in order, then the MTP blocks
+  backend::GraphCache graphs;        // the passes' captured regions (config().cuda_graphs)
 
   BlockActs& block_acts(int l) { return blocks[block_index(l)]; }
   const BlockActs& block_acts(int l) const { return blocks[block_index(l)]; }

@@ -10,6 +10,8 @@
 // order, so every result is independent of the thread count.
 #include "ops/attention.h"
 
+#include "ops/cuda/ops_cuda.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -157,15 +159,21 @@ DSV3_ATTENTION_INSTANTIATE(f16_t)
 
 }  // namespace cpu
 
+AttentionSaved attention_saved(Device d, DType t, AttentionShape s) {
+  if (d == Device::CUDA) return {DType::F32, size_t(s.B) * s.H * s.T};  // log-sum-exp per row
+  return {t, size_t(s.B) * s.H * s.T * s.T};                             // P
+}
+
 namespace {
-void check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Tensor& o, const Tensor& probs, AttentionShape s) {
+void check_attention(const Exec& ex, const char* op, const Tensor& q, const Tensor& k,
+                     const Tensor& v, const Tensor& o, const Tensor& saved, AttentionShape s) {
   const size_t N = size_t(s.B) * s.T;
   check_arg(op, "q", q, q.dtype, N * s.H * s.dqk);
   check_arg(op, "k", k, q.dtype, N * s.H * s.dqk);
   check_arg(op, "v", v, q.dtype, N * s.H * s.dv);
   check_arg(op, "out", o, q.dtype, N * s.H * s.dv);
-  check_arg(op, "probs", probs, q.dtype, size_t(s.B) * s.H * s.T * s.T);
+  const AttentionSaved want = attention_saved(ex.device, q.dtype, s);
+  check_arg(op, "saved", saved, want.dtype, want.numel);
 }
 }  // namespace
 
@@ -174,9 +182,9 @@ void attention_forward(const Exec& ex, const Tensor& out, const Tensor& probs, c
   const char* op = "attention_forward";
   // the lower block triangle: row block r0 sees r0 + kBlock keys
   profile::Scope prof(op, 2.0 * s.B * s.H * (double(s.T) * (s.T + cpu::kBlock) / 2) * (s.dqk + s.dv));
-  check_device(ex, op, {{"out", out}, {"probs", probs}, {"q", q}, {"k", k}, {"v", v}});
-  check_attention(op, q, k, v, out, probs, s);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  check_device(ex, op, {{"out", out}, {"saved", probs}, {"q", q}, {"k", k}, {"v", v}});
+  check_attention(ex, op, q, k, v, out, probs, s);
+  if (ex.device == Device::CUDA) return cuda::attention_forward(ex, out, probs, q, k, v, s);
   dispatch_float(q.dtype, op, [&]<typename T>() {
     cpu::attention_forward<T>(out.as<T>(), probs.as<T>(), q.as<T>(), k.as<T>(), v.as<T>(), s);
   });
@@ -184,14 +192,17 @@ void attention_forward(const Exec& ex, const Tensor& out, const Tensor& probs, c
 
 void attention_backward(const Exec& ex, const Tensor& dq, const Tensor& dk, const Tensor& dv,
                         const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& probs, AttentionShape s) {
+                        const Tensor& out, const Tensor& probs, AttentionShape s) {
   const char* op = "attention_backward";
   profile::Scope prof(op, 2.0 * s.B * s.H * (double(s.T) * (s.T + cpu::kBlock) / 2) * (2 * s.dqk + 2 * s.dv));
   check_device(ex, op, {{"dq", dq}, {"dk", dk}, {"dv", dv}, {"dout", dout}, {"q", q}, {"k", k},
-                        {"v", v}, {"probs", probs}});
-  check_attention(op, q, k, v, dout, probs, s);
-  check_attention(op, dq, dk, dv, dout, probs, s);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+                        {"v", v}, {"out", out}, {"saved", probs}});
+  check_attention(ex, op, q, k, v, dout, probs, s);
+  check_attention(ex, op, dq, dk, dv, dout, probs, s);
+  if (ex.device == Device::CUDA) {
+    check_arg(op, "out", out, q.dtype, size_t(s.B) * s.T * s.H * s.dv);
+    return cuda::attention_backward(ex, dq, dk, dv, dout, q, k, v, out, probs, s);
+  }
   dispatch_float(q.dtype, op, [&]<typename T>() {
     cpu::attention_backward<T>(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), q.as<T>(),
                                k.as<T>(), v.as<T>(), probs.as<T>(), s);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 #include "ops/fast_math.h"
 
@@ -109,7 +110,7 @@ void cross_entropy_forward(const Exec& ex, const Tensor& losses, const Tensor& l
   check_arg(op, "logits", logits, logits.dtype, size_t(N) * V);
   check_arg(op, "losses", losses, logits.dtype, size_t(N));
   check_arg(op, "targets", targets, DType::I32, size_t(N));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::cross_entropy_forward(ex, losses, logits, targets, N, V);
   if (logits.dtype == DType::F64)
     return cpu::cross_entropy_forward(losses.as<double>(), logits.as<double>(),
                                       targets.as<int32_t>(), N, V);
@@ -132,7 +133,7 @@ void cross_entropy_backward(const Exec& ex, const Tensor& dlogits, const Tensor&
   check_arg(op, "dlogits", dlogits, dlogits.dtype, size_t(N) * V);
   check_arg(op, "row_scale", row_scale, logits.dtype, size_t(N));
   check_arg(op, "targets", targets, DType::I32, size_t(N));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::cross_entropy_backward(ex, dlogits, logits, targets, row_scale, N, V);
   const int32_t* tg = targets.as<int32_t>();
   if (logits.dtype == DType::F64)
     return cpu::cross_entropy_backward(dlogits.as<double>(), logits.as<double>(), tg,

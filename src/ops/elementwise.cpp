@@ -3,6 +3,7 @@
 #include <cstddef>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -40,7 +41,7 @@ void add_inplace(const Exec& ex, const Tensor& y, const Tensor& x) {
   profile::Scope prof(op);
   check_device(ex, op, {{"y", y}, {"x", x}});
   check_arg(op, "x", x, y.dtype, y.numel);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::add_inplace(ex, y, x);
   dispatch_float(y.dtype, op, [&]<typename T>() { cpu::add<T>(y.as<T>(), x.as<T>(), y.numel); });
 }
 
@@ -50,7 +51,7 @@ void convert(const Exec& ex, const Tensor& dst, const Tensor& src) {
   check_device(ex, op, {{"dst", dst}, {"src", src}});
   check_arg(op, "src", src, src.dtype, dst.numel);
   if (src.dtype == dst.dtype) return backend::copy(ex, dst, src.slice(0, dst.numel));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::convert(ex, dst, src);
   dispatch_float(dst.dtype, op, [&]<typename D>() {
     dispatch_float(src.dtype, op, [&]<typename S>() {
       cpu::convert_n<D, S>(dst.as<D>(), src.as<S>(), dst.numel);
@@ -62,7 +63,7 @@ void scale_inplace(const Exec& ex, const Tensor& x, double s) {
   const char* op = "scale_inplace";
   profile::Scope prof(op);
   check_device(ex, op, {{"x", x}});
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::scale_inplace(ex, x, s);
   dispatch_float(x.dtype, op, [&]<typename T>() {
     cpu::scale<T>(x.as<T>(), accum_t<T>(s), x.numel);
   });

@@ -7,6 +7,7 @@
 #include <cstddef>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -57,7 +58,7 @@ void embedding_forward(const Exec& ex, const Tensor& out, const Tensor& ids, con
   check_device(ex, op, {{"out", out}, {"ids", ids}, {"table", table}});
   check_arg(op, "out", out, table.dtype, size_t(N) * C);
   check_arg(op, "ids", ids, DType::I32, size_t(N));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::embedding_forward(ex, out, ids, table, N, C);
   dispatch_float(table.dtype, op, [&]<typename T>() {
     cpu::embedding_forward<T>(out.as<T>(), ids.as<int32_t>(), table.as<T>(), N, C);
   });
@@ -71,7 +72,7 @@ void embedding_backward(const Exec& ex, const Tensor& dtable, const Tensor& dout
   check_arg(op, "dout", dout, dout.dtype, size_t(N) * C);
   check_arg(op, "dtable", dtable, accum_dtype(dout.dtype), size_t(C));
   check_arg(op, "ids", ids, DType::I32, size_t(N));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::embedding_backward(ex, dtable, dout, ids, N, C);
   dispatch_float(dout.dtype, op, [&]<typename T>() {
     cpu::embedding_backward<T>(dtable.as<accum_t<T>>(), dout.as<T>(), ids.as<int32_t>(), N, C);
   });

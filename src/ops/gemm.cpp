@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 #include "ops/gemm_cpu.h"
 
@@ -17,6 +18,12 @@ void check_out_dtype(const char* op, const Tensor& y, DType t) {
 }
 }  // namespace
 
+void gemm_allow_tf32(bool on) { cuda::set_tf32(on); }
+
+double measure_gemm_peak_gflops(Device d, DType ab) {
+  return d == Device::CUDA ? cuda::gemm_peak_gflops(ab) : cpu::measure_gemm_peak_gflops(ab);
+}
+
 void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w, int N,
                     int in, int out, Write mode) {
   const char* op = "linear_forward";
@@ -26,7 +33,7 @@ void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tens
   check_arg(op, "w", w, x.dtype, size_t(out) * in);
   check_out_dtype(op, y, x.dtype);
   check_arg(op, "y", y, y.dtype, size_t(N) * out);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::linear_forward(ex, y, x, w, N, in, out, mode);
   if (N == 0) return;
   cpu::gemm(false, true, N, out, in, 1.0f, x.data, in, w.data, in, mode == Write::Accumulate ? 1.0f : 0.0f, y.data,
             out, x.dtype, y.dtype);
@@ -43,7 +50,7 @@ void linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const T
   check_opt(op, "dx", dx, t, size_t(N) * in);
   if (dw) check_arg(op, "x", x, t, size_t(N) * in);
   check_opt(op, "dw", dw, accum_dtype(t), size_t(out) * in);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::linear_backward(ex, dx, dw, dy, x, w, N, in, out, dx_mode);
   if (N == 0) return;
   if (dx)
     cpu::gemm(false, false, N, in, out, 1.0f, dy.data, out, w.data, in,
@@ -72,10 +79,14 @@ void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, co
                               ? 2.0 * offsets.as<int32_t>()[s.E] * s.in * s.out
                               : 0);
   check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}, {"offsets", offsets}});
-  if (ex.device != Device::CPU) no_kernel(ex, op);
   const DType t = x.dtype;
   check_arg(op, "w", w, t, s.E > 0 ? (s.E - 1) * s.w_stride + size_t(s.out) * s.in : 0);
   check_out_dtype(op, y, t);
+  // on CUDA the offsets stay on the device: the kernel checks them (an error flag) and sizes
+  if (ex.device == Device::CUDA) {
+    check_arg(op, "offsets", offsets, DType::I32, size_t(s.E) + 1);
+    return cuda::grouped_linear_forward(ex, y, x, w, offsets, s);
+  }
   check_offsets(op, offsets, s.E, x.numel / std::max(s.in, 1));
   const int32_t* o = offsets.as<int32_t>();
   check_arg(op, "y", y, y.dtype, size_t(o[s.E]) * s.out);
@@ -99,10 +110,16 @@ void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw,
                               ? 2.0 * offsets.as<int32_t>()[s.E] * s.in * s.out * ((dx ? 1 : 0) + (dw ? 1 : 0))
                               : 0);
   check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dy", dy}, {"x", x}, {"w", w}, {"offsets", offsets}});
-  if (ex.device != Device::CPU) no_kernel(ex, op);
   const DType t = dy.dtype;
   const size_t wspan = s.E > 0 ? (s.E - 1) * s.w_stride + size_t(s.out) * s.in : 0;
   check_arg(op, "w", w, t, wspan);
+  if (ex.device == Device::CUDA) {
+    check_arg(op, "offsets", offsets, DType::I32, size_t(s.E) + 1);
+    check_opt(op, "dx", dx, t, 0);
+    check_opt(op, "dw", dw, accum_dtype(t), wspan);
+    if (dw) check_arg(op, "x", x, t, 0);
+    return cuda::grouped_linear_backward(ex, dx, dw, dy, x, w, offsets, s, dx_mode);
+  }
   check_offsets(op, offsets, s.E, dy.numel / std::max(s.out, 1));
   const int32_t* o = offsets.as<int32_t>();
   const size_t rows = size_t(o[s.E]);

@@ -11,6 +11,12 @@
 
 namespace dsv3 {
 
+// CUDA: fp32 GEMMs on TF32 tensor cores (10-bit mantissa operands, fp32 accumulation), off by
+// default (--tf32). The CPU has no TF32: there it changes nothing.
+void gemm_allow_tf32(bool on);
+// Sustained GEMM throughput of the device for dtype ab (GFLOP/s): the MFU denominators.
+double measure_gemm_peak_gflops(Device d, DType ab);
+
 // y(N,out) = x(N,in) w^T, overwriting y or adding to it.
 void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tensor& w, int N,
                     int in, int out, Write mode = Write::Overwrite);

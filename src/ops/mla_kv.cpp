@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -73,7 +74,7 @@ void mla_kv_expand_forward(const Exec& ex, const Tensor& k, const Tensor& v, con
   profile::Scope prof(op);
   check_device(ex, op, {{"k", k}, {"v", v}, {"kvb", kvb}, {"kv", kv}});
   check_kv(op, kvb, kv, k, v, s);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::mla_kv_expand_forward(ex, k, v, kvb, kv, s);
   dispatch_float(kvb.dtype, op, [&]<typename T>() {
     cpu::expand_forward<T>(k.as<T>(), v.as<T>(), kvb.as<T>(), kv.as<T>(), s);
   });
@@ -85,7 +86,7 @@ void mla_kv_expand_backward(const Exec& ex, const Tensor& dkvb, const Tensor& dk
   profile::Scope prof(op);
   check_device(ex, op, {{"dkvb", dkvb}, {"dkv", dkv}, {"dk", dk}, {"dv", dv}});
   check_kv(op, dkvb, dkv, dk, dv, s);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::mla_kv_expand_backward(ex, dkvb, dkv, dk, dv, s);
   dispatch_float(dkvb.dtype, op, [&]<typename T>() {
     cpu::expand_backward<T>(dkvb.as<T>(), dkv.as<T>(), dk.as<T>(), dv.as<T>(), s);
   });

@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -298,7 +299,7 @@ void router_forward(const Exec& ex, const RouterOutputs& out, const Tensor& logi
   check_opt(op, "bias", bias, DType::F32, size_t(s.E));
   DSV3_CHECK(s.segment > 0 && s.N % s.segment == 0, op, ": ", s.N, " tokens are not whole segments of ",
              s.segment, " (internal error)");
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::router_forward(ex, out, logits, bias, s);
   int64_t* loads = out.loads.as<int64_t>();
   std::fill_n(loads, s.E, 0);
   double* stats = out.stats.as<double>();
@@ -323,7 +324,7 @@ void router_backward(const Exec& ex, const Tensor& dlogits, const Tensor& dgates
   check_arg(op, "dlogits", dlogits, a, NE);
   check_arg(op, "dgates", dgates, a, NK);
   check_arg(op, "idx", idx, DType::I32, NK);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::router_backward(ex, dlogits, dgates, dbalance, scores, idx, s);
   if (a == DType::F64)
     return cpu::router_backward(dlogits.as<double>(), dgates.as<double>(), dbalance,
                                 scores.as<double>(), idx.as<int32_t>(), s);
@@ -341,7 +342,7 @@ void moe_permutation(const Exec& ex, const Tensor& slot_token, const Tensor& slo
   check_arg(op, "slot_of", slot_of, DType::I32, NK);
   check_arg(op, "offsets", offsets, DType::I32, size_t(E) + 1);
   check_arg(op, "idx", idx, DType::I32, NK);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::moe_permutation(ex, slot_token, slot_of, offsets, idx, N, K, E);
   cpu::moe_permutation(slot_token.as<int32_t>(), slot_of.as<int32_t>(), offsets.as<int32_t>(),
                        idx.as<int32_t>(), N, K, E);
 }
@@ -353,7 +354,7 @@ void moe_gather(const Exec& ex, const Tensor& xp, const Tensor& x, const Tensor&
   check_device(ex, op, {{"xp", xp}, {"x", x}, {"slot_token", slot_token}});
   check_arg(op, "xp", xp, x.dtype, size_t(NK) * C);
   check_arg(op, "slot_token", slot_token, DType::I32, size_t(NK));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::moe_gather(ex, xp, x, slot_token, NK, C);
   dispatch_float(x.dtype, op, [&]<typename T>() {
     cpu::moe_gather<T>(xp.as<T>(), x.as<T>(), slot_token.as<int32_t>(), NK, C);
   });
@@ -368,7 +369,7 @@ void moe_combine(const Exec& ex, const Tensor& y, const Tensor& outp, const Tens
   check_arg(op, "outp", outp, y.dtype, size_t(N) * K * C);
   check_arg(op, "gates", gates, accum_dtype(y.dtype), size_t(N) * K);
   check_arg(op, "slot_of", slot_of, DType::I32, size_t(N) * K);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::moe_combine(ex, y, outp, gates, slot_of, N, K, C, accumulate);
   dispatch_float(y.dtype, op, [&]<typename T>() {
     cpu::moe_combine<T>(y.as<T>(), outp.as<T>(), gates.as<accum_t<T>>(), slot_of.as<int32_t>(), N,
                         K, C, accumulate);
@@ -389,7 +390,7 @@ void moe_combine_backward(const Exec& ex, const Tensor& doutp, const Tensor& dga
   check_arg(op, "gates", gates, accum_dtype(t), size_t(N) * K);
   check_arg(op, "dgates", dgates, accum_dtype(t), size_t(N) * K);
   check_arg(op, "slot_of", slot_of, DType::I32, size_t(N) * K);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::moe_combine_backward(ex, doutp, dgates, dy, outp, gates, slot_of, N, K, C);
   dispatch_float(t, op, [&]<typename T>() {
     cpu::moe_combine_backward<T>(doutp.as<T>(), dgates.as<accum_t<T>>(), dy.as<T>(), outp.as<T>(),
                                  gates.as<accum_t<T>>(), slot_of.as<int32_t>(), N, K, C);
@@ -404,7 +405,7 @@ void moe_scatter_add(const Exec& ex, const Tensor& dx, const Tensor& dxp, const 
   check_arg(op, "dx", dx, dx.dtype, size_t(N) * C);
   check_arg(op, "dxp", dxp, dx.dtype, size_t(N) * K * C);
   check_arg(op, "slot_of", slot_of, DType::I32, size_t(N) * K);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::moe_scatter_add(ex, dx, dxp, slot_of, N, K, C);
   dispatch_float(dx.dtype, op, [&]<typename T>() {
     cpu::moe_scatter_add<T>(dx.as<T>(), dxp.as<T>(), slot_of.as<int32_t>(), N, K, C);
   });

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -106,7 +107,7 @@ void adamw_update(const Exec& ex, const Tensor& master, const Tensor& grads, con
   check_arg(op, "m", m, a, end);
   check_arg(op, "v", v, a, end);
   if (compute) check_arg(op, "compute", compute, compute.dtype, end);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::adamw_update(ex, master, grads, m, v, compute, spans, h);
   auto run = [&]<typename A>() {
     if (!compute) {
       cpu::adamw<A, A>(master.as<A>(), grads.as<A>(), m.as<A>(), v.as<A>(), nullptr, spans, h);
@@ -126,7 +127,7 @@ void routing_bias_update(const Exec& ex, const Tensor& bias, const Tensor& loads
   check_device(ex, op, {{"bias", bias}, {"loads", loads}});
   check_arg(op, "bias", bias, DType::F32, bias.numel);
   check_arg(op, "loads", loads, DType::I64, bias.numel);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::routing_bias_update(ex, bias, loads, gamma);
   const int64_t* l = loads.as<int64_t>();
   float* b = bias.as<float>();
   const size_t E = bias.numel;
@@ -146,7 +147,7 @@ double sum_squares(const Exec& ex, const Tensor& x, std::span<const ParamSpan> s
   size_t end = 0;
   for (const ParamSpan& s : spans) end = std::max(end, s.offset + s.numel);
   check_arg(op, "x", x, x.dtype, end);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::sum_squares(ex, x, spans);
   if (x.dtype == DType::F64) return cpu::sumsq(x.as<double>(), spans);
   DSV3_CHECK(x.dtype == DType::F32, op, ": gradients must be f32 or f64 (internal error)");
   return cpu::sumsq(x.as<float>(), spans);

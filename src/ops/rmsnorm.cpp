@@ -8,6 +8,7 @@
 #include <cstddef>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 
 namespace dsv3 {
@@ -98,7 +99,7 @@ void rmsnorm_forward(const Exec& ex, const Tensor& out, const Tensor& rstd, cons
   check_arg(op, "out", out, x.dtype, rows_span(s.N, s.out_stride, s.C));
   check_arg(op, "w", w, x.dtype, size_t(s.C));
   check_arg(op, "rstd", rstd, accum_dtype(x.dtype), size_t(s.N));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::rmsnorm_forward(ex, out, rstd, x, w, s, eps);
   dispatch_float(x.dtype, op, [&]<typename T>() {
     cpu::rmsnorm_forward<T>(out.as<T>(), rstd.as<accum_t<T>>(), x.as<T>(), w.as<T>(), s, eps);
   });
@@ -115,7 +116,7 @@ void rmsnorm_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const 
   check_opt(op, "dw", dw, accum_dtype(x.dtype), size_t(s.C));
   check_arg(op, "w", w, x.dtype, size_t(s.C));
   check_arg(op, "rstd", rstd, accum_dtype(x.dtype), size_t(s.N));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::rmsnorm_backward(ex, dx, dw, dout, x, w, rstd, s);
   dispatch_float(x.dtype, op, [&]<typename T>() {
     cpu::rmsnorm_backward<T>(dx ? dx.as<T>() : nullptr, dw ? dw.as<accum_t<T>>() : nullptr,
                              dout.as<T>(), x.as<T>(), w.as<T>(), rstd.as<accum_t<T>>(), s);

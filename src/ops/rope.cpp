@@ -3,6 +3,7 @@
 #include "ops/rope.h"
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 
 #include <algorithm>
@@ -111,7 +112,6 @@ void check_rope(const Exec& ex, const char* op, const Tensor& x, const Tensor& c
   const size_t table = size_t(std::min(l.N, l.T)) * (l.dim / 2);
   check_arg(op, "cos", cos, accum_dtype(x.dtype), table);
   check_arg(op, "sin", sin, accum_dtype(x.dtype), table);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
 }
 }  // namespace
 
@@ -122,7 +122,7 @@ void rope_tables(const Exec& ex, const Tensor& cos, const Tensor& sin, int seq_l
   check_device(ex, op, {{"cos", cos}, {"sin", sin}});
   check_arg(op, "cos", cos, cos.dtype, size_t(seq_len) * (p.dim / 2));
   check_arg(op, "sin", sin, cos.dtype, size_t(seq_len) * (p.dim / 2));
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::rope_tables(ex, cos, sin, seq_len, p);
   if (cos.dtype == DType::F64) return cpu::rope_tables<double>(cos.as<double>(), sin.as<double>(), seq_len, p);
   cpu::rope_tables<float>(cos.as<float>(), sin.as<float>(), seq_len, p);
 }
@@ -131,6 +131,7 @@ void rope_forward(const Exec& ex, const Tensor& x, const Tensor& cos, const Tens
                   RopeLayout l) {
   profile::Scope prof("rope_forward");
   check_rope(ex, "rope_forward", x, cos, sin, l);
+  if (ex.device == Device::CUDA) return cuda::rope_forward(ex, x, cos, sin, l);
   dispatch_float(x.dtype, "rope_forward", [&]<typename T>() {
     cpu::rope_forward<T>(x.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), l);
   });
@@ -140,6 +141,7 @@ void rope_backward(const Exec& ex, const Tensor& dx, const Tensor& cos, const Te
                    RopeLayout l) {
   profile::Scope prof("rope_backward");
   check_rope(ex, "rope_backward", dx, cos, sin, l);
+  if (ex.device == Device::CUDA) return cuda::rope_backward(ex, dx, cos, sin, l);
   dispatch_float(dx.dtype, "rope_backward", [&]<typename T>() {
     cpu::rope_backward<T>(dx.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), l);
   });

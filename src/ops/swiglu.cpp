@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "core/profile.h"
+#include "ops/cuda/ops_cuda.h"
 #include "ops/dispatch.h"
 #include "ops/fast_math.h"
 
@@ -82,7 +83,7 @@ void swiglu_forward(const Exec& ex, const Tensor& out, const Tensor& h, int N, i
   check_device(ex, op, {{"out", out}, {"h", h}});
   check_arg(op, "h", h, h.dtype, size_t(N) * 2 * D);
   check_arg(op, "out", out, h.dtype, size_t(N) * D);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::swiglu_forward(ex, out, h, N, D);
   dispatch_float(h.dtype, op,
                  [&]<typename T>() { cpu::swiglu_forward<T>(out.as<T>(), h.as<T>(), N, D); });
 }
@@ -95,7 +96,7 @@ void swiglu_backward(const Exec& ex, const Tensor& dh, const Tensor& dout, const
   check_arg(op, "h", h, h.dtype, size_t(N) * 2 * D);
   check_arg(op, "dh", dh, h.dtype, size_t(N) * 2 * D);
   check_arg(op, "dout", dout, h.dtype, size_t(N) * D);
-  if (ex.device != Device::CPU) no_kernel(ex, op);
+  if (ex.device == Device::CUDA) return cuda::swiglu_backward(ex, dh, dout, h, N, D, mode);
   dispatch_float(h.dtype, op, [&]<typename T>() {
     cpu::swiglu_backward<T>(dh.as<T>(), dout.as<T>(), h.as<T>(), N, D, mode == Write::Accumulate);
   });

@@ -40,6 +40,8 @@ const std::vector<FieldSpec>& precision_fields() {
       field("loss_scale", &P::loss_scale, "fp16: initial dynamic loss scale (a power of two)"),
       field("loss_scale_window", &P::loss_scale_window,
             "fp16: clean steps before the loss scale doubles"),
+      field("tf32", &P::tf32,
+            "CUDA, fp32: GEMMs on TF32 tensor cores (10-bit mantissa operands, fp32 sums)"),
   };
   return f;
 }

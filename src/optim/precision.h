@@ -23,6 +23,7 @@ struct PrecisionConfig {
   Precision precision = Precision::FP32;
   double loss_scale = 65536;     // fp16: initial loss scale (2^16)
   int loss_scale_window = 1000;  // fp16: clean steps before the scale doubles
+  bool tf32 = false;             // CUDA: fp32 GEMMs on TF32 tensor cores (fp32 accumulation)
 };
 const std::vector<FieldSpec>& precision_fields();
 void validate(const PrecisionConfig& p);

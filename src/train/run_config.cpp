@@ -24,6 +24,8 @@ const std::vector<FieldSpec>& run_fields() {
       field("peak_gflops", &R::peak_gflops,
             "GEMM peak for MFU (0 = measure it for the run's precision)"),
       field("device", &R::device, "cpu or cuda"),
+      field("cuda_graphs", &R::cuda_graphs,
+            "CUDA: replay the blocks' forward and backward as CUDA graphs (fewer launches)"),
   };
   return f;
 }
@@ -81,7 +83,11 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
   const bool prepared = !s.data.data.empty(), llmc = !s.data.train_data.empty();
   const bool fp16 = s.precision.precision == Precision::FP16;
   const bool moe = s.model.experts > 0;
+  const bool cuda = parse_device(s.run.device) == Device::CUDA;
   const Rule rules[] = {
+      {{"cuda_graphs"}, [&] { return cuda; }, "--device cuda"},
+      {{"tf32"}, [&] { return cuda && s.precision.precision == Precision::FP32; },
+       "--device cuda and --precision fp32 (the GEMMs TF32 changes)"},
       {{"mix", "mix_end", "mix_adaptive", "mix_window", "fim_rate", "fim_order", "window_overlap"},
        [&] { return prepared; }, "prepared data (--data DIR from dsv3 prepare)"},
       {{"val_data"}, [&] { return llmc; }, "--train_data (llm.c token files)"},

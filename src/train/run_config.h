@@ -32,6 +32,7 @@ struct RunConfig {
   int sample_tokens = 160;  // printed at the end (0 = none)
   double peak_gflops = 0;   // for MFU; 0 = measure the compute dtype's GEMM peak at start
   std::string device = "cpu";
+  bool cuda_graphs = false;  // replay the blocks' forward and backward as CUDA graphs
   Dims dims() const { return {batch, seq_len}; }
 };
 const std::vector<FieldSpec>& run_fields();

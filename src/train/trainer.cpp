@@ -12,7 +12,7 @@
 #include "dist/comm.h"
 #include "eval/eval.h"
 #include "infer/sample.h"
-#include "ops/gemm_cpu.h"
+#include "ops/gemm.h"
 #include "tokenizer/text_codec.h"
 #include "train/metrics.h"
 #include "train/state.h"
@@ -118,6 +118,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = rc.recompute;
+  wc.cuda_graphs = rc.cuda_graphs;
+  gemm_allow_tf32(spec.precision.tf32);
   Workspace ws(c, dtype, device, wc);
   Guard guard(spec.guard);
   RunState rs;
@@ -154,7 +156,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   }
 
   const ModelStats ms = model_stats(c, d.T);
-  double peak = rc.peak_gflops > 0 ? rc.peak_gflops : cpu::measure_gemm_peak_gflops(dtype);
+  double peak = rc.peak_gflops > 0 ? rc.peak_gflops : measure_gemm_peak_gflops(device, dtype);
   const double tokens_per_step = double(d.N()) * rc.grad_accum;
   std::fprintf(stderr,
                "dsv3 train: %.2fM params (%.2fM active), %d layers, %d experts top-%d, MTP %d\n"
@@ -294,7 +296,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     const double achieved = tps * ms.train_flops_per_token / 1e9;
     if (achieved > peak && !warned_peak && rc.peak_gflops == 0) {
       // a slow spell of a shared machine during the measurement: measure again, keep the better
-      peak = std::max(peak, cpu::measure_gemm_peak_gflops(dtype));
+      peak = std::max(peak, measure_gemm_peak_gflops(device, dtype));
       if (achieved > peak) {
         warned_peak = true;
         progress.print("warning: achieved " + fmt("%.1f", achieved) + " GFLOP/s exceeds the " +

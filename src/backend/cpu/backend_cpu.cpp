@@ -2,6 +2,7 @@
 #include <omp.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -118,9 +119,40 @@ void event_synchronize(Device d, Event* e) {
 
 MemoryStats memory_stats(Device d) {
   const Counters& c = counters(d);
-  return {c.in_use.load(), c.peak.load()};
+  return {c.in_use.load(), c.peak.load(), d == Device::CUDA ? cuda::memory_reserved() : 0};
 }
 void reset_peak(Device d) { counters(d).peak.store(counters(d).in_use.load()); }
+
+void GraphCache::run(const Exec& ex, uint64_t key, const std::function<void()>& fn) {
+  if (!enabled_ || ex.device != Device::CUDA) return fn();
+  Entry& e = entries_[key];
+  if (e.graph) return cuda::graph_launch(e.graph, ex.stream);
+  if (e.eager_only || e.runs++ == 0) return fn();  // the first run sizes scratch memory
+  cuda::graph_begin(ex.stream);
+  try {
+    fn();
+    e.graph = cuda::graph_end(ex.stream);
+  } catch (const Error& err) {  // a call that capture forbids: nothing of fn ran on the device
+    cuda::graph_destroy(cuda::graph_end(ex.stream));
+    std::fprintf(stderr, "note: CUDA graph capture failed (%s); running that region eagerly\n",
+                 err.what());
+  }
+  if (e.graph) return cuda::graph_launch(e.graph, ex.stream);
+  e.eager_only = true;  // the captured work was discarded, so run it now
+  fn();
+}
+
+void GraphCache::clear() {
+  for (auto& [k, e] : entries_)
+    if (e.graph) cuda::graph_destroy(e.graph);
+  entries_.clear();
+}
+
+size_t GraphCache::graphs() const {
+  size_t n = 0;
+  for (const auto& [k, e] : entries_) n += e.graph != nullptr;
+  return n;
+}
 
 }  // namespace backend
 }  // namespace dsv3
