@@ -492,7 +492,7 @@ def run(args):
         conf = dsv3_info(args.dsv3, args.preset, args.batch, args.seq)["config"]
     cfg = DeepseekV3Config(conf)
     Model = build_model_modules()
-    model = Model(cfg, attn_impl=args.attn)
+    model = Model(cfg, attn_impl=args.attn).to(args.device)
     model.train()
     n_params, n_bias = count_params(model)
     if args.expect_params and n_params != args.expect_params and n_params + n_bias != args.expect_params:
@@ -531,12 +531,15 @@ def run(args):
                 layer.compile(mode=mode)
         else:
             fwd = torch.compile(model, mode=mode)
-    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if args.amp == "bf16"
-           else torch.autocast("cpu", dtype=torch.float16) if args.amp == "fp16"
+    amp = (torch.autocast(args.device, dtype=torch.bfloat16) if args.amp == "bf16"
+           else torch.autocast(args.device, dtype=torch.float16) if args.amp == "fp16"
            else contextlib.nullcontext())
+    cuda = args.device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # the clock waits for the GPU
 
     rng = np.random.default_rng(1)
-    tokens = torch.tensor(rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)), dtype=torch.long)
+    tokens = torch.tensor(rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1)),
+                          dtype=torch.long, device=args.device)
 
     def step():
         with amp:
@@ -557,10 +560,14 @@ def run(args):
         loss = step()
         first_loss = loss if first_loss is None else first_loss
     warmup_s = time.perf_counter() - t_w
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.steps):
+        sync()
         t0 = time.perf_counter()
-        loss = step()
+        loss = step()  # reads the loss: the step's work is done when it returns
+        sync()
         times.append(time.perf_counter() - t0)
     dt = sum(times) / len(times)
     res = {"step_s": dt, "step_s_min": min(times), "step_s_all": times,
@@ -568,7 +575,10 @@ def run(args):
            "warmup_s": warmup_s, "peak_rss_bytes": _rss_bytes(), "rss_after_import_bytes": rss_import,
            "params": n_params, "routing_bias_params": n_bias, "torch": torch.__version__,
            "compile": bool(args.compile), "amp": args.amp, "attn": args.attn, "optim": args.optim,
-           "threads": torch.get_num_threads(), "batch": args.batch, "seq": args.seq}
+           "threads": torch.get_num_threads(), "batch": args.batch, "seq": args.seq,
+           "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    if cuda:
+        res["peak_device_bytes"] = torch.cuda.max_memory_allocated()
     if args.compile:
         try:
             import torch._dynamo.utils as du
@@ -601,7 +611,9 @@ def main():
                     help="compile each decoder block instead of the whole model (much shorter "
                          "compilation for many layers x experts)")
     ap.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                    help="torch.autocast('cpu', dtype) around the forward")
+                    help="torch.autocast(device, dtype) around the forward")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the model trains (cuda: timed with torch.cuda.synchronize)")
     ap.add_argument("--attn", default="sdpa_pad", choices=["sdpa_pad", "sdpa", "eager"])
     ap.add_argument("--optim", default="fused", choices=["fused", "foreach", "for-loop"])
     ap.add_argument("--expect-params", type=int, default=0,

@@ -151,6 +151,17 @@ bench() {  # name, flags...
 bench tiny_bf16 --preset tiny --precision bf16
 bench tiny_bf16_graphs --preset tiny --precision bf16 --cuda_graphs true
 bench small_bf16_T2048 --preset small --precision bf16 --seq_len 2048 --batch 4 --warmup_steps 2 --timed_steps 5
+# the peer on the same GPU: PyTorch (the machine's python3) on the HF-style model, bf16 autocast
+peer() {  # name, flags...
+  local name=$1; shift
+  run "peer_$name" 120 python3 bench/peer_deepseek.py --device cuda --dsv3 "$BIN/dsv3" --amp bf16 \
+    --warmup 3 --steps 5 "$@"
+  local line=$(grep '^{' "$LOG/peer_$name.log" | tail -1)
+  if [ -z "$line" ]; then row "peer $name" FAIL "no result (peer_$name.log)"; return; fi
+  row "peer $name" ok "$(python3 -c "import json,sys; j=json.loads(sys.argv[1]); print(f\"{j['tokens_per_s']:.0f} tok/s, {j['peak_device_bytes']/2**30:.2f} GiB, {1e3*j['step_s']:.1f} ms/step, torch {j['torch']}\")" "$line")"
+}
+peer tiny_eager_bf16 --preset tiny
+peer tiny_compile_bf16 --preset tiny --compile --capture-dynamic
 
 # ---- 7. memcheck (last: the slowest) ------------------------------------------------------------
 if command -v compute-sanitizer >/dev/null 2>&1; then

@@ -493,7 +493,7 @@ TEST(Attention, ForwardBackwardAccumulateFloat) {
   VecF dqf(nq, 0.f), dkf(nq, 0.f), dvf(nv, 0.f);
   attention_forward(Exec{}, H(of), H(pf), H(qf), H(kf), H(vf), s);
   attention_backward(Exec{}, H(dqf), H(dkf), H(dvf), H(Rf), H(qf), H(kf),
-                     H(vf), H(pf), s);
+                     H(vf), H(of), H(pf), s);
   EXPECT_LT(rel_error(of, out), kF32Tol);
   EXPECT_LT(rel_error(pf, probs), kF32Tol);
   EXPECT_LT(rel_error(dqf, dq), kF32Tol);
@@ -518,7 +518,7 @@ TEST(Attention, LongerSequenceLargeScoresFloat) {
   VecF dqf(nq, 0.f), dkf(nq, 0.f), dvf(nv, 0.f);
   attention_forward(Exec{}, H(of), H(pf), H(qf), H(kf), H(vf), s);
   attention_backward(Exec{}, H(dqf), H(dkf), H(dvf), H(Rf), H(qf), H(kf),
-                     H(vf), H(pf), s);
+                     H(vf), H(of), H(pf), s);
   expect_causal_probs(pf, s, 1e-5);
   // Scores of size ~250 amplify fp32 input rounding (relative 6e-8 of 250 = 1.5e-5 in a logit),
   // so the tolerance here is looser than kF32Tol.

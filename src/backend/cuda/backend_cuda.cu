@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/caching_allocator.h"
@@ -76,6 +77,10 @@ struct State {
   CachingAllocator alloc{raw};
   std::mutex mu;
   std::unordered_map<cudaStream_t, ScratchBlock> scratch;
+  // Once a graph exists, a grown-out-of scratch block may still be baked into it: such blocks
+  // are kept, never reused (scratch stays small next to activations).
+  bool graphs_exist = false;
+  std::vector<void*> retired_scratch;
   std::unordered_map<const void*, size_t> smem_limit;
   int* err_host = nullptr;
   int* err_dev = nullptr;
@@ -126,7 +131,10 @@ void* scratch(Stream* s, size_t bytes) {
   check(cudaStreamIsCapturing(cs, &capturing), "cudaStreamIsCapturing");
   DSV3_CHECK(capturing == cudaStreamCaptureStatusNone, "CUDA graph capture needs ", bytes,
              " bytes of op scratch, the eager warm-up run only ", b.bytes, " (internal error)");
-  if (b.p) st.alloc.free(b.p, s);
+  if (b.p) {
+    if (st.graphs_exist) st.retired_scratch.push_back(b.p);
+    else st.alloc.free(b.p, s);
+  }
   const size_t grown = std::max(bytes, b.bytes * 2);
   b.p = st.alloc.allocate(grown, s);
   b.bytes = grown;
@@ -244,6 +252,9 @@ Graph* graph_end(Stream* s) {
     delete x;
     return nullptr;
   }
+  State& st = state();
+  std::lock_guard<std::mutex> lock(st.mu);
+  st.graphs_exist = true;
   return reinterpret_cast<Graph*>(x);
 }
 

@@ -308,6 +308,39 @@ DSV3_DEVICE void tc_acc_to_a(uint32_t (&a)[4], float (&acc)[N8][4], int kc) {
   a[3] = pack2<T>(acc[2 * kc + 1][2], acc[2 * kc + 1][3]);
 }
 
+// acc (16 x 8 N8) += A B^T over K columns: A the warp's 16 rows at `a` (stride lda), B stored
+// [n][k] with its 8 N8 rows at `b` (stride ldb). S = Q K^T, dP = dO V^T and their transposes.
+template <typename T, int K, int N8>
+DSV3_DEVICE void tc_mma_rows(float (&acc)[N8][4], const T* a, int lda, const T* b, int ldb) {
+  DSV3_UNROLL
+  for (int ks = 0; ks < K / 16; ks++) {
+    uint32_t af[4];
+    tc_frag_a(af, a, lda, ks * 16);
+    DSV3_UNROLL
+    for (int j = 0; j < N8; j++) {
+      uint32_t bb[2];
+      tc_frag_b_nk(bb, b + j * 8 * ldb, ldb, ks * 16);
+      mma_16816<T>(acc[j], af, bb);
+    }
+  }
+}
+// acc (16 x 8 N8) += P B, P (16 x 8 P8) in accumulators (rounded to T on the way), B stored
+// [k][n] at `b` (stride ldb): dq += dS K, dk += dS^T Q, dv += P^T dO.
+template <typename T, int P8, int N8>
+DSV3_DEVICE void tc_mma_acc_kn(float (&acc)[N8][4], float (&p)[P8][4], const T* b, int ldb) {
+  DSV3_UNROLL
+  for (int kc = 0; kc < P8 / 2; kc++) {
+    uint32_t a[4];
+    tc_acc_to_a<T>(a, p, kc);
+    DSV3_UNROLL
+    for (int jd = 0; jd < N8; jd++) {
+      uint32_t bb[2];
+      tc_frag_b_kn(bb, b, ldb, kc * 16, jd * 8);
+      mma_16816<T>(acc[jd], a, bb);
+    }
+  }
+}
+
 template <typename T, int DQK, int DV>
 __global__ void __launch_bounds__(kTcThreads)
     attn_fwd_tc(T* out, float* lse, const T* q, const T* k, const T* v, AttnGeom s) {
@@ -321,7 +354,7 @@ __global__ void __launch_bounds__(kTcThreads)
   tc_stage_rows<DQK>(Qs, Lt::LDQ, q, s, b, h, q0, kTcBM, s.dqk);
   __syncthreads();
   uint32_t qf[DQK / 16][4];
-DSV3_UNROLL
+  DSV3_UNROLL
   for (int ks = 0; ks < DQK / 16; ks++) tc_frag_a(qf[ks], Qs + warp * 16 * Lt::LDQ, Lt::LDQ, ks * 16);
   float o[DV / 8][4] = {};
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
@@ -337,18 +370,18 @@ DSV3_UNROLL
     }
     __syncthreads();
     float sc[kTcBN / 8][4] = {};
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int ks = 0; ks < DQK / 16; ks++)
-DSV3_UNROLL
+      DSV3_UNROLL
       for (int j = 0; j < kTcBN / 8; j++) {
         uint32_t bb[2];
         tc_frag_b_nk(bb, Ks + j * 8 * Lt::LDQ, Lt::LDQ, ks * 16);
         mma_16816<T>(sc[j], qf[ks], bb);
       }
     float mt[2] = {-INFINITY, -INFINITY};
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int j = 0; j < kTcBN / 8; j++)
-DSV3_UNROLL
+      DSV3_UNROLL
       for (int e = 0; e < 4; e++) {
         const int row = row0 + 8 * (e >> 1), key = k0 + j * 8 + 2 * t + (e & 1);
         const float x = key <= row && key < s.T ? sc[j][e] * s.scale : -INFINITY;
@@ -356,37 +389,37 @@ DSV3_UNROLL
         mt[e >> 1] = fmaxf(mt[e >> 1], x);
       }
     float mn[2], alpha[2], rs[2] = {0.0f, 0.0f};
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int r = 0; r < 2; r++) {  // the 4 lanes of a group hold one row's 64 keys
       mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
       mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
       mn[r] = fmaxf(mrow[r], mt[r]);
       alpha[r] = mn[r] == -INFINITY ? 1.0f : expf(mrow[r] - mn[r]);
     }
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int j = 0; j < kTcBN / 8; j++)
-DSV3_UNROLL
+      DSV3_UNROLL
       for (int e = 0; e < 4; e++) {
         const float p = sc[j][e] == -INFINITY ? 0.0f : expf(sc[j][e] - mn[e >> 1]);
         sc[j][e] = p;
         rs[e >> 1] += p;
       }
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int r = 0; r < 2; r++) {
       rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
       rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
       lrow[r] = lrow[r] * alpha[r] + rs[r];
       mrow[r] = mn[r];
     }
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int jd = 0; jd < DV / 8; jd++)
-DSV3_UNROLL
+      DSV3_UNROLL
       for (int e = 0; e < 4; e++) o[jd][e] *= alpha[e >> 1];
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int kc = 0; kc < kTcBN / 16; kc++) {
       uint32_t a[4];
       tc_acc_to_a<T>(a, sc, kc);
-DSV3_UNROLL
+      DSV3_UNROLL
       for (int jd = 0; jd < DV / 8; jd++) {
         uint32_t bb[2];
         tc_frag_b_nk(bb, Vt + jd * 8 * Lt::LDVT, Lt::LDVT, kc * 16);
@@ -395,9 +428,9 @@ DSV3_UNROLL
     }
   }
   const float inv[2] = {lrow[0] > 0 ? 1.0f / lrow[0] : 0.0f, lrow[1] > 0 ? 1.0f / lrow[1] : 0.0f};
-DSV3_UNROLL
+  DSV3_UNROLL
   for (int jd = 0; jd < DV / 8; jd++)
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int e = 0; e < 4; e++) {
       const int row = row0 + 8 * (e >> 1), c = jd * 8 + 2 * t + (e & 1);
       if (row < s.T && c < s.dv) out[attn_row(s, b, row, h, s.dv) + c] = st<T>(o[jd][e] * inv[e >> 1]);
@@ -438,52 +471,22 @@ __global__ void __launch_bounds__(kTcThreads)
     tc_stage_rows<DV>(Vs, Lt::LDV, v, s, b, h, k0, kTcBN, s.dv);
     __syncthreads();
     float sc[kTcBN / 8][4] = {}, dp[kTcBN / 8][4] = {};
-DSV3_UNROLL
-    for (int ks = 0; ks < DQK / 16; ks++) {
-      uint32_t a[4];
-      tc_frag_a(a, Qs + warp * 16 * Lt::LDQ, Lt::LDQ, ks * 16);
-DSV3_UNROLL
-      for (int j = 0; j < kTcBN / 8; j++) {
-        uint32_t bb[2];
-        tc_frag_b_nk(bb, Ks + j * 8 * Lt::LDQ, Lt::LDQ, ks * 16);
-        mma_16816<T>(sc[j], a, bb);
-      }
-    }
-DSV3_UNROLL
-    for (int ks = 0; ks < DV / 16; ks++) {
-      uint32_t a[4];
-      tc_frag_a(a, dOs + warp * 16 * Lt::LDV, Lt::LDV, ks * 16);
-DSV3_UNROLL
-      for (int j = 0; j < kTcBN / 8; j++) {
-        uint32_t bb[2];
-        tc_frag_b_nk(bb, Vs + j * 8 * Lt::LDV, Lt::LDV, ks * 16);
-        mma_16816<T>(dp[j], a, bb);
-      }
-    }
-DSV3_UNROLL
+    tc_mma_rows<T, DQK>(sc, Qs + warp * 16 * Lt::LDQ, Lt::LDQ, Ks, Lt::LDQ);   // S
+    tc_mma_rows<T, DV>(dp, dOs + warp * 16 * Lt::LDV, Lt::LDV, Vs, Lt::LDV);   // dP
+    DSV3_UNROLL
     for (int j = 0; j < kTcBN / 8; j++)
-DSV3_UNROLL
+      DSV3_UNROLL
       for (int e = 0; e < 4; e++) {
         const int r = e >> 1, row = row0 + 8 * r, key = k0 + j * 8 + 2 * t + (e & 1);
         const bool ok = key <= row && key < s.T && row < s.T;
         const float p = ok ? round_to<T>(expf(sc[j][e] * s.scale - lr[r])) : 0.0f;
         sc[j][e] = ok ? s.scale * p * (dp[j][e] - dr[r]) : 0.0f;  // dS
       }
-DSV3_UNROLL
-    for (int kc = 0; kc < kTcBN / 16; kc++) {
-      uint32_t a[4];
-      tc_acc_to_a<T>(a, sc, kc);
-DSV3_UNROLL
-      for (int jd = 0; jd < DQK / 8; jd++) {
-        uint32_t bb[2];
-        tc_frag_b_kn(bb, Ks, Lt::LDQ, kc * 16, jd * 8);
-        mma_16816<T>(acc[jd], a, bb);
-      }
-    }
+    tc_mma_acc_kn<T>(acc, sc, Ks, Lt::LDQ);  // dq += dS K
   }
-DSV3_UNROLL
+  DSV3_UNROLL
   for (int jd = 0; jd < DQK / 8; jd++)
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int e = 0; e < 4; e++) {
       const int row = row0 + 8 * (e >> 1), c = jd * 8 + 2 * t + (e & 1);
       if (row < s.T && c < s.dqk) {
@@ -522,31 +525,11 @@ __global__ void __launch_bounds__(kTcThreads)
     }
     __syncthreads();
     float sc[kTcBM / 8][4] = {}, dp[kTcBM / 8][4] = {};  // S^T and dP^T: keys x queries
-DSV3_UNROLL
-    for (int ks = 0; ks < DQK / 16; ks++) {
-      uint32_t a[4];
-      tc_frag_a(a, Ks + warp * 16 * Lt::LDQ, Lt::LDQ, ks * 16);
-DSV3_UNROLL
-      for (int j = 0; j < kTcBM / 8; j++) {
-        uint32_t bb[2];
-        tc_frag_b_nk(bb, Qs + j * 8 * Lt::LDQ, Lt::LDQ, ks * 16);
-        mma_16816<T>(sc[j], a, bb);
-      }
-    }
-DSV3_UNROLL
-    for (int ks = 0; ks < DV / 16; ks++) {
-      uint32_t a[4];
-      tc_frag_a(a, Vs + warp * 16 * Lt::LDV, Lt::LDV, ks * 16);
-DSV3_UNROLL
-      for (int j = 0; j < kTcBM / 8; j++) {
-        uint32_t bb[2];
-        tc_frag_b_nk(bb, dOs + j * 8 * Lt::LDV, Lt::LDV, ks * 16);
-        mma_16816<T>(dp[j], a, bb);
-      }
-    }
-DSV3_UNROLL
+    tc_mma_rows<T, DQK>(sc, Ks + warp * 16 * Lt::LDQ, Lt::LDQ, Qs, Lt::LDQ);
+    tc_mma_rows<T, DV>(dp, Vs + warp * 16 * Lt::LDV, Lt::LDV, dOs, Lt::LDV);
+    DSV3_UNROLL
     for (int j = 0; j < kTcBM / 8; j++)
-DSV3_UNROLL
+      DSV3_UNROLL
       for (int e = 0; e < 4; e++) {
         const int key = key0 + 8 * (e >> 1), qi = j * 8 + 2 * t + (e & 1), row = q0 + qi;
         const bool ok = key <= row && row < s.T && key < s.T;
@@ -554,30 +537,14 @@ DSV3_UNROLL
         dp[j][e] = ok ? s.scale * p * (dp[j][e] - Ds[qi]) : 0.0f;  // dS^T
         sc[j][e] = p;                                                // P^T
       }
-DSV3_UNROLL
-    for (int kc = 0; kc < kTcBM / 16; kc++) {
-      uint32_t ap[4], ad[4];
-      tc_acc_to_a<T>(ap, sc, kc);
-      tc_acc_to_a<T>(ad, dp, kc);
-DSV3_UNROLL
-      for (int jd = 0; jd < DV / 8; jd++) {
-        uint32_t bb[2];
-        tc_frag_b_kn(bb, dOs, Lt::LDV, kc * 16, jd * 8);
-        mma_16816<T>(av[jd], ap, bb);
-      }
-DSV3_UNROLL
-      for (int jd = 0; jd < DQK / 8; jd++) {
-        uint32_t bb[2];
-        tc_frag_b_kn(bb, Qs, Lt::LDQ, kc * 16, jd * 8);
-        mma_16816<T>(ak[jd], ad, bb);
-      }
-    }
+    tc_mma_acc_kn<T>(av, sc, dOs, Lt::LDV);  // dv += P^T dO
+    tc_mma_acc_kn<T>(ak, dp, Qs, Lt::LDQ);   // dk += dS^T Q
   }
-DSV3_UNROLL
+  DSV3_UNROLL
   for (int e = 0; e < 4; e++) {
     const int key = key0 + 8 * (e >> 1);
     if (key >= s.T) continue;
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int jd = 0; jd < DQK / 8; jd++) {
       const int c = jd * 8 + 2 * t + (e & 1);
       if (c < s.dqk) {
@@ -585,7 +552,7 @@ DSV3_UNROLL
         *p = st<T>(ld(*p) + ak[jd][e]);
       }
     }
-DSV3_UNROLL
+    DSV3_UNROLL
     for (int jd = 0; jd < DV / 8; jd++) {
       const int c = jd * 8 + 2 * t + (e & 1);
       if (c < s.dv) {
