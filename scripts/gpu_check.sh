@@ -64,18 +64,20 @@ if ls .gpu-deps/*.deb >/dev/null 2>&1; then
 fi
 
 # ---- 1. build ----------------------------------------------------------------------------------
-MPI=AUTO
-run configure 120 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_CUDA=ON \
-  -DDSV3_MPI=$MPI -DDSV3_TESTS=ON
-if [ $? -ne 0 ]; then
-  row "configure" FAIL "see configure.log (a missing library? scripts/gpu_deps.sh + carry .gpu-deps)"
-  finish
+BUILD=${GPU_CHECK_BUILD_DIR:-build-gpu}  # an existing CUDA tree is reused (configure skipped)
+if [ ! -f "$BUILD/build.ninja" ]; then
+  run configure 120 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_CUDA=ON \
+    -DDSV3_MPI=AUTO -DDSV3_TESTS=ON
+  if [ $? -ne 0 ]; then
+    row "configure" FAIL "see configure.log (a missing library? scripts/gpu_deps.sh + carry .gpu-deps)"
+    finish
+  fi
 fi
-run build 330 ninja -C build-gpu -j"$(nproc)" dsv3 test_op_harness test_cuda_gpu
+run build 330 ninja -C "$BUILD" -j"$(nproc)" dsv3 test_op_harness test_cuda_gpu
 rc=$?
 if [ $rc -ne 0 ]; then row "build (CUDA, sm_90)" FAIL "rc $rc, see build.log"; finish; fi
 row "build (CUDA, sm_90)" ok "$(grep -c 'Building' "$LOG/build.log") compiles, $(( $(date +%s) - T0 )) s in"
-BIN=$ROOT/build-gpu
+BIN=$ROOT/$BUILD
 
 # ---- 2. op harness on CUDA --------------------------------------------------------------------
 DSV3_HARNESS_VERBOSE=1 run harness 120 "$BIN/tests/test_op_harness"
@@ -85,9 +87,11 @@ ncuda=$(grep -cE '^  cuda' "$LOG/harness.log")
 if [ $rc -eq 0 ] && [ "$ncuda" -gt 0 ]; then row "op harness, CUDA" ok "$ncuda outputs within tolerance (largest error $worst)"
 else row "op harness, CUDA" FAIL "rc $rc, $ncuda CUDA outputs compared; see harness.log"; fi
 DSV3_CUDA_ATTENTION=generic DSV3_HARNESS_VERBOSE=1 run harness_generic_attention 90 \
-  "$BIN/tests/test_op_harness" --gtest_filter='OpHarness/*'
-[ $? -eq 0 ] && row "op harness, generic attention" ok "tensor-core and generic kernels agree with fp64" \
-             || row "op harness, generic attention" FAIL "see harness_generic_attention.log"
+  "$BIN/tests/test_op_harness" --gtest_filter='*EveryOp*'
+rc=$?
+ncuda=$(grep -cE '^  cuda' "$LOG/harness_generic_attention.log")
+[ $rc -eq 0 ] && [ "$ncuda" -gt 0 ] && row "op harness, generic attention" ok "$ncuda CUDA outputs within tolerance" \
+  || row "op harness, generic attention" FAIL "rc $rc, $ncuda CUDA outputs; see harness_generic_attention.log"
 
 # ---- 3. GPU tests: whole step vs CPU, mixed precision, graphs, TF32, memory, NCCL ---------------
 run gpu_tests 150 "$BIN/tests/test_cuda_gpu"
@@ -123,7 +127,7 @@ fi
 
 # ---- 5. checkpoints move between devices ----------------------------------------------------------
 if [ -n "${LOSS[fp32]}" ]; then
-  run resume_on_cpu 60 "$BIN/dsv3" train --resume "$LOG/run_fp32" --steps 202 --device cpu --sample_tokens 0
+  run resume_on_cpu 60 "$BIN/dsv3" train --resume "$LOG/run_fp32" --steps 201 --device cpu --sample_tokens 0
   rc1=$?
   run eval_cuda 30 "$BIN/dsv3" eval --model "$LOG/run_fp32" --device cuda --text README.md --seq_len 128 --batch 4 --max_batches 4 --json
   run eval_cpu 60 "$BIN/dsv3" eval --model "$LOG/run_fp32" --device cpu --text README.md --seq_len 128 --batch 4 --max_batches 4 --json
@@ -166,7 +170,7 @@ peer tiny_compile_bf16 --preset tiny --compile --capture-dynamic
 # ---- 7. memcheck (last: the slowest) ------------------------------------------------------------
 if command -v compute-sanitizer >/dev/null 2>&1; then
   run memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/tests/test_op_harness" \
-    --gtest_filter='OpHarness/*bf16*'
+    --gtest_filter='*EveryOp*/bf16'
   rc=$?
   if [ $rc -eq 0 ]; then row "compute-sanitizer memcheck" ok "op harness (bf16 cases) clean"
   elif [ $rc -eq 124 ]; then row "compute-sanitizer memcheck" "-" "out of time (memcheck.log)"

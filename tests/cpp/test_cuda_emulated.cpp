@@ -49,8 +49,11 @@ struct EmuLaunch {
     ASSERT_LE(smem, cu::kMaxSmemPerBlock) << "a block asks for more shared memory than sm_90 has";
     emu::launch(kernel, grid, block, smem, std::forward<A>(args)...);
   }
+  // The GPU's scratch is valid until the next scratch() call: the previous one is poisoned here
+  // (kept allocated, so a stale pointer reads NaN instead of crashing).
   void* scratch(size_t bytes) const {
-    scratch_bufs.emplace_back(bytes + 16, char(0xFF));  // earlier scratch stays valid: no aliasing
+    if (!scratch_bufs.empty()) std::fill(scratch_bufs.back().begin(), scratch_bufs.back().end(), char(0xFF));
+    scratch_bufs.emplace_back(bytes + 16, char(0xFF));
     return scratch_bufs.back().data();
   }
   void zero(void* p, size_t bytes) const { std::memset(p, 0, bytes); }

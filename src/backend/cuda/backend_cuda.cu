@@ -170,7 +170,7 @@ bool available() {
 
 std::string describe() {
   if (!available())
-    return "built with CUDA, but no GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)";
+    return "no GPU is visible to this CUDA build (check nvidia-smi and CUDA_VISIBLE_DEVICES)";
   int dev = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   cudaDeviceProp p{};

@@ -23,7 +23,7 @@ namespace dsv3::cuda {
 namespace {
 
 void check_lt(cublasStatus_t s, const char* what) {
-  DSV3_CHECK(s == CUBLAS_STATUS_SUCCESS, "cuBLASLt ", what, " failed: ", cublasGetStatusString(s));
+  DSV3_CHECK(s == CUBLAS_STATUS_SUCCESS, "cuBLASLt ", what, " failed: ", cublasLtGetStatusString(s));
 }
 
 cudaDataType_t cuda_type(DType t) {
@@ -109,7 +109,7 @@ const Plan& plan_for(Lt& L, const LtGemm& g, DType ab, DType c, bool beta, bool 
   cublasLtMatmulPreferenceDestroy(pref);
   DSV3_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "cuBLASLt has no algorithm for a ",
              dtype_name(ab), " GEMM ", g.m, "x", g.n, "x", g.k, " (C ", dtype_name(c), "): ",
-             cublasGetStatusString(st));
+             cublasLtGetStatusString(st));
   p.algo = result.algo;
   return L.plans.emplace(key, p).first->second;
 }

@@ -4,6 +4,7 @@
 #include <ucontext.h>
 
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,13 +13,13 @@
 namespace dsv3::emu {
 namespace {
 
-constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kStackBytes = 128 * 1024;  // kernels keep small frames (registers, in CUDA)
 
 enum class State : uint8_t { Run, BlockBarrier, WarpBarrier, Done };
 
 struct Fiber {
   ucontext_t ctx{};
-  std::vector<char> stack;
+  std::unique_ptr<char[]> stack;  // kStackBytes, left uninitialised
   dim3 tid;
   State state = State::Run;
 };
@@ -81,8 +82,8 @@ void run_block(Block& b) {
                   unsigned(i) / (b.bdim.x * b.bdim.y));
     fb.state = State::Run;
     getcontext(&fb.ctx);
-    fb.ctx.uc_stack.ss_sp = fb.stack.data();
-    fb.ctx.uc_stack.ss_size = fb.stack.size();
+    fb.ctx.uc_stack.ss_sp = fb.stack.get();
+    fb.ctx.uc_stack.ss_size = kStackBytes;
     fb.ctx.uc_link = &b.sched;
     makecontext(&fb.ctx, trampoline, 0);
   }
@@ -177,7 +178,7 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& b
   std::vector<Fiber>& f = pool();
   if (f.size() < size_t(threads)) f.resize(size_t(threads));
   for (auto& fb : f)
-    if (fb.stack.empty()) fb.stack.resize(kStackBytes);
+    if (!fb.stack) fb.stack.reset(new char[kStackBytes]);
   static std::vector<char> shared;
   shared.assign(smem, char(0xFF));
   Block b;
