@@ -186,6 +186,8 @@ def main():
     ap.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (tables go to stderr)")
     ap.add_argument("--reference-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: dsv3 and the peer train on the GPU; memory is peak device memory")
     args = ap.parse_args()
     if args.reference_worker:
         return reference_worker(args)
@@ -205,6 +207,7 @@ def main():
     params_expected = int(info["params"])
     dsv3_steps = args.dsv3_steps or args.steps
     summary = {"preset": args.preset, "batch": args.batch, "seq": seq, "threads": args.threads,
+               "device": args.device,
                "train_flops_per_token": flops, "params_dsv3": params_expected,
                "date": time.strftime("%Y-%m-%d"), "rows": {}, "peaks": {}}
     rows = summary["rows"]
@@ -219,7 +222,7 @@ def main():
     if have_peer:
         log("measuring torch.matmul fp32/bf16 peaks")
         pk, err = run_json([args.peer_python, os.path.join(HERE, "peer_deepseek.py"), "--gemm-peak",
-                            "--threads", str(args.threads)], env, args.timeout)
+                            "--threads", str(args.threads), "--device", args.device], env, args.timeout)
         if pk:
             summary["peaks"].update({"torch_fp32_gflops": pk["fp32_gflops"], "torch_bf16_gflops": pk["bf16_gflops"],
                                      "torch": pk["torch"], "gemm_sizes": pk["sizes"], "gemm_reps": pk["reps"]})
@@ -231,7 +234,7 @@ def main():
     for prec in [p for p in args.precisions.split(",") if p]:
         name = "dsv3 " + prec
         base = [dsv3, "bench", "--json", "--warmup_steps", str(args.dsv3_warmup),
-                "--timed_steps", str(dsv3_steps)] + common
+                "--timed_steps", str(dsv3_steps)] + common + (["--device", "cuda"] if args.device == "cuda" else [])
         results, err = [], None
         for _ in range(args.repeat):
             log("running %s" % name)
@@ -271,7 +274,8 @@ def main():
             cmd = ([args.peer_python, os.path.join(HERE, "peer_deepseek.py"), "--config", json.dumps(info["config"]),
                     "--batch", str(args.batch), "--seq", str(seq), "--threads", str(args.threads),
                     "--warmup", str(args.warmup), "--steps", str(args.steps),
-                    "--expect-params", str(params_expected)] + flags + shlex.split(args.peer_args)
+                    "--expect-params", str(params_expected), "--device", args.device] + flags
+                   + shlex.split(args.peer_args)
                    + (shlex.split(args.compile_args) if "--compile" in flags else []))
             r, err = run_json(cmd, env, args.timeout)
             if r is None:
@@ -336,13 +340,14 @@ def main():
         "dsv3_bf16_over_best_torch_bf16": ratio(tps("dsv3 bf16"), best_bf16),
         "dsv3_fp32_over_eager_fp32": ratio(tps("dsv3 fp32"), tps(PEER_VARIANTS["eager"][0])),
         "peak_mem_dsv3_fp32_over_compile_fp32": ratio(
-            rows.get("dsv3 fp32", {}).get("peak_rss_bytes") if rows.get("dsv3 fp32", {}).get("ok") else None,
-            rows.get(PEER_VARIANTS["compile"][0], {}).get("peak_rss_bytes")
+            peak_bytes(rows["dsv3 fp32"]) if rows.get("dsv3 fp32", {}).get("ok") else None,
+            peak_bytes(rows[PEER_VARIANTS["compile"][0]])
             if rows.get(PEER_VARIANTS["compile"][0], {}).get("ok") else None),
     }
     summary["wall_s"] = time.time() - t_start
-    cmd_line = "python3 bench/bench_train.py --preset %s --batch %d%s" % (
-        args.preset, args.batch, (" --seq %d" % args.seq) if args.seq else "")
+    cmd_line = "python3 bench/bench_train.py --preset %s --batch %d%s%s" % (
+        args.preset, args.batch, (" --seq %d" % args.seq) if args.seq else "",
+        " --device cuda" if args.device == "cuda" else "")
     if args.steps != 5:
         cmd_line += " --steps %d" % args.steps
     if args.warmup != 3:
@@ -352,6 +357,11 @@ def main():
     report(summary, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, indent=1))
+
+
+def peak_bytes(r):
+    """A row's peak memory: device memory on the GPU, the process's RSS on the CPU."""
+    return r.get("peak_device_bytes") or r.get("peak_rss_bytes")
 
 
 def fmt(x, f="%.0f", none="-"):
@@ -385,7 +395,7 @@ def report(s, out):
         w("%-42s %10.0f %9.3f %6s%% %9s%% %9.0f %10s%s" % (
             name, r["tokens_per_s"], r["step_s"], fmt(100 * r["mfu"] if r["mfu"] else None, "%.1f"),
             fmt(100 * r["mfu_fp32_peak"] if r["mfu_fp32_peak"] else None, "%.1f"),
-            r["peak_rss_bytes"] / 2 ** 20, fmt(rel, "%.2fx"), extra))
+            peak_bytes(r) / 2 ** 20, fmt(rel, "%.2fx"), extra))
     R = s["ratios"]
     w("ratios (tokens/s): dsv3 fp32 / torch.compile fp32 = %s; dsv3 bf16 / torch.compile fp32 = %s; "
       "dsv3 bf16 / best PyTorch bf16 = %s; dsv3 fp32 / eager fp32 = %s; peak memory dsv3 fp32 / compile fp32 = %s"
@@ -401,7 +411,7 @@ def report(s, out):
 
     def mib(name):
         r = s["rows"].get(name, {})
-        return fmt(r["peak_rss_bytes"] / 2 ** 20) if r.get("ok") else "n/a"
+        return fmt(peak_bytes(r) / 2 ** 20) if r.get("ok") else "n/a"
 
     def mfu(name):
         r = s["rows"].get(name, {})
