@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build pkg-config
+  ccache                   # scripts/test.sh: the CUDA tree's C++ files come from the CPU tree's
   libopenblas-openmp-dev   # BLAS for CPU GEMM; the OpenMP build cooperates with our threads
   libdnnl-dev              # oneDNN: bf16 GEMM (AVX512-BF16); its OpenMP runtime is our libgomp
   nlohmann-json3-dev zlib1g-dev
