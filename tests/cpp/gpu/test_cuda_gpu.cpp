@@ -58,7 +58,8 @@ struct StepRun {
   std::vector<std::vector<int64_t>> loads;  // per MoE layer, first step
 };
 
-StepRun run_steps(Device dev, Precision prec, bool graphs, int steps) {
+StepRun run_steps(Device dev, Precision prec, bool graphs, int steps,
+                  Recompute recompute = Recompute::None) {
   const ModelConfig c = step_config();
   const DType dt = compute_dtype(prec);
   const Dims d{4, 64};
@@ -70,6 +71,7 @@ StepRun run_steps(Device dev, Precision prec, bool graphs, int steps) {
   WorkspaceConfig wc;
   wc.max = d;
   wc.cuda_graphs = graphs;
+  wc.recompute = recompute;
   Workspace ws(c, dt, dev, wc);
   Rng r(5);
   std::vector<int32_t> tokens(size_t(steps) * d.B * (d.T + 1));
@@ -141,6 +143,16 @@ TEST(GpuGraphs, ReplayedStepsEqualEagerOnes) {
   const StepRun graph = run_steps(Device::CUDA, Precision::BF16, true, 5);
   EXPECT_EQ(graph.losses, eager.losses) << "a graph replays the same kernels on the same buffers";
   EXPECT_EQ(graph.grads, eager.grads);
+}
+
+TEST(GpuRecompute, SelectiveAndBlockChangeNoBit) {
+  REQUIRE_GPU();
+  const StepRun none = run_steps(Device::CUDA, Precision::BF16, false, 3);
+  for (Recompute r : {Recompute::Selective, Recompute::Block}) {
+    const StepRun again = run_steps(Device::CUDA, Precision::BF16, false, 3, r);
+    EXPECT_EQ(again.losses, none.losses) << recompute_name(r);
+    EXPECT_EQ(again.grads, none.grads) << recompute_name(r);
+  }
 }
 
 TEST(GpuGemm, Tf32SwitchTradesPrecisionAsDocumented) {
