@@ -40,6 +40,17 @@ DSV3_DEVICE float round_to(float v) {
 // shared-memory tile, each lane owning up to kAttnGenMaxLane columns (launch.h).
 constexpr int kGenRows = kAttnGenRows, kGenTile = kAttnGenTile, kGenMaxLane = kAttnGenMaxLane;
 
+// Rows [r0, r0 + n) of one head of a (B, T, H, width) tensor into S[r * stride + c] as fp32;
+// rows past T are zero.
+template <typename T>
+DSV3_DEVICE void gen_stage_rows(float* S, int stride, const T* x, const AttnGeom& s, int b, int h,
+                                int r0, int n, int width) {
+  for (int i = int(threadIdx.x); i < n * width; i += int(blockDim.x)) {
+    const int r = i / width, c = i % width;
+    S[r * stride + c] = r0 + r < s.T ? ld(x[attn_row(s, b, r0 + r, h, width) + c]) : 0.0f;
+  }
+}
+
 template <typename T>
 __global__ void attn_fwd_generic(T* out, float* lse, const T* q, const T* k, const T* v, AttnGeom s) {
   DSV3_DYNAMIC_SMEM(smem);
@@ -48,25 +59,15 @@ __global__ void attn_fwd_generic(T* out, float* lse, const T* q, const T* k, con
   float* Vs = Ks + kGenTile * ldk;
   float* Qs = Vs + kGenTile * ldv;
   const int bh = int(blockIdx.y), b = bh / s.H, h = bh % s.H, q0 = int(blockIdx.x) * kGenRows;
-  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u), tid = int(threadIdx.x);
-  const int nt = int(blockDim.x), i = q0 + warp;
-  for (int x = tid; x < kGenRows * s.dqk; x += nt) {
-    const int r = x / s.dqk, d = x % s.dqk;
-    Qs[x] = q0 + r < s.T ? ld(q[attn_row(s, b, q0 + r, h, s.dqk) + d]) : 0.0f;
-  }
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u), i = q0 + warp;
+  gen_stage_rows(Qs, s.dqk, q, s, b, h, q0, kGenRows, s.dqk);
   float o[kGenMaxLane] = {};
   float m = -INFINITY, l = 0;
   const int last = imin(s.T - 1, q0 + kGenRows - 1);
   for (int j0 = 0; j0 <= last; j0 += kGenTile) {
     __syncthreads();  // the previous tile is consumed (and Qs is staged)
-    for (int x = tid; x < kGenTile * s.dqk; x += nt) {
-      const int r = x / s.dqk, d = x % s.dqk;
-      Ks[r * ldk + d] = j0 + r < s.T ? ld(k[attn_row(s, b, j0 + r, h, s.dqk) + d]) : 0.0f;
-    }
-    for (int x = tid; x < kGenTile * s.dv; x += nt) {
-      const int r = x / s.dv, c = x % s.dv;
-      Vs[r * ldv + c] = j0 + r < s.T ? ld(v[attn_row(s, b, j0 + r, h, s.dv) + c]) : 0.0f;
-    }
+    gen_stage_rows(Ks, ldk, k, s, b, h, j0, kGenTile, s.dqk);
+    gen_stage_rows(Vs, ldv, v, s, b, h, j0, kGenTile, s.dv);
     __syncthreads();
     if (i < s.T) {  // uniform across the warp
       const int j = j0 + lane;
@@ -130,30 +131,17 @@ __global__ void attn_bwd_dq_generic(T* dq, const T* q, const T* k, const T* v, c
   float* Qs = Vs + kGenTile * ldv;
   float* dOs = Qs + kGenRows * s.dqk;
   const int bh = int(blockIdx.y), b = bh / s.H, h = bh % s.H, q0 = int(blockIdx.x) * kGenRows;
-  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u), tid = int(threadIdx.x);
-  const int nt = int(blockDim.x), i = q0 + warp;
-  for (int x = tid; x < kGenRows * s.dqk; x += nt) {
-    const int r = x / s.dqk, d = x % s.dqk;
-    Qs[x] = q0 + r < s.T ? ld(q[attn_row(s, b, q0 + r, h, s.dqk) + d]) : 0.0f;
-  }
-  for (int x = tid; x < kGenRows * s.dv; x += nt) {
-    const int r = x / s.dv, c = x % s.dv;
-    dOs[x] = q0 + r < s.T ? ld(dout[attn_row(s, b, q0 + r, h, s.dv) + c]) : 0.0f;
-  }
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u), i = q0 + warp;
+  gen_stage_rows(Qs, s.dqk, q, s, b, h, q0, kGenRows, s.dqk);
+  gen_stage_rows(dOs, s.dv, dout, s, b, h, q0, kGenRows, s.dv);
   const float lse_i = i < s.T ? lse[size_t(bh) * s.T + i] : 0.0f;
   const float D_i = i < s.T ? D[size_t(bh) * s.T + i] : 0.0f;
   float acc[kGenMaxLane] = {};
   const int last = imin(s.T - 1, q0 + kGenRows - 1);
   for (int j0 = 0; j0 <= last; j0 += kGenTile) {
     __syncthreads();
-    for (int x = tid; x < kGenTile * s.dqk; x += nt) {
-      const int r = x / s.dqk, d = x % s.dqk;
-      Ks[r * ldk + d] = j0 + r < s.T ? ld(k[attn_row(s, b, j0 + r, h, s.dqk) + d]) : 0.0f;
-    }
-    for (int x = tid; x < kGenTile * s.dv; x += nt) {
-      const int r = x / s.dv, c = x % s.dv;
-      Vs[r * ldv + c] = j0 + r < s.T ? ld(v[attn_row(s, b, j0 + r, h, s.dv) + c]) : 0.0f;
-    }
+    gen_stage_rows(Ks, ldk, k, s, b, h, j0, kGenTile, s.dqk);
+    gen_stage_rows(Vs, ldv, v, s, b, h, j0, kGenTile, s.dv);
     __syncthreads();
     if (i < s.T) {
       const int j = j0 + lane;
@@ -198,25 +186,13 @@ __global__ void attn_bwd_dkdv_generic(T* dk, T* dv, const T* q, const T* k, cons
   const int bh = int(blockIdx.y), b = bh / s.H, h = bh % s.H, k0 = int(blockIdx.x) * kGenRows;
   const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u), tid = int(threadIdx.x);
   const int nt = int(blockDim.x), j = k0 + warp;
-  for (int x = tid; x < kGenRows * s.dqk; x += nt) {
-    const int r = x / s.dqk, d = x % s.dqk;
-    Ks[x] = k0 + r < s.T ? ld(k[attn_row(s, b, k0 + r, h, s.dqk) + d]) : 0.0f;
-  }
-  for (int x = tid; x < kGenRows * s.dv; x += nt) {
-    const int r = x / s.dv, c = x % s.dv;
-    Vs[x] = k0 + r < s.T ? ld(v[attn_row(s, b, k0 + r, h, s.dv) + c]) : 0.0f;
-  }
+  gen_stage_rows(Ks, s.dqk, k, s, b, h, k0, kGenRows, s.dqk);
+  gen_stage_rows(Vs, s.dv, v, s, b, h, k0, kGenRows, s.dv);
   float ak[kGenMaxLane] = {}, av[kGenMaxLane] = {};
   for (int i0 = k0 / kGenTile * kGenTile; i0 < s.T; i0 += kGenTile) {
     __syncthreads();
-    for (int x = tid; x < kGenTile * s.dqk; x += nt) {
-      const int r = x / s.dqk, d = x % s.dqk;
-      Qs[r * ldq + d] = i0 + r < s.T ? ld(q[attn_row(s, b, i0 + r, h, s.dqk) + d]) : 0.0f;
-    }
-    for (int x = tid; x < kGenTile * s.dv; x += nt) {
-      const int r = x / s.dv, c = x % s.dv;
-      dOs[r * ldo + c] = i0 + r < s.T ? ld(dout[attn_row(s, b, i0 + r, h, s.dv) + c]) : 0.0f;
-    }
+    gen_stage_rows(Qs, ldq, q, s, b, h, i0, kGenTile, s.dqk);
+    gen_stage_rows(dOs, ldo, dout, s, b, h, i0, kGenTile, s.dv);
     for (int r = tid; r < kGenTile; r += nt) {
       Ls[r] = i0 + r < s.T ? lse[size_t(bh) * s.T + i0 + r] : 0.0f;
       Ds[r] = i0 + r < s.T ? D[size_t(bh) * s.T + i0 + r] : 0.0f;
