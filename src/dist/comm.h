@@ -1,7 +1,7 @@
 // Communicator (P1): groups of ranks and the operations data, expert, tensor and pipeline
 // parallelism are built on. Declared once; CMake links exactly one implementation:
 // comm_mpi.cpp (Open MPI, the default when it is installed) or comm_single.cpp (one process).
-// A future NCCL backend implements the same calls on device buffers, ordered on `stream`.
+// dist::NcclComm (comm_nccl.h) has the same calls on device buffers, ordered on a CUDA stream.
 //
 // Contract of every operation:
 // - A buffer is (pointer, count, DType). Counts are elements, never bytes, and may exceed
@@ -14,8 +14,8 @@
 // - Failures throw dsv3::Error naming the operation, the rank and MPI's reason; bad arguments are
 //   caught before any communication. A receive that gets a different count than it expects is an
 //   Error, not a silent short read.
-// - Buffers are host memory today: `stream` must be nullptr (it is the NCCL backend's
-//   cudaStream_t).
+// - Buffers are host memory: `stream` must be nullptr (device buffers go through NcclComm, whose
+//   stream is a cudaStream_t).
 // - Call from the thread that called init() (MPI_THREAD_FUNNELED).
 // A Comm of one rank never communicates: reductions, broadcast and barrier leave data as it is,
 // reduce_scatter/all_gather/all_to_all(v) copy send to recv, send/recv are an Error (no peer).
