@@ -164,6 +164,11 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                data.describe().c_str(), d.B, d.T, rc.grad_accum, tokens_per_step, rc.steps,
                omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
                peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
+  if (dtype != DType::F32 && !cpu::gemm_native(dtype))
+    std::fprintf(stderr, "  note: this CPU has no %s matrix arithmetic that oneDNN can use (%s); "
+                 "%s GEMMs are widened to fp32: memory is saved, speed is not\n", dtype_name(dtype),
+                 dtype == DType::BF16 ? "bf16 needs AVX-512" : "fp16 needs AVX512-FP16",
+                 dtype_name(dtype));
   if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
 
   MetricsLog log(rc.out + "/metrics.jsonl");
