@@ -151,6 +151,7 @@ bool Scheduler::step() {
     s->tokens = s->req->prompt;
     s->prompt_len = int(s->tokens.size());
     s->sampler.observe(s->tokens);
+    if (s->req->on_start) s->req->on_start();
     running_.push_back(std::move(s));
   }
   if (running_.empty()) return false;

@@ -32,6 +32,8 @@ struct GenRequest {
   std::vector<int32_t> stop_ids;    // a generated stop id ends the request (it is not emitted)
   // Each new token, in order; returning false ends the request as Stop after it.
   std::function<bool(int32_t)> on_token;
+  // When the request joins the running batch (optional).
+  std::function<void()> on_start;
   // Exactly once, when the request leaves the scheduler.
   std::function<void(FinishReason)> on_done;
   // Polled every step; true drops the request (on_done(Cancelled)).

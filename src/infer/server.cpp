@@ -176,6 +176,7 @@ struct Channel {
   FinishReason why = FinishReason::Stop;
   int completion_tokens = 0;
   std::atomic<bool> cancel{false};
+  bool started = false;  // joined the running batch (engine thread)
   double t_submit = 0, t_first = 0;
 };
 
@@ -229,8 +230,10 @@ class Server {
   bool engine_stop_ = false;
   std::atomic<bool> draining_{false};
   std::atomic<int> active_{0};  // requests admitted to the queue and not yet answered
+  std::atomic<int> queued_{0};  // submitted, not yet in the running batch
+  std::atomic<int> in_batch_{0};  // in the running batch
   // engine-side gauges, published after every step
-  std::atomic<int> waiting_{0}, running_{0}, pages_used_{0};
+  std::atomic<int> pages_used_{0};
   std::atomic<int64_t> gen_tokens_{0}, prompt_tokens_{0}, steps_{0}, drafts_{0}, accepted_{0};
   std::atomic<double> tokens_per_s_{0};
   std::atomic<int64_t> next_id_{1};
@@ -257,8 +260,6 @@ void Server::engine_loop() {
       sched_->cancel_all();
     }
     const SchedulerStats& st = sched_->stats();
-    waiting_ = sched_->waiting();
-    running_ = sched_->running();
     pages_used_ = engine_->cache().pages() - engine_->cache().pages_free();
     gen_tokens_ = st.generated_tokens;
     prompt_tokens_ = st.prompt_tokens;
@@ -441,7 +442,14 @@ void Server::completion(const httplib::Request& req, httplib::Response& res, boo
     ch->cv.notify_all();
     return !text->stopped();
   };
+  r->on_start = [this, ch] {
+    ch->started = true;
+    queued_--;
+    in_batch_++;
+  };
   r->on_done = [this, ch, text](FinishReason why) {
+    if (ch->started) in_batch_--;
+    else queued_--;
     std::lock_guard<std::mutex> g(ch->m);
     ch->text += text->flush();
     ch->done = true;
@@ -459,12 +467,14 @@ void Server::completion(const httplib::Request& req, httplib::Response& res, boo
   if (!why.empty()) return send_error(res, 400, why, "invalid_request_error", chat ? "messages" : "prompt");
   {
     std::lock_guard<std::mutex> g(inbox_m_);
-    if (int(inbox_.size()) + waiting_.load() >= cfg_.max_queue + std::max(0, cfg_.max_running - running_.load()))
+    // waiting beyond the free places of the running batch
+    if (queued_.load() >= cfg_.max_queue + std::max(0, cfg_.max_running - in_batch_.load()))
       return send_error(res, 429, "the server is at capacity (" + std::to_string(cfg_.max_queue) +
                         " requests queued); retry later", "rate_limit_error");
     ch->t_submit = now_seconds();
     inbox_.push_back(std::move(r));
     active_++;
+    queued_++;
   }
   inbox_cv_.notify_one();
 
@@ -515,7 +525,7 @@ void Server::completion(const httplib::Request& req, httplib::Response& res, boo
           };
           if (chat && !chunk("", json())) return ch->cancel = true, false;  // the role first
           for (;;) {
-            wait(1.0);
+            wait(0.1);
             std::string piece;
             bool done;
             FinishReason why;
@@ -555,7 +565,7 @@ void Server::completion(const httplib::Request& req, httplib::Response& res, boo
             bool done;
             {
               std::unique_lock<std::mutex> g(ch->m);
-              ch->cv.wait_for(g, std::chrono::seconds(1), [&] { return ch->done; });
+              ch->cv.wait_for(g, std::chrono::milliseconds(100), [&] { return ch->done; });
               done = ch->done;
             }
             if (!done) {
@@ -587,13 +597,8 @@ std::string Server::metrics_text() {
                   name, v);
     out += buf;
   };
-  int queued;
-  {
-    std::lock_guard<std::mutex> g(inbox_m_);
-    queued = int(inbox_.size()) + waiting_.load();
-  }
-  metric("dsv3_queue_length", "gauge", "Requests waiting to join the running batch.", queued);
-  metric("dsv3_running_sequences", "gauge", "Sequences in the running batch.", running_.load());
+  metric("dsv3_queue_length", "gauge", "Requests waiting to join the running batch.", queued_.load());
+  metric("dsv3_running_sequences", "gauge", "Sequences in the running batch.", in_batch_.load());
   metric("dsv3_kv_cache_pages_used", "gauge", "Latent KV cache pages holding tokens.", pages_used_.load());
   metric("dsv3_kv_cache_pages_total", "gauge", "Latent KV cache pages in the budget.",
          engine_->cache().pages());
