@@ -13,6 +13,7 @@
 #include <string>
 
 #include "checkpoint/checkpoint.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "infer/kv_cache.h"
@@ -142,6 +143,8 @@ int main(int argc, char** argv) {
                 KvCache::latent_bytes_per_token(c, w.dtype(), layers),
                 KvCache::mha_bytes_per_token(c, w.dtype(), layers), (long long)st.drafts,
                 (long long)st.accepted);
+    if (profile::enabled())  // DSV3_PROFILE=1: time per op over the whole run
+      std::fprintf(stderr, "%s", profile::report(t_prefill + t_decode).c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_decode: error: %s\n", e.what());
     return 1;

@@ -16,6 +16,7 @@
 #include "infer/text_stream.h"
 #include "model/model.h"
 #include "ops/elementwise.h"
+#include "ops/gemm_cpu.h"
 #include "ops/latent_attention.h"
 #include "ops/rope.h"
 #include "test_util.h"
@@ -70,6 +71,19 @@ std::vector<double> cast_to<double>(const std::vector<double>& v) {
   return v;
 }
 
+// oneDNN 2.6 builds bf16 matmuls only on CPUs with AVX512 (docs/gemm.md); an AVX2-only machine
+// cannot run any bf16 GEMM, whatever the op.
+bool bf16_gemm_works() {
+  bf16_t a[1] = {bf16_t(1.0f)};
+  float c[1];
+  try {
+    cpu::gemm(false, true, 1, 1, 1, 1.0f, a, 1, a, 1, 0.0f, c, 1, DType::BF16, DType::F32);
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 template <typename T>
 std::vector<double> run_latent(const std::vector<double>& q, const std::vector<double>& cache,
                                std::vector<LatentSeq> seqs, std::vector<int32_t> pt,
@@ -116,8 +130,12 @@ TEST(LatentAttention, MatchesNaiveOracleInEveryDtype) {
   };
   const auto want32 = latent_attention_oracle(rounded(q, float{}), rounded(cache, float{}), seqs, pt, s);
   EXPECT_LT(test::rel_error(run_latent<float>(q, cache, seqs, pt, s), want32), 1e-6);
-  const auto wantb = latent_attention_oracle(rounded(q, bf16_t{}), rounded(cache, bf16_t{}), seqs, pt, s);
-  EXPECT_LT(test::rel_error(run_latent<bf16_t>(q, cache, seqs, pt, s), wantb), 2e-2);  // P and out rounded to bf16
+  if (bf16_gemm_works()) {
+    const auto wantb = latent_attention_oracle(rounded(q, bf16_t{}), rounded(cache, bf16_t{}), seqs, pt, s);
+    EXPECT_LT(test::rel_error(run_latent<bf16_t>(q, cache, seqs, pt, s), wantb), 2e-2);  // P and out rounded to bf16
+  } else {
+    std::printf("bf16 not checked: this CPU's oneDNN has no bf16 matmul (no AVX512-BF16)\n");
+  }
   const auto wanth = latent_attention_oracle(rounded(q, f16_t{}), rounded(cache, f16_t{}), seqs, pt, s);
   EXPECT_LT(test::rel_error(run_latent<f16_t>(q, cache, seqs, pt, s), wanth), 3e-3);
 }
@@ -307,13 +325,13 @@ TEST(DecodeEngine, CachedLogitsEqualRecomputeFp64) {
 }
 
 // fp32 weights: the absorbed order (q_nope W_UK against the latent instead of q_nope against
-// W_UK c) and the different GEMM blockings round differently. Bound: 2e-5 of the largest logit
-// (about 300 fp32 ulps through 3 layers); measured errors are printed.
+// W_UK c) and the different GEMM blockings round differently. Bound: 4e-6 of the largest logit
+// (about 70 fp32 ulps of it through 3 layers; measured: about 1e-6), printed per variant.
 TEST(DecodeEngine, CachedLogitsEqualRecomputeFp32) {
   for (const Variant& v : kVariants) {
     const double e = max_engine_error(v, DType::F32);
     std::printf("%s: max |cached - recompute| / max |logit| = %.3g\n", v.name, e);
-    EXPECT_LT(e, 2e-5) << v.name;
+    EXPECT_LT(e, 4e-6) << v.name;
   }
 }
 
@@ -493,11 +511,31 @@ TEST(Scheduler, SpeculativeGreedyEqualsGreedy) {
     EXPECT_EQ(spec, plain);
     EXPECT_GT(st.drafts, 0);
     EXPECT_LE(st.accepted, st.drafts);
-    EXPECT_LT(st.steps, 20 + 1 + 1) << "no more steps than tokens";
     std::printf("seed %llu: %lld drafts, %lld accepted, %lld steps for 20 tokens\n",
                 (unsigned long long)seed, (long long)st.drafts, (long long)st.accepted,
                 (long long)st.steps);
   }
+  // A model whose drafts are always right (zero final norms: every logit is 0, so both heads
+  // answer id 0): each step then emits two tokens, through the acceptance path.
+  const ModelConfig c = w.config();
+  std::vector<float> p = init_weights(c, 13);
+  const ParamTable t = build_param_table(c);
+  for (const char* name : {"model.norm.weight", "model.layers.3.shared_head.norm.weight"}) {
+    const ParamInfo& info = t.at(name);
+    std::fill_n(p.begin() + info.offset, info.numel, 0.0f);
+  }
+  ModelWeights agree(c, DType::F64);
+  agree.load(p);
+  SampleConfig g;
+  g.temperature = 0;
+  g.max_tokens = 20;
+  g.speculative = true;
+  SchedulerStats st;
+  const auto out = generate(agree, tokens(5, 4, c.vocab), g, 64, {}, &st);
+  EXPECT_EQ(out, std::vector<int32_t>(20, 0));
+  EXPECT_EQ(st.accepted, st.drafts);
+  EXPECT_GE(st.accepted, 8);
+  EXPECT_LE(st.steps, 12) << "accepted drafts must save steps";
   // sampled speculative decoding runs and stays within the budget
   SampleConfig s;
   s.temperature = 0.8;
