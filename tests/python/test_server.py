@@ -10,7 +10,9 @@
   sequence at once;
 - SIGTERM: new requests are refused, the one in flight finishes completely, the process exits 0.
 
-The model is a 2-step `debug` model trained here on the built-in corpus (byte-level ids).
+The models are trained here for one step on the built-in corpus (byte-level ids): `tiny` for the
+server under load (so that a 1000-token request runs for seconds and the queue and disconnect
+checks do not race the generation), `debug` for the SIGTERM check.
 Runs under /usr/bin/python3 (ctest); the openai package comes from scripts/install_deps.sh. A
 missing client is a failure, not a skip.
 """
@@ -37,8 +39,8 @@ DSV3 = os.environ.get("DSV3_BIN", os.path.join(REPO, "build", "dsv3"))
 KEY = "test-key-123"
 
 
-def train_model(out):
-    subprocess.run([DSV3, "train", "--preset", "debug", "--batch", "2", "--seq_len", "32", "--steps", "2",
+def train_model(out, preset="debug"):
+    subprocess.run([DSV3, "train", "--preset", preset, "--batch", "1", "--seq_len", "32", "--steps", "1",
                     "--eval_every", "0", "--sample_tokens", "0", "--peak_gflops", "100", "--out", out],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -113,10 +115,10 @@ class ServerTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="dsv3_serve_")
         cls.model = os.path.join(cls.tmp.name, "run")
-        train_model(cls.model)
+        train_model(cls.model, "tiny")
         cls.srv = Server(cls.model, "--api_key", KEY, "--max_running", "2", "--max_queue", "1",
-                         "--context", "512", "--kv_cache_mb", "4", "--max_body_kb", "64",
-                         "--max_tokens_limit", "400")
+                         "--context", "1024", "--kv_cache_mb", "16", "--max_body_kb", "64",
+                         "--max_tokens_limit", "1000")
 
     @classmethod
     def tearDownClass(cls):
@@ -181,9 +183,9 @@ class ServerTest(unittest.TestCase):
     def test_errors(self):
         c = self.srv.client()
         for kwargs, param in [({"max_tokens": 0}, "max_tokens"), ({"temperature": "hot"}, "temperature"),
-                              ({"max_tokens": 401}, "max_tokens"), ({"top_p": 0}, "top_p"),
-                              ({"prompt": [[1] * 600]}, "prompt"), ({"n": 2}, "n"),
-                              ({"max_tokens": 300, "prompt": "x" * 300}, "max_tokens")]:
+                              ({"max_tokens": 1001}, "max_tokens"), ({"top_p": 0}, "top_p"),
+                              ({"prompt": [[1] * 1100]}, "prompt"), ({"n": 2}, "n"),
+                              ({"max_tokens": 1000, "prompt": "x" * 300}, "max_tokens")]:
             args = {"model": "dsv3", "prompt": "Hello", "max_tokens": 4}
             args.update(kwargs)
             with self.assertRaises(openai.BadRequestError, msg=str(kwargs)) as e:
@@ -212,32 +214,34 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(r.usage.completion_tokens, 3)
 
     def test_queue_full_and_disconnect(self):
-        # 2 running + 1 queued: long streams fill the server, further requests get 429
+        # 2 running + 1 queued: long streams fill the server, the next request gets 429
         c = self.srv.client()
         streams = []
-        for _ in range(3):
-            s = c.completions.create(model="dsv3", prompt="Once", max_tokens=400, temperature=0, stream=True)
-            next(iter(s))  # admitted (or queued) before the next one is sent
+        for i in range(3):
+            s = c.completions.create(model="dsv3", prompt="Once", max_tokens=1000, temperature=0, stream=True)
+            if i < 2:
+                next(iter(s))  # running before the next one is sent
             streams.append(s)
+        self.assertTrue(wait_until(lambda: self.srv.metric("dsv3_queue_length") == 1))
         with self.assertRaises(openai.RateLimitError) as e:
             c.completions.create(model="dsv3", prompt="Once", max_tokens=5)
         self.assertEqual(e.exception.status_code, 429)
         self.assertIn("capacity", e.exception.body["message"])
         # closing the streams frees their sequences: nothing keeps running
+        before = self.srv.metric("dsv3_generation_tokens_total")
         for s in streams:
             s.close()
         self.assertTrue(wait_until(lambda: self.srv.metric("dsv3_running_sequences") == 0
                                    and self.srv.metric("dsv3_queue_length") == 0),
                         "sequences of disconnected clients are still running")
-        generated = self.srv.metric("dsv3_generation_tokens_total")
-        self.assertLess(generated, 3 * 400, "the cancelled streams ran to their end")
+        self.assertLess(self.srv.metric("dsv3_generation_tokens_total") - before, 3 * 1000,
+                        "the cancelled streams ran to their end")
         # a non-streaming client that gives up (curl --max-time) frees its sequence too
         t0 = self.srv.metric("dsv3_generation_tokens_total")
-        code, _ = self.srv.curl("/v1/completions", json.dumps({"prompt": "Once", "max_tokens": 400,
-                                                               "temperature": 0}),
-                                extra=["--max-time", "0.3"])
+        self.srv.curl("/v1/completions", json.dumps({"prompt": "Once", "max_tokens": 1000, "temperature": 0}),
+                      extra=["--max-time", "0.5"])
         self.assertTrue(wait_until(lambda: self.srv.metric("dsv3_running_sequences") == 0, 10))
-        self.assertLess(self.srv.metric("dsv3_generation_tokens_total") - t0, 400)
+        self.assertLess(self.srv.metric("dsv3_generation_tokens_total") - t0, 1000)
         r = c.completions.create(model="dsv3", prompt="Hello", max_tokens=3, temperature=0)
         self.assertEqual(r.usage.completion_tokens, 3)
 
@@ -248,6 +252,7 @@ class SigtermTest(unittest.TestCase):
             model = os.path.join(tmp, "run")
             train_model(model)
             srv = Server(model, "--context", "512")
+            self.addCleanup(srv.stop)
             c = srv.client()
             stream = c.completions.create(model="dsv3", prompt="Once", max_tokens=300, temperature=0,
                                           stream=True)
