@@ -95,7 +95,8 @@ struct DecodeEngine::Impl {
 
   Impl(const ModelWeights& w_, const DecodeConfig& cfg, int ctx_)
       : w(w_), c(w_.config()), ex{w_.device()}, t(w_.dtype()), R(cfg.max_rows), S(cfg.max_seqs),
-        ctx(ctx_), page(cfg.page_tokens), max_logit_rows(cfg.max_rows) {
+        ctx(ctx_), page(cfg.page_tokens),
+        max_logit_rows(cfg.max_logit_rows > 0 ? cfg.max_logit_rows : 2 * cfg.max_seqs) {
     Arena measure;
     layout(measure);
     mem = Buffer(ex.device, DType::U8, measure.used);

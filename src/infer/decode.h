@@ -32,6 +32,7 @@ struct DecodeConfig {
   size_t kv_cache_bytes = size_t(256) << 20;
   bool mtp = false;         // also cache the first MTP module's layer (speculative drafts)
   int max_context = 0;      // longest sequence; 0 = the model's max_seq
+  int max_logit_rows = 0;   // logit rows per step; 0 = 2 per sequence (a token and a draft)
 };
 
 // One sequence's part of a step: `tokens` are appended at positions seq->length ... (the

@@ -9,6 +9,8 @@
 #include <map>
 #include <numeric>
 
+#include "cli_util.h"
+#include "infer/chat.h"
 #include "infer/decode.h"
 #include "infer/sample.h"
 #include "infer/sampler.h"
@@ -255,6 +257,7 @@ double max_engine_error(const Variant& v, DType dt) {
   DecodeConfig dc;
   dc.max_rows = 12;
   dc.max_seqs = 4;
+  dc.max_logit_rows = 12;  // every row's logits
   dc.page_tokens = 4;
   dc.kv_cache_bytes = KvCache::latent_bytes_per_token(c, dt, c.layers) * 4 * 40;
   DecodeEngine eng(w, dc);
@@ -639,6 +642,34 @@ TEST(TextStream, StopStringsAcrossTokensAndUtf8) {
   TextStream v({"xyz"});
   EXPECT_EQ(v.feed("abx"), "ab");
   EXPECT_EQ(v.flush(), "x");
+}
+
+TEST(ChatTemplate, DeepSeekMarkersAndPlainDefault) {
+  const std::vector<ChatMessage> msgs = {
+      {"system", "S"}, {"user", "U"}, {"assistant", "A"}, {"user", "V"}};
+  const ChatPrompt plain = apply_chat_template(TextCodec(), msgs);
+  EXPECT_STREQ(plain.template_name, "plain");
+  EXPECT_EQ(ids_to_bytes(plain.ids), "S\n\nUser: U\n\nAssistant: A\n\nUser: V\n\nAssistant:");
+  EXPECT_EQ(plain.stop_strings, std::vector<std::string>{"\nUser:"});
+  EXPECT_THROW(apply_chat_template(TextCodec(), {{"wizard", "x"}}), Error);
+  // a tokenizer with DeepSeek-V3's markers as special tokens
+  const auto dir = test::temp_dir("chat_template");
+  const std::string bos = "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+  const std::string eos = "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+  const std::string user = "<\xEF\xBD\x9CUser\xEF\xBD\x9C>", asst = "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>";
+  std::ofstream((dir / "t.txt").string()) << "the cat sat on the mat; the dog sat on the log.\n";
+  const auto r = test::run_cli("tokenizer train --input " + (dir / "t.txt").string() +
+                               " --vocab_size 280 --specials '" + bos + "," + eos + "," + user + "," +
+                               asst + "' --out " + (dir / "t.dsv3tok").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const TextCodec codec((dir / "t.dsv3tok").string());
+  const ChatPrompt ds = apply_chat_template(codec, msgs);
+  EXPECT_STREQ(ds.template_name, "deepseek-v3");
+  EXPECT_EQ(codec.decode(ds.ids), bos + "S" + user + "U" + asst + "A" + eos + user + "V" + asst);
+  EXPECT_EQ(ds.ids.front(), codec.special_id(bos));
+  EXPECT_EQ(ds.ids.back(), codec.special_id(asst));  // one id, not its bytes
+  EXPECT_EQ(ds.stop_ids, std::vector<int32_t>{codec.special_id(eos)});
+  std::filesystem::remove_all(dir);
 }
 
 TEST(KvCache, ReservationsAndPages) {
