@@ -1,7 +1,8 @@
 // Decode and prefill throughput of the inference path (I1) on a saved model, one JSON line out:
 //   bench_decode --model M [--precision fp32|bf16] [--batch B] [--prompt P] [--tokens N]
 //                [--mode cached|recompute] [--speculative]
-// B sequences of P random prompt ids each generate N greedy tokens. cached: the scheduler over
+// B sequences of P random prompt ids each generate N greedy tokens, after an untimed warm-up
+// request (oneDNN creates its GEMM primitives on first use; the peer warms up too). cached: the scheduler over
 // the decode engine (what `dsv3 sample` and `dsv3 serve` run); prefill time is until every
 // sequence has its first token, decode time the rest. recompute: the training forward over the
 // whole (B, T) context per token (the path `dsv3 sample --engine recompute` takes), prefill
@@ -75,6 +76,16 @@ int main(int argc, char** argv) {
                           size_t(P + N + 2 * dc.page_tokens);
       DecodeEngine engine(w, dc);
       Scheduler sched(engine, {B, speculative});
+      {  // warm-up (oneDNN creates its GEMM primitives on first use), untimed
+        auto r = std::make_unique<GenRequest>();
+        r->prompt = prompts[0];
+        r->sampling.temperature = 0;
+        r->max_tokens = 3;
+        sched.add(std::move(r));
+        while (sched.step()) {
+        }
+      }
+      const SchedulerStats warm = sched.stats();
       int first = 0;
       double t_first = 0;
       const double t0 = now_seconds();
@@ -96,6 +107,8 @@ int main(int argc, char** argv) {
       t_prefill = t_first - t0;
       t_decode = t1 - t_first;
       st = sched.stats();
+      st.drafts -= warm.drafts;
+      st.accepted -= warm.accepted;
     } else if (mode == "recompute") {
       DSV3_CHECK(!speculative, "--speculative needs --mode cached");
       WorkspaceConfig wc;
@@ -107,6 +120,13 @@ int main(int argc, char** argv) {
       std::vector<int32_t> rows;
       ForwardOptions opt;
       opt.mtp = false;
+      {  // warm-up, untimed
+        std::vector<int32_t> row(prompts[0]);
+        row.push_back(-1);
+        logits.resize(size_t(P) * c.vocab);
+        opt.logits = logits.data();
+        forward(w, ws, TrainingLossConfig{}, {Dims{1, P}, row.data()}, opt);
+      }
       const double t0 = now_seconds();
       for (int i = 0; i < N; i++) {
         const int T = int(seqs[0].size());
