@@ -18,6 +18,7 @@
 #include "eval/eval.h"
 #include "flags.h"
 #include "infer/sample.h"
+#include "infer/text_stream.h"
 #include "ops/gemm_cpu.h"
 #include "tokenizer/text_codec.h"
 #include "train/state.h"
@@ -391,12 +392,11 @@ namespace {
 struct SampleOptions {
   std::string model, tokenizer;
   std::string prompt = "Once upon a time";
+  std::string stop;
   int tokens = 200;
-  double temperature = 0.8;
-  int top_k = 0;
-  double top_p = 1.0;
-  long long seed = 1;
   int context = 1024;
+  bool speculative = false;
+  std::string engine = "cached";
 };
 const std::vector<FieldSpec>& sample_fields() {
   using S = SampleOptions;
@@ -406,11 +406,12 @@ const std::vector<FieldSpec>& sample_fields() {
       field("tokenizer", &S::tokenizer,
             "tokenizer (default: the one beside the model, else byte-level ids)"),
       field("tokens", &S::tokens, "tokens to generate"),
-      field("temperature", &S::temperature, "softmax temperature (0 = greedy)"),
-      field("top_k", &S::top_k, "keep the k most likely tokens (0 = off)"),
-      field("top_p", &S::top_p, "nucleus sampling mass (1 = off)"),
-      field("seed", &S::seed, "sampling seed"),
-      field("context", &S::context, "longest context fed to the model"),
+      field("stop", &S::stop, "stop string: generation ends before it (empty = none)"),
+      field("context", &S::context, "longest context (prompt + generated tokens)"),
+      field("speculative", &S::speculative,
+            "draft a token ahead with the MTP module, verified by the main model"),
+      field("engine", &S::engine,
+            "cached (latent KV cache) or recompute (re-run the context per token; a baseline)"),
   };
   return f;
 }
@@ -418,29 +419,52 @@ const std::vector<FieldSpec>& sample_fields() {
 
 int cmd_sample(int argc, char** argv) {
   SampleOptions o;
+  SampleConfig sc;
+  sc.temperature = 0.8;
   PrecisionConfig pc;
   std::vector<FieldGroup> groups = {{"sample", &sample_fields(), &o},
+                                    {"sampling", &sampling_fields(), static_cast<SamplingParams*>(&sc)},
                                     {"precision", &precision_fields(), &pc}};
   const auto a = parse_command(argc, argv, 2, groups, "dsv3 sample --model M [--prompt TEXT] [--key value ...]",
-                                "Generates text, streaming it to stdout.");
+                                "Generates text with the latent KV cache, streaming it to stdout; "
+                                "the rate (and the speculative acceptance) go to stderr.");
   if (!a) return 0;
   for (const auto& k : a->set_keys)
     DSV3_CHECK(k != "loss_scale" && k != "loss_scale_window", "--", k,
                " is a training setting; sample only takes --precision");
   DSV3_CHECK(o.tokens >= 0 && o.context >= 1, "tokens must be >= 0 and context >= 1");
   DSV3_CHECK(!o.prompt.empty(), "--prompt must not be empty");
+  DSV3_CHECK(o.engine == "cached" || o.engine == "recompute", "--engine must be cached or "
+             "recompute, not '", o.engine, "'");
+  DSV3_CHECK(!(o.speculative && o.engine == "recompute"), "--speculative needs --engine cached");
+  validate(static_cast<const SamplingParams&>(sc));
+  sc.max_tokens = o.tokens;
+  sc.speculative = o.speculative;
   auto weights = load_weights(o.model, pc.precision);
   const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
   const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
   std::fprintf(stderr, "text: %s\n", codec.describe().c_str());
-  SampleConfig sc{o.temperature, o.top_k, o.top_p, o.tokens, uint64_t(o.seed)};
+  TextStream text(o.stop.empty() ? std::vector<std::string>{} : std::vector<std::string>{o.stop});
   std::printf("%s", o.prompt.c_str());
   std::fflush(stdout);
-  generate(*weights, codec.encode(o.prompt), sc, o.context, [&](int32_t id) {
-    std::printf("%s", codec.decode(std::span<const int32_t>(&id, 1)).c_str());
+  auto on_token = [&](int32_t id) {
+    std::printf("%s", text.feed(codec.decode(std::span<const int32_t>(&id, 1))).c_str());
     std::fflush(stdout);
-  });
-  std::printf("\n");
+    return !text.stopped();
+  };
+  const std::vector<int32_t> prompt = codec.encode(o.prompt);
+  SchedulerStats st;
+  const double t0 = now_seconds();
+  const auto out = o.engine == "cached" ? generate(*weights, prompt, sc, o.context, on_token, &st)
+                                        : generate_recompute(*weights, prompt, sc, o.context, on_token);
+  const double dt = now_seconds() - t0;
+  std::printf("%s\n", text.flush().c_str());
+  std::fprintf(stderr, "%zu prompt + %zu generated tokens in %.3f s: %.1f tokens/s (%s)", prompt.size(),
+               out.size(), dt, double(out.size()) / std::max(dt, 1e-9), o.engine.c_str());
+  if (o.speculative)
+    std::fprintf(stderr, "; MTP drafts %lld, accepted %lld (%.1f%%)", (long long)st.drafts,
+                 (long long)st.accepted, 100.0 * st.acceptance());
+  std::fprintf(stderr, "\n");
   return 0;
 }
 

@@ -8,6 +8,7 @@ int cmd_info(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_sample(int argc, char** argv);
+int cmd_serve(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_import(int argc, char** argv);
 int cmd_prepare(int argc, char** argv);

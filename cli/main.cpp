@@ -23,6 +23,7 @@ const Command kCommands[] = {
      dsv3::cli::cmd_bench},
     {"eval", "mean next-token loss of a model on an llm.c token file", dsv3::cli::cmd_eval},
     {"sample", "generate text from a model", dsv3::cli::cmd_sample},
+    {"serve", "OpenAI-compatible HTTP server with continuous batching", dsv3::cli::cmd_serve},
     {"export", "write a model as Hugging Face safetensors + config.json", dsv3::cli::cmd_export},
     {"prepare", "tokenise text sources into shards with a train/validation split per domain",
      dsv3::cli::cmd_prepare},
