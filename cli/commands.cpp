@@ -483,6 +483,9 @@ int cmd_export(int argc, char** argv) {
   DSV3_CHECK(!o.model.empty(), "--model is required");
   const DType dt = parse_dtype(o.dtype);
   LoadedModel lm = load_model_any(o.model);
+  if (lm.config.attention != AttentionKind::Dense)
+    std::fprintf(stderr, "note: the model was trained with %s attention; a Hugging Face DeepseekV3 "
+                 "computes dense attention\n", attention_name(lm.config.attention));
   const ParamTable t = build_param_table(lm.config);
   export_hf(o.out, lm.config, t, lm.params.data(), dt);
   std::printf("exported %s to %s (%s)\n", lm.source.c_str(), o.out.c_str(), dtype_name(dt));

@@ -11,6 +11,8 @@ pkgs=(
   libgtest-dev
   libopenmpi-dev openmpi-bin   # the MPI communicator (-DDSV3_MPI=ON)
   python3 python3-numpy python3-torch   # side-by-side PyTorch references in the tests
+  python3-pip              # PyPI packages for tests (below)
+  chromium python3-pil     # dsv3 report: rendered headless to PNG and inspected by a test
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -21,4 +23,11 @@ if ((${#missing[@]})); then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# TensorBoard's own reader checks dsv3's event files (tests/python/test_tensorboard.py). PyPI, for
+# the interpreter ctest runs Python tests with (Debian's): Debian does not package tensorboard.
+if ! /usr/bin/python3 -c "import tensorboard" 2>/dev/null; then
+  echo "installing tensorboard (PyPI) for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --break-system-packages --root-user-action=ignore tensorboard
 fi
