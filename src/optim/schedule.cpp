@@ -85,7 +85,9 @@ const std::vector<FieldSpec>& schedule_fields() {
 
 void validate(const ScheduleConfig& s) {
   DSV3_CHECK(s.lr > 0, "lr must be positive, got ", s.lr);
-  DSV3_CHECK(s.min_lr >= 0 && s.min_lr <= s.lr, "min_lr must be in [0, lr], got ", s.min_lr);
+  // a constant schedule never reaches min_lr (its default must not forbid a small --lr)
+  DSV3_CHECK(s.min_lr >= 0 && (s.min_lr <= s.lr || s.kind == ScheduleKind::Constant),
+             "min_lr must be in [0, lr], got ", s.min_lr);
   DSV3_CHECK(s.warmup >= 0, "warmup must be >= 0");
   DSV3_CHECK(s.decay_frac >= 0 && s.decay_frac <= 1, "decay_frac must be in [0, 1]");
   DSV3_CHECK(s.final_lr_ratio >= 0 && s.final_lr_ratio <= 1, "final_lr_ratio must be in [0, 1]");

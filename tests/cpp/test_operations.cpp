@@ -336,7 +336,7 @@ TEST(Sweep, GridFindsThePlantedBest) {
   // lr spans four decades: over 20 steps the largest clearly trains best
   auto d = temp_dir("sweep_grid");
   auto r = run_cli("sweep --space 'lr=[1e-6,1e-5,1e-4,3e-3]' --algo grid --jobs 2 --out " +
-                   (d / "s").string() + kTrial + "--steps 20 --warmup 2");
+                   (d / "s").string() + kTrial + "--steps 20 --warmup 2 --schedule constant");
   ASSERT_EQ(r.code, 0) << r.out;
   auto ends = sweep_events(d / "s", "end");
   ASSERT_EQ(ends.size(), 4u);
@@ -366,7 +366,7 @@ TEST(Sweep, AshaStopsThePlantedBadTrials) {
   // the first rung (step 5 of 40)
   auto d = temp_dir("sweep_asha");
   auto r = run_cli("sweep --space 'lr=[3e-3,2e-3,1e-7,2e-7]' --algo grid --early_stop asha --out " +
-                   (d / "s").string() + kTrial + "--steps 40 --warmup 2");
+                   (d / "s").string() + kTrial + "--steps 40 --warmup 2 --schedule constant");
   ASSERT_EQ(r.code, 0) << r.out;
   auto ends = sweep_events(d / "s", "end");
   ASSERT_EQ(ends.size(), 4u);

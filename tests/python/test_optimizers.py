@@ -12,8 +12,10 @@ updates run in PyTorch (Debian's torch 1.13, float32):
   head, norms and 1-D tensors;
 - gradient noise: the product's counter-based normal generator re-implemented in numpy (uint64
   splitmix64 + Box-Muller), so the noise is shared exactly, and its variance eta / (1+t)^gamma.
-The weights after every step must agree to float32 rounding (relative 2e-6; Muon 2e-5 because
-its GEMMs sum in a different order and Newton-Schulz iterates five times on them).
+The weights after every step must agree to float32 rounding: the change of the weights to
+relative 2e-6 (Muon 2e-5: its GEMMs sum in a different order and Newton-Schulz iterates five
+times on them), or to 2 float32 ulps of the weights per step where that is larger (LAMB's
+updates are ~1% of the weights, so the weights' own rounding dominates).
 
 Run by ctest under /usr/bin/python3 (torch).
 """
@@ -188,14 +190,18 @@ def main():
         table, steps, ld = run_tool(out, settings)
         ref = reference(settings["optimizer"], table, steps, ld, settings)
         init = ld("init.bin")
-        worst = 0.0
+        worst, allowed = 0.0, tol
         for s in range(1, 6):
             got = ld("params_%d.bin" % s)
-            # the change of the weights, so the tolerance is relative to what the step did
-            e = rel(got - init, ref[s - 1] - init)
-            worst = max(worst, e)
-        check(worst < tol, "%s: weights over 5 steps, worst relative error of the update %.2e (tol %.0e)"
-              % (name, worst, tol))
+            # the error is measured on the change of the weights (what the steps did); each side
+            # rounds the weights to float32 after every step, so where the change is small against
+            # the weights (LAMB: ~1%) two float32 ulps of the weights (2^-24 |w| each) per step bound it
+            upd = ref[s - 1] - init
+            allowed = max(tol, 2 * 2.0 ** -24 * s * np.linalg.norm(init) / np.linalg.norm(upd))
+            e = rel(got - init, upd)
+            worst = max(worst, e / allowed * tol)
+        check(worst < tol, "%s: weights over 5 steps, worst relative error of the update %.2e of the "
+              "allowed (tol %.0e, or 2 ulp of the weights per step: %.1e at step 5)" % (name, worst / tol, tol, allowed))
         moved = rel(ld("params_5.bin"), init)
         check(moved > 1e-4, "%s: the weights moved (%.2e)" % (name, moved))
     # the noise really is there and has the planned variance
