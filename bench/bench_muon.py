@@ -38,7 +38,7 @@ def run(args, opt, seed, tr, va):
            "--batch", str(args.batch), "--seq_len", str(args.seq), "--steps", str(args.steps),
            "--eval_every", str(args.eval_every), "--eval_batches", str(args.eval_batches),
            "--seed", str(seed), "--optimizer", opt, "--lr", str(lr), "--warmup", str(args.warmup),
-           "--sample_tokens", "0", "--save_every", "0", "--out", out]
+           "--save_every", "0", "--out", out]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError((p.stdout + p.stderr)[-2000:])
