@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -307,7 +308,8 @@ const std::vector<FieldSpec>& sweep_fields() {
       field("trials", &S::trials, "trials to run (grid: 0 = the whole grid)"),
       choice("algo", &S::algo, "grid|random|tpe", "how trials are chosen", sweep_algo_name,
              parse_sweep_algo),
-      field("jobs", &S::jobs, "trials running at once (child processes)"),
+      field("jobs", &S::jobs, "trials running at once (child processes; each gets cores / jobs "
+            "OpenMP threads unless OMP_NUM_THREADS is set)"),
       field("metric", &S::metric, "what to optimise: a key of the trials' eval records (val_loss, "
             "val_bpb), else of their train records (loss)"),
       field("mode", &S::mode, "min or max"),
@@ -386,7 +388,9 @@ void append_line(const std::string& path, const json& j) {
   DSV3_CHECK(ok, "cannot write ", path);
 }
 
-pid_t spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log) {
+// threads: OMP_NUM_THREADS for the child unless the environment sets it (J trials share the cores).
+pid_t spawn(const std::string& exe, const std::vector<std::string>& args, const std::string& log,
+            int threads) {
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(exe.c_str()));
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -400,6 +404,7 @@ pid_t spawn(const std::string& exe, const std::vector<std::string>& args, const 
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // a killed sweep takes its trials with it
     if (getppid() != parent) _exit(127);
     dup2(fd, 1), dup2(fd, 2);
+    if (!std::getenv("OMP_NUM_THREADS")) setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
     execv(exe.c_str(), argv.data());
     std::fprintf(stderr, "cannot run %s: %s\n", exe.c_str(), std::strerror(errno));
     _exit(127);
@@ -606,7 +611,8 @@ json run_sweep(const SweepConfig& c, const std::vector<std::string>& train_args,
       for (const auto& [k, v] : t.params) args.push_back("--" + k), args.push_back(v);
       args.push_back("--out"), args.push_back(t.dir);
       t.t0 = now_seconds();
-      t.pid = spawn(exe, args, t.dir + "/train.log");
+      t.pid = spawn(exe, args, t.dir + "/train.log",
+                    std::max(1, int(std::thread::hardware_concurrency()) / c.jobs));
       std::fprintf(stderr, "sweep: trial %d started: %s\n", id, params_text(t.params).c_str());
       running.push_back(std::move(t));
     }
