@@ -14,4 +14,6 @@ int cmd_import(int argc, char** argv);
 int cmd_prepare(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);
 int cmd_curate(int argc, char** argv);
+int cmd_report(int argc, char** argv);
+int cmd_sweep(int argc, char** argv);
 }  // namespace dsv3::cli

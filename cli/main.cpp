@@ -31,6 +31,10 @@ const Command kCommands[] = {
      dsv3::cli::cmd_import},
     {"tokenizer", "byte-level BPE: train, encode, decode, export, info", dsv3::cli::cmd_tokenizer},
     {"curate", "filter, scrub, deduplicate and select text (JSONL/txt, .gz/.zst)", dsv3::cli::cmd_curate},
+    {"report", "an HTML report of a run (loss, lr, throughput, expert load), runs overlaid",
+     dsv3::cli::cmd_report},
+    {"sweep", "hyperparameter search: grid, random or TPE trials of dsv3 train, ASHA stopping",
+     dsv3::cli::cmd_sweep},
 };
 
 void usage(std::FILE* f) {

@@ -49,7 +49,8 @@ std::vector<FieldGroup> run_groups_without_model(RunSpec& s) {
           {"checkpoints", &checkpoint_fields(), &s.checkpoint},
           {"evaluation", &eval_fields(), &s.eval},
           {"guard", &guard_fields(), &s.guard},
-          {"parallel", &dist::parallel_fields(), &s.parallel}};
+          {"parallel", &dist::parallel_fields(), &s.parallel},
+          {"metrics", &metrics_fields(), &s.metrics}};
 }
 
 std::vector<FieldGroup> run_groups(RunSpec& s) {
@@ -70,6 +71,10 @@ void validate(const RunSpec& s) {
   validate(s.guard);
   DSV3_CHECK(s.run.seq_len <= s.model.max_seq, "sequence length ", s.run.seq_len,
              " exceeds max_seq ", s.model.max_seq);
+  DSV3_CHECK(s.schedule.batch_ramp_tokens == 0 || s.schedule.batch_ramp_start < s.run.grad_accum,
+             "a batch-size ramp grows the micro-batches per step from batch_ramp_start (",
+             s.schedule.batch_ramp_start, ") to grad_accum (", s.run.grad_accum,
+             "): raise --grad_accum above it");
 }
 
 void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_keys) {
@@ -90,6 +95,8 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
       {{"seq_warmup_start"}, [&] { return s.data.seq_warmup_steps > 0; }, "--seq_warmup_steps > 0"},
       {{"loss_scale", "loss_scale_window"}, [&] { return fp16; }, "--precision fp16"},
       {{"decay_frac"}, [&] { return s.schedule.kind == ScheduleKind::Wsd; }, "--schedule wsd"},
+      {{"final_lr_ratio"}, [&] { return s.schedule.kind == ScheduleKind::V3; }, "--schedule v3"},
+      {{"batch_ramp_start"}, [&] { return s.schedule.batch_ramp_tokens > 0; }, "--batch_ramp_tokens > 0"},
       {{"min_lr"}, [&] { return s.schedule.kind != ScheduleKind::Constant; },
        "a decaying schedule (cosine or wsd)"},
       {{"mtp_weight", "mtp_weight_late", "mtp_late_from"}, [&] { return s.model.mtp_depth > 0; },
@@ -100,6 +107,13 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
       {{"yarn_original_ctx", "yarn_beta_fast", "yarn_beta_slow", "yarn_mscale"},
        [&] { return s.model.yarn_factor > 1; }, "YaRN (--yarn_factor > 1)"},
       {{"spike_window"}, [&] { return s.guard.spike_zscore > 0; }, "--spike_zscore > 0"},
+      {{"muon_momentum", "muon_nesterov", "muon_ns_steps"},
+       [&] { return s.optimizer.kind == OptimizerKind::Muon; }, "--optimizer muon"},
+      {{"grad_noise_gamma", "grad_noise_start"}, [&] { return s.optimizer.grad_noise > 0; },
+       "--grad_noise > 0"},
+      {{"window"}, [&] { return s.model.attention == AttentionKind::Window; }, "--attention window"},
+      {{"lsh_buckets", "lsh_rounds", "lsh_chunk", "lsh_seed"},
+       [&] { return s.model.attention == AttentionKind::Lsh; }, "--attention lsh"},
       {{"sample_tokens"}, [&] { return !llmc; },
        "a known text encoding (the built-in corpus or --data); llm.c token files have none"},
       {{"eval_every", "eval_batches"}, [&] { return !llmc || !s.data.val_data.empty(); },

@@ -24,6 +24,7 @@ StepSettings step_settings(int grad_accum, const ScheduleConfig& sched, int64_t 
 LoadStats load_stats(const MoeLayerStats& s) {
   LoadStats r;
   r.entropy = s.entropy;
+  r.loads = s.loads;
   if (s.loads.empty()) return r;
   double sum = 0, mx = 0, mn = double(s.loads[0]);
   for (int64_t l : s.loads) sum += double(l), mx = std::max(mx, double(l)), mn = std::min(mn, double(l));

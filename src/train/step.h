@@ -33,6 +33,7 @@ struct LoadStats {
   double max_over_mean = 0, min_over_mean = 0;
   double cv = 0;       // coefficient of variation: std / mean of the per-expert loads
   double entropy = 0;  // mean router entropy (nats)
+  std::vector<int64_t> loads;  // tokens routed to each expert over the step
 };
 LoadStats load_stats(const MoeLayerStats& s);
 

@@ -114,7 +114,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
 
   // ---- weights, training state, workspace
   ModelWeights weights(c, dtype, device);
-  TrainState st(weights, spec.optimizer, spec.precision);
+  AdamWConfig opt = spec.optimizer;
+  opt.noise_seed = uint64_t(rc.seed) ^ 0x6e6f697365ull;  // gradient noise differs per run seed
+  TrainState st(weights, opt, spec.precision);
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = rc.recompute;
@@ -126,6 +128,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     DSV3_CHECK(ck.params.size() == weights.table().total, "checkpoint has ", ck.params.size(),
                " parameters, the model ", weights.table().total);
     DSV3_CHECK(!ck.adam_m.empty(), "checkpoint has no optimizer state: cannot resume");
+    check_resume_optimizer(spec.optimizer, ck.train);
     st.load_weights(ck.params);
     st.load_moments(ck.adam_m, ck.adam_v);
     const RunState saved = state_from_checkpoint(ck);
@@ -171,7 +174,11 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                  dtype_name(dtype));
   if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
 
-  MetricsLog log(rc.out + "/metrics.jsonl");
+  MetricsLog log(rc.out + "/metrics.jsonl", spec.metrics.tensorboard ? rc.out : "");
+  {  // where this process starts: a resume after a kill supersedes what was logged past it
+    RunSpec copy = spec;
+    log.write({{"kind", "start"}, {"step", rs.steps_done}, {"settings", groups_to_json(run_groups(copy))}});
+  }
   ProgressLine progress(rc.steps);
   const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, rc.steps, spec.loss);
   const auto names = moe_layer_names(c);
@@ -255,7 +262,10 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       return MicroBatch{ds, split_rows.data()};
     };
     const int64_t attempt = ++rs.attempts;
-    Gradients g = compute_gradients(st, ws, spec.loss, ss, step, micro);
+    StepSettings sstep = ss;  // batch-size ramp: this step's micro-batches
+    sstep.grad_accum = accum_at(spec.schedule, rc.grad_accum, rs.tokens_seen);
+    const double step_tokens = double(d.N()) * sstep.grad_accum;
+    Gradients g = compute_gradients(st, ws, spec.loss, sstep, step, micro);
     switch (guard.fault_at(attempt)) {  // fault injection (GuardConfig::inject_fault)
       case Fault::Nan: {
         g.loss.loss = g.loss.total = NAN;
@@ -285,7 +295,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     double lr = lr_at(spec.schedule, step, rc.steps);
     if (why.empty()) {
       st.scaler().update(true);
-      lr = apply_update(st, ss, step, g);
+      lr = apply_update(st, sstep, step, g);
       guard.accepted(g.loss.total);
     } else if (!overflow) {
       guard.rejected();
@@ -293,9 +303,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     const StepResult r = step_result(g, lr, why.empty(), why);
     rs.steps_done++;
     const double dt = now_seconds() - t0;
-    rs.tokens_seen += uint64_t(tokens_per_step);
-    window_time = 0.8 * window_time + dt, window_tokens = 0.8 * window_tokens + tokens_per_step;
-    const double tps = tokens_per_step / dt;
+    rs.tokens_seen += uint64_t(step_tokens);
+    window_time = 0.8 * window_time + dt, window_tokens = 0.8 * window_tokens + step_tokens;
+    const double tps = step_tokens / dt;
     const double achieved = tps * ms.train_flops_per_token / 1e9;
     if (achieved > peak && !warned_peak && rc.peak_gflops == 0) {
       // a slow spell of a shared machine during the measurement: measure again, keep the better
@@ -315,7 +325,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       load_max = std::max(load_max, ls.max_over_mean);
       loads.push_back({{"layer", names[i]}, {"max_over_mean", ls.max_over_mean},
                        {"min_over_mean", ls.min_over_mean}, {"cv", ls.cv},
-                       {"router_entropy", ls.entropy}});
+                       {"router_entropy", ls.entropy}, {"loads", ls.loads}});
     }
     const backend::MemoryStats mem = backend::memory_stats(device);
     nlohmann::json rec = {{"kind", "train"}, {"step", step + 1}, {"loss", r.loss.loss},
@@ -326,6 +336,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                           {"peak_rss_bytes", peak_rss_bytes()},
                           {"peak_alloc_bytes", mem.peak}, {"expert_load", loads}};
     if (st.scaler().enabled()) rec["loss_scale"] = r.loss_scale;
+    if (spec.schedule.batch_ramp_tokens > 0) rec["micro_batches"] = sstep.grad_accum;
     if (!r.applied) rec["skipped"] = r.skipped;
     log.write(rec);
     if (!r.applied) progress.print("step " + std::to_string(step + 1) + " skipped: " + r.skipped);
