@@ -13,4 +13,5 @@ int cmd_import(int argc, char** argv);
 int cmd_prepare(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);
 int cmd_curate(int argc, char** argv);
+int cmd_launch(int argc, char** argv);
 }  // namespace dsv3::cli

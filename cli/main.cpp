@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "dist/agree.h"
 
 namespace {
 
@@ -30,6 +31,8 @@ const Command kCommands[] = {
      dsv3::cli::cmd_import},
     {"tokenizer", "byte-level BPE: train, encode, decode, export, info", dsv3::cli::cmd_tokenizer},
     {"curate", "filter, scrub, deduplicate and select text (JSONL/txt, .gz/.zst)", dsv3::cli::cmd_curate},
+    {"launch", "run train under mpirun/srun, restarting from the last checkpoint on failures",
+     dsv3::cli::cmd_launch},
 };
 
 void usage(std::FILE* f) {
@@ -57,6 +60,8 @@ int main(int argc, char** argv) {
     if (argv[1] != std::string(c.name)) continue;
     try {
       return c.run(argc, argv);
+    } catch (const dsv3::dist::QuietError&) {  // rank 0 of a distributed run reports it
+      return 1;
     } catch (const dsv3::Error& e) {
       std::fprintf(stderr, "\ndsv3 %s: error: %s\n", c.name, e.what());
       return 1;

@@ -1,5 +1,6 @@
 #include "optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "ops/optimizer.h"
@@ -27,6 +28,10 @@ void validate(const AdamWConfig& c) {
 
 AdamW::AdamW(const AdamWConfig& c, const ParamTable& t, Device device)
     : cfg_(c), spans_(trainable_spans(t)), m_(device, DType::F32, t.total), v_(device, DType::F32, t.total) {}
+
+AdamW::AdamW(const AdamWConfig& c, std::vector<ParamSpan> spans, size_t n, Device device)
+    : cfg_(c), spans_(std::move(spans)), m_(device, DType::F32, std::max<size_t>(n, 1)),
+      v_(device, DType::F32, std::max<size_t>(n, 1)) {}
 
 void AdamW::step(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& compute,
                  double lr, double grad_scale) {

@@ -4,6 +4,8 @@
 // parameter table; the update itself is an op (ops/optimizer.h) behind the backend seam.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -25,6 +27,8 @@ void validate(const AdamWConfig& c);
 class AdamW {
  public:
   AdamW(const AdamWConfig& c, const ParamTable& t, Device device);
+  // Over n elements of which `spans` are trained (a ZeRO shard: its own offsets).
+  AdamW(const AdamWConfig& c, std::vector<ParamSpan> spans, size_t n, Device device);
   // One update of master (fp32) from grads with learning rate lr. compute (16-bit weights laid
   // out like master, or empty) is rewritten in the same pass. grad_scale multiplies every
   // gradient as it is read (clipping, loss-scale removal). The bias correction counts the
@@ -37,6 +41,11 @@ class AdamW {
   const std::vector<ParamSpan>& spans() const { return spans_; }  // the trainable tensors
   const Tensor& m() const { return m_.view(); }
   const Tensor& v() const { return v_.view(); }
+  // The optimizer's state as named fp32 arrays, each elementwise over the parameters (what ZeRO
+  // shards and checkpoints store by name, whatever the optimizer).
+  std::vector<std::pair<std::string, Tensor>> state() const {
+    return {{"adam_m", m_.view()}, {"adam_v", v_.view()}};
+  }
 
  private:
   AdamWConfig cfg_;

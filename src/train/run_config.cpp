@@ -49,7 +49,8 @@ std::vector<FieldGroup> run_groups_without_model(RunSpec& s) {
           {"checkpoints", &checkpoint_fields(), &s.checkpoint},
           {"evaluation", &eval_fields(), &s.eval},
           {"guard", &guard_fields(), &s.guard},
-          {"parallel", &dist::parallel_fields(), &s.parallel}};
+          {"parallel", &dist::parallel_fields(), &s.parallel},
+          {"distributed", &dist_fields(), &s.distributed}};
 }
 
 std::vector<FieldGroup> run_groups(RunSpec& s) {
@@ -68,6 +69,7 @@ void validate(const RunSpec& s) {
   validate(s.checkpoint);
   validate(s.eval);
   validate(s.guard);
+  validate(s.distributed);
   DSV3_CHECK(s.run.seq_len <= s.model.max_seq, "sequence length ", s.run.seq_len,
              " exceeds max_seq ", s.model.max_seq);
 }
@@ -104,6 +106,12 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
        "a known text encoding (the built-in corpus or --data); llm.c token files have none"},
       {{"eval_every", "eval_batches"}, [&] { return !llmc || !s.data.val_data.empty(); },
        "validation data (--val_data with --train_data)"},
+      {{"topk_ratio"}, [&] { return s.distributed.grad_compress == GradCompress::TopK; },
+       "--grad_compress topk"},
+      {{"eplb_redundant", "eplb_every"}, [&] { return s.distributed.eplb; }, "--eplb true"},
+      {{"eplb"}, [&] { return moe; }, "routed experts (--experts > 0)"},
+      {{"debug_slowdown"}, [&] { return s.distributed.debug_slow_rank >= 0; },
+       "--debug_slow_rank"},
   };
   for (const std::string& k : set_keys)
     for (const Rule& r : rules)
