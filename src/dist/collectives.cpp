@@ -247,8 +247,8 @@ void Collectives::time_out(const Pending& op, double waited) {
   std::sort(missing.begin(), missing.end());
   msg += cat(missing.size() == 1 ? "rank " : "ranks ", list_ranks(missing), " did not arrive");
   if (!silent.empty())
-    msg += cat(" (", list_ranks(silent), silent.size() == 1 ? " does" : " do",
-               " not answer: stopped, dead or busy outside collectives)");
+    msg += cat(" (no answer from ", list_ranks(silent),
+               ": stopped, dead or busy outside collectives)");
   for (const std::string& w : where) msg += "; " + w;
   msg += cat("; ", arrived.size() == 1 ? "rank " : "ranks ", list_ranks(arrived),
              arrived.size() == 1 ? " is" : " are", " waiting in it");

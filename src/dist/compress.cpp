@@ -7,24 +7,27 @@
 
 namespace dsv3::dist {
 
-float int8_compress(const float* g, float* residual, size_t n, int8_t* q) {
-  float mx = 0;
-  for (size_t i = 0; i < n; i++) {
-    residual[i] += g[i];
-    mx = std::max(mx, std::fabs(residual[i]));
+void int8_compress(const float* g, float* residual, size_t n, int8_t* q, float* scales) {
+  for (size_t b0 = 0, k = 0; b0 < n; b0 += kInt8Block, k++) {
+    const size_t b1 = std::min(n, b0 + kInt8Block);
+    float mx = 0;
+    for (size_t i = b0; i < b1; i++) {
+      residual[i] += g[i];
+      mx = std::max(mx, std::fabs(residual[i]));
+    }
+    const float scale = mx > 0 ? mx / 127.0f : 1.0f;
+    const float inv = 1.0f / scale;
+    for (size_t i = b0; i < b1; i++) {
+      const float x = std::clamp(std::nearbyint(residual[i] * inv), -127.0f, 127.0f);
+      q[i] = int8_t(x);
+      residual[i] -= x * scale;
+    }
+    scales[k] = scale;
   }
-  const float scale = mx > 0 ? mx / 127.0f : 1.0f;
-  const float inv = 1.0f / scale;
-  for (size_t i = 0; i < n; i++) {
-    const float x = std::clamp(std::nearbyint(residual[i] * inv), -127.0f, 127.0f);
-    q[i] = int8_t(x);
-    residual[i] -= x * scale;
-  }
-  return scale;
 }
 
-void int8_accumulate(float* out, const int8_t* q, float scale, size_t n) {
-  for (size_t i = 0; i < n; i++) out[i] += float(q[i]) * scale;
+void int8_accumulate(float* out, const int8_t* q, const float* scales, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] += float(q[i]) * scales[i / kInt8Block];
 }
 
 size_t topk_count(size_t n, double ratio) {

@@ -173,16 +173,17 @@ void GradSync::launch(Bucket& b) {
       }
       break;
     case GradCompress::Int8: {
-      // piece i of (g + residual): [scale f32][P x int8], one block per destination rank
-      const size_t blk = P + sizeof(float);
+      // piece i of (g + residual): [scales f32][P x int8], one block per destination rank
+      const size_t ns = dist::int8_scales(P), blk = ns * sizeof(float) + P;
       b.tx.resize(n * blk), b.rx.resize(n * blk);
       std::vector<float> v(n * P, 0.0f);
       std::memcpy(v.data(), g, len * sizeof(float));
+      std::vector<float> scales(ns);
       for (size_t i = 0; i < n; i++) {
         uint8_t* out = b.tx.data() + i * blk;
-        const float scale = dist::int8_compress(v.data() + i * P, b.residual.data() + i * P, P,
-                                                reinterpret_cast<int8_t*>(out + sizeof(float)));
-        std::memcpy(out, &scale, sizeof(float));
+        dist::int8_compress(v.data() + i * P, b.residual.data() + i * P, P,
+                            reinterpret_cast<int8_t*>(out + ns * sizeof(float)), scales.data());
+        std::memcpy(out, scales.data(), ns * sizeof(float));
       }
       b.op = coll_.all_to_all(*b.g, dist::Purpose::Grads, b.tx.data(), b.rx.data(), blk,
                               DType::U8);
@@ -207,6 +208,10 @@ void GradSync::progress(Bucket& b, bool block) {
   while (!b.done) {
     if (block) coll_.wait(b.op);
     else if (!coll_.test(b.op)) return;
+    // Every rank must start collectives in the same order: a second exchange (int8, zero 0)
+    // starts only from finish(), in bucket order, never when a test happens to see the first
+    // one complete.
+    if (!block && cfg_.grad_compress == GradCompress::Int8 && zero_ == 0 && b.phase == 1) return;
     float* g = grads_.as<float>() + b.begin;
     const size_t n = size_t(b.n), P = b.P, len = b.len();
     switch (cfg_.grad_compress) {
@@ -215,16 +220,16 @@ void GradSync::progress(Bucket& b, bool block) {
         b.done = true;
         break;
       case GradCompress::Int8: {
-        const size_t blk = P + sizeof(float);
+        const size_t ns = dist::int8_scales(P), blk = ns * sizeof(float) + P;
+        std::vector<float> scales(ns);
+        const auto add_block = [&](float* out, const uint8_t* in) {  // [scales][q] of P values
+          std::memcpy(scales.data(), in, ns * sizeof(float));
+          dist::int8_accumulate(out, reinterpret_cast<const int8_t*>(in + ns * sizeof(float)),
+                                scales.data(), P);
+        };
         if (b.phase == 1) {  // my piece from every rank, summed in rank order
           std::fill(b.piece.begin(), b.piece.end(), 0.0f);
-          for (size_t q = 0; q < n; q++) {
-            float scale;
-            std::memcpy(&scale, b.rx.data() + q * blk, sizeof(float));
-            dist::int8_accumulate(b.piece.data(),
-                                  reinterpret_cast<const int8_t*>(b.rx.data() + q * blk + sizeof(float)),
-                                  scale, P);
-          }
+          for (size_t q = 0; q < n; q++) add_block(b.piece.data(), b.rx.data() + q * blk);
           if (zero_ > 0) {
             deliver_piece(b, b.piece.data());
             b.done = true;
@@ -232,9 +237,10 @@ void GradSync::progress(Bucket& b, bool block) {
           }
           // zero 0: every rank needs every piece: re-quantise the sum (own residual), all-gather
           std::vector<uint8_t> mine(blk);
-          const float scale = dist::int8_compress(b.piece.data(), b.residual2.data(), P,
-                                                  reinterpret_cast<int8_t*>(mine.data() + sizeof(float)));
-          std::memcpy(mine.data(), &scale, sizeof(float));
+          dist::int8_compress(b.piece.data(), b.residual2.data(), P,
+                              reinterpret_cast<int8_t*>(mine.data() + ns * sizeof(float)),
+                              scales.data());
+          std::memcpy(mine.data(), scales.data(), ns * sizeof(float));
           b.tx = std::move(mine);
           b.op = coll_.all_gather(*b.g, dist::Purpose::Grads, b.tx.data(), b.rx.data(), blk,
                                   DType::U8);
@@ -242,13 +248,7 @@ void GradSync::progress(Bucket& b, bool block) {
           break;
         }
         std::vector<float> full(n * P, 0.0f);
-        for (size_t q = 0; q < n; q++) {
-          float scale;
-          std::memcpy(&scale, b.rx.data() + q * blk, sizeof(float));
-          dist::int8_accumulate(full.data() + q * P,
-                                reinterpret_cast<const int8_t*>(b.rx.data() + q * blk + sizeof(float)),
-                                scale, P);
-        }
+        for (size_t q = 0; q < n; q++) add_block(full.data() + q * P, b.rx.data() + q * blk);
         std::memcpy(g, full.data(), len * sizeof(float));
         b.done = true;
         break;

@@ -19,9 +19,9 @@
 //   zero 2: the same after every micro-batch, accumulated in the pieces (the full-size buffer
 //           only holds one micro-batch: see docs/parallel.md for what that saves here).
 // Compression (zero 0 and 1; docs/parallel.md "Gradient compression"):
-//   int8: piece i of (g + residual) quantised with one scale per piece, all-to-all, summed by
-//         its owner in rank order; zero 0 then all-gathers the owner's re-quantised sum (with its
-//         own residual).
+//   int8: piece i of (g + residual) quantised with a scale per block of 128 (dist/compress.h),
+//         all-to-all, summed by its owner in rank order; zero 0 then all-gathers the owner's
+//         re-quantised sum (with its own residual).
 //   topk: the ratio x bucket largest entries of (g + residual) as (index, value), all-gathered
 //         and summed by every rank in rank order.
 // Reduced gradients are sums: each micro-batch's loss is already weighted by its share of the

@@ -29,8 +29,8 @@ struct DistConfig {
   int eplb_redundant = 0;  // redundant expert slots per MoE layer (0: one per ep rank)
   int eplb_every = 10;     // steps between placements (loads are measured in between)
   // Debug (documented in docs/parallel.md): rank debug_slow_rank computes debug_slowdown times
-  // slower (it sleeps), to show --balance_microbatches; rank_fault makes a rank fail on purpose:
-  // "kill:R@S" (SIGKILL at step S, once per run directory) or "stop:R@S" (SIGSTOP: a hang).
+  // slower (it sleeps), to show --balance_microbatches; rank_fault makes a rank fail on purpose,
+  // once per run directory: "kill:R@S" (SIGKILL at step S) or "stop:R@S" (SIGSTOP: a hang).
   int debug_slow_rank = -1;
   double debug_slowdown = 1.0;
   std::string rank_fault;

@@ -80,19 +80,14 @@ nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
 void inject_rank_fault(const RankFault& f, const ParallelContext& ctx, int64_t step,
                        const std::string& run_dir) {
   if (f.kind == RankFault::None || f.rank != ctx.rank || f.step != step) return;
-  if (f.kind == RankFault::Stop) {
-    std::fprintf(stderr, "rank %d: --rank_fault stops this rank (SIGSTOP) at step %lld\n",
-                 ctx.rank, (long long)step);
-    std::raise(SIGSTOP);
-    return;
-  }
   const std::string marker = run_dir + "/.rank_fault_done";
   if (std::filesystem::exists(marker)) return;  // the restarted run gets past it
   std::ofstream(marker) << step << "\n";
-  std::fprintf(stderr, "rank %d: --rank_fault kills this rank (SIGKILL) at step %lld\n", ctx.rank,
-               (long long)step);
+  const bool stop = f.kind == RankFault::Stop;
+  std::fprintf(stderr, "rank %d: --rank_fault %s this rank (%s) at step %lld\n", ctx.rank,
+               stop ? "stops" : "kills", stop ? "SIGSTOP" : "SIGKILL", (long long)step);
   std::fflush(stderr);
-  ::kill(::getpid(), SIGKILL);
+  ::kill(::getpid(), stop ? SIGSTOP : SIGKILL);
 }
 
 void add_comm_metrics(nlohmann::json& rec, const StepComm& c, double step_s,

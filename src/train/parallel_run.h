@@ -24,9 +24,9 @@ Checkpoint sharded_checkpoint_state(const std::string& dir);
 nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
                               const ParallelContext& ctx, int64_t step);
 
-// --rank_fault: at the start of step `step` (1-based) the named rank kills (SIGKILL; once per
-// run directory, remembered in OUT/.rank_fault_done so a restarted run gets past it) or stops
-// (SIGSTOP) itself.
+// --rank_fault: at the start of step `step` (1-based) the named rank kills (SIGKILL) or stops
+// (SIGSTOP) itself, once per run directory (remembered in OUT/.rank_fault_done, so a restarted
+// run gets past it).
 void inject_rank_fault(const RankFault& f, const ParallelContext& ctx, int64_t step,
                        const std::string& run_dir);
 
