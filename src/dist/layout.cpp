@@ -79,9 +79,9 @@ ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& giv
 
 void require_single_process(const char* what) {
   const int n = world().size();
-  DSV3_CHECK(n == 1, "dsv3 ", what, " was started as ", n, " processes (mpirun/srun), but "
-             "distributed training (--dp/--ep) is not implemented yet: each process would train "
-             "its own copy into one run directory. Run it as one process");
+  DSV3_CHECK(n == 1, "dsv3 ", what, " was started as ", n, " processes (mpirun/srun), but it runs "
+             "as one process (train and curate are the distributed commands): each process would "
+             "do the whole job alone. Run it as one process");
 }
 
 }  // namespace dsv3::dist

@@ -60,8 +60,8 @@ struct ParallelGroups {
 // Collective over world: resolves and validates the layout and splits world into every group.
 ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& layout);
 
-// For commands that cannot run distributed yet: throws Error naming `what` (e.g. "train") when
-// the world has more than one rank, instead of every rank doing the whole job alone.
+// For commands that run as one process: throws Error naming `what` (e.g. "bench") when the world
+// has more than one rank, instead of every rank doing the whole job alone.
 void require_single_process(const char* what);
 
 }  // namespace dsv3::dist

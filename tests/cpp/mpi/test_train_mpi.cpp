@@ -109,7 +109,8 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
     const char* name;
   };
   for (const Layout& l : {Layout{2, "", "dp2"}, Layout{2, "--ep 2", "dp2_ep2"},
-                          Layout{4, "--ep 2", "dp4_ep2"}, Layout{4, "--ep 4 --zero 2", "dp4_ep4_z2"}}) {
+                          Layout{4, "--ep 2", "dp4_ep2"},
+                          Layout{4, "--ep 4 --zero 2 --eplb --eplb_every 6", "dp4_ep4_z2"}}) {
     const CmdResult r = train(l.np, std::string("--steps 12 ") + l.args + " --out " + d / l.name);
     ASSERT_EQ(r.code, 0) << l.name << "\n" << r.out;
     const auto m = steps_of(d / l.name);
@@ -122,6 +123,14 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
     EXPECT_EQ(s["grad_wire_bytes"].get<double>(), 4.0 * double(debug_params()));
     EXPECT_GE(s["exposed_comm_s"].get<double>(), 0.0);
     EXPECT_LE(s["exposed_comm_s"].get<double>(), s["comm_s"].get<double>() + 1e-9);
+  }
+  // EPLB's placements (every 6 steps, one redundant slot per rank) balance what the home
+  // placement leaves unbalanced
+  const auto eplb = read_metrics(d / "dp4_ep4_z2/metrics.jsonl", "eplb");
+  ASSERT_EQ(eplb.size(), 2u);
+  for (const json& layer : eplb.back()["layers"]) {
+    EXPECT_LE(layer["imbalance_after"].get<double>(), layer["imbalance_before"].get<double>());
+    EXPECT_EQ(layer["placement"].size(), 12u);  // 8 experts + 4 replicas
   }
   // expert parallelism sends rows all-to-all; without it there is no all-to-all
   EXPECT_GT(steps_of(d / "dp2_ep2").back()["comm_bytes"].value("all_to_all", 0.0), 0.0);
