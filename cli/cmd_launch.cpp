@@ -130,6 +130,13 @@ void log_event(const std::string& out, const nlohmann::json& j) {
   std::fprintf(stderr, "dsv3 launch: %s\n", j.value("message", "").c_str());
 }
 
+// The job's process group, so that an interrupted launcher does not leave the job running.
+volatile sig_atomic_t g_job = 0;
+void forward_and_exit(int sig) {
+  if (g_job > 0) kill(-pid_t(g_job), SIGTERM);
+  _exit(128 + sig);
+}
+
 // Runs argv in its own process group; returns its exit status (128 + signal when killed). With
 // hang_timeout, kills the group when `watch` stops growing for that long.
 int run_job(const std::vector<std::string>& cmd, double hang_timeout, const std::string& watch,
@@ -147,12 +154,18 @@ int run_job(const std::vector<std::string>& cmd, double hang_timeout, const std:
     _exit(127);
   }
   setpgid(pid, pid);
+  g_job = pid;
+  signal(SIGINT, forward_and_exit);
+  signal(SIGTERM, forward_and_exit);
   uintmax_t last_size = 0;
   double last_change = now_seconds();
   for (;;) {
     int status = 0;
     const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (r == pid) {
+      g_job = 0;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
     if (hang_timeout > 0) {
       std::error_code ec;
       const uintmax_t size = std::filesystem::file_size(watch, ec);
@@ -164,6 +177,7 @@ int run_job(const std::vector<std::string>& cmd, double hang_timeout, const std:
           std::this_thread::sleep_for(std::chrono::milliseconds(100));
         kill(-pid, SIGKILL);
         waitpid(pid, &status, 0);
+        g_job = 0;
         return 128 + SIGKILL;
       }
     }

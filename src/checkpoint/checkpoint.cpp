@@ -262,9 +262,11 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
   return (fs::path(dir) / name).string();
 }
 
-int64_t checkpoint_step(const std::string& path) {
+int64_t checkpoint_step(const std::string& path) { return checkpoint_step(path, ".dsv3"); }
+
+int64_t checkpoint_step(const std::string& path, const std::string& suf) {
   const std::string name = fs::path(path).filename().string();
-  const std::string pre = "ckpt_", suf = ".dsv3";
+  const std::string pre = "ckpt_";
   if (name.size() <= pre.size() + suf.size() || name.compare(0, pre.size(), pre) != 0 ||
       name.compare(name.size() - suf.size(), suf.size(), suf) != 0)
     return -1;

@@ -29,16 +29,7 @@ bool get_u64(const json& v, uint64_t* out) {
 }
 
 // "ckpt_00000100.shards" -> 100; else -1
-int64_t shards_step(const std::string& path) {
-  const std::string name = fs::path(path).filename().string();
-  const std::string pre = "ckpt_", suf = ".shards";
-  if (name.size() <= pre.size() + suf.size() || name.compare(0, pre.size(), pre) != 0 ||
-      name.compare(name.size() - suf.size(), suf.size(), suf) != 0)
-    return -1;
-  const std::string digits = name.substr(pre.size(), name.size() - pre.size() - suf.size());
-  if (digits.size() > 18 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return -1;
-  return std::stoll(digits);
-}
+int64_t shards_step(const std::string& path) { return checkpoint_step(path, ".shards"); }
 }  // namespace
 
 std::string sharded_checkpoint_dir(const std::string& run_dir, int64_t step) {

@@ -48,14 +48,25 @@ std::string ShardedSaver::agree(bool block) {
     fail("saving checkpoint ", dir, " failed",
          state_ < 0 ? cat(" on rank ", ctx_.rank, ": ", error_) : std::string(" on another rank"),
          " (is the disk full or the directory not writable?)");
+  // Rank 0 commits; the others wait for it (a rollback may read the checkpoint right away).
+  int32_t committed = 1;
+  std::string why;
   if (ctx_.root()) {
-    nlohmann::json shards = nlohmann::json::array();
-    for (int r = 0; r < ctx_.world; r++)
-      shards.push_back(std::filesystem::path(shard_file(dir, r)).filename().string());
-    manifest_["shards"] = shards;
-    write_manifest(dir, manifest_);
-    prune_all_checkpoints(run_dir_, keep_);
+    try {
+      nlohmann::json shards = nlohmann::json::array();
+      for (int r = 0; r < ctx_.world; r++)
+        shards.push_back(std::filesystem::path(shard_file(dir, r)).filename().string());
+      manifest_["shards"] = shards;
+      write_manifest(dir, manifest_);
+      prune_all_checkpoints(run_dir_, keep_);
+    } catch (const Error& e) {
+      committed = 0, why = e.what();
+    }
   }
+  ctx_.coll->run(ctx_.coll->all_reduce(ctx_.world_group, dist::Purpose::Stats, &committed, 1,
+                                       DType::I32, dist::ReduceOp::Min));
+  DSV3_CHECK(committed == 1, "committing checkpoint ", dir, " failed",
+             why.empty() ? std::string(" on rank 0") : ": " + why);
   return dir;
 }
 

@@ -208,6 +208,17 @@ TEST(TrainMpi, LaunchRestartsAfterAKilledRankAndAHang) {
     if (std::getline(in, line) && !line.empty()) restarts += json::parse(line)["event"] == "restart";
   }
   EXPECT_EQ(restarts, 1u);
+  // fewer slots than -np (the hostfile lost a node): the largest world that fits, >= min_ranks
+  std::ofstream(d / "hosts") << "localhost slots=2\n";
+  const std::string on4 = std::string("OMP_NUM_THREADS=1 OMPI_MCA_btl_vader_single_copy_mechanism=none ") +
+                          DSV3_BIN + " launch -np 4 --hostfile " + d / "hosts" + " --launcher_args '--oversubscribe" +
+                          (getuid() == 0 ? " --allow-run-as-root" : "") + "'";
+  r = run_shell(on4 + " --min_ranks 2 -- train" + kBase + " --steps 2 --out " + d / "fewer");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("attempt 1 on 2 ranks"), std::string::npos) << r.out;
+  r = run_shell(on4 + " --min_ranks 3 -- train" + kBase + " --steps 2 --out " + d / "none");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("no world size between 3 and 2 ranks"), std::string::npos) << r.out;
   // a hang (SIGSTOP): the watchdog turns it into an error, the launcher restarts
   r = run_shell(launch + " --rank_fault stop:1@5 --collective_timeout 3 --out " + d / "hung");
   ASSERT_EQ(r.code, 0) << r.out;
