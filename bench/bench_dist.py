@@ -2,14 +2,15 @@
 
 Part 1 measures `tiny` (global batch 8 x 256) as 1 rank x 2 threads against 2 ranks x 1 thread
 (dp 2; dp 2 + ep 2; dp 2 + ZeRO-1): tokens/s, efficiency, compute and exposed communication per
-step, bytes per collective kind. It checks the bytes every rank reports in metrics.jsonl against
+step, bytes per collective kind; beside it the peer, PyTorch's DistributedDataParallel (gloo) on
+the same model (bench/peer_ddp.py), as 1 process x 2 threads and 2 processes x 1 thread. It checks the bytes every rank reports in metrics.jsonl against
 the analytic per-step volume of docs/parallel.md (computed here from the model config, with the
 parameter table's layout rebuilt independently of dsv3).
 
 Part 2 is the scaling model of docs/parallel.md for `small` and `v3-671b` at 8 to 2048 GPUs, from
 the same volume formulas, FLOPs per token from `dsv3 info`, and stated link bandwidths.
 
-  python3 bench/bench_dist.py [--steps 6] [--skip_measure] [--mpirun mpirun]
+  python3 bench/bench_dist.py [--steps 6] [--skip_measure] [--mpirun mpirun] [--torch_python P]
 Needs a build with MPI (build/dsv3) and Python 3 (standard library only).
 """
 import argparse
@@ -196,10 +197,24 @@ def measure(args):
                     counts = 8 * (ep - 1) * (cfg["experts"] // ep) * moe_layers  # forward only
                     row["check"]["experts (uniform routing)"] = (got.get("experts", 0), exp + counts)
             results.append(row)
+    peers = []
+    if args.torch_python:
+        for world, threads in ((1, 2), (2, 1)):
+            out = subprocess.run([args.torch_python, os.path.join(HERE, "peer_ddp.py"), "--world",
+                                  str(world), "--threads", str(threads), "--preset", "tiny",
+                                  "--batch", "8", "--seq", "256", "--steps", str(args.steps - 1)],
+                                 check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            peers.append({"name": "PyTorch %s %s, %d x %d" % (r["torch"], "DDP gloo" if world > 1 else "eager",
+                                                             world, threads),
+                          "tokens_per_s": r["tokens_per_s"], "step_s": r["step_s"]})
     one = results[0]["tokens_per_s"]
     print("\n## Measured: `tiny`, global batch 8 x 256, %d steps (median of steps 2..)\n" % args.steps)
-    print("| layout | tokens/s | efficiency vs 1x2 | step s | compute s | exposed comm s | comm s | bytes/step by kind |")
+    print("| layout | tokens/s | vs its own 1 x 2 | step s | compute s | exposed comm s | comm s | bytes/step by kind |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for i, p in enumerate(peers):
+        print("| %s | %.0f | %.2f | %.3f | - | - | - | - |" % (
+            p["name"], p["tokens_per_s"], p["tokens_per_s"] / peers[0]["tokens_per_s"], p["step_s"]))
     for r in results:
         print("| %s | %.0f | %.2f | %.3f | %s | %s | %s | %s |" % (
             r["name"], r["tokens_per_s"], r["tokens_per_s"] / one, r["step_s"],
@@ -288,6 +303,9 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--skip_measure", action="store_true")
     ap.add_argument("--mpirun", default="mpirun")
+    venv = os.path.join(REPO, ".venv-peer", "bin", "python")
+    ap.add_argument("--torch_python", default=venv if os.path.exists(venv) else "/usr/bin/python3",
+                    help="interpreter with torch for the DDP peer ('' to skip it)")
     args = ap.parse_args()
     if not os.path.exists(DSV3):
         sys.exit("build/dsv3 not found: build first (scripts/build.sh)")
