@@ -9,6 +9,9 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf.h"
+#include "checkpoint/sharded.h"
+#include "dist/agree.h"
+#include "dist/comm.h"
 #include "core/check.h"
 #include "core/io.h"
 #include "core/profile.h"
@@ -24,6 +27,7 @@
 #include "train/state.h"
 #include "train/step.h"
 #include "train/train_data.h"
+#include "train/parallel_run.h"
 #include "train/trainer.h"
 
 namespace dsv3::cli {
@@ -70,56 +74,88 @@ std::vector<FieldGroup> pick(const std::vector<FieldGroup>& all, std::initialize
 
 // ---------------------------------------------------------------------------------------------
 int cmd_train(int argc, char** argv) {
-  RunSpec spec;
+  // Under mpirun/srun every rank runs this; the settings and the checkpoint are checked on each
+  // and agreed on (dist/agree.h), so a bad flag gives one message, not one per rank.
+  dist::init(&argc, &argv);
+  const dist::Comm& world = dist::world();
+  RunSpec spec, run;
   const auto groups = run_groups(spec);
-  ParsedArgs a = parse_run(argc, argv, groups, spec);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 train [--preset NAME] [--config FILE] [--key value ...]",
-                                "Trains a model. Without --data or --train_data it uses the "
-                                "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
-                                "OUT/ckpt_*.dsv3; --resume OUT continues exactly.",
-                                groups, true)
-                        .c_str());
+  Checkpoint ck;
+  bool help = false;
+  try {
+    dist::agree(world, [&] {
+      ParsedArgs a = parse_run(argc, argv, groups, spec);
+      if ((help = a.help)) return;
+      const bool vocab_given =
+          std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
+      if (!spec.data.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
+        spec.model.vocab = vocab_for_prepared_data(spec.data.data);
+      if (spec.checkpoint.resume.empty()) {
+        reject_inapplicable(spec, a.set_keys);
+        run = spec;
+      } else {
+        // Resume: the checkpoint's settings, then the settings given now. Model settings may
+        // be repeated (the original command line) but not changed.
+        std::string path = spec.checkpoint.resume;
+        if (std::filesystem::is_directory(path) && !is_sharded_checkpoint(path)) {
+          DSV3_CHECK(std::filesystem::exists(std::filesystem::path(path) / "manifest.json") ||
+                         any_checkpoint_step(path) < 0,
+                     path, " is an incomplete sharded checkpoint (no manifest.json: the save "
+                     "did not finish); resume from its run directory to take the last complete one");
+          path = latest_checkpoint(path);
+          DSV3_CHECK(!path.empty(), "no complete checkpoints (ckpt_*.dsv3 or ckpt_*.shards) in ",
+                     spec.checkpoint.resume, " to resume from");
+        }
+        ck = is_sharded_checkpoint(path) ? sharded_checkpoint_state(path) : load_checkpoint(path);
+        run = spec_from_checkpoint(ck);
+        const auto from = run_groups(spec), to = run_groups(run);
+        for (const auto& key : a.set_keys) {
+          if (key == "resume") continue;
+          const FieldGroup *gf = nullptr, *gt = nullptr;
+          const FieldSpec* f = find_field(from, key, &gf);
+          find_field(to, key, &gt);
+          if (gf->title == "model") {
+            DSV3_CHECK(f->get(gf->target) == f->get(gt->target), "--", key, " ", f->get(gf->target),
+                       " changes the model (the checkpoint has ", f->get(gt->target),
+                       "), which a resumed run cannot do (drop it or start a new run)");
+            continue;
+          }
+          f->set(gt->target, f->get(gf->target));
+        }
+        run.checkpoint.resume = path;
+        reject_inapplicable(run, a.set_keys);
+      }
+      validate(run);
+      validate_parallel(run.parallel, run.distributed, run.model, world.size());
+    });
+  } catch (...) {
+    dist::finalize();  // every rank got here: end MPI cleanly
+    throw;
+  }
+  if (help) {
+    if (world.rank() == 0)
+      std::printf("%s", help_text("dsv3 train [--preset NAME] [--config FILE] [--key value ...]",
+                                  "Trains a model. Without --data or --train_data it uses the "
+                                  "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
+                                  "OUT/ckpt_*.dsv3; --resume OUT continues exactly. Under mpirun "
+                                  "or srun: data and expert parallel (--dp, --ep, --zero, ...),\n"
+                                  "sharded checkpoints OUT/ckpt_*.shards (docs/parallel.md).",
+                                  groups, true)
+                          .c_str());
+    dist::finalize();
     return 0;
   }
-  dist::require_single_process("train");
-  const bool vocab_given =
-      std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
-  if (!spec.data.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
-    spec.model.vocab = vocab_for_prepared_data(spec.data.data);
-  if (spec.checkpoint.resume.empty()) {
-    reject_inapplicable(spec, a.set_keys);
-    run_training(spec, nullptr);
-    return 0;
+  const bool resuming = !run.checkpoint.resume.empty();
+  if (resuming && world.rank() == 0)
+    std::fprintf(stderr, "resuming from %s\n", run.checkpoint.resume.c_str());
+  try {
+    run_training(run, resuming ? &ck : nullptr);
+  } catch (const Error& e) {
+    if (world.size() > 1)  // this rank's own failure: say which (mpirun then stops the others)
+      throw Error(cat("rank ", world.rank(), " of ", world.size(), ": ", e.what()));
+    throw;
   }
-  // Resume: the checkpoint's settings, then the settings given now. Model settings may be
-  // repeated (the original command line) but not changed.
-  std::string path = spec.checkpoint.resume;
-  if (std::filesystem::is_directory(path)) {
-    auto list = list_checkpoints(path);
-    DSV3_CHECK(!list.empty(), "no checkpoints (ckpt_*.dsv3) in ", path, " to resume from");
-    path = list.back();
-  }
-  Checkpoint ck = load_checkpoint(path);
-  RunSpec resumed = spec_from_checkpoint(ck);
-  const auto from = run_groups(spec), to = run_groups(resumed);
-  for (const auto& key : a.set_keys) {
-    if (key == "resume") continue;
-    const FieldGroup *gf = nullptr, *gt = nullptr;
-    const FieldSpec* f = find_field(from, key, &gf);
-    find_field(to, key, &gt);
-    if (gf->title == "model") {
-      DSV3_CHECK(f->get(gf->target) == f->get(gt->target), "--", key, " ", f->get(gf->target),
-                 " changes the model (the checkpoint has ", f->get(gt->target),
-                 "), which a resumed run cannot do (drop it or start a new run)");
-      continue;
-    }
-    f->set(gt->target, f->get(gf->target));
-  }
-  resumed.checkpoint.resume = path;
-  reject_inapplicable(resumed, a.set_keys);
-  std::fprintf(stderr, "resuming from %s\n", path.c_str());
-  run_training(resumed, &ck);
+  dist::finalize();
   return 0;
 }
 

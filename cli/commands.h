@@ -16,4 +16,5 @@ int cmd_tokenizer(int argc, char** argv);
 int cmd_curate(int argc, char** argv);
 int cmd_report(int argc, char** argv);
 int cmd_sweep(int argc, char** argv);
+int cmd_launch(int argc, char** argv);
 }  // namespace dsv3::cli

@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "dist/agree.h"
 
 namespace {
 
@@ -35,6 +36,8 @@ const Command kCommands[] = {
      dsv3::cli::cmd_report},
     {"sweep", "hyperparameter search: grid, random or TPE trials of dsv3 train, ASHA stopping",
      dsv3::cli::cmd_sweep},
+    {"launch", "run train under mpirun/srun, restarting from the last checkpoint on failures",
+     dsv3::cli::cmd_launch},
 };
 
 void usage(std::FILE* f) {
@@ -62,6 +65,8 @@ int main(int argc, char** argv) {
     if (argv[1] != std::string(c.name)) continue;
     try {
       return c.run(argc, argv);
+    } catch (const dsv3::dist::QuietError&) {  // rank 0 of a distributed run reports it
+      return 1;
     } catch (const dsv3::Error& e) {
       std::fprintf(stderr, "\ndsv3 %s: error: %s\n", c.name, e.what());
       return 1;

@@ -172,6 +172,10 @@ double AdamW::noise_std(int64_t t) const {
   return std::sqrt(cfg_.grad_noise / std::pow(1.0 + tt, cfg_.grad_noise_gamma));
 }
 
+AdamW::AdamW(const AdamWConfig& c, std::vector<ParamSpan> spans, size_t n, Device device)
+    : cfg_(c), spans_(std::move(spans)), m_(device, DType::F32, std::max<size_t>(n, 1)),
+      v_(device, DType::F32, std::max<size_t>(n, 1)) {}
+
 void AdamW::step(const Exec& ex, const Tensor& master, const Tensor& grads, const Tensor& compute,
                  double lr, double grad_scale) {
   const int64_t t = ++updates_;

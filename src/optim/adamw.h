@@ -9,6 +9,8 @@
 // updates are ops (ops/optimizer.h) behind the backend seam.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <string>
@@ -61,6 +63,8 @@ void check_resume_optimizer(const AdamWConfig& c, const nlohmann::json& checkpoi
 class AdamW {
  public:
   AdamW(const AdamWConfig& c, const ParamTable& t, Device device);
+  // Over n elements of which `spans` are trained (a ZeRO shard: its own offsets).
+  AdamW(const AdamWConfig& c, std::vector<ParamSpan> spans, size_t n, Device device);
   // One update of master (fp32) from grads with learning rate lr. compute (16-bit weights laid
   // out like master, or empty) is rewritten in the same pass. grad_scale multiplies every
   // gradient as it is read (clipping, loss-scale removal). The bias correction counts the
@@ -75,6 +79,11 @@ class AdamW {
   const Tensor& v() const { return v_.view(); }
   // the noise standard deviation of update t (1-based); 0 when off
   double noise_std(int64_t t) const;
+  // The optimizer's state as named fp32 arrays, each elementwise over the parameters (what ZeRO
+  // shards and checkpoints store by name, whatever the optimizer).
+  std::vector<std::pair<std::string, Tensor>> state() const {
+    return {{"adam_m", m_.view()}, {"adam_v", v_.view()}};
+  }
 
  private:
   AdamWConfig cfg_;

@@ -50,7 +50,8 @@ std::vector<FieldGroup> run_groups_without_model(RunSpec& s) {
           {"evaluation", &eval_fields(), &s.eval},
           {"guard", &guard_fields(), &s.guard},
           {"parallel", &dist::parallel_fields(), &s.parallel},
-          {"metrics", &metrics_fields(), &s.metrics}};
+          {"metrics", &metrics_fields(), &s.metrics},
+          {"distributed", &dist_fields(), &s.distributed}};
 }
 
 std::vector<FieldGroup> run_groups(RunSpec& s) {
@@ -69,12 +70,20 @@ void validate(const RunSpec& s) {
   validate(s.checkpoint);
   validate(s.eval);
   validate(s.guard);
+  validate(s.distributed);
   DSV3_CHECK(s.run.seq_len <= s.model.max_seq, "sequence length ", s.run.seq_len,
              " exceeds max_seq ", s.model.max_seq);
-  DSV3_CHECK(s.schedule.batch_ramp_tokens == 0 || s.schedule.batch_ramp_start < s.run.grad_accum,
-             "a batch-size ramp grows the micro-batches per step from batch_ramp_start (",
-             s.schedule.batch_ramp_start, ") to grad_accum (", s.run.grad_accum,
-             "): raise --grad_accum above it");
+  // (the batch ramp's end, micro-batches per rank at the full global batch, needs the world
+  // size: the trainer checks batch_ramp_start against it)
+  // ZeRO 1/2 run the optimizer over flat pieces of the parameters that cut through tensors:
+  // LAMB's trust ratio and Muon's orthogonalisation need whole tensors, and the gradient noise is
+  // keyed by the position in the whole table.
+  DSV3_CHECK(s.distributed.zero == 0 || s.optimizer.kind == OptimizerKind::AdamW,
+             "--optimizer ", optimizer_name(s.optimizer.kind), " needs whole tensors on one rank: "
+             "use --zero 0 (replicated optimizer state) or --optimizer adamw");
+  DSV3_CHECK(s.distributed.zero == 0 || s.optimizer.grad_noise == 0,
+             "--grad_noise with --zero ", s.distributed.zero, " is not supported (the noise is keyed by "
+             "the position in the whole parameter table): use --zero 0");
 }
 
 void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_keys) {
@@ -118,6 +127,12 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
        "a known text encoding (the built-in corpus or --data); llm.c token files have none"},
       {{"eval_every", "eval_batches"}, [&] { return !llmc || !s.data.val_data.empty(); },
        "validation data (--val_data with --train_data)"},
+      {{"topk_ratio"}, [&] { return s.distributed.grad_compress == GradCompress::TopK; },
+       "--grad_compress topk"},
+      {{"eplb_redundant", "eplb_every"}, [&] { return s.distributed.eplb; }, "--eplb true"},
+      {{"eplb"}, [&] { return moe; }, "routed experts (--experts > 0)"},
+      {{"debug_slowdown"}, [&] { return s.distributed.debug_slow_rank >= 0; },
+       "--debug_slow_rank"},
   };
   for (const std::string& k : set_keys)
     for (const Rule& r : rules)

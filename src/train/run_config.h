@@ -18,6 +18,7 @@
 #include "optim/schedule.h"
 #include "train/guard.h"
 #include "train/metrics.h"
+#include "train/parallel_config.h"
 #include "train/train_data.h"
 
 namespace dsv3 {
@@ -51,6 +52,7 @@ struct RunSpec {
   GuardConfig guard;
   dist::ParallelLayout parallel;
   MetricsConfig metrics;
+  DistConfig distributed;
 };
 // Every group of a run, titled as in --help and in checkpoints.
 std::vector<FieldGroup> run_groups(RunSpec& s);

@@ -70,6 +70,9 @@ StepResult train_step(TrainState& st, Workspace& ws, const TrainingLossConfig& l
 // What train_step reports from the two halves (also used by the trainer's guarded step).
 StepResult step_result(const Gradients& g, double lr, bool applied, const std::string& why);
 
+// The routing bias tensor of an MoE layer named as in moe_layer_names ("layer 3", "mtp 1").
+std::string routing_bias_name(const ModelConfig& c, const std::string& moe_layer);
+
 // b_i += gamma * sign(mean load - load_i) for every sigmoid-routed MoE layer, on the master
 // weights; the weights' fp32 bias copies follow.
 void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, double gamma);

@@ -83,12 +83,24 @@ TEST(Optimizers, GroupsAndDepthDecay) {
   for (const ParamInfo& p : t.list) {
     if (!p.trainable()) continue;
     const float m = mult[k++];
-    if (p.name == "model.embed_tokens.weight") EXPECT_EQ(m, 0.5f * 0.25f);
-    if (p.name == "lm_head.weight" || p.name == "model.norm.weight") EXPECT_EQ(m, 1.0f);
-    if (p.name == "model.layers.0.self_attn.o_proj.weight") EXPECT_EQ(m, 0.5f);
-    if (p.name == "model.layers.1.mlp.experts.3.up_proj.weight") EXPECT_EQ(m, 2.0f);
-    if (p.name == "model.layers.2.eh_proj.weight") EXPECT_EQ(m, 1.0f);  // MTP: top of the stack
-    if (p.name == "model.layers.2.mlp.experts.0.down_proj.weight") EXPECT_EQ(m, 2.0f);
+    if (p.name == "model.embed_tokens.weight") {
+      EXPECT_EQ(m, 0.5f * 0.25f);
+    }
+    if (p.name == "lm_head.weight" || p.name == "model.norm.weight") {
+      EXPECT_EQ(m, 1.0f);
+    }
+    if (p.name == "model.layers.0.self_attn.o_proj.weight") {
+      EXPECT_EQ(m, 0.5f);
+    }
+    if (p.name == "model.layers.1.mlp.experts.3.up_proj.weight") {
+      EXPECT_EQ(m, 2.0f);
+    }
+    if (p.name == "model.layers.2.eh_proj.weight") {
+      EXPECT_EQ(m, 1.0f);
+    }  // MTP: top of the stack
+    if (p.name == "model.layers.2.mlp.experts.0.down_proj.weight") {
+      EXPECT_EQ(m, 2.0f);
+    }
   }
   EXPECT_EQ(lr_group_of("model.layers.1.mlp.gate.weight"), "router");
   EXPECT_EQ(lr_group_of("model.layers.0.mlp.down_proj.weight"), "dense");
@@ -123,8 +135,9 @@ TEST(Optimizers, LambAndMuonF32MatchF64) {
     // of w (6e-8 |w|) is ~6e-6 of the update per step
     EXPECT_LT(rel_error(df, dd), 5e-5) << (kind ? "muon" : "lamb");
     EXPECT_GT(rel_error(pd, p), 1e-4);
-    if (kind == 1)  // Muon leaves what is not one of its matrices alone
+    if (kind == 1) {  // Muon leaves what is not one of its matrices alone
       for (size_t i = 48; i < 55; i++) EXPECT_EQ(pd[i], p[i]);
+    }
   }
   // Newton-Schulz makes the update nearly orthogonal: the singular values of O are ~1, so
   // ||O||_F^2 ~ min(rows, cols) (Jordan: they land in about [0.7, 1.2])

@@ -355,7 +355,7 @@ TEST(BadInput, ClearMessageAndNonZeroExit) {
       {"train --recompute some", "unknown recompute mode 'some'"},
       {"train --loss_scale 1000 --precision fp16", "loss_scale must be a power of two"},
       {"train --inject_fault nan@x", "inject_fault"},
-      {"train --dp 2", "distributed training"},
+      {"train --dp 2", "needs dp * tp * pp = 2 ranks, but the world has 1"},
       {"eval --model " + ck + " --data " + (d / "tok.bin").string() + " --loss_scale 8", "training setting"},
   };
   for (const auto& c : cases) {
