@@ -127,7 +127,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   DSV3_CHECK(!ramp || spec.schedule.batch_ramp_start < A, "a batch-size ramp grows the "
              "micro-batches per step on each rank from batch_ramp_start (",
              spec.schedule.batch_ramp_start, ") to ", A, " (the global batch ", G, " / ", d.B,
-             " rows / ", par->layout.dp, " ranks): lower --batch_ramp_start or raise the batch");
+             " rows / ", par->layout.dp,
+             " ranks): lower --batch_ramp_start or raise --grad_accum (or --global_batch)");
   const auto global_rows_at = [&](uint64_t tokens_seen) {
     return ramp ? ramp_unit * accum_at(spec.schedule, A, tokens_seen) : G;
   };
