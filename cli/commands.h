@@ -13,4 +13,6 @@ int cmd_import(int argc, char** argv);
 int cmd_prepare(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);
 int cmd_curate(int argc, char** argv);
+int cmd_quantize(int argc, char** argv);  // cmd_compress.cpp
+int cmd_prune(int argc, char** argv);
 }  // namespace dsv3::cli

@@ -22,3 +22,11 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# PyPI packages the Python tests import, for Debian's interpreter (ctest runs them with it; pip
+# puts them in /usr/local, beside Debian's own). gguf: the GGUF export read back as llama.cpp's
+# own Python package reads it (tests/python/test_gguf_export.py).
+if ! /usr/bin/python3 -c "import gguf" 2>/dev/null; then
+  echo "installing from PyPI: gguf"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd /usr/bin/python3 -m pip install -q --break-system-packages "gguf==0.19.0"
+fi

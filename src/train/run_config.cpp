@@ -49,7 +49,8 @@ std::vector<FieldGroup> run_groups_without_model(RunSpec& s) {
           {"checkpoints", &checkpoint_fields(), &s.checkpoint},
           {"evaluation", &eval_fields(), &s.eval},
           {"guard", &guard_fields(), &s.guard},
-          {"parallel", &dist::parallel_fields(), &s.parallel}};
+          {"parallel", &dist::parallel_fields(), &s.parallel},
+          {"compression", &compression_fields(), &s.compress}};
 }
 
 std::vector<FieldGroup> run_groups(RunSpec& s) {
@@ -68,6 +69,7 @@ void validate(const RunSpec& s) {
   validate(s.checkpoint);
   validate(s.eval);
   validate(s.guard);
+  validate(s.compress);
   DSV3_CHECK(s.run.seq_len <= s.model.max_seq, "sequence length ", s.run.seq_len,
              " exceeds max_seq ", s.model.max_seq);
 }
@@ -100,6 +102,8 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
       {{"yarn_original_ctx", "yarn_beta_fast", "yarn_beta_slow", "yarn_mscale"},
        [&] { return s.model.yarn_factor > 1; }, "YaRN (--yarn_factor > 1)"},
       {{"spike_window"}, [&] { return s.guard.spike_zscore > 0; }, "--spike_zscore > 0"},
+      {{"distill_alpha", "distill_temp"}, [&] { return !s.compress.teacher.empty(); },
+       "a teacher to distil from (--teacher MODEL)"},
       {{"sample_tokens"}, [&] { return !llmc; },
        "a known text encoding (the built-in corpus or --data); llm.c token files have none"},
       {{"eval_every", "eval_batches"}, [&] { return !llmc || !s.data.val_data.empty(); },

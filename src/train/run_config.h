@@ -16,6 +16,7 @@
 #include "optim/adamw.h"
 #include "optim/precision.h"
 #include "optim/schedule.h"
+#include "train/compress.h"
 #include "train/guard.h"
 #include "train/train_data.h"
 
@@ -49,6 +50,7 @@ struct RunSpec {
   EvalConfig eval;
   GuardConfig guard;
   dist::ParallelLayout parallel;
+  CompressionConfig compress;
 };
 // Every group of a run, titled as in --help and in checkpoints.
 std::vector<FieldGroup> run_groups(RunSpec& s);

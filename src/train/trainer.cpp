@@ -114,11 +114,18 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
 
   // ---- weights, training state, workspace
   ModelWeights weights(c, dtype, device);
-  TrainState st(weights, spec.optimizer, spec.precision);
+  TrainState st(weights, spec.optimizer, spec.precision, spec.compress.qat);
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = rc.recompute;
+  wc.soft_targets = !spec.compress.teacher.empty();
   Workspace ws(c, dtype, device, wc);
+  std::unique_ptr<Teacher> teacher;  // distillation (I5): its own weights and workspace
+  if (!spec.compress.teacher.empty()) {
+    teacher = std::make_unique<Teacher>(spec.compress.teacher, c, dtype, device, d,
+                                        spec.compress.distill_alpha, spec.compress.distill_temp);
+    check_same_tokenizer(spec.compress.teacher, data.tokenizer_path());
+  }
   Guard guard(spec.guard);
   RunState rs;
   rs.rng = Rng(uint64_t(rc.seed) ^ 0x5eed5eed5eedull);
@@ -147,6 +154,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     restore(*resume, true);
     DSV3_CHECK(rs.steps_done < rc.steps, "checkpoint is at step ", rs.steps_done, " and the run has ",
                rc.steps, " steps: nothing to do (raise --steps)");
+  } else if (!spec.compress.init_from.empty()) {  // weights only: fresh optimizer, step 0
+    st.load_weights(init_from_weights(spec.compress.init_from, c));
   } else {
     std::vector<float> init(weights.table().total);
     init_params(c, weights.table(), init.data(), uint64_t(rc.seed));
@@ -165,6 +174,12 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
                peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
   if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
+  else if (!spec.compress.init_from.empty())
+    std::fprintf(stderr, "  weights from %s\n", spec.compress.init_from.c_str());
+  if (teacher)
+    std::fprintf(stderr, "  distilling from %s (alpha %g, T %g)\n", teacher->source().c_str(),
+                 spec.compress.distill_alpha, spec.compress.distill_temp);
+  if (spec.compress.qat) std::fprintf(stderr, "  quantisation-aware: int8 weights in the forward\n");
 
   MetricsLog log(rc.out + "/metrics.jsonl");
   ProgressLine progress(rc.steps);
@@ -240,14 +255,17 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     const int k = spec.data.seq_split(step, d.T);
     const Dims ds{d.B * k, d.T / k};
     const MicroFn micro = [&](int) {
-      const int32_t* batch = data.next();
-      if (k == 1) return MicroBatch{ds, batch};
-      split_rows.resize(size_t(ds.B) * (ds.T + 1));
-      for (int b = 0; b < d.B; b++)
-        for (int j = 0; j < k; j++)
-          std::copy_n(batch + size_t(b) * (d.T + 1) + size_t(j) * ds.T, ds.T + 1,
-                      split_rows.data() + (size_t(b) * k + j) * (ds.T + 1));
-      return MicroBatch{ds, split_rows.data()};
+      MicroBatch mb{ds, data.next()};
+      if (k > 1) {
+        split_rows.resize(size_t(ds.B) * (ds.T + 1));
+        for (int b = 0; b < d.B; b++)
+          for (int j = 0; j < k; j++)
+            std::copy_n(mb.tokens + size_t(b) * (d.T + 1) + size_t(j) * ds.T, ds.T + 1,
+                        split_rows.data() + (size_t(b) * k + j) * (ds.T + 1));
+        mb.tokens = split_rows.data();
+      }
+      if (teacher) mb.soft = teacher->run(mb);  // the teacher's pass, before the student's
+      return mb;
     };
     const int64_t attempt = ++rs.attempts;
     Gradients g = compute_gradients(st, ws, spec.loss, ss, step, micro);
@@ -321,6 +339,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                           {"peak_rss_bytes", peak_rss_bytes()},
                           {"peak_alloc_bytes", mem.peak}, {"expert_load", loads}};
     if (st.scaler().enabled()) rec["loss_scale"] = r.loss_scale;
+    if (teacher) rec["distill_loss"] = r.loss.distill_loss;
     if (!r.applied) rec["skipped"] = r.skipped;
     log.write(rec);
     if (!r.applied) progress.print("step " + std::to_string(step + 1) + " skipped: " + r.skipped);
@@ -328,6 +347,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                        std::max(1e-9, window_tokens) * tokens_per_step;
     std::string text = "loss " + fmt("%.4f", r.loss.loss);
     if (c.mtp_depth > 0) text += " | mtp " + fmt("%.4f", r.loss.mtp_loss);
+    if (teacher) text += " | kd " + fmt("%.4f", r.loss.distill_loss);
     if (c.experts > 0) text += " | bal " + fmt("%.2e", r.loss.balance_loss);
     text += " | gnorm " + fmt("%.3f", r.grad_norm) + " | lr " + fmt("%.2e", r.lr) + " | " +
             fmt("%.0f tok/s", tps) + " | MFU " + fmt("%.1f%%", 100 * mfu);
