@@ -139,7 +139,7 @@ def section_prune(a, model, train, val):
 def section_distill(a, model, train, val):
     common = ["--train_data", train, "--val_data", val, "--steps", str(a.student_steps), "--batch", "8",
               "--seq_len", "256", "--eval_every", "0", "--save_every", "0",
-              "--seed", "7"] + a.student.split()
+              "--seed", "7", "--preset", a.preset] + a.student.split()  # the teacher's preset, shrunk
     rows = []
     for name, extra in [("from scratch", []),
                         ("distilled", ["--teacher", model, "--distill_alpha", str(a.alpha),
@@ -164,7 +164,8 @@ def main():
     p.add_argument("--work", default=os.path.join(REPO, "runs", "bench_compress"))
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--model", help="an already trained run directory or checkpoint (same data)")
+    p.add_argument("--model", help="an already trained run directory or checkpoint (same data; "
+                   "--preset must name its preset, the student is that preset shrunk by --student)")
     p.add_argument("--sections", default="quant,prune,distill")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval_batches", type=int, default=16)

@@ -10,6 +10,7 @@
 #include "model/prune.h"
 #include "ops/cross_entropy.h"
 #include "ops/distill.h"
+#include "model_test_util.h"
 #include "test_util.h"
 #include "train/compress.h"
 
@@ -68,27 +69,9 @@ TEST(Distill, Fp32InPlaceAndBf16AgainstFp64) {
   EXPECT_LT(test::rel_error(gbf, g64), 5e-3);
 }
 
-ModelConfig small_config() {
-  ModelConfig c = preset("debug");
-  c.vocab = 128;
-  c.max_seq = 64;
-  return c;
-}
-std::vector<float> init_weights(const ModelConfig& c, uint64_t seed) {
-  const ParamTable t = build_param_table(c);
-  std::vector<float> p(t.total);
-  init_params(c, t, p.data(), seed);
-  for (const auto& info : t.list)
-    if (info.kind == ParamKind::Buffer)
-      for (size_t i = 0; i < info.numel; i++) p[info.offset + i] = 0.01f * float(int(i % 5) - 2);
-  return p;
-}
-std::vector<int32_t> random_tokens(const ModelConfig& c, Dims d, uint64_t seed) {
-  Rng r(seed);
-  std::vector<int32_t> t(size_t(d.B) * (d.T + 1));
-  for (auto& x : t) x = int32_t(r.below(uint64_t(c.vocab)));
-  return t;
-}
+using test::init_weights;
+using test::random_tokens;
+using test::small_config;
 
 // A whole student with a teacher, in fp64: the gradient of (1 - a) CE + a KD + MTP + balance
 // against central differences of the same total, the teacher's logits fetched chunk by chunk from

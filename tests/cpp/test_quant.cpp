@@ -10,6 +10,7 @@
 #include "ops/gemm.h"
 #include "ops/gemm_int8.h"
 #include "ops/quant.h"
+#include "model_test_util.h"
 #include "test_util.h"
 #include "train/state.h"
 
@@ -210,27 +211,9 @@ TEST(Int8, InputGradientAndNoWeightGradient) {
 
 // ---- models -------------------------------------------------------------------------------
 
-ModelConfig small_config() {
-  ModelConfig c = preset("debug");
-  c.vocab = 128;
-  c.max_seq = 64;
-  return c;
-}
-std::vector<float> init_weights(const ModelConfig& c, uint64_t seed) {
-  const ParamTable t = build_param_table(c);
-  std::vector<float> p(t.total);
-  init_params(c, t, p.data(), seed);
-  for (const auto& info : t.list)
-    if (info.kind == ParamKind::Buffer)
-      for (size_t i = 0; i < info.numel; i++) p[info.offset + i] = 0.01f * float(int(i % 5) - 2);
-  return p;
-}
-std::vector<int32_t> random_tokens(const ModelConfig& c, Dims d, uint64_t seed) {
-  Rng r(seed);
-  std::vector<int32_t> t(size_t(d.B) * (d.T + 1));
-  for (auto& x : t) x = int32_t(r.below(uint64_t(c.vocab)));
-  return t;
-}
+using test::init_weights;
+using test::random_tokens;
+using test::small_config;
 std::vector<float> logits_of(const ModelWeights& w, Dims d, const std::vector<int32_t>& tokens,
                              LossReport* rep = nullptr) {
   WorkspaceConfig wc;
