@@ -497,19 +497,12 @@ bool cpu_has_avx512_fp16() {
   static const bool has = __builtin_cpu_supports("avx512fp16");
   return has;
 }
-// oneDNN 2.6 has bf16 matmul from AVX-512 (avx512_core) on; an AVX2-only CPU (Zen 3) has none.
-bool cpu_has_bf16_matmul() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return has;
-}
 
 // The per-dtype choice measured in docs/gemm.md.
 GemmEngine auto_engine(const Args& g) {
   switch (g.ab) {
     case DType::F64: return GemmEngine::Blas;
-    case DType::BF16:  // widened to fp32 like f16 where oneDNN has no bf16 matmul
-      return cpu_has_bf16_matmul() ? GemmEngine::DnnlRuntime : GemmEngine::DnnlGemmApi;
+    case DType::BF16: return GemmEngine::DnnlRuntime;
     default: return GemmEngine::DnnlGemmApi;  // F32; F16 widened to fp32 first
   }
 }
@@ -555,8 +548,7 @@ bool gemm_engine_supports(GemmEngine e, DType ab, DType c) {
   switch (e) {
     case GemmEngine::Auto: case GemmEngine::Blas: return true;
     case GemmEngine::Dnnl: case GemmEngine::DnnlRuntime:
-      return ab == DType::F32 || (ab == DType::BF16 && cpu_has_bf16_matmul()) ||
-             (ab == DType::F16 && cpu_has_avx512_fp16());
+      return ab == DType::F32 || ab == DType::BF16 || (ab == DType::F16 && cpu_has_avx512_fp16());
     case GemmEngine::DnnlGemmApi: return ab != DType::F64;
   }
   return false;
