@@ -250,9 +250,11 @@ TEST(Int8Model, PassesReadTheInt8Weights) {
     EXPECT_LT(test::rel_error(got, want), s == QuantScheme::W8A16 ? 1e-5 : 2e-2) << quant_scheme_name(s);
   }
   // the weights that stay high precision are exact
-  for (const auto& info : build_param_table(c).list)
-    if (!is_quantized_param(info))
-      for (size_t i = 0; i < info.numel; i++) ASSERT_EQ(deq[info.offset + i], p[info.offset + i]) << info.name;
+  const ParamTable table = build_param_table(c);
+  for (const auto& info : table.list) {
+    if (is_quantized_param(info)) continue;
+    for (size_t i = 0; i < info.numel; i++) ASSERT_EQ(deq[info.offset + i], p[info.offset + i]) << info.name;
+  }
   // bf16 activations with int8 weights run too
   ModelWeights wb(c, DType::BF16, Device::CPU, QuantScheme::W8A8);
   wb.load(p);
@@ -358,7 +360,8 @@ TEST(Qat, GradientIsTheStraightThroughOne) {
   const auto tokens = random_tokens(c, d, 9);
   const auto p = init_weights(c, 4);
   std::vector<float> fq = p;  // fake_quant of every quantised linear, by its definition
-  for (const auto& info : build_param_table(c).list)
+  const ParamTable qt = build_param_table(c);
+  for (const auto& info : qt.list)
     if (is_quantized_param(info)) {
       const int rows = int(info.shape[0]), cols = int(info.shape[1]);
       std::vector<uint8_t> b(q8_matrix_bytes(rows, cols));
