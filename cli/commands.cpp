@@ -484,6 +484,8 @@ const std::vector<FieldSpec>& import_fields() {
 
 namespace {
 int export_gguf_file(const std::string& model, const std::string& out, const std::string& dtype) {
+  DSV3_CHECK(!std::filesystem::is_directory(out), "--out ", out, " is a directory: a GGUF is one "
+             "file (e.g. ", (std::filesystem::path(out) / "model.gguf").string(), ")");
   GgufExport opt;
   opt.dtype = parse_gguf_dtype(dtype);
   const std::string tok_path = find_tokenizer_for_model(model);
