@@ -180,7 +180,7 @@ Int8Model load_int8_model(const std::string& path) {
 }
 
 std::unique_ptr<ModelWeights> make_model_weights(const LoadedModel& m, DType dtype, Device device) {
-  auto w = std::make_unique<ModelWeights>(m.config, dtype, device, m.int8.scheme);
+  auto w = std::make_unique<ModelWeights>(m.config, dtype, device, ExpertShard{}, m.int8.scheme);
   if (m.int8.scheme != QuantScheme::None) w->load_quantized(m.int8);
   else w->load(m.params);
   return w;

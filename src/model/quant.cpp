@@ -83,6 +83,9 @@ ParamTable high_precision_table(const ModelConfig& c) {
   }
   h.total = (h.total + 15) / 16 * 16;
   h.buffers_total = full.buffers_total;
+  h.expert_first = full.expert_first;  // an int8 model holds every expert
+  h.expert_count = full.expert_count;
+  h.experts_begin = h.total;  // not sharded: no separate expert range
   return h;
 }
 

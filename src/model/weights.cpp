@@ -30,10 +30,13 @@ ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& 
   return w;
 }
 
-ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device, QuantScheme quant)
+ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device, ExpertShard shard,
+                           QuantScheme quant)
     : c_(c), quant_(quant) {
   validate(c_);
-  table_ = quant == QuantScheme::None ? build_param_table(c) : high_precision_table(c);
+  DSV3_CHECK(quant == QuantScheme::None || shard.whole(c),
+             "int8 weights hold every expert (one process); expert parallelism needs float weights");
+  table_ = quant == QuantScheme::None ? build_param_table(c, shard) : high_precision_table(c);
   DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16 ||
                  dtype == DType::F64,
              "weights must be f32, bf16, f16 or f64, not ", dtype_name(dtype));

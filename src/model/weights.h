@@ -43,9 +43,11 @@ ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& 
 
 class ModelWeights {
  public:
-  // dtype: the compute dtype (activations, and the weights that are not int8).
+  // dtype: the compute dtype (activations, and the weights that are not int8). shard: the routed
+  // experts this process holds (expert parallelism); default all of them. quant: int8 linear
+  // layers (inference only, one process: not with a shard).
   ModelWeights(const ModelConfig& c, DType dtype, Device device = Device::CPU,
-               QuantScheme quant = QuantScheme::None);
+               ExpertShard shard = {}, QuantScheme quant = QuantScheme::None);
   ModelWeights(const ModelWeights&) = delete;
   ModelWeights& operator=(const ModelWeights&) = delete;
 

@@ -18,6 +18,8 @@
 #include "optim/schedule.h"
 #include "train/compress.h"
 #include "train/guard.h"
+#include "train/metrics.h"
+#include "train/parallel_config.h"
 #include "train/train_data.h"
 
 namespace dsv3 {
@@ -51,6 +53,8 @@ struct RunSpec {
   GuardConfig guard;
   dist::ParallelLayout parallel;
   CompressionConfig compress;
+  MetricsConfig metrics;
+  DistConfig distributed;
 };
 // Every group of a run, titled as in --help and in checkpoints.
 std::vector<FieldGroup> run_groups(RunSpec& s);

@@ -242,7 +242,7 @@ TEST(Int8Model, PassesReadTheInt8Weights) {
   ref.load(deq);
   const auto want = logits_of(ref, d, tokens);
   for (QuantScheme s : {QuantScheme::W8A16, QuantScheme::W8A8}) {
-    ModelWeights w(c, DType::F32, Device::CPU, s);
+    ModelWeights w(c, DType::F32, Device::CPU, {}, s);
     w.load(p);  // quantises on the way in
     EXPECT_LT(w.bytes(), ref.bytes() / 2) << "int8 linears take a quarter of fp32's bytes";
     EXPECT_EQ(w.to_host(), deq);
@@ -256,14 +256,14 @@ TEST(Int8Model, PassesReadTheInt8Weights) {
     for (size_t i = 0; i < info.numel; i++) ASSERT_EQ(deq[info.offset + i], p[info.offset + i]) << info.name;
   }
   // bf16 activations with int8 weights run too
-  ModelWeights wb(c, DType::BF16, Device::CPU, QuantScheme::W8A8);
+  ModelWeights wb(c, DType::BF16, Device::CPU, {}, QuantScheme::W8A8);
   wb.load(p);
   EXPECT_LT(test::rel_error(logits_of(wb, d, tokens), want), 5e-2);
 }
 
 TEST(Int8Model, CannotBeTrained) {
   const ModelConfig c = small_config();
-  ModelWeights w(c, DType::F32, Device::CPU, QuantScheme::W8A8);
+  ModelWeights w(c, DType::F32, Device::CPU, {}, QuantScheme::W8A8);
   try {
     TrainState st(w, {}, {});
     FAIL() << "an int8 model was accepted for training";
