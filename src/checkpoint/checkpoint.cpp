@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "checkpoint/hf.h"
+#include "checkpoint/quantized.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/sharded.h"
 #include "core/check.h"
@@ -314,10 +315,11 @@ void prune_checkpoints(const std::string& dir, int keep) {
   }
 }
 
-LoadedModel load_model_any(const std::string& path) {
+LoadedModel load_model_any(const std::string& path, bool keep_int8) {
   const char* expected =
       "expected a dsv3 checkpoint file, a sharded checkpoint directory (ckpt_*.shards), a run "
-      "directory (with checkpoints) or a Hugging Face directory (with config.json)";
+      "directory (with checkpoints), a Hugging Face directory (with config.json) or a dsv3 int8 "
+      "model";
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   DSV3_CHECK(fs::exists(st), "cannot open ", path, ": no such file or directory (", expected, ")");
@@ -348,6 +350,14 @@ LoadedModel load_model_any(const std::string& path) {
     return m;
   }
   const std::string kind = sniff_file_kind(path);
+  if (kind == "a dsv3 int8 model") {
+    Int8Model q = load_int8_model(path);
+    m.config = q.config;
+    if (!keep_int8) m.params = dequantize_params(q.config, q.params);
+    m.int8 = std::move(q.params);
+    m.source = "int8 model " + path + " (" + quant_scheme_name(m.int8.scheme) + ")";
+    return m;
+  }
   if (kind != "a dsv3 checkpoint") {
     if (kind == "a safetensors file" || fs::path(path).filename() == "config.json")
       fail(path, " is part of a Hugging Face model: pass its directory (", expected, ")");
