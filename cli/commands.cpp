@@ -8,7 +8,12 @@
 #include <filesystem>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/gguf.h"
 #include "checkpoint/hf.h"
+#include "checkpoint/quantized.h"
+#include "checkpoint/sharded.h"
+#include "dist/agree.h"
+#include "dist/comm.h"
 #include "core/check.h"
 #include "core/io.h"
 #include "core/profile.h"
@@ -18,11 +23,14 @@
 #include "eval/eval.h"
 #include "flags.h"
 #include "infer/sample.h"
+#include "infer/text_stream.h"
 #include "ops/gemm.h"
+#include "tokenizer/formats.h"
 #include "tokenizer/text_codec.h"
 #include "train/state.h"
 #include "train/step.h"
 #include "train/train_data.h"
+#include "train/parallel_run.h"
 #include "train/trainer.h"
 
 namespace dsv3::cli {
@@ -57,14 +65,16 @@ Device pick_device(const std::string& name, const PrecisionConfig& pc) {
   return d;
 }
 
-// A model for eval/sample: checkpoint file, run directory or HF directory, in `precision`, on
-// `device`. Checkpoints hold fp32 weights whatever device wrote them.
+// A model for eval/sample: checkpoint file, run directory, HF directory or int8 model, in
+// `precision` (an int8 model's activations and high-precision tensors), on `device`.
+// Checkpoints hold fp32 weights whatever device wrote them.
 std::unique_ptr<ModelWeights> load_weights(const std::string& path, Precision precision,
                                            Device device) {
   DSV3_CHECK(!path.empty(), "--model is required (a checkpoint, run directory or HF directory)");
-  LoadedModel lm = load_model_any(path);
-  auto w = std::make_unique<ModelWeights>(lm.config, compute_dtype(precision), device);
-  w->load(lm.params);
+  LoadedModel lm = load_model_any(path, /*keep_int8=*/true);
+  DSV3_CHECK(lm.int8.scheme == QuantScheme::None || device == Device::CPU, path,
+             " is an int8 model: int8 GEMMs run on the CPU only (drop --device cuda)");
+  auto w = make_model_weights(lm, compute_dtype(precision), device);
   std::fprintf(stderr, "loaded %s (%s on %s)\n", lm.source.c_str(), precision_name(precision),
                device_name(device));
   return w;
@@ -83,56 +93,96 @@ std::vector<FieldGroup> pick(const std::vector<FieldGroup>& all, std::initialize
 
 // ---------------------------------------------------------------------------------------------
 int cmd_train(int argc, char** argv) {
-  RunSpec spec;
+  // Under mpirun/srun every rank runs this; the settings and the checkpoint are checked on each
+  // and agreed on (dist/agree.h), so a bad flag gives one message, not one per rank.
+  dist::init(&argc, &argv);
+  const dist::Comm& world = dist::world();
+  RunSpec spec, run;
   const auto groups = run_groups(spec);
-  ParsedArgs a = parse_run(argc, argv, groups, spec);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 train [--preset NAME] [--config FILE] [--key value ...]",
-                                "Trains a model. Without --data or --train_data it uses the "
-                                "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
-                                "OUT/ckpt_*.dsv3; --resume OUT continues exactly.",
-                                groups, true)
-                        .c_str());
+  Checkpoint ck;
+  bool help = false;
+  try {
+    dist::agree(world, [&] {
+      ParsedArgs a = parse_run(argc, argv, groups, spec);
+      if ((help = a.help)) return;
+      const bool vocab_given =
+          std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
+      const std::string& init = spec.compress.init_from;
+      if (!init.empty()) {  // the model is the weights' (model flags only where they allow it)
+        DSV3_CHECK(spec.checkpoint.resume.empty(), "--init_from starts a new run from weights, "
+                   "--resume continues one: give one of them");
+        DSV3_CHECK(a.preset.empty(), "--preset does not apply with --init_from: the model's "
+                   "config comes from ", init);
+        spec.model = init_from_config(load_model_any(init).config, spec.model, a.set_keys);
+      } else if (!spec.data.data.empty() && !vocab_given) {  // fit the model to the data's tokenizer
+        spec.model.vocab = vocab_for_prepared_data(spec.data.data);
+      }
+      if (spec.checkpoint.resume.empty()) {
+        reject_inapplicable(spec, a.set_keys);
+        run = spec;
+      } else {
+        // Resume: the checkpoint's settings, then the settings given now. Model settings may
+        // be repeated (the original command line) but not changed.
+        std::string path = spec.checkpoint.resume;
+        if (std::filesystem::is_directory(path) && !is_sharded_checkpoint(path)) {
+          DSV3_CHECK(std::filesystem::exists(std::filesystem::path(path) / "manifest.json") ||
+                         any_checkpoint_step(path) < 0,
+                     path, " is an incomplete sharded checkpoint (no manifest.json: the save "
+                     "did not finish); resume from its run directory to take the last complete one");
+          path = latest_checkpoint(path);
+          DSV3_CHECK(!path.empty(), "no complete checkpoints (ckpt_*.dsv3 or ckpt_*.shards) in ",
+                     spec.checkpoint.resume, " to resume from");
+        }
+        ck = is_sharded_checkpoint(path) ? sharded_checkpoint_state(path) : load_checkpoint(path);
+        run = spec_from_checkpoint(ck);
+        const auto from = run_groups(spec), to = run_groups(run);
+        for (const auto& key : a.set_keys) {
+          if (key == "resume") continue;
+          const FieldGroup *gf = nullptr, *gt = nullptr;
+          const FieldSpec* f = find_field(from, key, &gf);
+          find_field(to, key, &gt);
+          if (gf->title == "model") {
+            DSV3_CHECK(f->get(gf->target) == f->get(gt->target), "--", key, " ", f->get(gf->target),
+                       " changes the model (the checkpoint has ", f->get(gt->target),
+                       "), which a resumed run cannot do (drop it or start a new run)");
+            continue;
+          }
+          f->set(gt->target, f->get(gf->target));
+        }
+        run.checkpoint.resume = path;
+        reject_inapplicable(run, a.set_keys);
+      }
+      validate(run);
+      validate_parallel(run.parallel, run.distributed, run.model, world.size());
+    });
+  } catch (...) {
+    dist::finalize();  // every rank got here: end MPI cleanly
+    throw;
+  }
+  if (help) {
+    if (world.rank() == 0)
+      std::printf("%s", help_text("dsv3 train [--preset NAME] [--config FILE] [--key value ...]",
+                                  "Trains a model. Without --data or --train_data it uses the "
+                                  "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
+                                  "OUT/ckpt_*.dsv3; --resume OUT continues exactly. Under mpirun "
+                                  "or srun: data and expert parallel (--dp, --ep, --zero, ...),\n"
+                                  "sharded checkpoints OUT/ckpt_*.shards (docs/parallel.md).",
+                                  groups, true)
+                          .c_str());
+    dist::finalize();
     return 0;
   }
-  dist::require_single_process("train");
-  const bool vocab_given =
-      std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
-  if (!spec.data.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
-    spec.model.vocab = vocab_for_prepared_data(spec.data.data);
-  if (spec.checkpoint.resume.empty()) {
-    reject_inapplicable(spec, a.set_keys);
-    run_training(spec, nullptr);
-    return 0;
+  const bool resuming = !run.checkpoint.resume.empty();
+  if (resuming && world.rank() == 0)
+    std::fprintf(stderr, "resuming from %s\n", run.checkpoint.resume.c_str());
+  try {
+    run_training(run, resuming ? &ck : nullptr);
+  } catch (const Error& e) {
+    if (world.size() > 1)  // this rank's own failure: say which (mpirun then stops the others)
+      throw Error(cat("rank ", world.rank(), " of ", world.size(), ": ", e.what()));
+    throw;
   }
-  // Resume: the checkpoint's settings, then the settings given now. Model settings may be
-  // repeated (the original command line) but not changed.
-  std::string path = spec.checkpoint.resume;
-  if (std::filesystem::is_directory(path)) {
-    auto list = list_checkpoints(path);
-    DSV3_CHECK(!list.empty(), "no checkpoints (ckpt_*.dsv3) in ", path, " to resume from");
-    path = list.back();
-  }
-  Checkpoint ck = load_checkpoint(path);
-  RunSpec resumed = spec_from_checkpoint(ck);
-  const auto from = run_groups(spec), to = run_groups(resumed);
-  for (const auto& key : a.set_keys) {
-    if (key == "resume") continue;
-    const FieldGroup *gf = nullptr, *gt = nullptr;
-    const FieldSpec* f = find_field(from, key, &gf);
-    find_field(to, key, &gt);
-    if (gf->title == "model") {
-      DSV3_CHECK(f->get(gf->target) == f->get(gt->target), "--", key, " ", f->get(gf->target),
-                 " changes the model (the checkpoint has ", f->get(gt->target),
-                 "), which a resumed run cannot do (drop it or start a new run)");
-      continue;
-    }
-    f->set(gt->target, f->get(gf->target));
-  }
-  resumed.checkpoint.resume = path;
-  reject_inapplicable(resumed, a.set_keys);
-  std::fprintf(stderr, "resuming from %s\n", path.c_str());
-  run_training(resumed, &ck);
+  dist::finalize();
   return 0;
 }
 
@@ -272,8 +322,16 @@ int cmd_bench(int argc, char** argv) {
                                         spec.loss);
   auto micro = [&](int i) { return MicroBatch{d, tokens.data() + size_t(i) * d.B * (d.T + 1)}; };
   const Exec ex{device};
+  // a CPU without bf16 GEMMs (no AVX512-BF16: oneDNN refuses) has no bf16 peak; fp32 runs go on
+  auto peak_bf16 = [&] {
+    try {
+      return measure_gemm_peak_gflops(device, DType::BF16);
+    } catch (const std::exception&) {
+      return 0.0;
+    }
+  };
   double peak32 = measure_gemm_peak_gflops(device, DType::F32);
-  double peak16 = measure_gemm_peak_gflops(device, DType::BF16);
+  double peak16 = peak_bf16();
   for (int i = 0; i < bo.warmup_steps; i++) train_step(st, ws, spec.loss, ss, i, micro);
   if (bo.profile) {
     profile::reset();
@@ -290,7 +348,7 @@ int cmd_bench(int argc, char** argv) {
   // the peaks again after the timed steps: a shared machine's slow spell during one measurement
   // would otherwise inflate MFU; the better of the two is the machine's rate
   peak32 = std::max(peak32, measure_gemm_peak_gflops(device, DType::F32));
-  peak16 = std::max(peak16, measure_gemm_peak_gflops(device, DType::BF16));
+  peak16 = std::max(peak16, peak_bf16());
   if (bo.profile) {
     profile::enable(false);
     std::fprintf(stderr, "%s", profile::report(dt_step * bo.timed_steps).c_str());
@@ -417,12 +475,11 @@ namespace {
 struct SampleOptions {
   std::string model, tokenizer, device = "cpu";
   std::string prompt = "Once upon a time";
+  std::string stop;
   int tokens = 200;
-  double temperature = 0.8;
-  int top_k = 0;
-  double top_p = 1.0;
-  long long seed = 1;
   int context = 1024;
+  bool speculative = false;
+  std::string engine = "cached";
 };
 const std::vector<FieldSpec>& sample_fields() {
   using S = SampleOptions;
@@ -432,11 +489,12 @@ const std::vector<FieldSpec>& sample_fields() {
       field("tokenizer", &S::tokenizer,
             "tokenizer (default: the one beside the model, else byte-level ids)"),
       field("tokens", &S::tokens, "tokens to generate"),
-      field("temperature", &S::temperature, "softmax temperature (0 = greedy)"),
-      field("top_k", &S::top_k, "keep the k most likely tokens (0 = off)"),
-      field("top_p", &S::top_p, "nucleus sampling mass (1 = off)"),
-      field("seed", &S::seed, "sampling seed"),
-      field("context", &S::context, "longest context fed to the model"),
+      field("stop", &S::stop, "stop string: generation ends before it (empty = none)"),
+      field("context", &S::context, "longest context (prompt + generated tokens)"),
+      field("speculative", &S::speculative,
+            "draft a token ahead with the MTP module, verified by the main model"),
+      field("engine", &S::engine,
+            "cached (latent KV cache) or recompute (re-run the context per token; a baseline)"),
       field("device", &S::device, "cpu or cuda"),
   };
   return f;
@@ -445,30 +503,53 @@ const std::vector<FieldSpec>& sample_fields() {
 
 int cmd_sample(int argc, char** argv) {
   SampleOptions o;
+  SampleConfig sc;
+  sc.temperature = 0.8;
   PrecisionConfig pc;
   std::vector<FieldGroup> groups = {{"sample", &sample_fields(), &o},
+                                    {"sampling", &sampling_fields(), static_cast<SamplingParams*>(&sc)},
                                     {"precision", &precision_fields(), &pc}};
   const auto a = parse_command(argc, argv, 2, groups, "dsv3 sample --model M [--prompt TEXT] [--key value ...]",
-                                "Generates text, streaming it to stdout.");
+                                "Generates text with the latent KV cache, streaming it to stdout; "
+                                "the rate (and the speculative acceptance) go to stderr.");
   if (!a) return 0;
   for (const auto& k : a->set_keys)
     DSV3_CHECK(k != "loss_scale" && k != "loss_scale_window", "--", k,
                " is a training setting; sample only takes --precision");
   DSV3_CHECK(o.tokens >= 0 && o.context >= 1, "tokens must be >= 0 and context >= 1");
   DSV3_CHECK(!o.prompt.empty(), "--prompt must not be empty");
+  DSV3_CHECK(o.engine == "cached" || o.engine == "recompute", "--engine must be cached or "
+             "recompute, not '", o.engine, "'");
+  DSV3_CHECK(!(o.speculative && o.engine == "recompute"), "--speculative needs --engine cached");
+  validate(static_cast<const SamplingParams&>(sc));
+  sc.max_tokens = o.tokens;
+  sc.speculative = o.speculative;
   const Device device = pick_device(o.device, pc);
   auto weights = load_weights(o.model, pc.precision, device);
   const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
   const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
   std::fprintf(stderr, "text: %s\n", codec.describe().c_str());
-  SampleConfig sc{o.temperature, o.top_k, o.top_p, o.tokens, uint64_t(o.seed)};
+  TextStream text(o.stop.empty() ? std::vector<std::string>{} : std::vector<std::string>{o.stop});
   std::printf("%s", o.prompt.c_str());
   std::fflush(stdout);
-  generate(*weights, codec.encode(o.prompt), sc, o.context, [&](int32_t id) {
-    std::printf("%s", codec.decode(std::span<const int32_t>(&id, 1)).c_str());
+  auto on_token = [&](int32_t id) {
+    std::printf("%s", text.feed(codec.decode(std::span<const int32_t>(&id, 1))).c_str());
     std::fflush(stdout);
-  });
-  std::printf("\n");
+    return !text.stopped();
+  };
+  const std::vector<int32_t> prompt = codec.encode(o.prompt);
+  SchedulerStats st;
+  const double t0 = now_seconds();
+  const auto out = o.engine == "cached" ? generate(*weights, prompt, sc, o.context, on_token, &st)
+                                        : generate_recompute(*weights, prompt, sc, o.context, on_token);
+  const double dt = now_seconds() - t0;
+  std::printf("%s\n", text.flush().c_str());
+  std::fprintf(stderr, "%zu prompt + %zu generated tokens in %.3f s: %.1f tokens/s (%s)", prompt.size(),
+               out.size(), dt, double(out.size()) / std::max(dt, 1e-9), o.engine.c_str());
+  if (o.speculative)
+    std::fprintf(stderr, "; MTP drafts %lld, accepted %lld (%.1f%%)", (long long)st.drafts,
+                 (long long)st.accepted, 100.0 * st.acceptance());
+  std::fprintf(stderr, "\n");
   return 0;
 }
 
@@ -481,9 +562,9 @@ const std::vector<FieldSpec>& export_fields() {
   using X = ExportOptions;
   static const std::vector<FieldSpec> f = {
       field("model", &X::model, "checkpoint file, run directory or HF directory"),
-      field("format", &X::format, "output format (hf)"),
-      field("out", &X::out, "output directory"),
-      field("dtype", &X::dtype, "tensor dtype: f32 or bf16"),
+      field("format", &X::format, "output format: hf (directory) or gguf (llama.cpp file)"),
+      field("out", &X::out, "output directory (hf) or file (gguf)"),
+      field("dtype", &X::dtype, "tensor dtype: f32 or bf16 (hf); f32, f16, bf16 or q8_0 (gguf)"),
   };
   return f;
 }
@@ -499,18 +580,50 @@ const std::vector<FieldSpec>& import_fields() {
 }
 }  // namespace
 
+namespace {
+int export_gguf_file(const std::string& model, const std::string& out, const std::string& dtype) {
+  DSV3_CHECK(!std::filesystem::is_directory(out), "--out ", out, " is a directory: a GGUF is one "
+             "file (e.g. ", (std::filesystem::path(out) / "model.gguf").string(), ")");
+  GgufExport opt;
+  opt.dtype = parse_gguf_dtype(dtype);
+  const std::string tok_path = find_tokenizer_for_model(model);
+  Tokenizer tok;
+  if (!tok_path.empty()) {
+    tok = load_tokenizer_any(tok_path);
+    opt.tokenizer = &tok;
+  }
+  LoadedModel lm = load_model_any(model);
+  check_gguf_exportable(lm.config, opt.tokenizer, nullptr);  // before any work
+  if (lm.config.attention != AttentionKind::Dense)
+    std::fprintf(stderr, "note: the model was trained with %s attention; llama.cpp computes dense "
+                 "attention\n", attention_name(lm.config.attention));
+  opt.name = std::filesystem::path(model).filename().string();
+  export_gguf(out, lm.config, lm.params, opt);
+  std::printf("exported %s to %s (gguf %s, tokenizer: %s)\n", lm.source.c_str(), out.c_str(),
+              gguf_dtype_name(opt.dtype), tok_path.empty() ? "byte-level" : tok_path.c_str());
+  return 0;
+}
+}  // namespace
+
 int cmd_export(int argc, char** argv) {
   ExportOptions o;
   std::vector<FieldGroup> groups = {{"export", &export_fields(), &o}};
-  const auto a = parse_command(argc, argv, 2, groups, "dsv3 export --model M --format hf --out DIR [--dtype bf16]",
-                                "Writes config.json + model.safetensors in the Hugging Face "
-                                "DeepseekV3 layout.");
+  const auto a = parse_command(argc, argv, 2, groups,
+                                "dsv3 export --model M --format hf|gguf --out DIR|FILE [--dtype ...]",
+                                "hf: config.json + model.safetensors in the Hugging Face "
+                                "DeepseekV3 layout.\ngguf: one file for llama.cpp (architecture "
+                                "deepseek2) with the model's tokenizer.");
   if (!a) return 0;
-  DSV3_CHECK(o.format == "hf", "unknown --format '", o.format, "' (supported: hf)");
+  DSV3_CHECK(o.format == "hf" || o.format == "gguf", "unknown --format '", o.format,
+             "' (supported: hf, gguf)");
   DSV3_CHECK(!o.out.empty(), "--out is required");
   DSV3_CHECK(!o.model.empty(), "--model is required");
+  if (o.format == "gguf") return export_gguf_file(o.model, o.out, o.dtype);
   const DType dt = parse_dtype(o.dtype);
   LoadedModel lm = load_model_any(o.model);
+  if (lm.config.attention != AttentionKind::Dense)
+    std::fprintf(stderr, "note: the model was trained with %s attention; a Hugging Face DeepseekV3 "
+                 "computes dense attention\n", attention_name(lm.config.attention));
   const ParamTable t = build_param_table(lm.config);
   export_hf(o.out, lm.config, t, lm.params.data(), dt);
   std::printf("exported %s to %s (%s)\n", lm.source.c_str(), o.out.c_str(), dtype_name(dt));

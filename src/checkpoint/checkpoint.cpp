@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include "checkpoint/hf.h"
+#include "checkpoint/quantized.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/sharded.h"
 #include "core/check.h"
 #include "core/io.h"
 #include "model/params.h"
@@ -261,9 +263,11 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
   return (fs::path(dir) / name).string();
 }
 
-int64_t checkpoint_step(const std::string& path) {
+int64_t checkpoint_step(const std::string& path) { return checkpoint_step(path, ".dsv3"); }
+
+int64_t checkpoint_step(const std::string& path, const std::string& suf) {
   const std::string name = fs::path(path).filename().string();
-  const std::string pre = "ckpt_", suf = ".dsv3";
+  const std::string pre = "ckpt_";
   if (name.size() <= pre.size() + suf.size() || name.compare(0, pre.size(), pre) != 0 ||
       name.compare(name.size() - suf.size(), suf.size(), suf) != 0)
     return -1;
@@ -311,10 +315,11 @@ void prune_checkpoints(const std::string& dir, int keep) {
   }
 }
 
-LoadedModel load_model_any(const std::string& path) {
+LoadedModel load_model_any(const std::string& path, bool keep_int8) {
   const char* expected =
-      "expected a dsv3 checkpoint file, a run directory (with ckpt_*.dsv3 files) or a Hugging "
-      "Face directory (with config.json)";
+      "expected a dsv3 checkpoint file, a sharded checkpoint directory (ckpt_*.shards), a run "
+      "directory (with checkpoints), a Hugging Face directory (with config.json) or a dsv3 int8 "
+      "model";
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   DSV3_CHECK(fs::exists(st), "cannot open ", path, ": no such file or directory (", expected, ")");
@@ -327,16 +332,32 @@ LoadedModel load_model_any(const std::string& path) {
       m.source = "hf " + path;
       return m;
     }
-    const std::vector<std::string> list = list_checkpoints(path);
-    DSV3_CHECK(!list.empty(), path, " has neither ckpt_*.dsv3 checkpoints nor config.json: ",
-               expected);
-    Checkpoint ck = load_checkpoint(list.back(), false);
+    // a sharded checkpoint (ckpt_*.shards), or a run directory's newest complete checkpoint
+    const std::string ck_path = is_sharded_checkpoint(path) ? path : latest_checkpoint(path);
+    DSV3_CHECK(!ck_path.empty(), path, " has neither checkpoints (ckpt_*.dsv3, ckpt_*.shards) nor "
+               "config.json: ", expected);
+    if (is_sharded_checkpoint(ck_path)) {
+      const ShardedCheckpoint sc(ck_path);
+      m.config = sc.config();
+      m.params = sc.full_params();
+      m.source = "sharded checkpoint " + ck_path;
+      return m;
+    }
+    Checkpoint ck = load_checkpoint(ck_path, false);
     m.config = ck.config;
     m.params = std::move(ck.params);
-    m.source = "checkpoint " + list.back();
+    m.source = "checkpoint " + ck_path;
     return m;
   }
   const std::string kind = sniff_file_kind(path);
+  if (kind == "a dsv3 int8 model") {
+    Int8Model q = load_int8_model(path);
+    m.config = q.config;
+    if (!keep_int8) m.params = dequantize_params(q.config, q.params);
+    m.int8 = std::move(q.params);
+    m.source = "int8 model " + path + " (" + quant_scheme_name(m.int8.scheme) + ")";
+    return m;
+  }
   if (kind != "a dsv3 checkpoint") {
     if (kind == "a safetensors file" || fs::path(path).filename() == "config.json")
       fail(path, " is part of a Hugging Face model: pass its directory (", expected, ")");

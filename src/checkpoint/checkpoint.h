@@ -24,6 +24,7 @@
 
 #include "core/fields.h"
 #include "model/config.h"
+#include "model/quant.h"
 
 namespace dsv3 {
 
@@ -58,19 +59,23 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer = true);
 std::string checkpoint_path(const std::string& dir, int64_t step);
 // Paths of dir/ckpt_<step>.dsv3, sorted by step (temp files ignored); empty if dir is absent.
 std::vector<std::string> list_checkpoints(const std::string& dir);
-// The step in a checkpoint file name, or -1 if the name is not ckpt_<digits>.dsv3.
+// The step in a checkpoint file name, or -1 if the name is not ckpt_<digits>.dsv3 (or
+// ckpt_<digits><suffix>).
 int64_t checkpoint_step(const std::string& path);
+int64_t checkpoint_step(const std::string& path, const std::string& suffix);
 // Deletes all but the newest `keep` checkpoints (keep <= 0: deletes none), and the temp files
 // of saves whose process no longer runs.
 void prune_checkpoints(const std::string& dir, int keep);
 
 struct LoadedModel {
   ModelConfig config;
-  std::vector<float> params;
-  std::string source;  // "checkpoint <path>" or "hf <dir>"
+  std::vector<float> params;  // build_param_table(config) layout
+  std::string source;         // "checkpoint <path>", "hf <dir>" or "int8 model <path> (w8a8)"
+  QuantizedParams int8;       // an int8 model as stored (scheme None for every other kind)
 };
-// A checkpoint file, a run directory (its latest ckpt_*.dsv3) or a Hugging Face directory (with
-// config.json).
-LoadedModel load_model_any(const std::string& path);
+// A checkpoint file, a run directory (its latest ckpt_*.dsv3), a Hugging Face directory (with
+// config.json) or an int8 model (checkpoint/quantized.h). The int8 weights are dequantised into
+// params, unless keep_int8, which leaves params empty (load_model_weights keeps them int8).
+LoadedModel load_model_any(const std::string& path, bool keep_int8 = false);
 
 }  // namespace dsv3

@@ -75,6 +75,7 @@ FrameHeader check_frame(const std::string& path, const unsigned char* head, uint
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n);
 
 // What the first bytes of a file look like, for error messages: "a dsv3 checkpoint",
+// "a dsv3 int8 model",
 // "a safetensors file", "an llm.c token file", "a zip archive (PyTorch .pt?)", "a gzip file",
 // "text", "an empty file", or "" when unknown.
 std::string sniff_file_kind(const void* head, size_t n);

@@ -35,7 +35,10 @@ struct AttnActs {
   Tensor kvb;          // (N, H*(nope+v))              (recomputable)
   Tensor k;            // (N, H*dqk) [k_nope | shared k_pe]  (recomputable)
   Tensor v;            // (N, H*v)                     (recomputable)
-  Tensor probs;        // saved by attention: P (B, H, T, T) on the CPU, lse (B, H, T) on CUDA
+  // saved by attention: dense, P (B, H, T, T) on the CPU and lse (B, H, T) on CUDA; window/LSH,
+  // P (B, H, T, K) with K the window or LSH's K
+  Tensor probs;
+  Tensor index;        // (B, H, T, K) i32: LSH attention's key lists (empty otherwise)
   Tensor ao;           // (N, H*v) attention output before o_proj
 };
 // shared: where the recomputable members go (null: this layer's own memory).
@@ -50,6 +53,7 @@ void alloc_attn_scratch(AttnScratch& s, Arena& ar, const ModelConfig& c, DType t
 struct RopeTables {
   Tensor cos, sin;  // (T_max, qk_rope/2) accum: position t is row t
   double scale = 1;  // softmax scale incl. the YaRN multiplier
+  Tensor lsh_rot;   // LSH attention: (H, rounds, dqk, buckets/2) f32 rotations (else empty)
 };
 
 // out (N,C) = attention(x (N,C)), overwriting out.

@@ -106,6 +106,9 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
       }
     }
   if (mb.ce_coef) p.weight_sum = 1;  // the objective is the plain sum of coef * CE
+  DSV3_CHECK(!mb.soft || (p.ws.config().soft_targets && !mb.ce_coef), "soft targets need a "
+             "workspace built for them and loss weights, not CE coefficients (internal error)");
+  p.soft = mb.soft;
   upload(p, p.ws.inputs, in);
   upload(p, p.ws.targets, tg);
   std::vector<double> scale(N);
@@ -162,11 +165,13 @@ double head_loss(const Pass& p, const ForwardOptions& opt) {
   const bool bwd = p.g != nullptr;
   const Tensor dres = bwd ? p.ws.dres.slice(0, NC) : Tensor{};
   if (bwd) backend::zero(p.ex(), dres);
-  const HeadIo io{p.ws.resid[c.layers], p.w.params().norm, bwd ? p.g->norm : Tensor{},
-                  p.ws.targets,         p.ws.row_scale,    dres,
-                  opt.logits};
+  HeadIo io{p.ws.resid[c.layers], p.w.params().norm, bwd ? p.g->norm : Tensor{},
+            p.ws.targets,         p.ws.row_scale,    dres,
+            opt.logits};
+  io.soft = p.soft;
   head_forward_backward(p.ex(), c, p.w.params().head, bwd ? p.g->head : Tensor{}, io, p.ws.head,
                         p.d, bwd);
+  if (p.soft) p.distill_loss = weighted_loss(p, p.ws.head.kd_losses, p.row_weight, p.weight_sum, nullptr);
   return weighted_loss(p, p.ws.head.losses, p.row_weight, p.weight_sum, opt.token_logprobs);
 }
 
@@ -263,7 +268,8 @@ uint64_t graph_key(const Pass& p, int region) {
   return h;
 }
 
-LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt) {
+LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt,
+               const std::function<void(int)>& done = {}) {
   const ModelConfig& c = p.w.config();
   DSV3_CHECK(p.ws.config().embed && p.ws.config().head && p.ws.config().layer_begin == 0 &&
                  p.ws.layer_end() == c.layers,
@@ -286,12 +292,27 @@ LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt) {
   }
   for (const auto& s : rep.moe) rep.balance_loss += s.balance_loss;
   rep.total = rep.loss + p.loss.mtp_weight * rep.mtp_loss + rep.balance_loss;
+  if (p.soft) {
+    rep.distill_loss = p.distill_loss;
+    rep.total += p.soft->alpha * (rep.distill_loss - rep.loss);
+  }
   if (!p.g) return rep;
   mtp_backward(p);
-  p.ws.graphs.run(p.ex(), graph_key(p, 1), [&] {
-    blocks_backward(p, 0, c.layers);
-    embed_backward(p);
-  });
+  if (!done) {  // one region: a CUDA graph when config().cuda_graphs
+    p.ws.graphs.run(p.ex(), graph_key(p, 1), [&] {
+      blocks_backward(p, 0, c.layers);
+      embed_backward(p);
+    });
+    return rep;
+  }
+  // layer by layer, telling the caller (gradient all-reduce overlap) as each finishes: eager
+  done(1);
+  for (int l = c.layers - 1; l >= 0; l--) {
+    blocks_backward(p, l, l + 1);
+    done(1 + c.layers - l);
+  }
+  embed_backward(p);
+  done(c.layers + 2);
   return rep;
 }
 }  // namespace
@@ -303,9 +324,10 @@ LossReport forward(const ModelWeights& w, Workspace& ws, const TrainingLossConfi
 }
 
 LossReport forward_backward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
-                            const ModelParams& grads, const MicroBatch& mb, float grad_scale) {
+                            const ModelParams& grads, const MicroBatch& mb, float grad_scale,
+                            const std::function<void(int)>& backward_done) {
   Pass p(w, ws, loss, mb.d, &grads, grad_scale);
-  return run(p, mb, {});
+  return run(p, mb, {}, backward_done);
 }
 
 }  // namespace dsv3

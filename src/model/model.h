@@ -10,6 +10,7 @@
 // mtp_backward -> blocks_backward(l0, l1) -> embed_backward.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,15 @@
 #include "model/workspace.h"
 
 namespace dsv3 {
+
+// Distillation (I5): the teacher's distribution softened by a temperature as a second target of
+// the main head. Its objective per target becomes (1 - alpha) CE + alpha kd (ops/distill.h), with
+// the same row weights; `logits` writes the teacher's fp32 logits of rows [r0, r0 + rows) of the
+// micro-batch into out (rows, V), so the head asks for them chunk by chunk.
+struct SoftTargets {
+  double alpha = 0.5, temperature = 2.0;
+  std::function<void(int r0, int rows, const Tensor& out)> logits;
+};
 
 struct MicroBatch {
   Dims d;
@@ -30,6 +40,8 @@ struct MicroBatch {
   // (DPO, GRPO: computed from a forward pass's token_logprobs). The reported loss is then
   // sum(coef * CE), and the MTP modules are left out of it.
   const float* ce_coef = nullptr;
+  // Distillation targets for the main head (needs a workspace with soft_targets), or null.
+  const SoftTargets* soft = nullptr;
 };
 
 struct MoeLayerStats {
@@ -42,7 +54,10 @@ struct LossReport {
   double loss = 0;          // main next-token cross-entropy (weighted mean over targets)
   double mtp_loss = 0;      // mean over MTP modules of their cross-entropy
   double balance_loss = 0;  // sum over MoE layers of the weighted balance loss
-  double total = 0;         // loss + mtp_weight * mtp_loss + balance_loss
+  double distill_loss = 0;  // with soft targets: weighted mean of T^2 KL(teacher || student)
+  // loss + mtp_weight * mtp_loss + balance_loss; with soft targets (1 - alpha) loss +
+  // alpha distill_loss in place of loss
+  double total = 0;
   int64_t targets = 0;      // main-model targets counted
   std::vector<MoeLayerStats> moe;  // per MoE layer (main layers in order, then MTP blocks)
 };
@@ -60,8 +75,13 @@ std::vector<std::string> moe_layer_names(const ModelConfig& c);
 // The whole model in one process.
 LossReport forward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
                    const MicroBatch& mb, const ForwardOptions& opt = {});
+// backward_done (optional) is called each time a part of the backward has finished, with the
+// number of parts done so far: 1 after the MTP modules and the head (their gradients, and the
+// final norm's, are then complete), 1 + (L - l) after block l, L + 2 after the embedding. Data
+// parallelism starts reducing a gradient bucket as soon as its part is done (P2).
 LossReport forward_backward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
-                            const ModelParams& grads, const MicroBatch& mb, float grad_scale);
+                            const ModelParams& grads, const MicroBatch& mb, float grad_scale,
+                            const std::function<void(int)>& backward_done = {});
 
 // ---- The pieces.
 struct Pass {
@@ -77,10 +97,12 @@ struct Pass {
   double weight_sum = 0;                            // their sum
   std::vector<std::vector<double>> mtp_row_weight;  // per MTP module, (N)
   std::vector<double> mtp_weight_sum;
+  const SoftTargets* soft = nullptr;                // the micro-batch's distillation targets
+  mutable double distill_loss = 0;                  // written by head_loss with soft targets
 
   Exec ex() const { return {w.device()}; }
   BlockCtx block_ctx() const {
-    return {exec_, w.config(), loss, d, ws.rope, ws.config().recompute};
+    return {exec_, w.config(), loss, d, ws.rope, ws.config().recompute, ws.expert_exchange()};
   }
   Pass(const ModelWeights& w_, Workspace& ws_, const TrainingLossConfig& l, Dims d_,
        const ModelParams* g_ = nullptr, float scale = 1);
@@ -94,7 +116,8 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp);
 void embed_forward(const Pass& p);                        // ws.resid[0]
 void blocks_forward(const Pass& p, int l0, int l1);       // ws.resid[l0] -> ws.resid[l1]
 // Final norm, head and loss on ws.resid[L]; with gradients also its backward into ws.dres
-// (which it zeroes first). Returns the weighted mean cross-entropy.
+// (which it zeroes first). Returns the weighted mean cross-entropy (and, with soft targets, sets
+// p.distill_loss).
 double head_loss(const Pass& p, const ForwardOptions& opt);
 // MTP modules 1..D forward (each head's backward too, with gradients). Returns their mean loss.
 double mtp_forward(const Pass& p, const ForwardOptions& opt);

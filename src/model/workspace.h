@@ -25,6 +25,7 @@ struct WorkspaceConfig {
   // CUDA: replay the embedding + blocks forward and the blocks + embedding backward of a whole-
   // model pass as CUDA graphs (backend::GraphCache; the first pass of each shape runs eagerly).
   bool cuda_graphs = false;
+  bool soft_targets = false;  // room for distillation targets at the main head (model.h)
 };
 
 class Workspace {
@@ -58,6 +59,11 @@ class Workspace {
   int n_moe = 0;                     // MoE layers: main ones in order, then the MTP blocks
   backend::GraphCache graphs;        // the passes' captured regions (config().cuda_graphs)
 
+  // Expert parallelism: where this workspace's MoE layers send the rows of experts held by other
+  // ranks (set from outside model code; null: the weights hold every expert).
+  void set_expert_exchange(ExpertExchange* x) { experts_ = x; }
+  ExpertExchange* expert_exchange() const { return experts_; }
+
   BlockActs& block_acts(int l) { return blocks[block_index(l)]; }
   const BlockActs& block_acts(int l) const { return blocks[block_index(l)]; }
   // Where MoE layer i (moe_index) writes its router statistics.
@@ -76,6 +82,7 @@ class Workspace {
   WorkspaceConfig wc_;
   int layer_end_ = 0;
   Buffer mem_;
+  ExpertExchange* experts_ = nullptr;
 };
 
 }  // namespace dsv3

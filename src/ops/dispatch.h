@@ -36,6 +36,12 @@ inline void check_device(const Exec& ex, const char* op, std::initializer_list<A
     DSV3_CHECK(!a.t || a.t.device == ex.device, op, ": ", a.name, " is on ", device_name(a.t.device),
                ", the op runs on ", device_name(ex.device), " (internal error)");
 }
+// Ops written for the CPU only so far (decode, int8, sparse attention, LAMB/Muon, distillation):
+// on another device a clear refusal before any device pointer is read as host memory.
+inline void require_cpu_kernel(const Exec& ex, const char* op) {
+  DSV3_CHECK(ex.device == Device::CPU, op, " has no ", device_name(ex.device),
+             " kernel yet (docs/cuda.md): run this on --device cpu");
+}
 // t has dtype `want` and at least `numel` elements.
 inline void check_arg(const char* op, const char* name, const Tensor& t, DType want, size_t numel) {
   DSV3_CHECK(t, op, ": ", name, " is missing (internal error)");

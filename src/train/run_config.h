@@ -16,7 +16,10 @@
 #include "optim/adamw.h"
 #include "optim/precision.h"
 #include "optim/schedule.h"
+#include "train/compress.h"
 #include "train/guard.h"
+#include "train/metrics.h"
+#include "train/parallel_config.h"
 #include "train/train_data.h"
 
 namespace dsv3 {
@@ -50,6 +53,9 @@ struct RunSpec {
   EvalConfig eval;
   GuardConfig guard;
   dist::ParallelLayout parallel;
+  CompressionConfig compress;
+  MetricsConfig metrics;
+  DistConfig distributed;
 };
 // Every group of a run, titled as in --help and in checkpoints.
 std::vector<FieldGroup> run_groups(RunSpec& s);

@@ -24,6 +24,7 @@ StepSettings step_settings(int grad_accum, const ScheduleConfig& sched, int64_t 
 LoadStats load_stats(const MoeLayerStats& s) {
   LoadStats r;
   r.entropy = s.entropy;
+  r.loads = s.loads;
   if (s.loads.empty()) return r;
   double sum = 0, mx = 0, mn = double(s.loads[0]);
   for (int64_t l : s.loads) sum += double(l), mx = std::max(mx, double(l)), mn = std::min(mn, double(l));
@@ -38,6 +39,13 @@ LoadStats load_stats(const MoeLayerStats& s) {
   return r;
 }
 
+std::string routing_bias_name(const ModelConfig& c, const std::string& n) {
+  // "layer 3" -> HF layer 3; "mtp k" -> HF layer layers + k - 1
+  const int hf = n.rfind("mtp ", 0) == 0 ? c.layers + std::stoi(n.substr(4)) - 1
+                                         : std::stoi(n.substr(6));
+  return "model.layers." + std::to_string(hf) + ".mlp.gate.e_score_correction_bias";
+}
+
 void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, double gamma) {
   const ModelConfig& c = st.weights().config();
   if (gamma == 0 || c.router != RouterKind::Sigmoid || c.experts == 0) return;
@@ -45,12 +53,7 @@ void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, 
   const Exec ex = st.exec();
   Buffer loads(ex.device, DType::I64, c.experts);
   for (size_t i = 0; i < moe.size(); i++) {
-    // "layer 3" -> HF layer 3; "mtp k" -> HF layer layers + k - 1
-    const std::string& n = names[i];
-    const int hf = n.rfind("mtp ", 0) == 0 ? c.layers + std::stoi(n.substr(4)) - 1
-                                           : std::stoi(n.substr(6));
-    const ParamInfo& p = st.weights().table().at("model.layers." + std::to_string(hf) +
-                                                 ".mlp.gate.e_score_correction_bias");
+    const ParamInfo& p = st.weights().table().at(routing_bias_name(c, names[i]));
     backend::copy(ex, loads.view(), host_tensor(moe[i].loads));  // the step's loads, summed
     routing_bias_update(ex, st.master().slice(p.offset, p.numel), loads.view(), gamma);
   }
@@ -71,6 +74,7 @@ Gradients compute_gradients(TrainState& st, Workspace& ws, const TrainingLossCon
     g.loss.loss += r.loss / s.grad_accum;
     g.loss.mtp_loss += r.mtp_loss / s.grad_accum;
     g.loss.balance_loss += r.balance_loss / s.grad_accum;
+    g.loss.distill_loss += r.distill_loss / s.grad_accum;
     g.loss.total += r.total / s.grad_accum;
     g.loss.targets += r.targets;
     if (a == 0) {
@@ -98,9 +102,9 @@ double apply_update(TrainState& st, const StepSettings& s, int64_t step, const G
   double factor = 1.0 / g.loss_scale;
   if (clip > 0 && g.grad_norm > clip) factor *= clip / (g.grad_norm + 1e-6);
   const double lr = lr_at(s.schedule, step, s.total_steps);
-  const Tensor compute = st.weights().dtype() == DType::F32 ? Tensor{} : st.weights().data();
-  st.optimizer().step(ex, st.master(), st.grads(), compute, lr, double(float(factor)));
+  st.optimizer().step(ex, st.master(), st.grads(), st.compute_copy(), lr, double(float(factor)));
   update_routing_bias(st, g.loss.moe, s.bias_update_rate);
+  st.refresh_compute();
   return lr;
 }
 
