@@ -9,11 +9,11 @@ namespace dsv3 {
 const std::vector<FieldSpec>& optimizer_fields() {
   using A = AdamWConfig;
   static const std::vector<FieldSpec> f = {
-      field("beta1", &A::beta1, "AdamW beta1"),
-      field("beta2", &A::beta2, "AdamW beta2"),
-      field("eps", &A::eps, "AdamW epsilon"),
-      field("weight_decay", &A::weight_decay, "decoupled weight decay (2-D weights only)"),
-      field("clip", &A::clip, "clip the global gradient norm to this (0 = off)"),
+      field("beta1", &A::beta1, "AdamW beta1", in_range_open_hi(0, 1)),
+      field("beta2", &A::beta2, "AdamW beta2", in_range_open_hi(0, 1)),
+      field("eps", &A::eps, "AdamW epsilon", above(0)),
+      field("weight_decay", &A::weight_decay, "decoupled weight decay (2-D weights only)", at_least(0)),
+      field("clip", &A::clip, "clip the global gradient norm to this (0 = off)", at_least(0)),
   };
   return f;
 }

@@ -48,10 +48,10 @@ const std::vector<FieldSpec>& schedule_fields() {
   static const std::vector<FieldSpec> f = {
       choice("schedule", &S::kind, "cosine|wsd|constant", "learning-rate schedule", schedule_name,
              parse_schedule),
-      field("lr", &S::lr, "peak learning rate"),
-      field("min_lr", &S::min_lr, "learning rate at the end of the decay"),
-      field("warmup", &S::warmup, "linear warmup steps"),
-      field("decay_frac", &S::decay_frac, "wsd: fraction of steps in the final decay"),
+      field("lr", &S::lr, "peak learning rate", above(0)),
+      field("min_lr", &S::min_lr, "learning rate at the end of the decay", at_least(0)),
+      field("warmup", &S::warmup, "linear warmup steps", at_least(0)),
+      field("decay_frac", &S::decay_frac, "wsd: fraction of steps in the final decay", in_range(0, 1)),
   };
   return f;
 }
