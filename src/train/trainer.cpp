@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/check.h"
+#include "core/io.h"
 #include "core/timer.h"
 #include "dist/comm.h"
 #include "eval/eval.h"
@@ -15,6 +16,7 @@
 #include "ops/gemm_cpu.h"
 #include "tokenizer/text_codec.h"
 #include "train/metrics.h"
+#include "train/run_dir.h"
 #include "train/state.h"
 #include "train/step.h"
 #include "train/train_data.h"
@@ -36,7 +38,8 @@ std::vector<FieldGroup> saved_groups(RunSpec& s) { return run_groups_without_mod
 
 nlohmann::json run_state_json(const RunSpec& spec, const RunState& st) {
   RunSpec copy = spec;
-  return {{"steps_done", st.steps_done},
+  return {{"run_id", st.run_id},
+          {"steps_done", st.steps_done},
           {"rng", {st.rng.s[0], st.rng.s[1], st.rng.s[2], st.rng.s[3]}},
           {"data", st.data},
           {"tokens_seen", st.tokens_seen},
@@ -70,23 +73,61 @@ RunSpec spec_from_checkpoint(const Checkpoint& ck) {
     }
   }
   s.checkpoint.resume.clear();
+  s.checkpoint.overwrite = false;  // permission to delete is given per command, never inherited
   return s;
 }
 
+namespace {
+
+// A counter of the train state: a non-negative integer (`fallback` when absent and allowed).
+int64_t state_count(const nlohmann::json& train, const char* key, const int64_t* fallback) {
+  if (!train.contains(key)) {
+    DSV3_CHECK(fallback, "checkpoint train state has no '", key, "'");
+    return *fallback;
+  }
+  const nlohmann::json& v = train.at(key);
+  DSV3_CHECK(v.is_number_integer() && (v.is_number_unsigned() || v.get<int64_t>() >= 0) &&
+                 (!v.is_number_unsigned() || v.get<uint64_t>() <= uint64_t(INT64_MAX)),
+             "checkpoint train state: '", key, "' must be a non-negative integer, got ",
+             quote_bytes(v.dump(), 60));
+  return v.get<int64_t>();
+}
+
+}  // namespace
+
 RunState state_from_checkpoint(const Checkpoint& ck) {
   RunState st;
-  DSV3_CHECK(ck.train.contains("steps_done"), "checkpoint has no training state (weights only): "
-             "it cannot be resumed");
-  st.steps_done = ck.train.at("steps_done").get<int64_t>();
-  st.tokens_seen = ck.train.value("tokens_seen", uint64_t(0));
-  st.attempts = ck.train.value("attempts", st.steps_done);
-  st.updates = ck.train.value("optimizer_updates", st.steps_done);  // older files: no skips
-  st.data = ck.train.value("data", nlohmann::json());
-  st.loss_scaler = ck.train.value("loss_scaler", nlohmann::json());
-  st.guard = ck.train.value("guard", nlohmann::json());
-  const auto& r = ck.train.at("rng");
-  DSV3_CHECK(r.is_array() && r.size() == 4, "checkpoint rng state is malformed");
+  DSV3_CHECK(ck.train.is_object() && ck.train.contains("steps_done"),
+             "checkpoint has no training state (weights only): it cannot be resumed");
+  const nlohmann::json& t = ck.train;
+  st.steps_done = state_count(t, "steps_done", nullptr);
+  const int64_t zero = 0;
+  st.tokens_seen = uint64_t(state_count(t, "tokens_seen", &zero));
+  st.attempts = state_count(t, "attempts", &st.steps_done);
+  st.updates = state_count(t, "optimizer_updates", &st.steps_done);  // older files: no skips
+  DSV3_CHECK(st.attempts >= st.steps_done && st.updates <= st.steps_done,
+             "checkpoint train state is inconsistent: ", st.steps_done, " steps done, ",
+             st.attempts, " attempts, ", st.updates, " optimizer updates");
+  for (const char* key : {"data", "loss_scaler", "guard"})
+    DSV3_CHECK(!t.contains(key) || t.at(key).is_object() || t.at(key).is_null(),
+               "checkpoint train state: '", key, "' must be an object, got ",
+               quote_bytes(t.at(key).dump(), 60));
+  st.data = t.value("data", nlohmann::json());
+  st.loss_scaler = t.value("loss_scaler", nlohmann::json());
+  st.guard = t.value("guard", nlohmann::json());
+  if (t.contains("run_id")) {
+    DSV3_CHECK(t.at("run_id").is_string(), "checkpoint train state: 'run_id' must be a string");
+    st.run_id = t.at("run_id").get<std::string>();
+  }
+  DSV3_CHECK(t.contains("rng"), "checkpoint train state has no 'rng'");
+  const auto& r = t.at("rng");
+  DSV3_CHECK(r.is_array() && r.size() == 4 &&
+                 std::all_of(r.begin(), r.end(),
+                             [](const nlohmann::json& w) { return w.is_number_unsigned(); }),
+             "checkpoint rng state is malformed (expected 4 unsigned 64-bit words)");
   for (int i = 0; i < 4; i++) st.rng.s[i] = r[i].get<uint64_t>();
+  DSV3_CHECK(st.rng.s[0] | st.rng.s[1] | st.rng.s[2] | st.rng.s[3],
+             "checkpoint rng state is all zero (xoshiro cannot leave that state)");
   return st;
 }
 
@@ -104,13 +145,28 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   const Exec ex{device};
   const DType dtype = compute_dtype(spec.precision.precision);
   const Dims d = rc.dims();
-  std::filesystem::create_directories(rc.out);
+
+  // ---- the run directory: locked for this run, holding nothing of another run
+  RunOrigin origin;
+  if (resume) {
+    try {
+      const RunState saved = state_from_checkpoint(*resume);
+      origin = {spec.checkpoint.resume, saved.run_id, saved.steps_done};
+    } catch (const Error& e) {
+      fail(spec.checkpoint.resume, ": ", e.what());
+    }
+  } else {
+    origin.run_id = new_run_id();
+  }
+  RunDirectory run_dir(rc.out, origin, spec.checkpoint.overwrite);
 
   // ---- data
   TrainData data(spec.data, d, uint64_t(rc.seed), c);
-  if (!data.tokenizer_path().empty())  // sample and eval find it beside the checkpoints
-    std::filesystem::copy_file(data.tokenizer_path(), rc.out + "/tokenizer.dsv3tok",
-                               std::filesystem::copy_options::overwrite_existing);
+  if (!data.tokenizer_path().empty()) {  // sample and eval find it beside the checkpoints
+    const std::string bytes = read_file(data.tokenizer_path());
+    write_file_atomic(rc.out + "/tokenizer.dsv3tok",
+                      [&](std::FILE* f) { write_bytes(f, bytes.data(), bytes.size()); });
+  }
 
   // ---- weights, training state, workspace
   ModelWeights weights(c, dtype, device);
@@ -122,6 +178,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   Guard guard(spec.guard);
   RunState rs;
   rs.rng = Rng(uint64_t(rc.seed) ^ 0x5eed5eed5eedull);
+  rs.run_id = run_dir.run_id();
   auto restore = [&](const Checkpoint& ck, bool data_too) {
     DSV3_CHECK(ck.params.size() == weights.table().total, "checkpoint has ", ck.params.size(),
                " parameters, the model ", weights.table().total);
@@ -133,11 +190,17 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     rs.tokens_seen = saved.tokens_seen;
     rs.rng = saved.rng;
     st.optimizer().set_updates(saved.updates);
-    st.scaler().restore(saved.loss_scaler);
-    if (data_too) {  // a resume; a rollback keeps the data moving past the bad batches
-      data.restore(saved.data);
-      rs.attempts = saved.attempts;
-      guard.restore(saved.guard);
+    // A type the state's own checks did not expect still gets a message naming the checkpoint
+    // rather than the JSON library's alone.
+    try {
+      st.scaler().restore(saved.loss_scaler);
+      if (data_too) {  // a resume; a rollback keeps the data moving past the bad batches
+        data.restore(saved.data);
+        rs.attempts = saved.attempts;
+        guard.restore(saved.guard);
+      }
+    } catch (const nlohmann::json::exception& e) {
+      fail("checkpoint train state is malformed: ", json_error_text(e));
     }
   };
   // Where a rollback returns to: the last checkpoint this run saved or started from (never some
@@ -167,6 +230,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
 
   MetricsLog log(rc.out + "/metrics.jsonl");
+  if (resume)  // the records after this step, from the run that was cut short, were moved
+    log.write({{"kind", "resume"}, {"step", rs.steps_done}, {"checkpoint", spec.checkpoint.resume}});
   ProgressLine progress(rc.steps);
   const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, rc.steps, spec.loss);
   const auto names = moe_layer_names(c);
@@ -212,7 +277,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     rs.updates = st.optimizer().updates();
     const std::vector<float> p = st.master_host(), m = st.m_host(), v = st.v_host();
     save_checkpoint(path, c, run_state_json(spec, rs), p.data(), m.data(), v.data(), p.size());
-    prune_checkpoints(rc.out, spec.checkpoint.keep);
+    run_dir.saved(path, spec.checkpoint.keep);
     last_good = path;
     progress.print("saved " + path);
   };
