@@ -292,7 +292,7 @@ TEST(Checkpoint, BadInputs) {
   expect_error(edit([](json& h) { h["model"]["topk"] = 99; }), {"invalid model config", "topk"});
   expect_error(edit([](json& h) { h["model"]["vocab"] = 40; }), {"param count mismatch"});
   expect_error(edit([](json& h) { h["model"]["layers"] = 2000000000; }),
-               {"param count mismatch"});
+               {"layers must be in [1, 4096]"});  // the field's range, before any arithmetic
   expect_error(edit([](json& h) { h["model"]["colour"] = "red"; }), {"unknown key 'colour'"});
   expect_error(edit([](json& h) { h["model"]["hidden"] = "wide"; }), {"hidden"});
   expect_error(edit([](json& h) { h["tensors"][3]["name"] = "x"; }), {"tensor layout differs"});
