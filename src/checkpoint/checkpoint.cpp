@@ -167,6 +167,8 @@ json read_header(const InFile& f, uint64_t* header_len) {
     h = json::parse(text);
   } catch (const json::parse_error& e) {
     fail(path, ": header is not valid JSON (error at byte ", e.byte, ")");
+  } catch (const json::exception& e) {  // out_of_range: a number like 1e999
+    fail(path, ": header is not valid JSON: ", json_error_text(e));
   }
   DSV3_CHECK(h.is_object(), path, ": header is not a JSON object");
   for (const char* key : {"model", "train", "n_params", "tensors", "sections", "crc32"})

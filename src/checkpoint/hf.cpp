@@ -100,6 +100,8 @@ json parse_json_file(const std::string& path) {
     return json::parse(text);
   } catch (const json::parse_error& e) {
     fail(path, ": not valid JSON (error at byte ", e.byte, ")");
+  } catch (const json::exception& e) {  // out_of_range: a number like 1e999
+    fail(path, ": not valid JSON: ", json_error_text(e));
   }
 }
 

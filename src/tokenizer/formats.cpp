@@ -93,7 +93,7 @@ json parse_json_file(const std::string& path, const std::string& what) {
   DSV3_CHECK(!text.empty(), path, ": empty file, expected ", what);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
     fail(path, ": not valid JSON, expected ", what, looks_like(path), ": ", json_error_text(e));
   }
 }
