@@ -10,6 +10,7 @@ pkgs=(
   libzstd-dev libutf8proc-dev libxxhash-dev   # dsv3 curate: .zst, NFC, dedup hashes
   libgtest-dev
   libopenmpi-dev openmpi-bin   # the MPI communicator (-DDSV3_MPI=ON)
+  clang libclang-rt-dev libomp-dev   # fuzz/: clang, libFuzzer and sanitizer runtimes, OpenMP
   python3 python3-numpy python3-torch   # side-by-side PyTorch references in the tests
 )
 missing=()

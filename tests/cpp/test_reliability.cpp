@@ -10,7 +10,6 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <chrono>
 #include <cmath>
@@ -24,6 +23,7 @@
 #include "checkpoint/safetensors.h"
 #include "cli_util.h"
 #include "core/io.h"
+#include "curate/writer.h"
 #include "data/shard.h"
 #include "data/token_file.h"
 #include "model/params.h"
@@ -111,26 +111,13 @@ CmdResult run_cli_limited(const std::string& args, rlim_t limit, const char* std
   return r;
 }
 
-// A trainer in the background, its output in `log`. Wrapped in a Child so that a failing
-// assertion does not leave it running.
-pid_t start_cli(const std::string& args, const fs::path& log) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const std::string cmd = "exec " + std::string(DSV3_BIN) + " " + args + " > '" + log.string() +
-                            "' 2>&1";
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
-    ::_exit(127);
-  }
-  return pid;
-}
-int wait_exit(pid_t pid) {
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+// A process in the background; killed and reaped when the test ends unless it was already
+// (a failing assertion must not leave a trainer running).
 struct Child {
   pid_t pid;
-  ~Child() {  // killed and reaped unless the test did so (waitpid then fails: nothing to do)
+  explicit Child(pid_t p) : pid(p) {}
+  Child(const Child&) = delete;
+  ~Child() {
     int status;
     if (::waitpid(pid, &status, WNOHANG) == 0) {
       ::kill(pid, SIGKILL);
@@ -138,6 +125,24 @@ struct Child {
     }
   }
 };
+
+// `dsv3 ARGS` in the background, its output in `log`.
+Child start_cli(const std::string& args, const fs::path& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(DSV3_BIN) + " " + args + " > '" + log.string() +
+                            "' 2>&1";
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
+    ::_exit(127);
+  }
+  return Child(pid);
+}
+int wait_exit(pid_t pid) {
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 template <typename Cond>
 bool wait_for(Cond cond, double seconds) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
@@ -233,9 +238,9 @@ TEST(RunDirectory, RotationSparesACheckpointOfAnotherRun) {
   auto r = run_cli("train " + kSmall + "--steps 1 --seed 4 --out " + (d / "other").string());
   ASSERT_EQ(r.code, 0) << r.out;
   const fs::path out = d / "run";
-  const pid_t pid = start_cli("train " + kSmall + "--steps 1000000 --save_every 2 --keep 1 --out " +
-                                  out.string(), d / "log");
-  const Child guard{pid};
+  const Child trainer = start_cli("train " + kSmall + "--steps 1000000 --save_every 2 --keep 1 --out " +
+                                      out.string(), d / "log");
+  const pid_t pid = trainer.pid;
   ASSERT_TRUE(wait_for([&] { return fs::exists(out / "ckpt_00000002.dsv3"); }, 120)) << slurp(d / "log");
   fs::copy_file(d / "other" / "ckpt_00000001.dsv3", out / "ckpt_00000001.dsv3");
   const bool rotated = wait_for([&] { return fs::exists(out / "ckpt_00000008.dsv3"); }, 120);
@@ -250,9 +255,9 @@ TEST(RunDirectory, RotationSparesACheckpointOfAnotherRun) {
 TEST(RunDirectory, SecondTrainerOnALockedDirectoryNamesTheHolder) {
   auto d = temp_dir("rel_lock");
   const fs::path out = d / "run";
-  const pid_t first = start_cli("train " + kSmall + "--steps 1000000 --save_every 3 --out " +
-                                    out.string(), d / "first.log");
-  const Child guard{first};
+  const Child trainer = start_cli("train " + kSmall + "--steps 1000000 --save_every 3 --out " +
+                                      out.string(), d / "first.log");
+  const pid_t first = trainer.pid;
   ASSERT_TRUE(wait_for([&] { return fs::exists(out / "ckpt_00000003.dsv3"); }, 120))
       << slurp(d / "first.log");
   auto r = run_cli("train " + kSmall + "--steps 5 --out " + out.string());
@@ -273,8 +278,8 @@ TEST(RunDirectory, TwoTrainersStartedTogetherOnlyOneRuns) {
   auto d = temp_dir("rel_lock_race");
   const fs::path out = d / "run";
   const std::string args = "train " + kSmall + "--steps 1000000 --save_every 1000 --out " + out.string();
-  const pid_t a = start_cli(args, d / "a.log"), b = start_cli(args, d / "b.log");
-  const Child guard_a{a}, guard_b{b};
+  const Child ca = start_cli(args, d / "a.log"), cb = start_cli(args, d / "b.log");
+  const pid_t a = ca.pid, b = cb.pid;
   // the loser exits at once; the winner trains until killed
   int loser_code = -1;
   pid_t winner = -1;
@@ -344,9 +349,9 @@ TEST(WriteFailure, EveryWriterNamesThePathAndReason) {
 TEST(RunDirectory, KilledAndResumedRunHasOneRecordPerStep) {
   auto d = temp_dir("rel_replay");
   const fs::path out = d / "run";
-  const pid_t pid = start_cli("train " + kSmall + "--steps 1000000 --save_every 5 --keep 2 --out " +
-                                  out.string(), d / "log");
-  const Child guard{pid};
+  const Child trainer = start_cli("train " + kSmall + "--steps 1000000 --save_every 5 --keep 2 --out " +
+                                      out.string(), d / "log");
+  const pid_t pid = trainer.pid;
   ASSERT_TRUE(wait_for([&] {
     return fs::exists(out / "ckpt_00000005.dsv3") && live_train_records(out) >= 8;
   }, 120)) << slurp(d / "log");
@@ -555,18 +560,14 @@ TEST(BadInput, HfImportFollowsTransformersDefaultsAndRefusesNonFiniteWeights) {
   EXPECT_FALSE(fs::exists(d / "b.dsv3"));
 }
 
-std::string gzip_bytes(const std::string& s) {
-  z_stream z = {};
-  deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
-  std::string out(deflateBound(&z, uLong(s.size())) + 32, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(s.data()));
-  z.avail_in = uInt(s.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = uInt(out.size());
-  deflate(&z, Z_FINISH);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
+std::string gzip_bytes(const fs::path& dir, const std::string& s) {
+  const fs::path p = dir / "tmp.gz";
+  write_file_atomic(p.string(), [&](std::FILE* f) {
+    curate::StreamWriter w(f, curate::Compression::Gzip, 6);
+    w.write(s);
+    w.finish();
+  });
+  return slurp(p);
 }
 
 // Case 11: curate on a corrupt .gz printed "0 read, 0 kept, 0 rejected" and exited 0; a .gz name
@@ -577,7 +578,7 @@ TEST(BadInput, CurateSaysWhenAnInputCannotBeRead) {
   for (int i = 0; i < 50; i++)
     lines += "{\"text\": \"Document number " + std::to_string(i) + " is about the weather. It "
              "rained on the hills and the rivers rose, so the people stayed at home.\"}\n";
-  const std::string gz = gzip_bytes(lines);
+  const std::string gz = gzip_bytes(d, lines);
   spit(d / "cut.jsonl.gz", gz.substr(0, gz.size() / 2));
   spit(d / "plain.jsonl.gz", lines);
   spit(d / "good.jsonl", lines);
