@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates (idempotently) the virtual environment of the PyTorch 2.x peer that bench/bench_train.py
-# runs bench/peer_deepseek.py in: .venv-peer/ at the repo root, with the newest torch 2.x wheel
-# and numpy from PyPI, then checks that eager mode and torch.compile (inductor, which builds C++
-# with the system g++) both work on the CPU.
+# runs bench/peer_deepseek.py in: .venv-peer/ at the repo root, with the newest torch 2.x wheel,
+# numpy and Hugging Face transformers (bench/bench_infer.py's `generate` peer, which loads dsv3's
+# HF export as DeepseekV3ForCausalLM) from PyPI, then checks that eager mode and torch.compile
+# (inductor, which builds C++ with the system g++) both work on the CPU.
 #
 #   bench/setup_peer_venv.sh            # create or reuse; prints the venv's python on the last line
 #   PEER_VENV=/some/dir bench/setup_peer_venv.sh
@@ -31,8 +32,9 @@ command -v g++ >/dev/null || { echo "setup_peer_venv: g++ is needed by torch.com
 check() {
   "$VENV/bin/python" - <<'EOF'
 import os, sys, tempfile
-import numpy, torch
+import numpy, torch, transformers
 assert int(torch.__version__.split(".")[0]) >= 2, torch.__version__
+from transformers import DeepseekV3ForCausalLM  # noqa: F401  (transformers >= 4.51)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "dsv3-peer-inductor"))
 lin = torch.nn.Linear(16, 16)
 f = torch.compile(lambda x: torch.nn.functional.silu(lin(x)).sum())
@@ -40,8 +42,8 @@ x = torch.randn(4, 16)
 y = f(x)
 y.backward()
 assert torch.allclose(y, torch.nn.functional.silu(lin(x)).sum(), rtol=1e-4, atol=1e-4)
-print("torch %s, numpy %s, python %s: eager + torch.compile (inductor) OK"
-      % (torch.__version__, numpy.__version__, sys.version.split()[0]))
+print("torch %s, numpy %s, transformers %s, python %s: eager + torch.compile (inductor) OK"
+      % (torch.__version__, numpy.__version__, transformers.__version__, sys.version.split()[0]))
 EOF
 }
 
@@ -61,6 +63,6 @@ if [[ -n "${PEER_TORCH_INDEX:-}" ]]; then
 else
   "$VENV/bin/python" -m pip install --upgrade "$SPEC" >&2
 fi
-"$VENV/bin/python" -m pip install --upgrade numpy >&2
+"$VENV/bin/python" -m pip install --upgrade numpy "transformers>=4.51" safetensors >&2
 check >&2
 echo "$VENV/bin/python"

@@ -9,6 +9,9 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf.h"
+#include "checkpoint/sharded.h"
+#include "dist/agree.h"
+#include "dist/comm.h"
 #include "core/check.h"
 #include "core/io.h"
 #include "core/profile.h"
@@ -18,11 +21,13 @@
 #include "eval/eval.h"
 #include "flags.h"
 #include "infer/sample.h"
+#include "infer/text_stream.h"
 #include "ops/gemm_cpu.h"
 #include "tokenizer/text_codec.h"
 #include "train/state.h"
 #include "train/step.h"
 #include "train/train_data.h"
+#include "train/parallel_run.h"
 #include "train/trainer.h"
 
 namespace dsv3::cli {
@@ -84,64 +89,97 @@ std::vector<FieldGroup> pick(const std::vector<FieldGroup>& all, std::initialize
 
 // ---------------------------------------------------------------------------------------------
 int cmd_train(int argc, char** argv) {
-  RunSpec spec;
+  // Under mpirun/srun every rank runs this; the settings and the checkpoint are checked on each
+  // and agreed on (dist/agree.h), so a bad flag gives one message, not one per rank.
+  dist::init(&argc, &argv);
+  const dist::Comm& world = dist::world();
+  RunSpec spec, run;
   const auto groups = run_groups(spec);
-  ParsedArgs a = parse_run(argc, argv, groups, spec);
-  if (a.help) {
-    std::printf("%s", help_text("dsv3 train [--preset NAME] [--config FILE] [--key value ...]",
-                                "Trains a model. Without --data or --train_data it uses the "
-                                "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
-                                "OUT/ckpt_*.dsv3; --resume OUT continues exactly.",
-                                groups, true)
-                        .c_str());
+  Checkpoint ck;
+  bool help = false;
+  try {
+    dist::agree(world, [&] {
+      ParsedArgs a = parse_run(argc, argv, groups, spec);
+      if ((help = a.help)) return;
+      const bool vocab_given =
+          std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
+      if (!spec.data.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
+        spec.model.vocab = vocab_for_prepared_data(spec.data.data);
+      if (spec.checkpoint.resume.empty()) {
+        reject_inapplicable(spec, a.set_keys);
+        run = spec;
+      } else {
+        // Resume: the checkpoint's settings, then the settings given now. Model settings may
+        // be repeated (the original command line) but not changed.
+        std::string path = spec.checkpoint.resume;
+        if (std::filesystem::is_directory(path) && !is_sharded_checkpoint(path)) {
+          DSV3_CHECK(std::filesystem::exists(std::filesystem::path(path) / "manifest.json") ||
+                         any_checkpoint_step(path) < 0,
+                     path, " is an incomplete sharded checkpoint (no manifest.json: the save "
+                     "did not finish); resume from its run directory to take the last complete one");
+          path = latest_checkpoint(path);
+          DSV3_CHECK(!path.empty(), "no complete checkpoints (ckpt_*.dsv3 or ckpt_*.shards) in ",
+                     spec.checkpoint.resume, " to resume from");
+        }
+        ck = is_sharded_checkpoint(path) ? sharded_checkpoint_state(path) : load_checkpoint(path);
+        run = spec_from_checkpoint(ck);
+        const auto from = run_groups(spec), to = run_groups(run);
+        if (!a.preset.empty())  // the original command line's preset: it must describe this model
+          check_same_model(spec.model, run.model, "--preset " + a.preset);
+        for (const auto& key : a.set_keys) {
+          if (key == "resume") continue;
+          const FieldGroup *gf = nullptr, *gt = nullptr;
+          const FieldSpec* f = find_field(from, key, &gf);
+          find_field(to, key, &gt);
+          if (gf->title == "model") {
+            DSV3_CHECK(f->get(gf->target) == f->get(gt->target), "--", key, " ", f->get(gf->target),
+                       " changes the model (the checkpoint has ", f->get(gt->target),
+                       "), which a resumed run cannot do (drop it or start a new run)");
+            continue;
+          }
+          f->set(gt->target, f->get(gf->target));
+        }
+        run.checkpoint.resume = path;
+        // Without --out the run continues beside its checkpoint, wherever the directory was
+        // moved (not in the directory the checkpoint's settings name, which may now be
+        // another run's).
+        if (std::find(a.set_keys.begin(), a.set_keys.end(), "out") == a.set_keys.end()) {
+          const std::string dir = std::filesystem::path(path).parent_path().string();
+          run.run.out = dir.empty() ? "." : dir;
+        }
+        reject_inapplicable(run, a.set_keys);
+      }
+      validate(run);
+      validate_parallel(run.parallel, run.distributed, run.model, world.size());
+    });
+  } catch (...) {
+    dist::finalize();  // every rank got here: end MPI cleanly
+    throw;
+  }
+  if (help) {
+    if (world.rank() == 0)
+      std::printf("%s", help_text("dsv3 train [--preset NAME] [--config FILE] [--key value ...]",
+                                  "Trains a model. Without --data or --train_data it uses the "
+                                  "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
+                                  "OUT/ckpt_*.dsv3; --resume OUT continues exactly. Under mpirun "
+                                  "or srun: data and expert parallel (--dp, --ep, --zero, ...),\n"
+                                  "sharded checkpoints OUT/ckpt_*.shards (docs/parallel.md).",
+                                  groups, true)
+                          .c_str());
+    dist::finalize();
     return 0;
   }
-  dist::require_single_process("train");
-  const bool vocab_given =
-      std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
-  if (!spec.data.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
-    spec.model.vocab = vocab_for_prepared_data(spec.data.data);
-  if (spec.checkpoint.resume.empty()) {
-    reject_inapplicable(spec, a.set_keys);
-    run_training(spec, nullptr);
-    return 0;
+  const bool resuming = !run.checkpoint.resume.empty();
+  if (resuming && world.rank() == 0)
+    std::fprintf(stderr, "resuming from %s\n", run.checkpoint.resume.c_str());
+  try {
+    run_training(run, resuming ? &ck : nullptr);
+  } catch (const Error& e) {
+    if (world.size() > 1)  // this rank's own failure: say which (mpirun then stops the others)
+      throw Error(cat("rank ", world.rank(), " of ", world.size(), ": ", e.what()));
+    throw;
   }
-  // Resume: the checkpoint's settings, then the settings given now. Model settings may be
-  // repeated (the original command line) but not changed.
-  std::string path = spec.checkpoint.resume;
-  if (std::filesystem::is_directory(path)) {
-    auto list = list_checkpoints(path);
-    DSV3_CHECK(!list.empty(), "no checkpoints (ckpt_*.dsv3) in ", path, " to resume from");
-    path = list.back();
-  }
-  Checkpoint ck = load_checkpoint(path);
-  RunSpec resumed = spec_from_checkpoint(ck);
-  const auto from = run_groups(spec), to = run_groups(resumed);
-  if (!a.preset.empty())  // the original command line's preset: it must describe this model
-    check_same_model(spec.model, resumed.model, "--preset " + a.preset);
-  for (const auto& key : a.set_keys) {
-    if (key == "resume") continue;
-    const FieldGroup *gf = nullptr, *gt = nullptr;
-    const FieldSpec* f = find_field(from, key, &gf);
-    find_field(to, key, &gt);
-    if (gf->title == "model") {
-      DSV3_CHECK(f->get(gf->target) == f->get(gt->target), "--", key, " ", f->get(gf->target),
-                 " changes the model (the checkpoint has ", f->get(gt->target),
-                 "), which a resumed run cannot do (drop it or start a new run)");
-      continue;
-    }
-    f->set(gt->target, f->get(gf->target));
-  }
-  resumed.checkpoint.resume = path;
-  // Without --out the run continues beside its checkpoint, wherever the directory was moved
-  // (not in the directory the checkpoint's settings name, which may now be another run's).
-  if (std::find(a.set_keys.begin(), a.set_keys.end(), "out") == a.set_keys.end()) {
-    const std::string dir = std::filesystem::path(path).parent_path().string();
-    resumed.run.out = dir.empty() ? "." : dir;
-  }
-  reject_inapplicable(resumed, a.set_keys);
-  std::fprintf(stderr, "resuming from %s\n", path.c_str());
-  run_training(resumed, &ck);
+  dist::finalize();
   return 0;
 }
 
@@ -277,8 +315,16 @@ int cmd_bench(int argc, char** argv) {
   const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, bo.warmup_steps + bo.timed_steps,
                                         spec.loss);
   auto micro = [&](int i) { return MicroBatch{d, tokens.data() + size_t(i) * d.B * (d.T + 1)}; };
+  // a CPU without bf16 GEMMs (no AVX512-BF16: oneDNN refuses) has no bf16 peak; fp32 runs go on
+  auto peak_bf16 = [&] {
+    try {
+      return cpu::measure_gemm_peak_gflops(DType::BF16);
+    } catch (const std::exception&) {
+      return 0.0;
+    }
+  };
   double peak32 = cpu::measure_gemm_peak_gflops(DType::F32);
-  double peak16 = cpu::measure_gemm_peak_gflops(DType::BF16);
+  double peak16 = peak_bf16();
   for (int i = 0; i < bo.warmup_steps; i++) train_step(st, ws, spec.loss, ss, i, micro);
   if (bo.profile) {
     profile::reset();
@@ -292,7 +338,7 @@ int cmd_bench(int argc, char** argv) {
   // the peaks again after the timed steps: a shared machine's slow spell during one measurement
   // would otherwise inflate MFU; the better of the two is the machine's rate
   peak32 = std::max(peak32, cpu::measure_gemm_peak_gflops(DType::F32));
-  peak16 = std::max(peak16, cpu::measure_gemm_peak_gflops(DType::BF16));
+  peak16 = std::max(peak16, peak_bf16());
   if (bo.profile) {
     profile::enable(false);
     std::fprintf(stderr, "%s", profile::report(dt_step * bo.timed_steps).c_str());
@@ -420,12 +466,11 @@ namespace {
 struct SampleOptions {
   std::string model, tokenizer;
   std::string prompt = "Once upon a time";
+  std::string stop;
   int tokens = 200;
-  double temperature = 0.8;
-  int top_k = 0;
-  double top_p = 1.0;
-  long long seed = 1;
   int context = 1024;
+  bool speculative = false;
+  std::string engine = "cached";
 };
 const std::vector<FieldSpec>& sample_fields() {
   using S = SampleOptions;
@@ -435,11 +480,13 @@ const std::vector<FieldSpec>& sample_fields() {
       field("tokenizer", &S::tokenizer,
             "tokenizer (default: the one beside the model, else byte-level ids)"),
       field("tokens", &S::tokens, "tokens to generate", in_range(0, 1 << 24)),
-      field("temperature", &S::temperature, "softmax temperature (0 = greedy)", at_least(0)),
-      field("top_k", &S::top_k, "keep the k most likely tokens (0 = off)", at_least(0)),
-      field("top_p", &S::top_p, "nucleus sampling mass (1 = off)", in_range_open_lo(0, 1)),
-      field("seed", &S::seed, "sampling seed", at_least(0)),
-      field("context", &S::context, "longest context fed to the model", in_range(1, 1 << 24)),
+      field("stop", &S::stop, "stop string: generation ends before it (empty = none)"),
+      field("context", &S::context, "longest context (prompt + generated tokens)",
+            in_range(1, 1 << 24)),
+      field("speculative", &S::speculative,
+            "draft a token ahead with the MTP module, verified by the main model"),
+      field("engine", &S::engine,
+            "cached (latent KV cache) or recompute (re-run the context per token; a baseline)"),
   };
   return f;
 }
@@ -447,29 +494,52 @@ const std::vector<FieldSpec>& sample_fields() {
 
 int cmd_sample(int argc, char** argv) {
   SampleOptions o;
+  SampleConfig sc;
+  sc.temperature = 0.8;
   PrecisionConfig pc;
   std::vector<FieldGroup> groups = {{"sample", &sample_fields(), &o},
+                                    {"sampling", &sampling_fields(), static_cast<SamplingParams*>(&sc)},
                                     {"precision", &precision_fields(), &pc}};
   const auto a = parse_command(argc, argv, 2, groups, "dsv3 sample --model M [--prompt TEXT] [--key value ...]",
-                                "Generates text, streaming it to stdout.");
+                                "Generates text with the latent KV cache, streaming it to stdout; "
+                                "the rate (and the speculative acceptance) go to stderr.");
   if (!a) return 0;
   for (const auto& k : a->set_keys)
     DSV3_CHECK(k != "loss_scale" && k != "loss_scale_window", "--", k,
                " is a training setting; sample only takes --precision");
   DSV3_CHECK(o.tokens >= 0 && o.context >= 1, "tokens must be >= 0 and context >= 1");
   DSV3_CHECK(!o.prompt.empty(), "--prompt must not be empty");
+  DSV3_CHECK(o.engine == "cached" || o.engine == "recompute", "--engine must be cached or "
+             "recompute, not '", o.engine, "'");
+  DSV3_CHECK(!(o.speculative && o.engine == "recompute"), "--speculative needs --engine cached");
+  validate(static_cast<const SamplingParams&>(sc));
+  sc.max_tokens = o.tokens;
+  sc.speculative = o.speculative;
   auto weights = load_weights(o.model, pc.precision);
   const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
   const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
   std::fprintf(stderr, "text: %s\n", codec.describe().c_str());
-  SampleConfig sc{o.temperature, o.top_k, o.top_p, o.tokens, uint64_t(o.seed)};
+  TextStream text(o.stop.empty() ? std::vector<std::string>{} : std::vector<std::string>{o.stop});
   std::printf("%s", o.prompt.c_str());
   std::fflush(stdout);
-  generate(*weights, codec.encode(o.prompt), sc, o.context, [&](int32_t id) {
-    std::printf("%s", codec.decode(std::span<const int32_t>(&id, 1)).c_str());
+  auto on_token = [&](int32_t id) {
+    std::printf("%s", text.feed(codec.decode(std::span<const int32_t>(&id, 1))).c_str());
     std::fflush(stdout);
-  });
-  std::printf("\n");
+    return !text.stopped();
+  };
+  const std::vector<int32_t> prompt = codec.encode(o.prompt);
+  SchedulerStats st;
+  const double t0 = now_seconds();
+  const auto out = o.engine == "cached" ? generate(*weights, prompt, sc, o.context, on_token, &st)
+                                        : generate_recompute(*weights, prompt, sc, o.context, on_token);
+  const double dt = now_seconds() - t0;
+  std::printf("%s\n", text.flush().c_str());
+  std::fprintf(stderr, "%zu prompt + %zu generated tokens in %.3f s: %.1f tokens/s (%s)", prompt.size(),
+               out.size(), dt, double(out.size()) / std::max(dt, 1e-9), o.engine.c_str());
+  if (o.speculative)
+    std::fprintf(stderr, "; MTP drafts %lld, accepted %lld (%.1f%%)", (long long)st.drafts,
+                 (long long)st.accepted, 100.0 * st.acceptance());
+  std::fprintf(stderr, "\n");
   return 0;
 }
 
@@ -513,6 +583,9 @@ int cmd_export(int argc, char** argv) {
   const DType dt = parse_dtype(o.dtype);
   LoadedModel lm = load_model_any(o.model);
   if (!lm.note.empty()) std::fprintf(stderr, "%s\n", lm.note.c_str());
+  if (lm.config.attention != AttentionKind::Dense)
+    std::fprintf(stderr, "note: the model was trained with %s attention; a Hugging Face DeepseekV3 "
+                 "computes dense attention\n", attention_name(lm.config.attention));
   const ParamTable t = build_param_table(lm.config);
   export_hf(o.out, lm.config, t, lm.params.data(), dt);
   std::printf("exported %s to %s (%s)\n", lm.source.c_str(), o.out.c_str(), dtype_name(dt));

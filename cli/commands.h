@@ -8,9 +8,13 @@ int cmd_info(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_sample(int argc, char** argv);
+int cmd_serve(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_import(int argc, char** argv);
 int cmd_prepare(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);
 int cmd_curate(int argc, char** argv);
+int cmd_report(int argc, char** argv);
+int cmd_sweep(int argc, char** argv);
+int cmd_launch(int argc, char** argv);
 }  // namespace dsv3::cli

@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "dist/agree.h"
 
 namespace {
 
@@ -24,6 +25,7 @@ const Command kCommands[] = {
      dsv3::cli::cmd_bench},
     {"eval", "mean next-token loss of a model on an llm.c token file", dsv3::cli::cmd_eval},
     {"sample", "generate text from a model", dsv3::cli::cmd_sample},
+    {"serve", "OpenAI-compatible HTTP server with continuous batching", dsv3::cli::cmd_serve},
     {"export", "write a model as Hugging Face safetensors + config.json", dsv3::cli::cmd_export},
     {"prepare", "tokenise text sources into shards with a train/validation split per domain",
      dsv3::cli::cmd_prepare},
@@ -31,6 +33,12 @@ const Command kCommands[] = {
      dsv3::cli::cmd_import},
     {"tokenizer", "byte-level BPE: train, encode, decode, export, info", dsv3::cli::cmd_tokenizer},
     {"curate", "filter, scrub, deduplicate and select text (JSONL/txt, .gz/.zst)", dsv3::cli::cmd_curate},
+    {"report", "an HTML report of a run (loss, lr, throughput, expert load), runs overlaid",
+     dsv3::cli::cmd_report},
+    {"sweep", "hyperparameter search: grid, random or TPE trials of dsv3 train, ASHA stopping",
+     dsv3::cli::cmd_sweep},
+    {"launch", "run train under mpirun/srun, restarting from the last checkpoint on failures",
+     dsv3::cli::cmd_launch},
 };
 
 void usage(std::FILE* f) {
@@ -65,6 +73,8 @@ int main(int argc, char** argv) {
         throw dsv3::Error(std::string("cannot write the standard output: ") +
                           (errno ? std::strerror(errno) : "write failed"));
       return rc;
+    } catch (const dsv3::dist::QuietError&) {  // rank 0 of a distributed run reports it
+      return 1;
     } catch (const dsv3::Error& e) {
       std::fprintf(stderr, "\ndsv3 %s: error: %s\n", c.name, e.what());
       return 1;

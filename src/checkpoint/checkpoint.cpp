@@ -9,6 +9,7 @@
 
 #include "checkpoint/hf.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/sharded.h"
 #include "core/check.h"
 #include "core/io.h"
 #include "model/params.h"
@@ -299,9 +300,11 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
   return (fs::path(dir) / name).string();
 }
 
-int64_t checkpoint_step(const std::string& path) {
+int64_t checkpoint_step(const std::string& path) { return checkpoint_step(path, ".dsv3"); }
+
+int64_t checkpoint_step(const std::string& path, const std::string& suf) {
   const std::string name = fs::path(path).filename().string();
-  const std::string pre = "ckpt_", suf = ".dsv3";
+  const std::string pre = "ckpt_";
   if (name.size() <= pre.size() + suf.size() || name.compare(0, pre.size(), pre) != 0 ||
       name.compare(name.size() - suf.size(), suf.size(), suf) != 0)
     return -1;
@@ -362,8 +365,8 @@ void remove_stale_checkpoint_temps(const std::string& dir) {
 
 LoadedModel load_model_any(const std::string& path) {
   const char* expected =
-      "expected a dsv3 checkpoint file, a run directory (with ckpt_*.dsv3 files) or a Hugging "
-      "Face directory (with config.json)";
+      "expected a dsv3 checkpoint file, a sharded checkpoint directory (ckpt_*.shards), a run "
+      "directory (with checkpoints) or a Hugging Face directory (with config.json)";
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   DSV3_CHECK(fs::exists(st), "cannot open ", path, ": no such file or directory (", expected, ")");
@@ -377,13 +380,21 @@ LoadedModel load_model_any(const std::string& path) {
       m.note = hf_defaults_note(hf);
       return m;
     }
-    const std::vector<std::string> list = list_checkpoints(path);
-    DSV3_CHECK(!list.empty(), path, " has neither ckpt_*.dsv3 checkpoints nor config.json: ",
-               expected);
-    Checkpoint ck = load_checkpoint(list.back(), false);
+    // a sharded checkpoint (ckpt_*.shards), or a run directory's newest complete checkpoint
+    const std::string ck_path = is_sharded_checkpoint(path) ? path : latest_checkpoint(path);
+    DSV3_CHECK(!ck_path.empty(), path, " has neither checkpoints (ckpt_*.dsv3, ckpt_*.shards) nor "
+               "config.json: ", expected);
+    if (is_sharded_checkpoint(ck_path)) {
+      const ShardedCheckpoint sc(ck_path);
+      m.config = sc.config();
+      m.params = sc.full_params();
+      m.source = "sharded checkpoint " + ck_path;
+      return m;
+    }
+    Checkpoint ck = load_checkpoint(ck_path, false);
     m.config = ck.config;
     m.params = std::move(ck.params);
-    m.source = "checkpoint " + list.back();
+    m.source = "checkpoint " + ck_path;
     return m;
   }
   const std::string kind = sniff_file_kind(path);

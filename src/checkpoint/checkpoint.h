@@ -62,8 +62,10 @@ nlohmann::json load_checkpoint_train_state(const std::string& path);
 std::string checkpoint_path(const std::string& dir, int64_t step);
 // Paths of dir/ckpt_<step>.dsv3, sorted by step (temp files ignored); empty if dir is absent.
 std::vector<std::string> list_checkpoints(const std::string& dir);
-// The step in a checkpoint file name, or -1 if the name is not ckpt_<digits>.dsv3.
+// The step in a checkpoint file name, or -1 if the name is not ckpt_<digits>.dsv3 (or
+// ckpt_<digits><suffix>).
 int64_t checkpoint_step(const std::string& path);
+int64_t checkpoint_step(const std::string& path, const std::string& suffix);
 // Deletes all but the newest `keep` checkpoints (keep <= 0: deletes none), and the temp files
 // of saves whose process no longer runs. Whoever wrote them: a training run prunes only its own
 // (train/run_dir.h).

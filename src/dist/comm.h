@@ -54,6 +54,9 @@ class Request {
   ~Request();
   void wait();  // blocks until complete; throws Error if the operation failed
   bool test();  // true once complete (and then throws, like wait(), if it failed)
+  // Forgets the operation without completing it (MPI keeps its buffers): only on the way out
+  // of a process that gives up, where waiting for a peer that stopped would hang the exit.
+  void abandon() noexcept;
 
  private:
   std::unique_ptr<State> state_;
@@ -105,6 +108,10 @@ class Comm {
             void* stream = nullptr) const;
   void recv(void* data, size_t count, DType dtype, int peer, int tag,
             void* stream = nullptr) const;
+
+  // Whether a message with `tag` from any rank waits to be received (nonblocking; *source gets
+  // the sender). For side channels that cannot know who will write: the collective watchdog.
+  bool probe(int tag, int* source) const;
 
   // Nonblocking twins: same contracts; they start the operation and return at once, so work
   // (backward of the next layer, say) overlaps with the communication.

@@ -480,6 +480,7 @@ void Request::wait() {
   std::unique_ptr<State> s = std::move(state_);
   raise_if_failed(*s);
 }
+void Request::abandon() noexcept { (void)state_.release(); }  // leaked on purpose: see comm.h
 bool Request::test() {
   if (!state_) return true;
   if (!progress(*state_, false)) return false;
@@ -595,6 +596,18 @@ void Comm::send(const void* data, size_t count, DType t, int peer, int tag, void
 }
 void Comm::recv(void* data, size_t count, DType t, int peer, int tag, void* stream) const {
   recv_op(impl_, false, data, count, t, peer, tag, stream);
+}
+
+bool Comm::probe(int tag, int* source) const {
+  const Comm::Impl& c = active(impl_, "probe");
+  const Where w = where(c, "probe");
+  if (tag < 0 || tag > 32767) detail::fail_at(w, cat("tag ", tag, " is outside [0, 32767]"));
+  if (c.size == 1) return false;
+  int flag = 0;
+  MPI_Status status;
+  check(w, MPI_Iprobe(MPI_ANY_SOURCE, tag, c.comm, &flag, &status), "MPI_Iprobe");
+  if (flag && source) *source = status.MPI_SOURCE;
+  return flag != 0;
 }
 
 Request Comm::iall_reduce(void* data, size_t count, DType t, ReduceOp op, void* stream) const {

@@ -32,6 +32,7 @@ Request::Request(Request&&) noexcept = default;
 Request& Request::operator=(Request&&) noexcept = default;
 Request::~Request() = default;
 void Request::wait() {}
+void Request::abandon() noexcept { state_.reset(); }
 bool Request::test() { return true; }
 
 void init(int*, char***) {
@@ -118,6 +119,12 @@ void Comm::send(const void*, size_t, DType, int peer, int tag, void* stream) con
 }
 void Comm::recv(void*, size_t, DType, int peer, int tag, void* stream) const {
   p2p_op(impl_, "recv", peer, tag, stream);
+}
+
+bool Comm::probe(int tag, int*) const {
+  const Where w = at(impl_, "probe", nullptr);
+  if (tag < 0 || tag > 32767) detail::fail_at(w, cat("tag ", tag, " is outside [0, 32767]"));
+  return false;  // nobody else can send
 }
 
 // The nonblocking twins are complete when they return.

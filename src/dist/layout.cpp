@@ -7,7 +7,7 @@ namespace dsv3::dist {
 const std::vector<FieldSpec>& parallel_fields() {
   using P = ParallelLayout;
   static const std::vector<FieldSpec> f = {
-      field("dp", &P::dp, "data-parallel degree", in_range(1, 1 << 20)),
+      field("dp", &P::dp, "data-parallel degree (0 = the world size / (tp * pp))", in_range(0, 1 << 20)),
       field("tp", &P::tp, "tensor-parallel degree", in_range(1, 1 << 20)),
       field("pp", &P::pp, "pipeline-parallel degree", in_range(1, 1 << 20)),
       field("ep", &P::ep, "expert-parallel degree (carved out of dp)", in_range(1, 1 << 20)),
@@ -15,7 +15,18 @@ const std::vector<FieldSpec>& parallel_fields() {
   return f;
 }
 
-void validate(const ParallelLayout& l, int world_size) {
+ParallelLayout resolve(ParallelLayout l, int world_size) {
+  if (l.dp != 0) return l;
+  DSV3_CHECK(l.tp >= 1 && l.pp >= 1, "parallel layout ", describe(l),
+             ": every degree must be at least 1");
+  DSV3_CHECK(world_size % (l.tp * l.pp) == 0, "the world has ", world_size, " ranks, not a "
+             "multiple of tp * pp = ", l.tp * l.pp, " (set --dp, --tp, --pp)");
+  l.dp = world_size / (l.tp * l.pp);
+  return l;
+}
+
+void validate(const ParallelLayout& given, int world_size) {
+  const ParallelLayout l = resolve(given, world_size);
   DSV3_CHECK(l.dp >= 1 && l.tp >= 1 && l.pp >= 1 && l.ep >= 1,
              "parallel layout ", describe(l), ": every degree must be at least 1");
   DSV3_CHECK(l.dp * l.tp * l.pp == world_size, "parallel layout ", describe(l),
@@ -47,7 +58,8 @@ std::string ParallelGroups::describe() const {
   return cat("rank ", rank, ": dp ", at.dp, " tp ", at.tp, " pp ", at.pp, " ep ", at.ep);
 }
 
-ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& l) {
+ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& given) {
+  const ParallelLayout l = resolve(given, world.size());
   validate(l, world.size());
   ParallelGroups g;
   g.layout = l;
@@ -67,9 +79,9 @@ ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& l) 
 
 void require_single_process(const char* what) {
   const int n = world().size();
-  DSV3_CHECK(n == 1, "dsv3 ", what, " was started as ", n, " processes (mpirun/srun), but "
-             "distributed training (--dp/--ep) is not implemented yet: each process would train "
-             "its own copy into one run directory. Run it as one process");
+  DSV3_CHECK(n == 1, "dsv3 ", what, " was started as ", n, " processes (mpirun/srun), but it runs "
+             "as one process (train and curate are the distributed commands): each process would "
+             "do the whole job alone. Run it as one process");
 }
 
 }  // namespace dsv3::dist

@@ -24,13 +24,17 @@
 namespace dsv3::dist {
 
 struct ParallelLayout {
-  int dp = 1, tp = 1, pp = 1, ep = 1;  // ep divides dp; dp * tp * pp = world size
+  // ep divides dp; dp * tp * pp = world size. dp 0 (the default): the world size / (tp * pp).
+  int dp = 0, tp = 1, pp = 1, ep = 1;
 };
 
 // The layout flags --dp, --tp, --pp, --ep (the settings group "parallel").
 const std::vector<FieldSpec>& parallel_fields();
 
-// Throws Error unless every degree is >= 1, dp * tp * pp == world_size and ep divides dp.
+// The layout with dp filled in when it is 0 (world_size / (tp * pp), an Error if that is not whole).
+ParallelLayout resolve(ParallelLayout layout, int world_size);
+// Throws Error unless (resolved) every degree is >= 1, dp * tp * pp == world_size and ep
+// divides dp.
 void validate(const ParallelLayout& layout, int world_size);
 std::string describe(const ParallelLayout& layout);  // "dp 2 x tp 2 x pp 1, ep 2"
 
@@ -53,11 +57,11 @@ struct ParallelGroups {
   Comm tp, pp, dp, ep, edp;
   std::string describe() const;  // "rank 3: dp 1 tp 1 pp 0 ep 1"
 };
-// Collective over world: validates the layout and splits world into every group.
+// Collective over world: resolves and validates the layout and splits world into every group.
 ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& layout);
 
-// For commands that cannot run distributed yet: throws Error naming `what` (e.g. "train") when
-// the world has more than one rank, instead of every rank doing the whole job alone.
+// For commands that run as one process: throws Error naming `what` (e.g. "bench") when the world
+// has more than one rank, instead of every rank doing the whole job alone.
 void require_single_process(const char* what);
 
 }  // namespace dsv3::dist

@@ -1,48 +1,60 @@
 #include "infer/sample.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
 #include "core/check.h"
 #include "model/model.h"
 
 namespace dsv3 {
 
-int32_t sample_token(const float* logits, int V, const SampleConfig& s, Rng& rng) {
-  if (s.temperature <= 0) return int32_t(std::max_element(logits, logits + V) - logits);
-  std::vector<int> order(V);
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int a, int b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
-  int keep = s.top_k > 0 ? std::min(s.top_k, V) : V;
-  std::vector<double> p(keep);
-  const double mx = logits[order[0]];
-  double z = 0;
-  for (int i = 0; i < keep; i++) z += (p[i] = std::exp((logits[order[i]] - mx) / s.temperature));
-  if (s.top_p < 1.0) {  // smallest prefix whose mass reaches top_p
-    double cum = 0;
-    int n = 0;
-    while (n < keep && cum < s.top_p * z) cum += p[n++];
-    keep = std::max(n, 1);
-    z = cum > 0 ? cum : p[0];
-  }
-  double u = double(rng.uniform()) * z;
-  for (int i = 0; i < keep; i++) {
-    if (u < p[i]) return order[i];
-    u -= p[i];
-  }
-  return order[keep - 1];
-}
-
 std::vector<int32_t> generate(const ModelWeights& w, const std::vector<int32_t>& prompt,
                               const SampleConfig& s, int context,
-                              const std::function<void(int32_t)>& on_token) {
+                              const std::function<bool(int32_t)>& on_token,
+                              SchedulerStats* stats) {
   DSV3_CHECK(!prompt.empty(), "the prompt is empty");
-  DSV3_CHECK(s.temperature >= 0, "temperature must be >= 0");
-  DSV3_CHECK(s.top_k >= 0, "top_k must be >= 0");
-  DSV3_CHECK(s.top_p > 0 && s.top_p <= 1, "top_p must be in (0, 1]");
+  DSV3_CHECK(context >= 1, "context must be >= 1");
+  const ModelConfig& c = w.config();
+  std::vector<int32_t> out;
+  if (s.max_tokens <= 0) return out;
+  const int ctx = std::min(context, c.max_seq);
+  DSV3_CHECK(int(prompt.size()) <= ctx, "the prompt has ", prompt.size(),
+             " tokens, more than the context of ", ctx);
+  DecodeConfig dc;
+  dc.max_context = ctx;
+  dc.max_seqs = 1;
+  dc.max_rows = std::min(ctx, 512);
+  dc.mtp = s.speculative;
+  // the cache for this one sequence (plus a page for a draft)
+  const int layers = c.layers + (s.speculative ? 1 : 0);
+  dc.kv_cache_bytes = KvCache::latent_bytes_per_token(c, w.dtype(), layers) *
+                      size_t((ctx + 2 * dc.page_tokens - 1) / dc.page_tokens * dc.page_tokens);
+  DecodeEngine engine(w, dc);
+  SchedulerConfig sc;
+  sc.max_running = 1;
+  sc.speculative = s.speculative;
+  Scheduler sched(engine, sc);
+  auto r = std::make_unique<GenRequest>();
+  r->prompt = prompt;
+  r->sampling = s;
+  r->max_tokens = s.max_tokens;
+  r->stop_ids = s.stop_ids;
+  r->on_token = [&](int32_t id) {
+    out.push_back(id);
+    return on_token ? on_token(id) : true;
+  };
+  const std::string why = sched.check(*r);
+  DSV3_CHECK(why.empty(), why);
+  sched.add(std::move(r));
+  while (sched.step()) {
+  }
+  if (stats) *stats = sched.stats();
+  return out;
+}
+
+std::vector<int32_t> generate_recompute(const ModelWeights& w, const std::vector<int32_t>& prompt,
+                                        const SampleConfig& s, int context,
+                                        const std::function<bool(int32_t)>& on_token) {
+  DSV3_CHECK(!prompt.empty(), "the prompt is empty");
   DSV3_CHECK(context >= 1, "context must be >= 1");
   const ModelConfig& c = w.config();
   const int V = c.vocab;
@@ -52,7 +64,8 @@ std::vector<int32_t> generate(const ModelWeights& w, const std::vector<int32_t>&
   wc.max = {1, window};
   wc.backward = false;
   Workspace ws(c, w.dtype(), w.device(), wc);
-  Rng rng(s.seed);
+  Sampler sampler(s, V);
+  sampler.observe(prompt);
   std::vector<int32_t> seq = prompt, out, row;
   std::vector<float> logits;
   ForwardOptions opt;
@@ -64,10 +77,12 @@ std::vector<int32_t> generate(const ModelWeights& w, const std::vector<int32_t>&
     logits.resize(size_t(T) * V);
     opt.logits = logits.data();
     forward(w, ws, TrainingLossConfig{}, {Dims{1, T}, row.data()}, opt);
-    const int32_t id = sample_token(logits.data() + size_t(T - 1) * V, V, s, rng);
+    const int32_t id = sampler.sample(logits.data() + size_t(T - 1) * V);
+    if (std::find(s.stop_ids.begin(), s.stop_ids.end(), id) != s.stop_ids.end()) break;
+    sampler.observe({&id, 1});
     seq.push_back(id);
     out.push_back(id);
-    if (on_token) on_token(id);
+    if (on_token && !on_token(id)) break;
   }
   return out;
 }

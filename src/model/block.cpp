@@ -92,7 +92,7 @@ void block_forward(const BlockCtx& k, const Tensor& y, const Tensor& x, const Bl
   mla_forward(k.ex, h1, a.xn1, w.attn, a.attn, k.c, k.d, k.rope);
   add_inplace(k.ex, h1, x);
   rmsnorm_forward(k.ex, a.xn2, a.rstd2, h1, w.post_norm, {N, C, C, C}, eps);
-  if (w.moe) moe_forward(k.ex, out, a.xn2, w.moe_p, a.moe, st, k.c, k.loss, k.d);
+  if (w.moe) moe_forward(k.ex, out, a.xn2, w.moe_p, a.moe, st, k.c, k.loss, k.d, k.experts);
   else ffn_forward(k.ex, out, a.xn2, w.dense, a.dense, N, C);
   add_inplace(k.ex, out, h1);
 }
@@ -112,7 +112,7 @@ void block_backward(const BlockCtx& k, const Tensor& dres, const Tensor& x, cons
   backend::zero(k.ex, dxn2);
   if (w.moe)
     moe_backward(k.ex, dxn2, dy, a.xn2, w.moe_p, g.moe_p, a.moe, s.moe, s.ffn, dbalance, k.c,
-                 k.loss, k.d);
+                 k.loss, k.d, k.experts);
   else
     ffn_backward(k.ex, dxn2, dy, a.xn2, w.dense, g.dense, a.dense, s.ffn, N, C);
   rmsnorm_backward(k.ex, dh1, g.post_norm, dxn2, a.h1, w.post_norm, a.rstd2, {N, C, C, C});

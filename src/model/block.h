@@ -58,6 +58,7 @@ struct BlockCtx {  // what every block call needs besides its own tensors
   Dims d;
   const RopeTables& rope;
   Recompute recompute;
+  ExpertExchange* experts = nullptr;  // expert parallelism (moe_layer.h); null: all local
 };
 
 // y (N,C) = block(x), overwriting y. MoE blocks write their router statistics to st.

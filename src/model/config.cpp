@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -8,6 +9,30 @@
 namespace dsv3 {
 
 const char* router_name(RouterKind k) { return k == RouterKind::Sigmoid ? "sigmoid" : "softmax"; }
+
+const char* attention_name(AttentionKind k) {
+  switch (k) {
+    case AttentionKind::Dense: return "dense";
+    case AttentionKind::Window: return "window";
+    case AttentionKind::Lsh: return "lsh";
+  }
+  return "?";
+}
+AttentionKind parse_attention(const std::string& s) {
+  if (s == "dense") return AttentionKind::Dense;
+  if (s == "window") return AttentionKind::Window;
+  if (s == "lsh") return AttentionKind::Lsh;
+  fail("unknown attention '", s, "' (expected dense, window or lsh)");
+}
+
+int ModelConfig::attention_keys(int T) const {
+  switch (attention) {
+    case AttentionKind::Dense: return T;
+    case AttentionKind::Window: return window;
+    case AttentionKind::Lsh: return lsh_rounds * 2 * lsh_chunk + 1;
+  }
+  return T;
+}
 
 RouterKind parse_router(const std::string& s) {
   if (s == "sigmoid") return RouterKind::Sigmoid;
@@ -45,6 +70,11 @@ void validate(const ModelConfig& c) {
   positive("qk_rope", c.qk_rope);
   positive("v_head", c.v_head);
   positive("rms_eps", c.rms_eps);
+  DSV3_CHECK(c.window > 0, "window must be > 0 keys (got ", c.window, ")");
+  DSV3_CHECK(c.lsh_buckets >= 2 && c.lsh_buckets % 2 == 0, "lsh_buckets must be even and >= 2 "
+             "(angular LSH: argmax over [xR, -xR]), got ", c.lsh_buckets);
+  DSV3_CHECK(c.lsh_rounds >= 1 && c.lsh_rounds <= 16, "lsh_rounds must be in [1, 16], got ", c.lsh_rounds);
+  DSV3_CHECK(c.lsh_chunk >= 1, "lsh_chunk must be >= 1, got ", c.lsh_chunk);
   positive("rope_theta", c.rope_theta);
   positive("max_seq", c.max_seq);
   positive("init_std", c.init_std);
@@ -142,9 +172,13 @@ int64_t ffn_active(const ModelConfig& c, bool moe) {
   return int64_t(c.experts) * c.hidden +  // router
          swiglu_params(c, int64_t(c.topk + c.shared_experts) * c.moe_inter);
 }
-// Forward FLOPs per token of causal attention scores and values: on average (T+1)/2 keys.
+// Forward FLOPs per token of causal attention scores and values: on average (T+1)/2 keys; a
+// window sees min(W, (T+1)/2) on average, LSH at most its K.
 double attn_core_flops(const ModelConfig& c, int T) {
-  return 2.0 * (T + 1) / 2.0 * c.heads * (c.qk_head() + c.v_head);
+  double keys = (T + 1) / 2.0;
+  if (c.attention == AttentionKind::Window) keys = std::min(keys, double(c.window));
+  if (c.attention == AttentionKind::Lsh) keys = std::min(keys, double(c.attention_keys(T)));
+  return 2.0 * keys * c.heads * (c.qk_head() + c.v_head);
 }
 }  // namespace
 
@@ -220,6 +254,14 @@ const std::vector<FieldSpec>& model_fields() {
       field("yarn_beta_slow", &M::yarn_beta_slow, "YaRN beta_slow", above(0)),
       field("yarn_mscale", &M::yarn_mscale, "YaRN mscale (attention temperature)", at_least(0)),
       field("init_std", &M::init_std, "std of the normal init of weight matrices", above(0)),
+      choice("attention", &M::attention, "dense|window|lsh",
+             "attention pattern: all earlier keys, a sliding window, or LSH buckets", attention_name,
+             parse_attention),
+      field("window", &M::window, "window: keys per query (the query's own included)", in_range(1, 1 << 24)),
+      field("lsh_buckets", &M::lsh_buckets, "lsh: buckets per hash round (even)", in_range(2, 1 << 20)),
+      field("lsh_rounds", &M::lsh_rounds, "lsh: hash rounds", in_range(1, 16)),
+      field("lsh_chunk", &M::lsh_chunk, "lsh: chunk of the bucket-sorted order", in_range(1, 1 << 24)),
+      field("lsh_seed", &M::lsh_seed, "lsh: seed of the random rotations (part of the model)", at_least(0)),
   };
   return f;
 }

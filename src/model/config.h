@@ -19,6 +19,12 @@ RouterKind parse_router(const std::string& s);
 
 enum class BalanceScope : uint8_t { Sequence, Batch };  // what one balance-loss average covers
 
+// Which keys a query sees (M6; ops/sparse_attention.h): all earlier ones, the last `window`, or
+// those of its LSH buckets.
+enum class AttentionKind : uint8_t { Dense, Window, Lsh };
+const char* attention_name(AttentionKind k);
+AttentionKind parse_attention(const std::string& s);
+
 struct ModelConfig {
   int vocab = 4096;
   int hidden = 256;       // C
@@ -54,6 +60,13 @@ struct ModelConfig {
   double yarn_beta_slow = 1.0;
   double yarn_mscale = 1.0;
   double init_std = 0.006;
+  // attention pattern (M6)
+  AttentionKind attention = AttentionKind::Dense;
+  int window = 256;         // window: keys per query, the query's own included
+  int lsh_buckets = 32;     // lsh: buckets per round (even)
+  int lsh_rounds = 1;       // lsh: hash rounds (keys are the union over rounds)
+  int lsh_chunk = 64;       // lsh: chunk of the sorted order (a query sees its chunk and the previous)
+  long long lsh_seed = 1;   // lsh: the random rotations, fixed for the model's life
 
   // derived
   int qk_head() const { return qk_nope + qk_rope; }
@@ -61,6 +74,8 @@ struct ModelConfig {
   bool is_moe_layer(int l) const { return experts > 0 && l >= dense_layers; }
   RopeParams rope() const;
   double attention_scale() const;  // qk_head^-0.5 * YaRN multiplier
+  // keys per query of the attention pattern at sequence length T (dense: T, the full P row)
+  int attention_keys(int T) const;
 };
 
 struct TrainingLossConfig {

@@ -5,6 +5,7 @@
 #include "ops/mla_kv.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/sparse_attention.h"
 
 namespace dsv3 {
 
@@ -28,7 +29,8 @@ void alloc_attn_acts(AttnActs& a, Arena& ar, const ModelConfig& c, DType t, Dims
   }
   a.kv = ar.take(t, N * (c.kv_lora + c.qk_rope));
   a.kv_rstd = ar.take(acc, N);
-  a.probs = ar.take(t, size_t(d.B) * H * d.T * d.T);
+  a.probs = ar.take(t, size_t(d.B) * H * d.T * c.attention_keys(d.T));
+  if (c.attention == AttentionKind::Lsh) a.index = ar.take(DType::I32, size_t(d.B) * H * d.T * c.attention_keys(d.T));
   a.ao = ar.take(t, N * H * c.v_head);
   if (shared) {
     a.qan = shared->qan, a.q = shared->q, a.ckvn = shared->ckvn;
@@ -75,6 +77,31 @@ AttentionShape attn_shape(const ModelConfig& c, Dims d, const RopeTables& rope) 
   return {d.B, d.T, c.heads, c.qk_head(), c.v_head, rope.scale};
 }
 size_t rows(Dims d, int width) { return size_t(d.N()) * width; }
+SparseAttentionShape sparse_shape(const ModelConfig& c, Dims d, const RopeTables& rope) {
+  return {d.B, d.T, c.heads, c.qk_head(), c.v_head, rope.scale, c.attention_keys(d.T),
+          c.attention == AttentionKind::Window ? c.window : 0};
+}
+
+// The attention core of the configured pattern (M6): dense, window, or LSH (its key lists are
+// built from this pass's q and k, then kept for backward).
+void core_forward(const Exec& ex, const AttnActs& a, const ModelConfig& c, Dims d, const RopeTables& rope) {
+  if (c.attention == AttentionKind::Dense) {
+    attention_forward(ex, a.ao, a.probs, a.q, a.k, a.v, attn_shape(c, d, rope));
+    return;
+  }
+  if (c.attention == AttentionKind::Lsh)
+    lsh_attention_index(ex, a.index, Tensor{}, a.q, a.k, rope.lsh_rot,
+                        {d.B, d.T, c.heads, c.qk_head(), c.lsh_buckets, c.lsh_rounds, c.lsh_chunk});
+  sparse_attention_forward(ex, a.ao, a.probs, a.q, a.k, a.v, a.index, sparse_shape(c, d, rope));
+}
+void core_backward(const Exec& ex, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                   const Tensor& dao, const AttnActs& a, const ModelConfig& c, Dims d,
+                   const RopeTables& rope) {
+  if (c.attention == AttentionKind::Dense)
+    attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.probs, attn_shape(c, d, rope));
+  else
+    sparse_attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.probs, a.index, sparse_shape(c, d, rope));
+}
 
 // The up-projections from the saved pre-norm projections qa and kv (and the norms before them):
 // shared by the forward and by selective recompute, so both produce the same bits.
@@ -101,7 +128,7 @@ void mla_forward(const Exec& ex, const Tensor& out, const Tensor& x, const AttnP
   linear_forward(ex, a.kv, x, w.kv_a, N, C, kvw);
   rope_forward(ex, a.kv, rope.cos, rope.sin, k_rope_layout(c, d));  // k_pe; the latent is untouched
   up_projections(ex, w, a, c, d, rope);
-  attention_forward(ex, a.ao, a.probs, a.q, a.k, a.v, attn_shape(c, d, rope));
+  core_forward(ex, a, c, d, rope);
   linear_forward(ex, out, a.ao, w.o, N, H * c.v_head, C);
 }
 
@@ -123,7 +150,7 @@ void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Te
   backend::zero(ex, dq);
   backend::zero(ex, dk);
   backend::zero(ex, dv);
-  attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.probs, attn_shape(c, d, rope));
+  core_backward(ex, dq, dk, dv, dao, a, c, d, rope);
   // dk_nope, dv -> dkvb; dk_pe summed over heads -> dkv's rotary slice; dkv's latent zeroed
   mla_kv_expand_backward(ex, s.dkvb, s.dkv, dk, dv, kv_shape(c, d));
   rope_backward(ex, dq, rope.cos, rope.sin, q_rope_layout(c, d));

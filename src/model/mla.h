@@ -35,7 +35,8 @@ struct AttnActs {
   Tensor kvb;          // (N, H*(nope+v))              (recomputable)
   Tensor k;            // (N, H*dqk) [k_nope | shared k_pe]  (recomputable)
   Tensor v;            // (N, H*v)                     (recomputable)
-  Tensor probs;        // (B, H, T, T)
+  Tensor probs;        // (B, H, T, K): K = T (dense), the window, or LSH's K
+  Tensor index;        // (B, H, T, K) i32: LSH attention's key lists (empty otherwise)
   Tensor ao;           // (N, H*v) attention output before o_proj
 };
 // shared: where the recomputable members go (null: this layer's own memory).
@@ -50,6 +51,7 @@ void alloc_attn_scratch(AttnScratch& s, Arena& ar, const ModelConfig& c, DType t
 struct RopeTables {
   Tensor cos, sin;  // (T_max, qk_rope/2) accum: position t is row t
   double scale = 1;  // softmax scale incl. the YaRN multiplier
+  Tensor lsh_rot;   // LSH attention: (H, rounds, dqk, buckets/2) f32 rotations (else empty)
 };
 
 // out (N,C) = attention(x (N,C)), overwriting out.

@@ -242,7 +242,8 @@ std::vector<MoeLayerStats> moe_stats(const Pass& p) {
 }
 
 namespace {
-LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt) {
+LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt,
+               const std::function<void(int)>& done = {}) {
   const ModelConfig& c = p.w.config();
   DSV3_CHECK(p.ws.config().embed && p.ws.config().head && p.ws.config().layer_begin == 0 &&
                  p.ws.layer_end() == c.layers,
@@ -264,8 +265,18 @@ LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt) {
   rep.total = rep.loss + p.loss.mtp_weight * rep.mtp_loss + rep.balance_loss;
   if (!p.g) return rep;
   mtp_backward(p);
-  blocks_backward(p, 0, c.layers);
+  if (!done) {
+    blocks_backward(p, 0, c.layers);
+    embed_backward(p);
+    return rep;
+  }
+  done(1);
+  for (int l = c.layers - 1; l >= 0; l--) {
+    blocks_backward(p, l, l + 1);
+    done(1 + c.layers - l);
+  }
   embed_backward(p);
+  done(c.layers + 2);
   return rep;
 }
 }  // namespace
@@ -277,9 +288,10 @@ LossReport forward(const ModelWeights& w, Workspace& ws, const TrainingLossConfi
 }
 
 LossReport forward_backward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
-                            const ModelParams& grads, const MicroBatch& mb, float grad_scale) {
+                            const ModelParams& grads, const MicroBatch& mb, float grad_scale,
+                            const std::function<void(int)>& backward_done) {
   Pass p(w, ws, loss, mb.d, &grads, grad_scale);
-  return run(p, mb, {});
+  return run(p, mb, {}, backward_done);
 }
 
 }  // namespace dsv3

@@ -10,6 +10,7 @@
 // mtp_backward -> blocks_backward(l0, l1) -> embed_backward.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -60,8 +61,13 @@ std::vector<std::string> moe_layer_names(const ModelConfig& c);
 // The whole model in one process.
 LossReport forward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
                    const MicroBatch& mb, const ForwardOptions& opt = {});
+// backward_done (optional) is called each time a part of the backward has finished, with the
+// number of parts done so far: 1 after the MTP modules and the head (their gradients, and the
+// final norm's, are then complete), 1 + (L - l) after block l, L + 2 after the embedding. Data
+// parallelism starts reducing a gradient bucket as soon as its part is done (P2).
 LossReport forward_backward(const ModelWeights& w, Workspace& ws, const TrainingLossConfig& loss,
-                            const ModelParams& grads, const MicroBatch& mb, float grad_scale);
+                            const ModelParams& grads, const MicroBatch& mb, float grad_scale,
+                            const std::function<void(int)>& backward_done = {});
 
 // ---- The pieces.
 struct Pass {
@@ -80,7 +86,7 @@ struct Pass {
 
   Exec ex() const { return {w.device()}; }
   BlockCtx block_ctx() const {
-    return {exec_, w.config(), loss, d, ws.rope, ws.config().recompute};
+    return {exec_, w.config(), loss, d, ws.rope, ws.config().recompute, ws.expert_exchange()};
   }
   Pass(const ModelWeights& w_, Workspace& ws_, const TrainingLossConfig& l, Dims d_,
        const ModelParams* g_ = nullptr, float scale = 1);

@@ -14,18 +14,22 @@ MoeParams bind_moe(const ParamTable& t, const Tensor& base, const Tensor& buffer
   if (const ParamInfo* b = t.find(p + ".mlp.gate.e_score_correction_bias"))
     w.bias = buffers ? buffers.slice(b->buffer_offset, b->numel) : base.slice(b->offset, b->numel);
   w.inter = c.moe_inter;
+  w.first_expert = t.expert_first;
+  w.local_experts = t.expert_count;
   if (c.experts > 0) {
-    const std::string e0 = p + ".mlp.experts.0";
-    const size_t g0 = t.at(e0 + ".gate_proj.weight").offset, d0 = t.at(e0 + ".down_proj.weight").offset;
-    w.expert_stride = c.experts > 1 ? t.at(p + ".mlp.experts.1.gate_proj.weight").offset - g0 : 0;
-    for (int e = 0; e < c.experts; e++) {  // the grouped GEMMs need one stride for every expert
-      const std::string pe = p + ".mlp.experts." + std::to_string(e);
+    const int E0 = w.first_expert, EL = w.local_experts;
+    const auto name = [&](int e) { return p + ".mlp.experts." + std::to_string(e); };
+    const size_t g0 = t.at(name(E0) + ".gate_proj.weight").offset,
+                 d0 = t.at(name(E0) + ".down_proj.weight").offset;
+    w.expert_stride = EL > 1 ? t.at(name(E0 + 1) + ".gate_proj.weight").offset - g0 : 0;
+    for (int e = 0; e < EL; e++) {  // the grouped GEMMs need one stride for every expert
+      const std::string pe = name(E0 + e);
       bind_ffn(t, base, pe);  // checks gate/up adjacency
       DSV3_CHECK(t.at(pe + ".gate_proj.weight").offset == g0 + e * w.expert_stride &&
                      t.at(pe + ".down_proj.weight").offset == d0 + e * w.expert_stride,
                  "internal: experts of ", p, " are not laid out with a uniform stride");
     }
-    const size_t span = (c.experts - 1) * w.expert_stride;
+    const size_t span = size_t(EL - 1) * w.expert_stride;
     w.experts_w13 = base.slice(g0, span + 2 * size_t(c.moe_inter) * c.hidden);
     w.experts_w2 = base.slice(d0, span + size_t(c.moe_inter) * c.hidden);
   }
@@ -76,26 +80,57 @@ RouterShape router_shape(const ModelConfig& c, const TrainingLossConfig& l, Dims
 }
 
 namespace {
+// The grouped GEMMs run over the experts held here (all of them without expert parallelism).
 GroupedShape up_shape(const MoeParams& w, const ModelConfig& c) {
-  return {c.experts, c.hidden, 2 * w.inter, w.expert_stride};
+  return {w.local_experts, c.hidden, 2 * w.inter, w.expert_stride};
 }
 GroupedShape down_shape(const MoeParams& w, const ModelConfig& c) {
-  return {c.experts, w.inter, c.hidden, w.expert_stride};
+  return {w.local_experts, w.inter, c.hidden, w.expert_stride};
+}
+}  // namespace
+
+void alloc_expert_side(ExpertSide& s, Arena& kept, Arena& scratch, const ModelConfig& c,
+                       DType t, int rows, int local_experts) {
+  const size_t R = size_t(rows), C = c.hidden;
+  s.rows = rows;
+  s.offsets = kept.take(DType::I32, size_t(local_experts) + 1);
+  s.xp = kept.take(t, R * C);
+  alloc_ffn_acts(s.acts, kept, t, R, c.moe_inter);
+  s.out = scratch.take(t, R * C);
+  s.dxp = scratch.take(t, R * C);
+  alloc_ffn_scratch(s.scratch, scratch, t, R, c.moe_inter);
+}
+
+namespace {
+bool all_local(const MoeParams& w, const ModelConfig& c) { return w.local_experts == c.experts; }
+ExpertExchange& exchange_of(ExpertExchange* ep) {
+  DSV3_CHECK(ep, "internal: an MoE layer holding a shard of the experts needs an expert "
+             "exchange (the workspace has none)");
+  return *ep;
 }
 }  // namespace
 
 void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoeParams& w,
                  const MoeActs& a, const MoeStatsOut& st, const ModelConfig& c,
-                 const TrainingLossConfig& l, Dims d) {
+                 const TrainingLossConfig& l, Dims d, ExpertExchange* ep) {
   const int N = d.N(), C = c.hidden, E = c.experts, K = c.topk, D = w.inter;
   linear_forward(ex, a.logits, x, w.gate, N, C, E);
   router_forward(ex, {a.idx, a.gates, a.scores, st.loads, st.stats}, a.logits, w.bias,
                  router_shape(c, l, d));
   moe_permutation(ex, a.slot_token, a.slot_of, a.offsets, a.idx, N, K, E);
   moe_gather(ex, a.xp, x, a.slot_token, N * K, C);
-  grouped_linear_forward(ex, a.expert.h13, a.xp, w.experts_w13, a.offsets, up_shape(w, c));
-  swiglu_forward(ex, a.expert.act, a.expert.h13, N * K, D);
-  grouped_linear_forward(ex, a.outp, a.expert.act, w.experts_w2, a.offsets, down_shape(w, c));
+  if (all_local(w, c)) {
+    grouped_linear_forward(ex, a.expert.h13, a.xp, w.experts_w13, a.offsets, up_shape(w, c));
+    swiglu_forward(ex, a.expert.act, a.expert.h13, N * K, D);
+    grouped_linear_forward(ex, a.outp, a.expert.act, w.experts_w2, a.offsets, down_shape(w, c));
+  } else {  // expert parallel: the rows of other ranks' experts travel there and back
+    ExpertExchange& xc = exchange_of(ep);
+    const ExpertSide& s = xc.dispatch(ex, &a, a.xp, a.offsets, N * K, C);
+    grouped_linear_forward(ex, s.acts.h13, s.xp, w.experts_w13, s.offsets, up_shape(w, c));
+    swiglu_forward(ex, s.acts.act, s.acts.h13, s.rows, D);
+    grouped_linear_forward(ex, s.out, s.acts.act, w.experts_w2, s.offsets, down_shape(w, c));
+    xc.combine(ex, &a, s.out, a.outp);
+  }
   const bool shared = c.shared_experts > 0;
   if (shared) ffn_forward(ex, y, x, w.shared, a.shared, N, C);
   moe_combine(ex, y, a.outp, a.gates, a.slot_of, N, K, C, /*accumulate=*/shared);
@@ -104,19 +139,34 @@ void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoePara
 void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tensor& x,
                   const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
                   const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,
-                  const TrainingLossConfig& l, Dims d) {
+                  const TrainingLossConfig& l, Dims d, ExpertExchange* ep) {
   const int N = d.N(), C = c.hidden, E = c.experts, K = c.topk, D = w.inter;
   const size_t NK = size_t(N) * K;
   if (c.shared_experts > 0)
     ffn_backward(ex, dx, dy, x, w.shared, g.shared, a.shared, shared_scratch, N, C);
   moe_combine_backward(ex, s.doutp, s.dgates, dy, a.outp, a.gates, a.slot_of, N, K, C);
-  const Tensor dact = s.expert.dact.slice(0, NK * D), dh13 = s.expert.dh13.slice(0, NK * 2 * D);
-  grouped_linear_backward(ex, dact, g.experts_w2, s.doutp, a.expert.act, w.experts_w2, a.offsets,
-                          down_shape(w, c), Write::Overwrite);
-  swiglu_backward(ex, dh13, dact, a.expert.h13, N * K, D, Write::Overwrite);
   const Tensor dxp = s.dxp.slice(0, NK * C);
-  grouped_linear_backward(ex, dxp, g.experts_w13, dh13, a.xp, w.experts_w13, a.offsets,
-                          up_shape(w, c), Write::Overwrite);
+  if (all_local(w, c)) {
+    const Tensor dact = s.expert.dact.slice(0, NK * D), dh13 = s.expert.dh13.slice(0, NK * 2 * D);
+    grouped_linear_backward(ex, dact, g.experts_w2, s.doutp, a.expert.act, w.experts_w2,
+                            a.offsets, down_shape(w, c), Write::Overwrite);
+    swiglu_backward(ex, dh13, dact, a.expert.h13, N * K, D, Write::Overwrite);
+    grouped_linear_backward(ex, dxp, g.experts_w13, dh13, a.xp, w.experts_w13, a.offsets,
+                            up_shape(w, c), Write::Overwrite);
+  } else {
+    ExpertExchange& xc = exchange_of(ep);
+    const ExpertSide& e = xc.side(&a);
+    const size_t R = size_t(e.rows);
+    const Tensor dout = e.out.slice(0, R * C), edxp = e.dxp.slice(0, R * C);
+    const Tensor dact = e.scratch.dact.slice(0, R * D), dh13 = e.scratch.dh13.slice(0, R * 2 * D);
+    xc.dispatch_rows(ex, &a, s.doutp.slice(0, NK * C), dout);
+    grouped_linear_backward(ex, dact, g.experts_w2, dout, e.acts.act, w.experts_w2, e.offsets,
+                            down_shape(w, c), Write::Overwrite);
+    swiglu_backward(ex, dh13, dact, e.acts.h13, e.rows, D, Write::Overwrite);
+    grouped_linear_backward(ex, edxp, g.experts_w13, dh13, e.xp, w.experts_w13, e.offsets,
+                            up_shape(w, c), Write::Overwrite);
+    xc.combine(ex, &a, edxp, dxp);
+  }
   moe_scatter_add(ex, dx, dxp, a.slot_of, N, K, C);
   const Tensor dlogits = s.dlogits.slice(0, size_t(N) * E);
   backend::zero(ex, dlogits);

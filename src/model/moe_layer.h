@@ -19,6 +19,9 @@ struct MoeParams {
   Tensor experts_w2;        // from expert 0's down_proj: (C, D) per expert, every expert_stride
   size_t expert_stride = 0;  // elements between consecutive experts' tensors
   int inter = 0;            // D
+  // The routed experts held here: [first_expert, first_expert + local_experts). Fewer than E
+  // under expert parallelism, where the other experts' tokens travel through an ExpertExchange.
+  int first_expert = 0, local_experts = 0;
   FfnParams shared;         // w13 empty when there are no shared experts
 };
 // base: the parameter buffer; buffers: where Buffer-kind tensors (the bias) live, fp32, compact
@@ -58,15 +61,54 @@ struct MoeStatsOut {
 
 RouterShape router_shape(const ModelConfig& c, const TrainingLossConfig& l, Dims d);
 
-// y (N,C) = moe(x), overwriting y.
+// ---- Expert parallelism (P3). The layer stays single-device: when it holds only some experts
+// it hands the expert-sorted slot rows to an ExpertExchange, implemented outside model code
+// (src/dist/expert_exchange.cpp, all-to-all over the expert-parallel group), and runs its own
+// experts on whatever rows arrive.
+
+// The expert side of one MoE layer: the R rows (from every rank of the group) this process's
+// experts compute, sorted by local expert, and their activations.
+struct ExpertSide {
+  int rows = 0;        // R
+  Tensor offsets;      // (local experts + 1) i32: rows of local expert j: offsets[j]..offsets[j+1]
+  Tensor xp;           // (R, C) inputs                                     kept for backward
+  FfnActs acts;        // (R, 2D) and (R, D)                                kept for backward
+  Tensor out;          // (R, C) forward: outputs; backward: their incoming gradients
+  Tensor dxp;          // (R, C) backward: input gradients
+  FfnScratch scratch;  // (R, 2D) and (R, D) backward
+};
+// Lays out an ExpertSide of `rows` rows (Arena: measure first, then over memory): `kept` holds
+// the members kept for backward (xp, acts, offsets), `scratch` the rest.
+void alloc_expert_side(ExpertSide& s, Arena& kept, Arena& scratch, const ModelConfig& c,
+                       DType t, int rows, int local_experts);
+
+class ExpertExchange {
+ public:
+  virtual ~ExpertExchange() = default;
+  // Forward: slot rows xp (N*K, C; global expert e's slots at offsets[e]..offsets[e+1], i32 on
+  // the device) go to the processes holding their experts. Returns the expert side of `layer`
+  // (a key: the layer's MoeActs) with rows, offsets and xp filled.
+  virtual const ExpertSide& dispatch(const Exec& ex, const void* layer, const Tensor& xp,
+                                     const Tensor& offsets, int NK, int C) = 0;
+  // The expert side of `layer` as the last dispatch left it.
+  virtual const ExpertSide& side(const void* layer) = 0;
+  // Rows (R, C) of the expert side back to slot order (N*K, C), along the last dispatch's routes.
+  virtual void combine(const Exec& ex, const void* layer, const Tensor& side_rows,
+                       const Tensor& slot_rows) = 0;
+  // Slot-order rows (N*K, C) to the expert side (R, C), along the same routes (backward).
+  virtual void dispatch_rows(const Exec& ex, const void* layer, const Tensor& slot_rows,
+                             const Tensor& side_rows) = 0;
+};
+
+// y (N,C) = moe(x), overwriting y. ep: the exchange when w holds fewer than all experts.
 void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoeParams& w,
                  const MoeActs& a, const MoeStatsOut& st, const ModelConfig& c,
-                 const TrainingLossConfig& l, Dims d);
+                 const TrainingLossConfig& l, Dims d, ExpertExchange* ep = nullptr);
 // dx +=, g +=; dbalance: the factor of this layer's balance loss in what is differentiated (the
 // pass's grad scale: loss scale / grad_accum).
 void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tensor& x,
                   const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
                   const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,
-                  const TrainingLossConfig& l, Dims d);
+                  const TrainingLossConfig& l, Dims d, ExpertExchange* ep = nullptr);
 
 }  // namespace dsv3

@@ -20,6 +20,15 @@ namespace {
 
 struct Builder {
   ParamTable t;
+  ExpertShard shard;
+  bool defer_experts = false;           // an expert shard: experts go after the head
+  std::vector<std::string> moe_layers;  // prefixes of the MoE layers whose experts are deferred
+  void experts(const std::string& p, const ModelConfig& c) {
+    const int first = shard.count < 0 ? 0 : shard.first;
+    const int count = shard.count < 0 ? c.experts : shard.count;
+    for (int e = first; e < first + count; e++)
+      swiglu(p + ".mlp.experts." + std::to_string(e), c.moe_inter, c.hidden);
+  }
   void add(std::string name, std::vector<int64_t> shape, ParamKind kind, bool align = true) {
     ParamInfo p;
     p.name = std::move(name);
@@ -72,8 +81,8 @@ struct Builder {
     mat(p + ".mlp.gate.weight", c.experts, C);
     if (c.router == RouterKind::Sigmoid)
       add(p + ".mlp.gate.e_score_correction_bias", {c.experts}, ParamKind::Buffer);
-    for (int e = 0; e < c.experts; e++)
-      swiglu(p + ".mlp.experts." + std::to_string(e), c.moe_inter, C);
+    if (defer_experts) moe_layers.push_back(p);
+    else experts(p, c);
     if (c.shared_experts > 0)
       swiglu(p + ".mlp.shared_experts", int64_t(c.shared_experts) * c.moe_inter, C);
   }
@@ -81,8 +90,18 @@ struct Builder {
 
 }  // namespace
 
-ParamTable build_param_table(const ModelConfig& c) {
+ParamTable build_param_table(const ModelConfig& c, ExpertShard shard) {
   Builder b;
+  if (!shard.whole(c)) {
+    DSV3_CHECK(c.experts > 0 && shard.first >= 0 && shard.count >= 1 &&
+                   shard.first + shard.count <= c.experts,
+               "expert shard [", shard.first, ", ", shard.first + shard.count,
+               ") is not a range of the model's ", c.experts, " routed experts");
+    b.shard = shard;
+    b.defer_experts = true;
+  }
+  b.t.expert_first = shard.whole(c) ? 0 : shard.first;
+  b.t.expert_count = shard.whole(c) ? c.experts : shard.count;
   b.mat("model.embed_tokens.weight", c.vocab, c.hidden);
   for (int l = 0; l < c.layers; l++) b.block(c, l, c.is_moe_layer(l));
   for (int k = 1; k <= c.mtp_depth; k++) {
@@ -96,6 +115,9 @@ ParamTable build_param_table(const ModelConfig& c) {
   }
   b.vec("model.norm.weight", c.hidden);
   b.mat("lm_head.weight", c.vocab, c.hidden);
+  b.t.total = (b.t.total + 15) / 16 * 16;
+  b.t.experts_begin = b.t.total;
+  for (const std::string& p : b.moe_layers) b.experts(p, c);
   b.t.total = (b.t.total + 15) / 16 * 16;
   return std::move(b.t);
 }

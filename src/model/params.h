@@ -31,10 +31,27 @@ struct ParamInfo {
   bool decay() const { return kind == ParamKind::Matrix; }
 };
 
+// The routed experts one process holds under expert parallelism (P3): experts [first,
+// first + count) of every MoE layer. count < 0 (the default): every expert, the whole model.
+struct ExpertShard {
+  int first = 0, count = -1;
+  bool whole(const ModelConfig& c) const {
+    return count < 0 || (first == 0 && count == c.experts);
+  }
+};
+
 struct ParamTable {
   std::vector<ParamInfo> list;
   size_t total = 0;  // floats
   size_t buffers_total = 0;  // elements of all Buffer-kind tensors (routing biases)
+  // The routed experts this table holds (ExpertShard; expert_count = E for the whole model).
+  int expert_first = 0, expert_count = 0;
+  // A table of an expert shard lays its routed experts out after every other tensor, from
+  // experts_begin on, so dense parameters [0, experts_begin) and expert parameters
+  // [experts_begin, total) are two contiguous ranges (reduced over different groups).
+  // The whole model keeps the interleaved layout below and experts_begin == total.
+  size_t experts_begin = 0;
+  bool sharded() const { return experts_begin < total; }
   std::unordered_map<std::string, size_t> index;  // name -> position in list
 
   const ParamInfo& at(const std::string& name) const;  // throws naming the missing tensor
@@ -44,8 +61,9 @@ struct ParamTable {
 // Builds the table for a config. Layout: embedding, blocks 0..L-1, MTP modules (as HF layers
 // L..L+D-1), final norm, head. Within an FFN gate_proj and up_proj are adjacent so the pair is
 // one (2D, C) matrix for a single GEMM; within the experts of a layer, all experts' gate/up/down
-// follow each other in expert order.
-ParamTable build_param_table(const ModelConfig& c);
+// follow each other in expert order. An expert shard (not whole) holds only its experts, placed
+// after the head, layer by layer in the same order (see ParamTable::experts_begin).
+ParamTable build_param_table(const ModelConfig& c, ExpertShard shard = {});
 
 // The trainable tensors as optimizer spans (offset, numel, decay), in table order.
 std::vector<ParamSpan> trainable_spans(const ParamTable& t);

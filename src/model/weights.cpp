@@ -30,8 +30,8 @@ ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& 
   return w;
 }
 
-ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device)
-    : c_(c), table_(build_param_table(c)) {
+ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device, ExpertShard shard)
+    : c_(c), table_(build_param_table(c, shard)) {
   validate(c_);
   DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16 ||
                  dtype == DType::F64,

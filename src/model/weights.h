@@ -37,7 +37,9 @@ ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& 
 
 class ModelWeights {
  public:
-  ModelWeights(const ModelConfig& c, DType dtype, Device device = Device::CPU);
+  // shard: the routed experts this process holds (expert parallelism); default all of them.
+  ModelWeights(const ModelConfig& c, DType dtype, Device device = Device::CPU,
+               ExpertShard shard = {});
   ModelWeights(const ModelWeights&) = delete;
   ModelWeights& operator=(const ModelWeights&) = delete;
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "ops/rope.h"
+#include "ops/sparse_attention.h"
 
 namespace dsv3 {
 
@@ -26,6 +27,8 @@ void Workspace::layout(Arena& ar, const ModelConfig& c) {
   rope.cos = ar.take(acc, size_t(d.T) * (c.qk_rope / 2));
   rope.sin = ar.take(acc, size_t(d.T) * (c.qk_rope / 2));
   rope.scale = c.attention_scale();
+  if (c.attention == AttentionKind::Lsh)
+    rope.lsh_rot = ar.take(DType::F32, size_t(c.heads) * c.lsh_rounds * c.qk_head() * (c.lsh_buckets / 2));
   resid.assign(c.layers + 1, Tensor{});
   for (int l = l0; l <= l1; l++) resid[l] = ar.take(t, N * C);
   // Blocks: all of them, or one set for every block when they are re-run (block recompute) or
@@ -80,6 +83,11 @@ Workspace::Workspace(const ModelConfig& c, DType t, Device device, const Workspa
   Arena ar{static_cast<char*>(mem_.view().data), measure.used, 0, device};
   layout(ar, c);
   rope_tables(Exec{device}, rope.cos, rope.sin, wc.max.T, c.rope());
+  if (rope.lsh_rot) {  // the model's fixed rotations: the same in every workspace and process
+    std::vector<float> rot(rope.lsh_rot.numel);
+    lsh_rotations(rot.data(), c.heads, c.lsh_rounds, c.qk_head(), c.lsh_buckets, uint64_t(c.lsh_seed));
+    backend::copy(Exec{device}, rope.lsh_rot, host_tensor(rot));
+  }
 }
 
 Workspace::Workspace(MeasureOnly, const ModelConfig& c, DType t, const WorkspaceConfig& wc)

@@ -54,6 +54,11 @@ class Workspace {
   Tensor moe_loads, moe_stats;       // (n_moe, E) i64 and (n_moe, 2) f64: per MoE layer
   int n_moe = 0;                     // MoE layers: main ones in order, then the MTP blocks
 
+  // Expert parallelism: where this workspace's MoE layers send the rows of experts held by other
+  // ranks (set from outside model code; null: the weights hold every expert).
+  void set_expert_exchange(ExpertExchange* x) { experts_ = x; }
+  ExpertExchange* expert_exchange() const { return experts_; }
+
   BlockActs& block_acts(int l) { return blocks[block_index(l)]; }
   const BlockActs& block_acts(int l) const { return blocks[block_index(l)]; }
   // Where MoE layer i (moe_index) writes its router statistics.
@@ -72,6 +77,7 @@ class Workspace {
   WorkspaceConfig wc_;
   int layer_end_ = 0;
   Buffer mem_;
+  ExpertExchange* experts_ = nullptr;
 };
 
 }  // namespace dsv3

@@ -498,11 +498,40 @@ bool cpu_has_avx512_fp16() {
   return has;
 }
 
+// Whether oneDNN builds a matmul of this dtype on this CPU at all. oneDNN 2.6 has bf16 matmul
+// only from AVX-512 on (native AVX512-BF16, emulated on plain AVX-512); on an AVX2-only CPU the
+// primitive descriptor does not exist. Asked once per dtype by creating the runtime-shaped
+// primitive Auto would use, so the answer is oneDNN's own, not a guess from CPUID.
+bool dnnl_matmul_available(DType ab) {
+  auto probe = [](DType t) {
+    try {
+      Key k{};
+      k.ab = k.c = uint8_t(t);
+      k.alpha_bits = 0x3f800000u;  // 1.0f
+      k.nthr = 1;
+      make_prim(k, true);
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  };
+  static const bool bf16 = probe(DType::BF16);
+  static const bool f16 = cpu_has_avx512_fp16() && probe(DType::F16);
+  switch (ab) {
+    case DType::F32: return true;
+    case DType::BF16: return bf16;
+    case DType::F16: return f16;
+    default: return false;
+  }
+}
+
 // The per-dtype choice measured in docs/gemm.md.
 GemmEngine auto_engine(const Args& g) {
   switch (g.ab) {
     case DType::F64: return GemmEngine::Blas;
-    case DType::BF16: return GemmEngine::DnnlRuntime;
+    // without a oneDNN bf16 matmul (CPUs before AVX-512) bf16 is widened like fp16
+    case DType::BF16:
+      return dnnl_matmul_available(DType::BF16) ? GemmEngine::DnnlRuntime : GemmEngine::DnnlGemmApi;
     default: return GemmEngine::DnnlGemmApi;  // F32; F16 widened to fp32 first
   }
 }
@@ -532,6 +561,8 @@ void run(GemmEngine e, const Args& g) {
 
 }  // namespace
 
+bool gemm_native(DType ab) { return ab == DType::F64 || dnnl_matmul_available(ab); }
+
 const char* gemm_engine_name(GemmEngine e) {
   switch (e) {
     case GemmEngine::Auto: return "auto";
@@ -548,7 +579,7 @@ bool gemm_engine_supports(GemmEngine e, DType ab, DType c) {
   switch (e) {
     case GemmEngine::Auto: case GemmEngine::Blas: return true;
     case GemmEngine::Dnnl: case GemmEngine::DnnlRuntime:
-      return ab == DType::F32 || ab == DType::BF16 || (ab == DType::F16 && cpu_has_avx512_fp16());
+      return dnnl_matmul_available(ab);
     case GemmEngine::DnnlGemmApi: return ab != DType::F64;
   }
   return false;

@@ -6,6 +6,7 @@
 //   BF16  oneDNN matmul on AVX512-BF16 (vdpbf16ps), runtime-shaped: one primitive per
 //         (trans flags, C dtype, beta, alpha, threads), so the expert GEMMs' changing row counts
 //         create nothing; ~2x the fp32 rate
+//         (CPUs without AVX-512, where oneDNN 2.6 has no bf16 matmul: widened like F16)
 //   F16   widened to fp32 (exactly) in per-thread blocks, then dnnl_sgemm: this CPU has no fp16
 //         arithmetic and oneDNN 2.6 has no f16 matmul without AVX512-FP16
 // OpenBLAS and oneDNN both run on libgomp, the OpenMP runtime of the rest of dsv3: one pool.
@@ -31,6 +32,11 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const vo
 struct GemmCall { int M, N, K; const void* A; int lda; const void* B; int ldb; void* C; int ldc; };
 void gemm_batch(bool trans_a, bool trans_b, float alpha, float beta, const GemmCall* calls, int count,
                 DType ab, DType c);
+
+// Whether dtype ab runs on 16-bit (or fp32) hardware arithmetic here rather than being widened to
+// fp32 first (bf16 without AVX-512, fp16 without AVX512-FP16): widened 16-bit GEMMs save memory
+// but run at the fp32 rate or slower, which a run's banner says.
+bool gemm_native(DType ab);
 
 // Sustained GEMM throughput of this machine for dtype ab (square n^3, all threads), measured robustly
 // (warm-up, enough repetitions for >= ~0.5 s of work, report a high percentile / best of several), in GFLOP/s.

@@ -60,13 +60,14 @@ void rope_tables(A* cos, A* sin, int seq_len, const RopeParams& p) {
 // sign = +1 rotates by +angle (forward), -1 by -angle (backward: R^T = R(-angle)).
 template <typename T>
 static void rope_rotate(T* x, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout l,
-                        accum_t<T> sign) {
+                        accum_t<T> sign, const int32_t* positions = nullptr) {
   using A = accum_t<T>;
   const int half = l.dim / 2;
 #pragma omp parallel for schedule(static) if (size_t(l.N) * l.heads * l.dim > 16384)
   for (int n = 0; n < l.N; n++) {
-    const A* c = cos + size_t(n % l.T) * half;
-    const A* s = sin + size_t(n % l.T) * half;
+    const size_t t = positions ? size_t(positions[n]) : size_t(n % l.T);
+    const A* c = cos + t * half;
+    const A* s = sin + t * half;
     for (int h = 0; h < l.heads; h++) {
       T* v = x + size_t(n) * l.row_stride + size_t(h) * l.head_stride + l.offset;
       for (int i = 0; i < half; i++) {
@@ -88,11 +89,19 @@ void rope_backward(T* dx, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayo
   rope_rotate(dx, cos, sin, l, accum_t<T>(-1));
 }
 
+template <typename T>
+void rope_forward_at(T* x, const accum_t<T>* cos, const accum_t<T>* sin, const int32_t* positions,
+                     RopeLayout l) {
+  rope_rotate(x, cos, sin, l, accum_t<T>(1), positions);
+}
+
 template void rope_tables<float>(float*, float*, int, const RopeParams&);
 template void rope_tables<double>(double*, double*, int, const RopeParams&);
 #define DSV3_ROPE_INSTANTIATE(T)                                                               \
   template void rope_forward<T>(T*, const accum_t<T>*, const accum_t<T>*, RopeLayout);         \
-  template void rope_backward<T>(T*, const accum_t<T>*, const accum_t<T>*, RopeLayout);
+  template void rope_backward<T>(T*, const accum_t<T>*, const accum_t<T>*, RopeLayout);        \
+  template void rope_forward_at<T>(T*, const accum_t<T>*, const accum_t<T>*, const int32_t*,     \
+                                   RopeLayout);
 DSV3_ROPE_INSTANTIATE(float)
 DSV3_ROPE_INSTANTIATE(double)
 DSV3_ROPE_INSTANTIATE(bf16_t)
@@ -133,6 +142,29 @@ void rope_forward(const Exec& ex, const Tensor& x, const Tensor& cos, const Tens
   check_rope(ex, "rope_forward", x, cos, sin, l);
   dispatch_float(x.dtype, "rope_forward", [&]<typename T>() {
     cpu::rope_forward<T>(x.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), l);
+  });
+}
+
+void rope_forward_at(const Exec& ex, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                     const Tensor& positions, RopeLayout l) {
+  const char* op = "rope_forward_at";
+  profile::Scope prof(op);
+  check_device(ex, op, {{"x", x}, {"cos", cos}, {"sin", sin}, {"positions", positions}});
+  check_arg(op, "positions", positions, DType::I32, size_t(l.N));
+  const size_t span = l.N > 0 ? size_t(l.N - 1) * l.row_stride + size_t(l.heads - 1) * l.head_stride +
+                                    l.offset + l.dim
+                              : 0;
+  check_arg(op, "x", x, x.dtype, span);
+  check_arg(op, "cos", cos, accum_dtype(x.dtype), size_t(l.T) * (l.dim / 2));
+  check_arg(op, "sin", sin, accum_dtype(x.dtype), size_t(l.T) * (l.dim / 2));
+  if (ex.device != Device::CPU) no_kernel(ex, op);
+  // every position must have a row in the tables (T = their rows here)
+  const int32_t* pos = positions.as<int32_t>();
+  for (int n = 0; n < l.N; n++)
+    DSV3_CHECK(pos[n] >= 0 && pos[n] < l.T, op, ": position ", pos[n], " outside the tables' ", l.T,
+               " rows (internal error)");
+  dispatch_float(x.dtype, op, [&]<typename T>() {
+    cpu::rope_forward_at<T>(x.as<T>(), cos.as<accum_t<T>>(), sin.as<accum_t<T>>(), pos, l);
   });
 }
 

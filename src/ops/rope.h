@@ -38,6 +38,11 @@ void rope_forward(T* x, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout
 // In place on the gradient: applies the inverse rotation (not +=; rotation is orthogonal).
 template <typename T>
 void rope_backward(T* dx, const accum_t<T>* cos, const accum_t<T>* sin, RopeLayout l);
+// Token n at its own position positions[n] instead of n % T (decoding: rows of several
+// sequences at different offsets).
+template <typename T>
+void rope_forward_at(T* x, const accum_t<T>* cos, const accum_t<T>* sin, const int32_t* positions,
+                     RopeLayout l);
 }  // namespace cpu
 // cos, sin: (seq_len, dim/2) in an accumulation dtype (f32 or f64); angles computed in double.
 void rope_tables(const Exec& ex, const Tensor& cos, const Tensor& sin, int seq_len,
@@ -47,5 +52,8 @@ void rope_forward(const Exec& ex, const Tensor& x, const Tensor& cos, const Tens
                   RopeLayout l);
 void rope_backward(const Exec& ex, const Tensor& dx, const Tensor& cos, const Tensor& sin,
                    RopeLayout l);
+// Inference: token n rotated by its position positions[n] (i32 (N), each < l.T, the tables' rows).
+void rope_forward_at(const Exec& ex, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                     const Tensor& positions, RopeLayout l);
 
 }  // namespace dsv3

@@ -34,6 +34,22 @@ std::vector<int32_t> TextCodec::encode(std::string_view text) const {
   return enc_->encode(text);
 }
 
+std::vector<int32_t> TextCodec::encode_with_specials(std::string_view text) const {
+  if (!enc_) return bytes_to_ids(text);
+  EncodeOptions o;
+  o.allow_special = true;
+  return enc_->encode(text, o);
+}
+
+int32_t TextCodec::special_id(std::string_view text) const {
+  if (!enc_) return -1;
+  for (const SpecialToken& s : enc_->tokenizer().specials)
+    if (s.text == text) return s.id;
+  return -1;
+}
+
+int32_t TextCodec::eos_id() const { return enc_ ? enc_->tokenizer().roles.eos : -1; }
+
 std::string TextCodec::decode(std::span<const int32_t> ids) const {
   if (!enc_) return ids_to_bytes(ids);
   std::string out;

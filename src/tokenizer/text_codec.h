@@ -28,6 +28,12 @@ class TextCodec {
   // Bytes of the ids; an id the tokenizer does not know shows as U+FFFD (sampling from a model
   // whose vocab is larger than its tokenizer's can produce one).
   std::string decode(std::span<const int32_t> ids) const;
+  // encode() that also turns special-token texts into their ids (chat templates).
+  std::vector<int32_t> encode_with_specials(std::string_view text) const;
+  // The id of the special token with this exact text, -1 when there is none (always for
+  // byte-level ids); the end-of-sequence token, -1 when unknown.
+  int32_t special_id(std::string_view text) const;
+  int32_t eos_id() const;
   bool byte_level() const { return !enc_; }
   int vocab_size() const;
   const std::string& describe() const { return desc_; }

@@ -49,7 +49,9 @@ std::vector<FieldGroup> run_groups_without_model(RunSpec& s) {
           {"checkpoints", &checkpoint_fields(), &s.checkpoint},
           {"evaluation", &eval_fields(), &s.eval},
           {"guard", &guard_fields(), &s.guard},
-          {"parallel", &dist::parallel_fields(), &s.parallel}};
+          {"parallel", &dist::parallel_fields(), &s.parallel},
+          {"metrics", &metrics_fields(), &s.metrics},
+          {"distributed", &dist_fields(), &s.distributed}};
 }
 
 std::vector<FieldGroup> run_groups(RunSpec& s) {
@@ -76,8 +78,20 @@ void validate(const RunSpec& s) {
   validate(s.checkpoint);
   validate(s.eval);
   validate(s.guard);
+  validate(s.distributed);
   DSV3_CHECK(s.run.seq_len <= s.model.max_seq, "sequence length ", s.run.seq_len,
              " exceeds max_seq ", s.model.max_seq);
+  // (the batch ramp's end, micro-batches per rank at the full global batch, needs the world
+  // size: the trainer checks batch_ramp_start against it)
+  // ZeRO 1/2 run the optimizer over flat pieces of the parameters that cut through tensors:
+  // LAMB's trust ratio and Muon's orthogonalisation need whole tensors, and the gradient noise is
+  // keyed by the position in the whole table.
+  DSV3_CHECK(s.distributed.zero == 0 || s.optimizer.kind == OptimizerKind::AdamW,
+             "--optimizer ", optimizer_name(s.optimizer.kind), " needs whole tensors on one rank: "
+             "use --zero 0 (replicated optimizer state) or --optimizer adamw");
+  DSV3_CHECK(s.distributed.zero == 0 || s.optimizer.grad_noise == 0,
+             "--grad_noise with --zero ", s.distributed.zero, " is not supported (the noise is keyed by "
+             "the position in the whole parameter table): use --zero 0");
 }
 
 void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_keys) {
@@ -98,6 +112,8 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
       {{"seq_warmup_start"}, [&] { return s.data.seq_warmup_steps > 0; }, "--seq_warmup_steps > 0"},
       {{"loss_scale", "loss_scale_window"}, [&] { return fp16; }, "--precision fp16"},
       {{"decay_frac"}, [&] { return s.schedule.kind == ScheduleKind::Wsd; }, "--schedule wsd"},
+      {{"final_lr_ratio"}, [&] { return s.schedule.kind == ScheduleKind::V3; }, "--schedule v3"},
+      {{"batch_ramp_start"}, [&] { return s.schedule.batch_ramp_tokens > 0; }, "--batch_ramp_tokens > 0"},
       {{"min_lr"}, [&] { return s.schedule.kind != ScheduleKind::Constant; },
        "a decaying schedule (cosine or wsd)"},
       {{"mtp_weight", "mtp_weight_late", "mtp_late_from"}, [&] { return s.model.mtp_depth > 0; },
@@ -108,10 +124,23 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
       {{"yarn_original_ctx", "yarn_beta_fast", "yarn_beta_slow", "yarn_mscale"},
        [&] { return s.model.yarn_factor > 1; }, "YaRN (--yarn_factor > 1)"},
       {{"spike_window"}, [&] { return s.guard.spike_zscore > 0; }, "--spike_zscore > 0"},
+      {{"muon_momentum", "muon_nesterov", "muon_ns_steps"},
+       [&] { return s.optimizer.kind == OptimizerKind::Muon; }, "--optimizer muon"},
+      {{"grad_noise_gamma", "grad_noise_start"}, [&] { return s.optimizer.grad_noise > 0; },
+       "--grad_noise > 0"},
+      {{"window"}, [&] { return s.model.attention == AttentionKind::Window; }, "--attention window"},
+      {{"lsh_buckets", "lsh_rounds", "lsh_chunk", "lsh_seed"},
+       [&] { return s.model.attention == AttentionKind::Lsh; }, "--attention lsh"},
       {{"sample_tokens"}, [&] { return !llmc; },
        "a known text encoding (the built-in corpus or --data); llm.c token files have none"},
       {{"eval_every", "eval_batches"}, [&] { return !llmc || !s.data.val_data.empty(); },
        "validation data (--val_data with --train_data)"},
+      {{"topk_ratio"}, [&] { return s.distributed.grad_compress == GradCompress::TopK; },
+       "--grad_compress topk"},
+      {{"eplb_redundant", "eplb_every"}, [&] { return s.distributed.eplb; }, "--eplb true"},
+      {{"eplb"}, [&] { return moe; }, "routed experts (--experts > 0)"},
+      {{"debug_slowdown"}, [&] { return s.distributed.debug_slow_rank >= 0; },
+       "--debug_slow_rank"},
   };
   for (const std::string& k : set_keys)
     for (const Rule& r : rules)

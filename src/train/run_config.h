@@ -17,6 +17,8 @@
 #include "optim/precision.h"
 #include "optim/schedule.h"
 #include "train/guard.h"
+#include "train/metrics.h"
+#include "train/parallel_config.h"
 #include "train/train_data.h"
 
 namespace dsv3 {
@@ -49,6 +51,8 @@ struct RunSpec {
   EvalConfig eval;
   GuardConfig guard;
   dist::ParallelLayout parallel;
+  MetricsConfig metrics;
+  DistConfig distributed;
 };
 // Every group of a run, titled as in --help and in checkpoints.
 std::vector<FieldGroup> run_groups(RunSpec& s);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/sharded.h"
 #include "core/check.h"
 #include "core/io.h"
 
@@ -96,7 +97,14 @@ struct Entry {
 
 bool is_run_file(const std::string& name) {
   return name == "metrics.jsonl" || name == "metrics_replayed.jsonl" ||
-         name == "tokenizer.dsv3tok";
+         name == "tokenizer.dsv3tok" || name.rfind("events.out.tfevents.", 0) == 0;
+}
+
+// Files of whoever supervises the run in this directory, not of a run: `dsv3 launch` logs its
+// attempts to launch.jsonl before the first start and marks a debug rank fault as done so a
+// restart gets past it. They never block a run and are never deleted.
+bool is_supervisor_file(const std::string& name) {
+  return name == kRunLockName || name == "launch.jsonl" || name == ".rank_fault_done";
 }
 
 std::string describe(const std::vector<const Entry*>& list) {
@@ -110,10 +118,25 @@ std::string describe(const std::vector<const Entry*>& list) {
   return s;
 }
 
-void remove_file(const fs::path& p) {
+void remove_file(const fs::path& p) {  // a file, or a sharded checkpoint's directory
   std::error_code ec;
-  fs::remove(p, ec);
+  fs::remove_all(p, ec);
   DSV3_CHECK(!ec, "cannot delete ", p.string(), ": ", ec.message());
+}
+
+// The train state in a sharded checkpoint's manifest.json.
+nlohmann::json sharded_train_state(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "manifest.json").string();
+  try {
+    const nlohmann::json m = nlohmann::json::parse(read_file(path));
+    return m.at("train");
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": ", json_error_text(e));
+  }
+}
+
+bool by_step(const std::string& a, const std::string& b) {
+  return any_checkpoint_step(a) < any_checkpoint_step(b);
 }
 
 }  // namespace
@@ -130,14 +153,21 @@ RunDirectory::RunDirectory(const std::string& dir, const RunOrigin& origin, bool
     std::vector<Entry> entries;
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
       const std::string name = it->path().filename().string();
-      if (name == kRunLockName) continue;
+      if (is_supervisor_file(name)) continue;
       Entry e{it->path(), Kind::Other, -1, ""};
       std::error_code fe;
-      if (checkpoint_step(name) >= 0 && it->is_regular_file(fe)) {
-        e.step = checkpoint_step(name);
+      const int64_t step = any_checkpoint_step(name);
+      const bool file = checkpoint_step(name) >= 0 && it->is_regular_file(fe);
+      const bool shards = step >= 0 && !file && it->is_directory(fe);
+      if (shards && !is_sharded_checkpoint(e.path.string())) {
+        e.kind = Kind::Temp;  // a sharded save that never committed (no manifest.json)
+        e.step = step;
+      } else if (file || shards) {
+        e.step = step;
         e.kind = Kind::Foreign;
         try {
-          const nlohmann::json train = load_checkpoint_train_state(e.path.string());
+          const nlohmann::json train = file ? load_checkpoint_train_state(e.path.string())
+                                            : sharded_train_state(e.path.string());
           const nlohmann::json id = train.is_object() ? train.value("run_id", nlohmann::json(""))
                                                       : nlohmann::json();
           if (!id.is_string()) e.note = "unreadable run id";
@@ -196,9 +226,7 @@ RunDirectory::RunDirectory(const std::string& dir, const RunOrigin& origin, bool
       if (e->kind != Kind::Other) remove_file(e->path);
     for (const Entry& e : entries)
       if (e.kind == Kind::Own) own_.push_back(e.path.string());
-    std::sort(own_.begin(), own_.end(), [](const std::string& a, const std::string& b) {
-      return checkpoint_step(a) < checkpoint_step(b);
-    });
+    std::sort(own_.begin(), own_.end(), by_step);
     remove_stale_checkpoint_temps(dir);
     if (resuming && own_dir) {
       const std::string metrics = (fs::path(dir) / "metrics.jsonl").string();
@@ -218,16 +246,27 @@ RunDirectory::~RunDirectory() {
 
 void RunDirectory::saved(const std::string& checkpoint, int keep) {
   if (std::find(own_.begin(), own_.end(), checkpoint) == own_.end()) own_.push_back(checkpoint);
-  std::sort(own_.begin(), own_.end(), [](const std::string& a, const std::string& b) {
-    return checkpoint_step(a) < checkpoint_step(b);
-  });
+  std::sort(own_.begin(), own_.end(), by_step);
   while (keep > 0 && own_.size() > size_t(keep)) {
     std::error_code ec;
-    fs::remove(own_.front(), ec);
+    fs::remove_all(own_.front(), ec);
     DSV3_CHECK(!ec, "cannot delete old checkpoint ", own_.front(), ": ", ec.message());
     own_.erase(own_.begin());
   }
   remove_stale_checkpoint_temps(dir_);
+  // Sharded saves of this run that never committed, older than this one: abandoned (only this
+  // run writes here while it holds the lock).
+  const int64_t now = any_checkpoint_step(checkpoint);
+  std::error_code ec;
+  for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string p = it->path().string();
+    const int64_t step = any_checkpoint_step(p);
+    std::error_code fe;
+    if (step >= 0 && step < now && it->is_directory(fe) && !is_sharded_checkpoint(p)) {
+      std::error_code rm;
+      fs::remove_all(p, rm);  // best effort, like a stale temp file
+    }
+  }
 }
 
 size_t truncate_metrics_after(const std::string& metrics, const std::string& replayed,

@@ -3,9 +3,11 @@
 //
 //   DIR/dsv3.lock           advisory lock (fcntl) held for the whole run; holds "pid host"
 //   DIR/ckpt_<step>.dsv3    checkpoints; each names the run it belongs to (train state "run_id")
+//   DIR/ckpt_<step>.shards/ a distributed run's sharded checkpoints (run id in manifest.json)
 //   DIR/metrics.jsonl       one record per step / evaluation / rollback / resume
 //   DIR/metrics_replayed.jsonl   records a resumed run superseded (steps after its checkpoint)
-//   DIR/tokenizer.dsv3tok   the data's tokenizer (prepared data)
+//   DIR/tokenizer.dsv3tok   the data's tokenizer (prepared data); events.out.tfevents.* (TensorBoard)
+//   DIR/launch.jsonl        dsv3 launch's log of its attempts (never blocks a run, never deleted)
 //
 // A run is one lineage of checkpoints: a fresh run draws a new run id, a resumed run carries the
 // id of the checkpoint it resumed from. Checkpoints written before run ids existed carry none;
@@ -46,8 +48,9 @@ class RunDirectory {
 
   const std::string& path() const { return dir_; }
   const std::string& run_id() const { return run_id_; }
-  // Records a checkpoint this run saved, then deletes this run's oldest ones beyond `keep`
-  // (never another run's file), and temp files of saves whose process no longer runs.
+  // Records a checkpoint this run saved (file or sharded directory), then deletes this run's
+  // oldest ones beyond `keep` (never another run's), temp files of saves whose process no
+  // longer runs, and this run's older sharded saves that never committed.
   void saved(const std::string& checkpoint, int keep);
   const std::vector<std::string>& checkpoints() const { return own_; }
 

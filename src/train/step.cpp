@@ -24,6 +24,7 @@ StepSettings step_settings(int grad_accum, const ScheduleConfig& sched, int64_t 
 LoadStats load_stats(const MoeLayerStats& s) {
   LoadStats r;
   r.entropy = s.entropy;
+  r.loads = s.loads;
   if (s.loads.empty()) return r;
   double sum = 0, mx = 0, mn = double(s.loads[0]);
   for (int64_t l : s.loads) sum += double(l), mx = std::max(mx, double(l)), mn = std::min(mn, double(l));
@@ -38,6 +39,13 @@ LoadStats load_stats(const MoeLayerStats& s) {
   return r;
 }
 
+std::string routing_bias_name(const ModelConfig& c, const std::string& n) {
+  // "layer 3" -> HF layer 3; "mtp k" -> HF layer layers + k - 1
+  const int hf = n.rfind("mtp ", 0) == 0 ? c.layers + std::stoi(n.substr(4)) - 1
+                                         : std::stoi(n.substr(6));
+  return "model.layers." + std::to_string(hf) + ".mlp.gate.e_score_correction_bias";
+}
+
 void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, double gamma) {
   const ModelConfig& c = st.weights().config();
   if (gamma == 0 || c.router != RouterKind::Sigmoid || c.experts == 0) return;
@@ -45,12 +53,7 @@ void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, 
   const Exec ex = st.exec();
   Buffer loads(ex.device, DType::I64, c.experts);
   for (size_t i = 0; i < moe.size(); i++) {
-    // "layer 3" -> HF layer 3; "mtp k" -> HF layer layers + k - 1
-    const std::string& n = names[i];
-    const int hf = n.rfind("mtp ", 0) == 0 ? c.layers + std::stoi(n.substr(4)) - 1
-                                           : std::stoi(n.substr(6));
-    const ParamInfo& p = st.weights().table().at("model.layers." + std::to_string(hf) +
-                                                 ".mlp.gate.e_score_correction_bias");
+    const ParamInfo& p = st.weights().table().at(routing_bias_name(c, names[i]));
     backend::copy(ex, loads.view(), host_tensor(moe[i].loads));  // the step's loads, summed
     routing_bias_update(ex, st.master().slice(p.offset, p.numel), loads.view(), gamma);
   }

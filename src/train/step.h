@@ -33,6 +33,7 @@ struct LoadStats {
   double max_over_mean = 0, min_over_mean = 0;
   double cv = 0;       // coefficient of variation: std / mean of the per-expert loads
   double entropy = 0;  // mean router entropy (nats)
+  std::vector<int64_t> loads;  // tokens routed to each expert over the step
 };
 LoadStats load_stats(const MoeLayerStats& s);
 
@@ -68,6 +69,9 @@ StepResult train_step(TrainState& st, Workspace& ws, const TrainingLossConfig& l
                       const StepSettings& s, int64_t step, const MicroFn& micro);
 // What train_step reports from the two halves (also used by the trainer's guarded step).
 StepResult step_result(const Gradients& g, double lr, bool applied, const std::string& why);
+
+// The routing bias tensor of an MoE layer named as in moe_layer_names ("layer 3", "mtp 1").
+std::string routing_bias_name(const ModelConfig& c, const std::string& moe_layer);
 
 // b_i += gamma * sign(mean load - load_i) for every sigmoid-routed MoE layer, on the master
 // weights; the weights' fp32 bias copies follow.

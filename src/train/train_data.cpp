@@ -7,7 +7,6 @@
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "data/token_file.h"
-#include "dist/comm.h"
 #include "tokenizer/formats.h"
 #include "tokenizer/text_codec.h"
 
@@ -120,8 +119,10 @@ TrainData::TrainData(const DataConfig& tc, Dims d, uint64_t seed, const ModelCon
     lc.fim_middle = tok.roles.fim_middle;
     lc.fim_suffix = tok.roles.fim_suffix;
     lc.fim_rate = tc.fim_rate;
-    lc.rank = dist::world().rank();  // each data-parallel rank reads its own documents
-    lc.world = dist::world().size();
+    // One global order on every rank: the trainer reads the whole global batch and takes its
+    // rows, so the data a step sees does not depend on the layout (docs/parallel.md).
+    lc.rank = 0;
+    lc.world = 1;
     if (tc.fim_rate > 0 && (lc.fim_prefix < 0 || lc.fim_middle < 0 || lc.fim_suffix < 0)) {
       std::fprintf(stderr, "note: the tokenizer has no FIM markers, so fill-in-the-middle is off\n");
       lc.fim_rate = 0;

@@ -6,17 +6,22 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "core/check.h"
 #include "core/io.h"
 #include "core/timer.h"
+#include "dist/agree.h"
 #include "dist/comm.h"
 #include "eval/eval.h"
 #include "infer/sample.h"
 #include "ops/gemm_cpu.h"
 #include "tokenizer/text_codec.h"
+#include "checkpoint/sharded.h"
+#include "train/checkpointing.h"
 #include "train/metrics.h"
 #include "train/run_dir.h"
+#include "train/parallel_run.h"
 #include "train/state.h"
 #include "train/step.h"
 #include "train/train_data.h"
@@ -135,18 +140,25 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   validate(spec);
   const ModelConfig& c = spec.model;
   const RunConfig& rc = spec.run;
-  DSV3_CHECK(dist::world().size() == 1 && spec.parallel.dp * spec.parallel.tp * spec.parallel.pp == 1,
-             "distributed training (", dist::world().size(), " processes, ",
-             dist::describe(spec.parallel), ") arrives with the distributed-training issue; "
-             "run dsv3 train as one process without --dp/--tp/--pp/--ep");
+  // The layout, this rank's groups and experts (P1-P3); a world of one is the plain loop.
+  const auto par = make_parallel_context(spec.parallel, spec.distributed, c);
+  const bool root = par->root(), distributed = par->distributed();
   const Device device = parse_device(rc.device);
   DSV3_CHECK(backend::available(device), "device ", rc.device, " requested but ",
              backend::describe(device));
   const Exec ex{device};
   const DType dtype = compute_dtype(spec.precision.precision);
-  const Dims d = rc.dims();
+  const Dims d = rc.dims();  // one micro-batch: at most `batch` rows
+  // The global batch (sequences per step over all ranks) and this rank's share of it.
+  const int G = spec.distributed.global_batch > 0 ? int(spec.distributed.global_batch)
+                                                  : rc.batch * rc.grad_accum * par->layout.dp;
+  DSV3_CHECK(spec.distributed.global_batch == 0 || rc.grad_accum == 1 ||
+                 G == rc.batch * rc.grad_accum * par->layout.dp,
+             "--global_batch ", G, " and --grad_accum ", rc.grad_accum, " disagree (batch ",
+             rc.batch, " x grad_accum x dp ", par->layout.dp, "): give one of them");
 
-  // ---- the run directory: locked for this run, holding nothing of another run
+  // ---- the run directory, held by rank 0: locked for this run, holding nothing of another
+  // run. Every rank learns whether rank 0 could take it (dist/agree.h) and the run's id.
   RunOrigin origin;
   if (resume) {
     try {
@@ -156,44 +168,81 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       fail(spec.checkpoint.resume, ": ", e.what());
     }
   } else {
-    origin.run_id = new_run_id();
+    origin.run_id = root ? new_run_id() : "";
+    dist::world().broadcast_bytes(origin.run_id, 0);
   }
-  RunDirectory run_dir(rc.out, origin, spec.checkpoint.overwrite);
+  std::optional<RunDirectory> run_dir;
+  dist::agree(dist::world(), [&] {
+    if (root) run_dir.emplace(rc.out, origin, spec.checkpoint.overwrite);
+  });
 
-  // ---- data
-  TrainData data(spec.data, d, uint64_t(rc.seed), c);
-  if (!data.tokenizer_path().empty()) {  // sample and eval find it beside the checkpoints
+  // Batch-size ramp (T2): a step's global batch is `ramp_unit` rows (one micro-batch on every
+  // data-parallel rank) times accum_at(...) <= A, so every rank keeps whole micro-batches.
+  const bool ramp = spec.schedule.batch_ramp_tokens > 0;
+  const int ramp_unit = d.B * par->layout.dp;
+  const int A = G / ramp_unit;
+  DSV3_CHECK(!ramp || G % ramp_unit == 0, "--batch_ramp_tokens: the global batch ", G,
+             " must be a whole number of micro-batches of ", d.B, " rows on each of ",
+             par->layout.dp, " data-parallel ranks");
+  DSV3_CHECK(!ramp || spec.schedule.batch_ramp_start < A, "a batch-size ramp grows the "
+             "micro-batches per step on each rank from batch_ramp_start (",
+             spec.schedule.batch_ramp_start, ") to ", A, " (the global batch ", G, " / ", d.B,
+             " rows / ", par->layout.dp, " ranks): lower --batch_ramp_start or raise the batch");
+  const auto global_rows_at = [&](uint64_t tokens_seen) {
+    return ramp ? ramp_unit * accum_at(spec.schedule, A, tokens_seen) : G;
+  };
+
+  // ---- data: every rank reads the same global batch and runs its rows. The loaders hand out
+  // one stream of rows whatever their batch size, so reading a ramped batch in units of
+  // ramp_unit rows keeps the data order of the run.
+  TrainData data(spec.data, Dims{ramp ? ramp_unit : G, d.T}, uint64_t(rc.seed), c);
+  if (!data.tokenizer_path().empty() && root) {  // sample and eval find it beside the checkpoints
     const std::string bytes = read_file(data.tokenizer_path());
     write_file_atomic(rc.out + "/tokenizer.dsv3tok",
                       [&](std::FILE* f) { write_bytes(f, bytes.data(), bytes.size()); });
   }
 
-  // ---- weights, training state, workspace
-  ModelWeights weights(c, dtype, device);
-  TrainState st(weights, spec.optimizer, spec.precision);
+  // ---- weights (this rank's experts), training state, workspace
+  ModelWeights weights(c, dtype, device, par->shard);
+  AdamWConfig opt = spec.optimizer;
+  opt.noise_seed = uint64_t(rc.seed) ^ 0x6e6f697365ull;  // gradient noise differs per run seed
+  ParallelStep eng(*par, weights, opt, spec.precision, c);
+  eng.set_plan(even_plan(G, par->layout.dp, d.B));
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = rc.recompute;
   Workspace ws(c, dtype, device, wc);
+  eng.attach(ws);
   Guard guard(spec.guard);
   RunState rs;
   rs.rng = Rng(uint64_t(rc.seed) ^ 0x5eed5eed5eedull);
-  rs.run_id = run_dir.run_id();
-  auto restore = [&](const Checkpoint& ck, bool data_too) {
-    DSV3_CHECK(ck.params.size() == weights.table().total, "checkpoint has ", ck.params.size(),
-               " parameters, the model ", weights.table().total);
-    DSV3_CHECK(!ck.adam_m.empty(), "checkpoint has no optimizer state: cannot resume");
-    st.load_weights(ck.params);
-    st.load_moments(ck.adam_m, ck.adam_v);
+  rs.run_id = origin.run_id;
+  // ck: the checkpoint's config and train state (with the values for a single file);
+  // path: where the values are (a sharded checkpoint directory is read by name).
+  auto restore = [&](const Checkpoint& ck, const std::string& path, bool data_too) {
+    check_resume_optimizer(spec.optimizer, ck.train);
+    if (!distributed && !is_sharded_checkpoint(path)) {
+      TrainState& st = *eng.single();
+      DSV3_CHECK(ck.params.size() == weights.table().total, "checkpoint has ", ck.params.size(),
+                 " parameters, the model ", weights.table().total);
+      DSV3_CHECK(!ck.adam_m.empty(), "checkpoint has no optimizer state: cannot resume");
+      st.load_weights(ck.params);
+      st.load_moments(ck.adam_m, ck.adam_v);
+    } else if (is_sharded_checkpoint(path)) {
+      const ShardedCheckpoint sc(path);
+      eng.restore(checkpoint_reader(sc));
+    } else {
+      eng.restore(checkpoint_reader(ck));
+    }
     const RunState saved = state_from_checkpoint(ck);
     rs.steps_done = saved.steps_done;
     rs.tokens_seen = saved.tokens_seen;
     rs.rng = saved.rng;
-    st.optimizer().set_updates(saved.updates);
+    eng.set_updates(saved.updates);
     // A type the state's own checks did not expect still gets a message naming the checkpoint
     // rather than the JSON library's alone.
     try {
-      st.scaler().restore(saved.loss_scaler);
+      eng.scaler().restore(saved.loss_scaler);
       if (data_too) {  // a resume; a rollback keeps the data moving past the bad batches
         data.restore(saved.data);
         rs.attempts = saved.attempts;
@@ -207,36 +256,60 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   // other file in the directory: an older run's, or a later one than where this run began).
   std::string last_good = resume ? spec.checkpoint.resume : "";
   if (resume) {
-    restore(*resume, true);
+    restore(*resume, spec.checkpoint.resume, true);
     DSV3_CHECK(rs.steps_done < rc.steps, "checkpoint is at step ", rs.steps_done, " and the run has ",
                rc.steps, " steps: nothing to do (raise --steps)");
-  } else {
-    std::vector<float> init(weights.table().total);
-    init_params(c, weights.table(), init.data(), uint64_t(rc.seed));
-    st.load_weights(init);
+  } else {  // the whole model's initial values, then this rank's part: the same on any layout
+    const ParamTable whole = build_param_table(c);
+    std::vector<float> init(whole.total);
+    init_params(c, whole, init.data(), uint64_t(rc.seed));
+    eng.load_full(init);
   }
 
   const ModelStats ms = model_stats(c, d.T);
-  double peak = rc.peak_gflops > 0 ? rc.peak_gflops : cpu::measure_gemm_peak_gflops(dtype);
-  const double tokens_per_step = double(d.N()) * rc.grad_accum;
-  std::fprintf(stderr,
-               "dsv3 train: %.2fM params (%.2fM active), %d layers, %d experts top-%d, MTP %d\n"
-               "  data: %s\n  batch %d x %d x accum %d = %.0f tokens/step, %lld steps, %d threads, "
-               "%s (%s GEMM peak %.1f GFLOP/s), recompute %s, activations %.1f MiB\n",
-               ms.params / 1e6, ms.active_params / 1e6, c.layers, c.experts, c.topk, c.mtp_depth,
-               data.describe().c_str(), d.B, d.T, rc.grad_accum, tokens_per_step, rc.steps,
-               omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
-               peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
-  if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
+  double peak = rc.peak_gflops > 0 ? rc.peak_gflops : root ? cpu::measure_gemm_peak_gflops(dtype) : 1;
+  const double tokens_per_step = double(G) * d.T;
+  if (root) {
+    std::fprintf(stderr,
+                 "dsv3 train: %.2fM params (%.2fM active), %d layers, %d experts top-%d, MTP %d\n"
+                 "  data: %s\n  global batch %d x %d = %.0f tokens/step (micro-batch %d, %d per "
+                 "rank), %lld steps, %d threads, %s (%s GEMM peak %.1f GFLOP/s), recompute %s, "
+                 "activations %.1f MiB\n",
+                 ms.params / 1e6, ms.active_params / 1e6, c.layers, c.experts, c.topk, c.mtp_depth,
+                 data.describe().c_str(), G, d.T, tokens_per_step, d.B, eng.plan().micro, rc.steps,
+                 omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
+                 peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
+    if (distributed) std::fprintf(stderr, "  parallel: %s\n", par->describe().c_str());
+    if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
+  }
 
-  MetricsLog log(rc.out + "/metrics.jsonl");
-  if (resume)  // the records after this step, from the run that was cut short, were moved
-    log.write({{"kind", "resume"}, {"step", rs.steps_done}, {"checkpoint", spec.checkpoint.resume}});
+  // Only rank 0 writes metrics and the console line; every rank's errors reach the console.
+  std::optional<MetricsLog> log;
+  if (root) log.emplace(rc.out + "/metrics.jsonl", spec.metrics.tensorboard ? rc.out : "");
+  const auto record = [&](const nlohmann::json& j) {
+    if (log) log->write(j);
+  };
+  {  // where this process starts (a resumed run's records past its checkpoint were moved to
+     // metrics_replayed.jsonl by the RunDirectory, so each step has one record)
+    RunSpec copy = spec;
+    record({{"kind", "start"}, {"step", rs.steps_done}, {"settings", groups_to_json(run_groups(copy))}});
+  }
   ProgressLine progress(rc.steps);
-  const StepSettings ss = step_settings(rc.grad_accum, spec.schedule, rc.steps, spec.loss);
+  const auto say = [&](const std::string& line) {
+    if (root) progress.print(line);
+  };
+  const StepSettings ss = step_settings(eng.plan().micro, spec.schedule, rc.steps, spec.loss);
   const auto names = moe_layer_names(c);
   double window_time = 0, window_tokens = 0;
   bool warned_peak = false;
+  std::optional<ShardedSaver> saver;
+  if (distributed) {
+    saver.emplace(*par, rc.out, spec.checkpoint.keep);
+    if (run_dir)  // rank 0 rotates only this run's checkpoints
+      saver->set_prune([&](const std::string& dir) { run_dir->saved(dir, spec.checkpoint.keep); });
+  }
+  const RankFault fault = parse_rank_fault(spec.distributed.rank_fault);
+  EplbMonitor eplb(spec.distributed, c, par->layout.ep);
 
   auto run_eval = [&](int64_t step) {
     if (data.val_sets().empty() || spec.eval.eval_batches == 0) return;
@@ -246,6 +319,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     int64_t tokens = 0;
     std::string line = "eval step " + std::to_string(step) + ":";
     for (const ValSet& v : data.val_sets()) {
+      // every rank evaluates the same batches (expert parallelism needs all of them in each
+      // forward); rank 0 reports
       const EvalResult e = evaluate(weights, ws, v.tokens, d, spec.eval.eval_batches);
       losses.push_back(e.loss);
       sum += e.loss * double(e.tokens), tokens += e.tokens;
@@ -258,84 +333,122 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
         rec["val_bpb"] = bpb;
         line += " (" + fmt("%.3f", bpb) + " bpb)";
       }
-      log.write(rec);
+      record(rec);
     }
     if (data.val_sets().size() > 1)  // the token-weighted mean over domains
-      log.write({{"kind", "eval"}, {"step", step}, {"domain", "all"},
-                 {"val_loss", tokens > 0 ? sum / double(tokens) : 0.0}, {"val_tokens", tokens}});
+      record({{"kind", "eval"}, {"step", step}, {"domain", "all"},
+              {"val_loss", tokens > 0 ? sum / double(tokens) : 0.0}, {"val_tokens", tokens}});
     if (const nlohmann::json mix = data.observe_validation(losses); !mix.is_null()) {
-      log.write({{"kind", "mixture"}, {"step", step}, {"mixture", mix}});
+      record({{"kind", "mixture"}, {"step", step}, {"mixture", mix}});
       line += " | weights " + mix.at("weights").dump();
     }
-    progress.print(line + fmt(" (%.1fs)", now_seconds() - t0));
+    say(line + fmt(" (%.1fs)", now_seconds() - t0));
   };
   auto save = [&]() {
-    const std::string path = checkpoint_path(rc.out, rs.steps_done);
     rs.data = data.state();
-    rs.loss_scaler = st.scaler().state();
+    rs.loss_scaler = eng.scaler().state();
     rs.guard = guard.state();
-    rs.updates = st.optimizer().updates();
+    rs.updates = eng.updates();
+    if (distributed) {  // every rank its shard, in the background; committed by poll()
+      saver->save(rs.steps_done, eng.snapshot(),
+                  shard_manifest(c, run_state_json(spec, rs), *par, rs.steps_done));
+      return;
+    }
+    TrainState& st = *eng.single();
+    const std::string path = checkpoint_path(rc.out, rs.steps_done);
     const std::vector<float> p = st.master_host(), m = st.m_host(), v = st.v_host();
     save_checkpoint(path, c, run_state_json(spec, rs), p.data(), m.data(), v.data(), p.size());
-    run_dir.saved(path, spec.checkpoint.keep);
+    run_dir->saved(path, spec.checkpoint.keep);
     last_good = path;
-    progress.print("saved " + path);
+    say("saved " + path);
+  };
+  auto committed = [&](const std::string& dir) {
+    if (dir.empty()) return;
+    last_good = dir;
+    say("saved " + dir);
   };
   auto rollback = [&](int64_t at_step) {
+    if (saver) committed(saver->flush());
     DSV3_CHECK(!last_good.empty(), "training diverged at step ", at_step, ": ", guard.bad_streak(),
                " bad steps in a row and no checkpoint to roll back to (lower --lr, raise "
                "--warmup, or save earlier with --save_every)");
-    const Checkpoint ck = load_checkpoint(last_good);
-    restore(ck, false);
+    const Checkpoint ck = is_sharded_checkpoint(last_good) ? sharded_checkpoint_state(last_good)
+                                                           : load_checkpoint(last_good);
+    restore(ck, last_good, false);
     guard.rolled_back(at_step);
-    log.write({{"kind", "rollback"}, {"step", at_step}, {"to_step", rs.steps_done},
-               {"checkpoint", last_good}, {"attempts", rs.attempts}});
-    progress.print("guard: " + std::to_string(spec.guard.max_bad_steps) +
-                   " bad steps in a row; rolled back to " + last_good +
-                   ", continuing with the data after the offending batches");
+    record({{"kind", "rollback"}, {"step", at_step}, {"to_step", rs.steps_done},
+            {"checkpoint", last_good}, {"attempts", rs.attempts}});
+    say("guard: " + std::to_string(spec.guard.max_bad_steps) +
+        " bad steps in a row; rolled back to " + last_good +
+        ", continuing with the data after the offending batches");
   };
 
-  std::vector<int32_t> split_rows;  // sequence-length warmup buffer
+  std::vector<int32_t> split_rows;  // this rank's rows (split for sequence-length warmup)
+  std::vector<int32_t> ramp_rows;   // a ramped global batch, gathered from several reads
   const double run_t0 = now_seconds();
   while (rs.steps_done < rc.steps) {
     const int64_t step = rs.steps_done;
+    inject_rank_fault(fault, *par, step + 1, rc.out);
     const double t0 = now_seconds();
     data.set_step(step, rc.steps);
     // sequence-length warmup: each loader row of T+1 tokens becomes k rows of T/k + 1
     const int k = spec.data.seq_split(step, d.T);
-    const Dims ds{d.B * k, d.T / k};
-    const MicroFn micro = [&](int) {
-      const int32_t* batch = data.next();
-      if (k == 1) return MicroBatch{ds, batch};
-      split_rows.resize(size_t(ds.B) * (ds.T + 1));
-      for (int b = 0; b < d.B; b++)
+    const int Gt = global_rows_at(rs.tokens_seen);  // G, or less while the batch ramps up
+    if (eng.plan().global != Gt) eng.set_plan(even_plan(Gt, par->layout.dp, d.B));
+    const BatchPlan& plan = eng.plan();
+    const int32_t* batch = data.next();  // the global batch (Gt, T+1)
+    if (ramp) {  // Gt / ramp_unit reads of ramp_unit rows
+      ramp_rows.resize(size_t(Gt) * (d.T + 1));
+      const size_t unit = size_t(ramp_unit) * (d.T + 1);
+      for (int u = 0; u < Gt / ramp_unit; u++)
+        std::copy_n(u == 0 ? batch : data.next(), unit, ramp_rows.data() + size_t(u) * unit);
+      batch = ramp_rows.data();
+    }
+    std::vector<MicroBatch> micro;
+    std::vector<double> share;
+    split_rows.resize(size_t(plan.count[size_t(par->at.dp)]) * k * (d.T / k + 1));
+    size_t at = 0;
+    for (int a = 0; a < plan.micro; a++) {
+      const int rows = plan.rows(par->at.dp, a), first = plan.first_row(par->at.dp, a);
+      const Dims ds{rows * k, d.T / k};
+      int32_t* out = split_rows.data() + at;
+      for (int b = 0; b < rows; b++)
         for (int j = 0; j < k; j++)
-          std::copy_n(batch + size_t(b) * (d.T + 1) + size_t(j) * ds.T, ds.T + 1,
-                      split_rows.data() + (size_t(b) * k + j) * (ds.T + 1));
-      return MicroBatch{ds, split_rows.data()};
-    };
+          std::copy_n(batch + size_t(first + b) * (d.T + 1) + size_t(j) * ds.T, ds.T + 1,
+                      out + (size_t(b) * k + j) * (ds.T + 1));
+      at += size_t(ds.B) * (ds.T + 1);
+      micro.push_back({ds, out});
+      share.push_back(double(rows) / Gt);
+    }
+    const Dims ds = micro.front().d;
     const int64_t attempt = ++rs.attempts;
-    Gradients g = compute_gradients(st, ws, spec.loss, ss, step, micro);
+    StepSettings sstep = ss;  // this step's micro-batches (the batch ramp changes them)
+    sstep.grad_accum = plan.micro;
+    const double step_tokens = double(Gt) * d.T;
+    Gradients g = eng.compute_gradients(ws, spec.loss, sstep, step, micro, share);
     switch (guard.fault_at(attempt)) {  // fault injection (GuardConfig::inject_fault)
       case Fault::Nan: {
         g.loss.loss = g.loss.total = NAN;
         g.grad_norm = NAN;
         g.finite = false;
-        const float nan = NAN;
-        backend::copy(ex, st.grads().slice(0, 1), host_tensor(&nan, 1));
+        if (TrainState* st = eng.single(); st && !distributed) {
+          const float nan = NAN;
+          backend::copy(ex, st->grads().slice(0, 1), host_tensor(&nan, 1));
+        }
         break;
       }
       case Fault::Spike: g.loss.loss *= 4, g.loss.total *= 4; break;
       case Fault::None: break;
     }
     // fp16 gradient overflow (finite loss): the loss scaler skips the step and lowers the scale.
-    // Anything else not finite, or a spike, is the guard's.
+    // Anything else not finite, or a spike, is the guard's. Loss and norm are global, so every
+    // rank decides the same.
     std::string why;
-    const bool overflow = st.scaler().enabled() && std::isfinite(g.loss.total) &&
+    const bool overflow = eng.scaler().enabled() && std::isfinite(g.loss.total) &&
                           !std::isfinite(g.grad_norm);
     if (overflow) {
-      st.scaler().update(false);
-      why = "fp16 overflow (loss scale now " + fmt("%g", st.scaler().scale()) + ")";
+      eng.scaler().update(false);
+      why = "fp16 overflow (loss scale now " + fmt("%g", eng.scaler().scale()) + ")";
     } else {
       why = guard.assess(g.loss.total, g.grad_norm);
       if (!spec.guard.guard && !std::isfinite(g.loss.total))
@@ -344,8 +457,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     }
     double lr = lr_at(spec.schedule, step, rc.steps);
     if (why.empty()) {
-      st.scaler().update(true);
-      lr = apply_update(st, ss, step, g);
+      eng.scaler().update(true);
+      lr = eng.apply_update(sstep, step, g);
       guard.accepted(g.loss.total);
     } else if (!overflow) {
       guard.rejected();
@@ -353,18 +466,18 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     const StepResult r = step_result(g, lr, why.empty(), why);
     rs.steps_done++;
     const double dt = now_seconds() - t0;
-    rs.tokens_seen += uint64_t(tokens_per_step);
-    window_time = 0.8 * window_time + dt, window_tokens = 0.8 * window_tokens + tokens_per_step;
-    const double tps = tokens_per_step / dt;
-    const double achieved = tps * ms.train_flops_per_token / 1e9;
-    if (achieved > peak && !warned_peak && rc.peak_gflops == 0) {
+    const StepComm comm = eng.last_comm();
+    rs.tokens_seen += uint64_t(step_tokens);
+    window_time = 0.8 * window_time + dt, window_tokens = 0.8 * window_tokens + step_tokens;
+    const double tps = step_tokens / dt;
+    const double achieved = tps / par->world * ms.train_flops_per_token / 1e9;  // per rank
+    if (achieved > peak && !warned_peak && rc.peak_gflops == 0 && root) {
       // a slow spell of a shared machine during the measurement: measure again, keep the better
       peak = std::max(peak, cpu::measure_gemm_peak_gflops(dtype));
       if (achieved > peak) {
         warned_peak = true;
-        progress.print("warning: achieved " + fmt("%.1f", achieved) + " GFLOP/s exceeds the " +
-                       "measured peak " + fmt("%.1f", peak) + " even after measuring again; MFU " +
-                       "overstates (set --peak_gflops)");
+        say("warning: achieved " + fmt("%.1f", achieved) + " GFLOP/s exceeds the measured peak " +
+            fmt("%.1f", peak) + " even after measuring again; MFU overstates (set --peak_gflops)");
       }
     }
     const double mfu = achieved / peak;
@@ -375,7 +488,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       load_max = std::max(load_max, ls.max_over_mean);
       loads.push_back({{"layer", names[i]}, {"max_over_mean", ls.max_over_mean},
                        {"min_over_mean", ls.min_over_mean}, {"cv", ls.cv},
-                       {"router_entropy", ls.entropy}});
+                       {"router_entropy", ls.entropy}, {"loads", ls.loads}});
     }
     const backend::MemoryStats mem = backend::memory_stats(device);
     nlohmann::json rec = {{"kind", "train"}, {"step", step + 1}, {"loss", r.loss.loss},
@@ -385,10 +498,12 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                           {"tokens", rs.tokens_seen}, {"seq_len", ds.T},
                           {"peak_rss_bytes", peak_rss_bytes()},
                           {"peak_alloc_bytes", mem.peak}, {"expert_load", loads}};
-    if (st.scaler().enabled()) rec["loss_scale"] = r.loss_scale;
+    if (eng.scaler().enabled()) rec["loss_scale"] = r.loss_scale;
+    if (ramp) rec["micro_batches"] = plan.micro;
     if (!r.applied) rec["skipped"] = r.skipped;
-    log.write(rec);
-    if (!r.applied) progress.print("step " + std::to_string(step + 1) + " skipped: " + r.skipped);
+    if (distributed) add_comm_metrics(rec, comm, dt, eng, *par);
+    record(rec);
+    if (!r.applied) say("step " + std::to_string(step + 1) + " skipped: " + r.skipped);
     const double eta = double(rc.steps - rs.steps_done) * window_time /
                        std::max(1e-9, window_tokens) * tokens_per_step;
     std::string text = "loss " + fmt("%.4f", r.loss.loss);
@@ -397,7 +512,16 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     text += " | gnorm " + fmt("%.3f", r.grad_norm) + " | lr " + fmt("%.2e", r.lr) + " | " +
             fmt("%.0f tok/s", tps) + " | MFU " + fmt("%.1f%%", 100 * mfu);
     if (c.experts > 0) text += " | load max/mean " + fmt("%.2f", load_max);
-    progress.update(rs.steps_done, text, eta);
+    if (distributed) text += " | " + comm_console_text(comm, dt);
+    if (root) progress.update(rs.steps_done, text, eta);
+    if (const nlohmann::json e = eplb.observe(rs.steps_done, g.loss.moe, names); !e.is_null()) {
+      record(e);
+      say(eplb_console_text(e));
+    }
+    if (spec.distributed.balance_microbatches && distributed)
+      eng.set_plan(balanced_plan(global_rows_at(rs.tokens_seen), par->layout.dp, d.B,
+                                 eng.rank_seconds()));
+    if (saver) committed(saver->poll());
     if (guard.rollback_due()) {
       rollback(step + 1);
       continue;
@@ -408,10 +532,18 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     if ((spec.checkpoint.save_every > 0 && rs.steps_done % spec.checkpoint.save_every == 0) || last)
       save();
   }
-  progress.finish();
-  std::fprintf(stderr, "done in %s\n", format_duration(now_seconds() - run_t0).c_str());
+  if (saver) committed(saver->flush());
+  if (root) {
+    progress.finish();
+    std::fprintf(stderr, "done in %s\n", format_duration(now_seconds() - run_t0).c_str());
+  }
 
-  if (rc.sample_tokens > 0 && spec.data.train_data.empty()) {  // known text encoding
+  if (rc.sample_tokens > 0 && spec.data.train_data.empty() && root) {  // known text encoding
+    if (weights.table().sharded()) {
+      std::fprintf(stderr, "(no sample: this rank holds only its experts; run dsv3 sample "
+                           "--model %s)\n", rc.out.c_str());
+      return;
+    }
     const TextCodec codec =
         data.tokenizer_path().empty() ? TextCodec() : TextCodec(data.tokenizer_path());
     SampleConfig sc;

@@ -20,6 +20,8 @@
 //     the bound is 1e-5 (2e-5 where scores of size ~10 feed a softmax).
 // Discrete outputs (router choices, permutations) must agree exactly: inputs are drawn so that no
 // choice is within rounding of a tie.
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -37,6 +39,7 @@
 #include "ops/optimizer.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/sparse_attention.h"
 #include "ops/swiglu.h"
 #include "test_util.h"
 
@@ -180,6 +183,34 @@ std::vector<Case> cases() {
                                  {"dk", e.get(dk)}, {"dv", e.get(dv)}};
                 },
                 2e-5});
+  // sparse attention (M6): a window, and explicit key lists (ragged rows, -1 padding)
+  for (int window : {9, 0}) {
+    cs.push_back({window ? "sparse attention (window)" : "sparse attention (key lists)", [window](Env& e) {
+                    const int T = 45, K = window ? window : 6;
+                    const SparseAttentionShape s{2, T, 3, 12, 8, 1.0 / std::sqrt(12.0), K, window};
+                    const size_t N = size_t(s.B) * s.T;
+                    std::vector<int32_t> index(size_t(s.B) * s.H * T * K, -1);
+                    for (int bh = 0; bh < s.B * s.H; bh++)
+                      for (int i = 0; i < T; i++) {
+                        std::vector<int> ks = {i / 3, i / 2, (i * 5 + bh) % (i + 1), i};
+                        std::sort(ks.begin(), ks.end());
+                        ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+                        for (size_t j = 0; j < ks.size(); j++) index[(size_t(bh) * T + i) * K + j] = ks[j];
+                      }
+                    Tensor idx = window ? Tensor{} : e.i32(index);
+                    Tensor q = e.act(rnd(N * s.H * s.dqk, 40)), k = e.act(rnd(N * s.H * s.dqk, 41));
+                    Tensor v = e.act(rnd(N * s.H * s.dv, 42)), out = e.zeros(e.t, N * s.H * s.dv);
+                    Tensor probs = e.zeros(e.t, N * s.H * K);
+                    sparse_attention_forward(e.ex, out, probs, q, k, v, idx, s);
+                    Tensor dout = e.act(rnd(N * s.H * s.dv, 43));
+                    Tensor dq = e.act(rnd(N * s.H * s.dqk, 44)), dk = e.act(rnd(N * s.H * s.dqk, 45));
+                    Tensor dv = e.act(rnd(N * s.H * s.dv, 46));
+                    sparse_attention_backward(e.ex, dq, dk, dv, dout, q, k, v, probs, idx, s);
+                    return Outputs{{"out", e.get(out)}, {"probs", e.get(probs)}, {"dq", e.get(dq)},
+                                   {"dk", e.get(dk)}, {"dv", e.get(dv)}};
+                  },
+                  2e-5});
+  }
   cs.push_back({"swiglu", [](Env& e) {
                   const int N = 33, D = 40;
                   Tensor h = e.act(rnd(size_t(N) * 2 * D, 19, 2.0)), out = e.zeros(e.t, size_t(N) * D);

@@ -15,6 +15,7 @@
 #include <numeric>
 
 #include "comm_test_util.h"
+#include "mpi_gtest_main.h"
 #include "core/check.h"
 #include "dist/comm.h"
 #include "dist/layout.h"
@@ -437,10 +438,9 @@ TEST(CommGroups, EveryParallelLayoutOfTheWorld) {
 }
 
 TEST(CommGroups, RequireSingleProcessRefusesManyRanks) {
-  const std::string e = error_of([] { dist::require_single_process("train"); });
-  EXPECT_TRUE(has(e, "dsv3 train was started as " + std::to_string(W().size()) +
-                         " processes (mpirun/srun), but distributed training (--dp/--ep) is not "
-                         "implemented yet")) << e;
+  const std::string e = error_of([] { dist::require_single_process("bench"); });
+  EXPECT_TRUE(has(e, "dsv3 bench was started as " + std::to_string(W().size()) +
+                         " processes (mpirun/srun), but it runs as one process")) << e;
 }
 
 // --- errors ---------------------------------------------------------------------------------------
@@ -572,48 +572,9 @@ TEST(CommLarge, AllToAllvDisplacementsBeyondIntMax) {
   EXPECT_EQ(bad, 0u);
 }
 
-// Failures of ranks other than 0, prefixed with the rank.
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (r.failed())
-      std::printf("[rank %d] %s:%d: Failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?",
-                  r.line_number(), r.summary());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace dsv3::test
 
 int main(int argc, char** argv) {
-  dsv3::dist::init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  const dsv3::dist::Comm& w = dsv3::dist::world();
-  if (w.size() < 2) {
-    std::printf("test_comm_mpi needs several ranks: mpirun -np 4 %s\n", argv[0]);
-    return 1;
-  }
-  if (w.rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new dsv3::test::RankFailurePrinter(w.rank()));
-  }
-  int32_t failed = RUN_ALL_TESTS() != 0;
-  std::vector<int32_t> all(size_t(w.size()));
-  w.all_gather(&failed, all.data(), 1, dsv3::DType::I32);
-  int any = 0;
-  for (int r = 0; r < w.size(); r++) any |= all[size_t(r)];
-  if (w.rank() == 0 && any) {
-    std::printf("FAILED on rank(s):");
-    for (int r = 0; r < w.size(); r++)
-      if (all[size_t(r)]) std::printf(" %d", r);
-    std::printf("\n");
-  }
-  std::fflush(stdout);
-  dsv3::dist::finalize();
-  return any;
+  return dsv3::test::run_mpi_gtests(argc, argv, "test_comm_mpi", 2);
 }

@@ -1,0 +1,258 @@
+#include "dist/collectives.h"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <thread>
+
+#include "core/check.h"
+#include "core/timer.h"
+
+namespace dsv3::dist {
+
+namespace {
+constexpr int kQueryTag = 30001, kReplyTag = 30002;
+constexpr size_t kQueryBytes = 64, kReplyBytes = 160;
+
+std::string list_ranks(const std::vector<int>& r) {
+  std::string s;
+  for (size_t i = 0; i < r.size(); i++) s += (i ? ", " : "") + std::to_string(r[i]);
+  return s;
+}
+
+// Fixed-size text messages of the watchdog's side channel.
+std::vector<uint8_t> pack(const std::string& text, size_t n) {
+  std::vector<uint8_t> b(n, 0);
+  std::memcpy(b.data(), text.data(), std::min(text.size(), n - 1));
+  return b;
+}
+std::string unpack(const std::vector<uint8_t>& b) {
+  return std::string(reinterpret_cast<const char*>(b.data()),
+                     strnlen(reinterpret_cast<const char*>(b.data()), b.size()));
+}
+}  // namespace
+
+const char* coll_name(Coll k) {
+  switch (k) {
+    case Coll::AllReduce: return "all_reduce";
+    case Coll::ReduceScatter: return "reduce_scatter";
+    case Coll::AllGather: return "all_gather";
+    case Coll::AllToAll: return "all_to_all";
+    case Coll::Broadcast: return "broadcast";
+  }
+  return "?";
+}
+
+const char* purpose_name(Purpose p) {
+  switch (p) {
+    case Purpose::Grads: return "grads";
+    case Purpose::Params: return "params";
+    case Purpose::Experts: return "experts";
+    case Purpose::Stats: return "stats";
+  }
+  return "?";
+}
+
+double CommLedger::total_bytes() const {
+  double t = 0;
+  for (double b : bytes) t += b;
+  return t;
+}
+
+nlohmann::json CommLedger::to_json() const {
+  nlohmann::json j = nlohmann::json::object();
+  for (int k = 0; k < kCollKinds; k++)
+    if (calls[size_t(k)] > 0) j[coll_name(Coll(k))] = bytes[size_t(k)];
+  return j;
+}
+
+Group make_group(const Comm& comm, const std::string& name) {
+  Group g;
+  g.comm = comm;
+  g.name = name;
+  g.world_ranks.resize(size_t(comm.size()));
+  const int32_t me = world().rank();
+  comm.all_gather(&me, g.world_ranks.data(), 1, DType::I32);
+  return g;
+}
+
+Pending::~Pending() {
+  if (!done && std::uncaught_exceptions() > 0) req.abandon();
+}
+
+Collectives::Collectives(double timeout_s) : timeout_(timeout_s) {
+  DSV3_CHECK(timeout_s >= 0, "collective_timeout must be >= 0 (0 = off)");
+  if (timeout_s > 0 && world().size() > 1) side_ = world().split(0, world().rank());
+}
+
+Pending Collectives::start(Group& g, Coll k, Purpose p, double bytes, Request req) {
+  Pending op;
+  op.req = std::move(req);
+  op.group = &g;
+  op.kind = k;
+  op.purpose = p;
+  op.seq = g.started;  // incremented by the caller before the MPI call
+  op.t0 = now_seconds();
+  op.done = false;
+  ledger_.bytes[size_t(k)] += bytes;
+  ledger_.calls[size_t(k)]++;
+  ledger_.purpose_bytes[size_t(p)] += bytes;
+  if (std::find(groups_.begin(), groups_.end(), &g) == groups_.end()) groups_.push_back(&g);
+  return op;
+}
+
+Pending Collectives::all_reduce(Group& g, Purpose p, void* data, size_t count, DType t,
+                                ReduceOp op) {
+  const double n = g.size(), S = double(count) * dtype_size(t);
+  g.started++;
+  return start(g, Coll::AllReduce, p, 2 * (n - 1) / n * S, g.comm.iall_reduce(data, count, t, op));
+}
+
+Pending Collectives::reduce_scatter(Group& g, Purpose p, const void* send, void* recv,
+                                    size_t count, DType t) {
+  const double n = g.size();
+  g.started++;
+  return start(g, Coll::ReduceScatter, p, (n - 1) * double(count) * dtype_size(t),
+               g.comm.ireduce_scatter(send, recv, count, t));
+}
+
+Pending Collectives::all_gather(Group& g, Purpose p, const void* send, void* recv, size_t count,
+                                DType t) {
+  const double n = g.size();
+  g.started++;
+  return start(g, Coll::AllGather, p, (n - 1) * double(count) * dtype_size(t),
+               g.comm.iall_gather(send, recv, count, t));
+}
+
+Pending Collectives::all_to_all(Group& g, Purpose p, const void* send, void* recv, size_t count,
+                                DType t) {
+  const double n = g.size();
+  g.started++;
+  return start(g, Coll::AllToAll, p, (n - 1) * double(count) * dtype_size(t),
+               g.comm.iall_to_all(send, recv, count, t));
+}
+
+Pending Collectives::all_to_allv(Group& g, Purpose p, const void* send, Pieces sp, void* recv,
+                                 Pieces rp, DType t) {
+  double sent = 0;
+  for (size_t q = 0; q < sp.counts.size(); q++)
+    if (int(q) != g.rank()) sent += double(sp.counts[q]) * dtype_size(t);
+  g.started++;
+  return start(g, Coll::AllToAll, p, sent, g.comm.iall_to_allv(send, sp, recv, rp, t));
+}
+
+void Collectives::finish(Pending& op) {
+  op.done = true;
+  ledger_.busy_s += now_seconds() - op.t0;
+}
+
+bool Collectives::test(Pending& op) {
+  if (op.done) return true;
+  if (!op.req.test()) return false;
+  finish(op);
+  return true;
+}
+
+void Collectives::wait(Pending& op) {
+  if (op.done) return;
+  const double t0 = now_seconds();
+  if (timeout_ <= 0 || !side_) {
+    op.req.wait();
+  } else {
+    waiting_ = &op;
+    // Spin briefly (most operations finish within microseconds once every rank is there), then
+    // back off so an idle rank does not take the core an oversubscribed neighbour computes on.
+    int spins = 0;
+    while (!op.req.test()) {
+      serve_queries();
+      const double waited = now_seconds() - t0;
+      if (waited > timeout_) time_out(op, waited);
+      if (++spins > 200)
+        std::this_thread::sleep_for(std::chrono::microseconds(spins > 2000 ? 1000 : 50));
+    }
+    waiting_ = nullptr;
+  }
+  ledger_.exposed_s += now_seconds() - t0;
+  finish(op);
+}
+
+// Answers every query waiting on the side channel: how many operations this rank started on the
+// asked group, and what it is blocked in.
+void Collectives::serve_queries() {
+  int src = -1;
+  while (side_.probe(kQueryTag, &src)) {
+    std::vector<uint8_t> q(kQueryBytes);
+    side_.recv(q.data(), q.size(), DType::U8, src, kQueryTag);
+    const std::string group = unpack(q);
+    long long started = -1;
+    for (const Group* g : groups_)
+      if (g->name == group) started = (long long)g->started;
+    std::string in = "nothing";
+    if (waiting_)
+      in = cat(coll_name(waiting_->kind), " #", waiting_->seq, " of group ", waiting_->group->name);
+    const auto r = pack(cat(started, "\n", in), kReplyBytes);
+    side_.send(r.data(), r.size(), DType::U8, src, kReplyTag);  // small: sent eagerly
+  }
+}
+
+void Collectives::time_out(const Pending& op, double waited) {
+  const Group& g = *op.group;
+  const int me = world().rank();
+  const auto q = pack(g.name, kQueryBytes);
+  std::vector<Request> sent;
+  for (int r : g.world_ranks)
+    if (r != me) sent.push_back(side_.isend(q.data(), q.size(), DType::U8, r, kQueryTag));
+  // Every member that polls a collective answers within moments; wait a little for the rest.
+  const double grace = std::clamp(timeout_ / 4, 1.0, 10.0), t0 = now_seconds();
+  std::vector<int> arrived = {me}, behind, silent;
+  std::vector<std::string> where;
+  std::vector<bool> answered(g.world_ranks.size(), false);
+  size_t answers = 0;
+  while (answers + 1 < g.world_ranks.size() && now_seconds() - t0 < grace) {
+    serve_queries();
+    int src = -1;
+    if (side_.probe(kReplyTag, &src)) {
+      std::vector<uint8_t> b(kReplyBytes);
+      side_.recv(b.data(), b.size(), DType::U8, src, kReplyTag);
+      const std::string text = unpack(b);
+      const size_t nl = text.find('\n');
+      const long long started = std::atoll(text.substr(0, nl).c_str());
+      for (size_t i = 0; i < g.world_ranks.size(); i++)
+        if (g.world_ranks[i] == src && !answered[i]) {
+          answered[i] = true;
+          answers++;
+          if (started >= (long long)op.seq) {
+            arrived.push_back(src);
+          } else {
+            behind.push_back(src);
+            where.push_back(cat("rank ", src, " has started ", started < 0 ? 0 : started,
+                                " operations on the group and is blocked in ",
+                                text.substr(nl + 1)));
+          }
+        }
+      continue;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  for (size_t i = 0; i < g.world_ranks.size(); i++)
+    if (!answered[i] && g.world_ranks[i] != me) silent.push_back(g.world_ranks[i]);
+  for (Request& r : sent) r.abandon();
+  std::sort(arrived.begin(), arrived.end());
+  std::string msg = cat(coll_name(op.kind), " #", op.seq, " of group ", g.name, " (",
+                        purpose_name(op.purpose), ", ", g.size(), " ranks) timed out after ",
+                        int(waited), " s (--collective_timeout ", timeout_, ") on rank ", me,
+                        ": ");
+  std::vector<int> missing = silent;
+  missing.insert(missing.end(), behind.begin(), behind.end());
+  std::sort(missing.begin(), missing.end());
+  msg += cat(missing.size() == 1 ? "rank " : "ranks ", list_ranks(missing), " did not arrive");
+  if (!silent.empty())
+    msg += cat(" (no answer from ", list_ranks(silent),
+               ": stopped, dead or busy outside collectives)");
+  for (const std::string& w : where) msg += "; " + w;
+  msg += cat("; ", arrived.size() == 1 ? "rank " : "ranks ", list_ranks(arrived),
+             arrived.size() == 1 ? " is" : " are", " waiting in it");
+  fail(msg);
+}
+
+}  // namespace dsv3::dist

@@ -1,0 +1,65 @@
+// Sparse causal attention (M6): every query attends to a short list of earlier keys instead of
+// all of them. Same shapes and dtypes as ops/attention.h (q, k: (B,T,H,dqk); v: (B,T,H,dv)), but
+// P is (B, H, T, K) with K keys per query, so memory and work are O(T K), not O(T^2).
+//   window W:  query i sees keys [i-W+1, i]; slot j of its row is key i-W+1+j (empty below 0).
+//   explicit:  index (B, H, T, K) int32 lists each query's keys, ascending, each <= i, padded
+//              with -1 (LSH attention: lsh_attention_index below).
+// Per query: S_j = scale q_i . k_key(j), P = softmax over the listed keys (accumulation dtype,
+// stored rounded to T), out_i = sum_j P_j v_key(j). Empty slots have P = 0. Equal to dense
+// attention with the mask "key listed" (tests/cpp/test_ops.cpp checks it).
+#pragma once
+#include <cstdint>
+
+#include "backend/backend.h"
+
+namespace dsv3 {
+
+struct SparseAttentionShape {
+  int B, T, H, dqk, dv;
+  double scale;
+  int K;       // keys per query (slots of a P row)
+  int window;  // > 0: the window W (K == W, index unused); 0: explicit index
+};
+
+namespace cpu {
+template <typename T>
+void sparse_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
+                              const int32_t* index, SparseAttentionShape s);
+// dq, dk, dv += gradients.
+template <typename T>
+void sparse_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                               const T* v, const T* probs, const int32_t* index,
+                               SparseAttentionShape s);
+}  // namespace cpu
+
+void sparse_attention_forward(const Exec& ex, const Tensor& out, const Tensor& probs,
+                              const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& index, SparseAttentionShape s);
+void sparse_attention_backward(const Exec& ex, const Tensor& dq, const Tensor& dk,
+                               const Tensor& dv, const Tensor& dout, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const Tensor& probs,
+                               const Tensor& index, SparseAttentionShape s);
+
+// LSH bucketing (Reformer's angular LSH, Kitaev et al. 2020, for separate queries and keys):
+// for each round r, queries and keys of head h are hashed with the same random rotation
+// R[h][r] (dqk x buckets/2): bucket(x) = argmax([x R, -x R]). Queries and keys are each sorted
+// by (bucket, position) and cut into chunks of `chunk`; query chunk c attends to key chunks c
+// and c-1 of the same round. A query's keys are the union over rounds of those keys at
+// positions <= its own, plus itself (so no row is empty), ascending: at most
+// K = rounds * 2 * chunk + 1 of them.
+struct LshShape {
+  int B, T, H, dqk;
+  int buckets;  // even
+  int rounds;
+  int chunk;
+  int K() const { return rounds * 2 * chunk + 1; }
+};
+// rotations: (H, rounds, dqk, buckets/2) accum dtype (fp32; fp64 for the oracle), the same for
+// every layer and step: lsh_rotations makes them from a seed.
+void lsh_rotations(float* out, int H, int rounds, int dqk, int buckets, uint64_t seed);
+// index (B, H, T, K) int32, written whole; buckets (B, H, rounds, 2, T) int32 (queries, then
+// keys) if not empty, for inspection.
+void lsh_attention_index(const Exec& ex, const Tensor& index, const Tensor& buckets,
+                         const Tensor& q, const Tensor& k, const Tensor& rotations, LshShape s);
+
+}  // namespace dsv3

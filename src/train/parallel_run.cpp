@@ -1,0 +1,164 @@
+#include "train/parallel_run.h"
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "core/check.h"
+#include "dist/eplb.h"
+#include "model/params.h"
+
+namespace dsv3 {
+
+namespace {
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+std::string human_bytes(double b) {
+  if (b >= 1e9) return fmt("%.2f GB", b / 1e9);
+  if (b >= 1e6) return fmt("%.2f MB", b / 1e6);
+  if (b >= 1e3) return fmt("%.1f kB", b / 1e3);
+  return fmt("%.0f B", b);
+}
+}  // namespace
+
+CheckpointReader checkpoint_reader(const Checkpoint& ck) {
+  auto t = std::make_shared<ParamTable>(build_param_table(ck.config));
+  CheckpointReader r;
+  const auto array = [&ck](const std::string& a) -> const std::vector<float>* {
+    if (a == "params") return &ck.params;
+    if (a == "adam_m") return &ck.adam_m;
+    if (a == "adam_v") return &ck.adam_v;
+    return nullptr;
+  };
+  r.has = [array](const std::string& a) {
+    const auto* v = array(a);
+    return v && !v->empty();
+  };
+  r.read = [array, t](const std::string& a, const std::string& name, size_t begin, size_t count,
+                      float* out) {
+    const auto* v = array(a);
+    DSV3_CHECK(v && !v->empty(), "the checkpoint has no '", a, "' values");
+    const ParamInfo& p = t->at(name);
+    DSV3_CHECK(begin + count <= p.numel, "internal: read past ", name);
+    std::copy_n(v->data() + p.offset + begin, count, out);
+  };
+  return r;
+}
+
+CheckpointReader checkpoint_reader(const ShardedCheckpoint& sc) {
+  CheckpointReader r;
+  r.has = [&sc](const std::string& a) { return sc.has_array(a); };
+  r.read = [&sc](const std::string& a, const std::string& name, size_t begin, size_t count,
+                 float* out) { sc.read(a, name, begin, count, out); };
+  return r;
+}
+
+Checkpoint sharded_checkpoint_state(const std::string& dir) {
+  const ShardedCheckpoint sc(dir);
+  Checkpoint ck;
+  ck.config = sc.config();
+  ck.train = sc.manifest().at("train");
+  return ck;
+}
+
+nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
+                              const ParallelContext& ctx, int64_t step) {
+  const dist::ParallelLayout& l = ctx.layout;
+  return {{"step", step},
+          {"model", fields_to_json(model_fields(), &c)},
+          {"train", train},
+          {"layout", {{"world", ctx.world}, {"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp},
+                      {"ep", l.ep}, {"zero", ctx.cfg.zero}}}};
+}
+
+void inject_rank_fault(const RankFault& f, const ParallelContext& ctx, int64_t step,
+                       const std::string& run_dir) {
+  if (f.kind == RankFault::None || f.rank != ctx.rank || f.step != step) return;
+  const std::string marker = run_dir + "/.rank_fault_done";
+  if (std::filesystem::exists(marker)) return;  // the restarted run gets past it
+  std::ofstream(marker) << step << "\n";
+  const bool stop = f.kind == RankFault::Stop;
+  std::fprintf(stderr, "rank %d: --rank_fault %s this rank (%s) at step %lld\n", ctx.rank,
+               stop ? "stops" : "kills", stop ? "SIGSTOP" : "SIGKILL", (long long)step);
+  std::fflush(stderr);
+  ::kill(::getpid(), stop ? SIGSTOP : SIGKILL);
+}
+
+void add_comm_metrics(nlohmann::json& rec, const StepComm& c, double step_s,
+                      const ParallelStep& eng, const ParallelContext& ctx) {
+  const dist::CommLedger& l = c.ledger;
+  rec["compute_s"] = step_s - l.exposed_s;
+  rec["comm_s"] = l.busy_s;
+  rec["exposed_comm_s"] = l.exposed_s;
+  rec["comm_bytes"] = l.to_json();
+  nlohmann::json purpose = nlohmann::json::object();
+  for (int p = 0; p < dist::kPurposes; p++)
+    if (l.purpose_bytes[size_t(p)] > 0)
+      purpose[dist::purpose_name(dist::Purpose(p))] = l.purpose_bytes[size_t(p)];
+  rec["comm_purpose_bytes"] = purpose;
+  rec["grad_wire_bytes"] = c.grad_wire_bytes;
+  if (ctx.cfg.balance_microbatches || ctx.cfg.debug_slow_rank >= 0) {
+    rec["rank_sequences"] = eng.plan().count;
+    rec["rank_sec_per_seq"] = eng.rank_seconds();
+  }
+}
+
+std::string comm_console_text(const StepComm& c, double step_s) {
+  return "comm " + human_bytes(c.ledger.total_bytes()) + ", exposed " +
+         fmt("%.0f", 1000 * c.ledger.exposed_s) + " ms (" +
+         fmt("%.0f%%", 100 * c.ledger.exposed_s / std::max(step_s, 1e-9)) + ")";
+}
+
+EplbMonitor::EplbMonitor(const DistConfig& cfg, const ModelConfig& c, int ep)
+    : on_(cfg.eplb && c.experts > 0), every_(cfg.eplb_every), ranks_(std::max(ep, 1)),
+      redundant_(cfg.eplb_redundant > 0 ? cfg.eplb_redundant : std::max(ep, 1)) {
+  if (!on_) return;
+  DSV3_CHECK((c.experts + redundant_) % ranks_ == 0, "--eplb_redundant ", redundant_, ": ",
+             c.experts, " experts + redundant slots must spread evenly over ep = ", ranks_,
+             " ranks");
+}
+
+nlohmann::json EplbMonitor::observe(int64_t steps_done, const std::vector<MoeLayerStats>& moe,
+                                    const std::vector<std::string>& names) {
+  if (!on_) return nullptr;
+  loads_.resize(moe.size());
+  for (size_t i = 0; i < moe.size(); i++) {
+    loads_[i].resize(moe[i].loads.size(), 0.0);
+    for (size_t e = 0; e < moe[i].loads.size(); e++) loads_[i][e] += double(moe[i].loads[e]);
+  }
+  if (steps_done % every_ != 0) return nullptr;
+  nlohmann::json layers = nlohmann::json::array();
+  for (size_t i = 0; i < loads_.size(); i++) {
+    const auto& load = loads_[i];
+    const dist::ExpertPlacement home = dist::home_placement(int(load.size()), ranks_);
+    const dist::ExpertPlacement p = dist::eplb_place(load, ranks_, redundant_);
+    layers.push_back({{"layer", names[i]},
+                      {"imbalance_before", dist::imbalance(dist::rank_loads(home, load))},
+                      {"imbalance_after", dist::imbalance(dist::rank_loads(p, load))},
+                      {"replicas", p.replicas},
+                      {"placement", p.phy2log}});
+  }
+  for (auto& l : loads_) std::fill(l.begin(), l.end(), 0.0);
+  return {{"kind", "eplb"}, {"step", steps_done}, {"ranks", ranks_}, {"redundant", redundant_},
+          {"layers", layers}};
+}
+
+std::string eplb_console_text(const nlohmann::json& rec) {
+  double before = 0, after = 0;
+  for (const auto& l : rec.at("layers")) {
+    before = std::max(before, l.at("imbalance_before").get<double>());
+    after = std::max(after, l.at("imbalance_after").get<double>());
+  }
+  return "eplb step " + std::to_string(rec.at("step").get<long long>()) + ": " +
+         std::to_string(rec.at("redundant").get<int>()) + " redundant experts over " +
+         std::to_string(rec.at("ranks").get<int>()) + " ranks, per-rank load max/mean " +
+         fmt("%.3f", before) + " -> " + fmt("%.3f", after) + " (worst layer)";
+}
+
+}  // namespace dsv3

@@ -1,0 +1,56 @@
+// What the training loop needs around the parallel step (trainer.cpp): reading checkpoints of
+// either kind by tensor name, the manifest of a sharded save, the debug rank faults, the
+// communication metrics and console text, and the EPLB report.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/sharded.h"
+#include "train/parallel_step.h"
+
+namespace dsv3 {
+
+// Values by tensor name from a single-file checkpoint (full arrays) or a sharded one. The
+// reader refers to its argument, which must outlive it.
+CheckpointReader checkpoint_reader(const Checkpoint& ck);
+CheckpointReader checkpoint_reader(const ShardedCheckpoint& sc);
+// A sharded checkpoint's config and train state as a Checkpoint without values (for
+// spec_from_checkpoint / state_from_checkpoint).
+Checkpoint sharded_checkpoint_state(const std::string& dir);
+// The manifest of a sharded save at `step` (its shard list is added when it commits).
+nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
+                              const ParallelContext& ctx, int64_t step);
+
+// --rank_fault: at the start of step `step` (1-based) the named rank kills (SIGKILL) or stops
+// (SIGSTOP) itself, once per run directory (remembered in OUT/.rank_fault_done, so a restarted
+// run gets past it).
+void inject_rank_fault(const RankFault& f, const ParallelContext& ctx, int64_t step,
+                       const std::string& run_dir);
+
+// metrics.jsonl fields of a distributed step: compute_s, comm_s, exposed_comm_s, comm_bytes
+// {kind: bytes}, comm_purpose_bytes, grad_wire_bytes, and with --balance_microbatches the
+// per-rank sequences and seconds per sequence.
+void add_comm_metrics(nlohmann::json& rec, const StepComm& c, double step_s,
+                      const ParallelStep& eng, const ParallelContext& ctx);
+std::string comm_console_text(const StepComm& c, double step_s);  // "comm 1.2 MB, exposed 3 ms"
+
+// --eplb: every eplb_every steps, the DeepSeek placement (dist/eplb.h) of the loads measured
+// since the last one, with the per-rank imbalance before (each rank its own experts) and after.
+class EplbMonitor {
+ public:
+  EplbMonitor(const DistConfig& cfg, const ModelConfig& c, int ep);
+  // A {"kind": "eplb", ...} record when a placement was made at this step, else null.
+  nlohmann::json observe(int64_t steps_done, const std::vector<MoeLayerStats>& moe,
+                         const std::vector<std::string>& names);
+
+ private:
+  bool on_;
+  int every_, ranks_, redundant_;
+  std::vector<std::vector<double>> loads_;  // per MoE layer, accumulated
+};
+std::string eplb_console_text(const nlohmann::json& rec);
+
+}  // namespace dsv3

@@ -1,0 +1,310 @@
+#include "train/parallel_step.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <thread>
+
+#include "checkpoint/sharded.h"
+#include "core/check.h"
+#include "core/timer.h"
+#include "ops/elementwise.h"
+#include "ops/optimizer.h"
+#include "train/expert_parallel.h"
+
+namespace dsv3 {
+
+std::string ParallelContext::describe() const {
+  return cat(world, world == 1 ? " process" : " ranks", ": ", dist::describe(layout), ", zero ",
+             cfg.zero, cfg.grad_compress != GradCompress::None
+                           ? cat(", grad_compress ", grad_compress_name(cfg.grad_compress))
+                           : std::string());
+}
+
+void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
+                       const ModelConfig& model, int world_size) {
+  validate(cfg);
+  const dist::ParallelLayout l = dist::resolve(given, world_size);
+  dist::validate(l, world_size);
+  DSV3_CHECK(l.tp == 1 && l.pp == 1, "tensor and pipeline parallelism (--tp ", l.tp, ", --pp ",
+             l.pp, ") are not implemented yet: lay the ranks out with --dp and --ep");
+  if (l.ep > 1)
+    DSV3_CHECK(model.experts > 0 && model.experts % l.ep == 0, "--ep ", l.ep, " shards the routed "
+               "experts over ", l.ep, " ranks, but the model has ", model.experts,
+               " routed experts, not a multiple of ", l.ep, " (choose an ep that divides ",
+               model.experts, ")");
+}
+
+std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayout& given,
+                                                       const DistConfig& cfg,
+                                                       const ModelConfig& model) {
+  auto ctx = std::make_unique<ParallelContext>();
+  const dist::Comm& world = dist::world();
+  ctx->world = world.size();
+  ctx->rank = world.rank();
+  ctx->cfg = cfg;
+  validate_parallel(given, cfg, model, ctx->world);
+  ctx->layout = dist::resolve(given, ctx->world);
+  const dist::ParallelLayout& l = ctx->layout;
+  const dist::ParallelGroups g = dist::make_parallel_groups(world, l);
+  ctx->at = g.at;
+  ctx->world_group = dist::make_group(world, "world");
+  ctx->dp = dist::make_group(g.dp, "dp");
+  ctx->ep = dist::make_group(g.ep, "ep");
+  ctx->edp = dist::make_group(g.edp, "edp");
+  ctx->coll = std::make_unique<dist::Collectives>(ctx->world > 1 ? cfg.collective_timeout : 0);
+  if (l.ep > 1) ctx->shard = {ctx->at.ep * (model.experts / l.ep), model.experts / l.ep};
+  return ctx;
+}
+
+ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWConfig& oc,
+                           const PrecisionConfig& pc, const ModelConfig& c)
+    : ctx_(ctx), w_(w), c_(c), scaler_(pc) {
+  if (!ctx.distributed() || ctx.cfg.zero == 0) single_ = std::make_unique<TrainState>(w, oc, pc);
+  if (!ctx.distributed()) return;
+  DSV3_CHECK(w.device() == Device::CPU, "distributed training runs on the CPU for now (the "
+             "communicator moves host buffers); drop --device cuda or run one process");
+  sync_ = std::make_unique<GradSync>(w.table(), c, ctx.dp, w.table().sharded() ? &ctx.edp : nullptr,
+                                     *ctx.coll, ctx.cfg, w.device());
+  if (ctx.cfg.zero > 0) {
+    grads_ = Buffer(w.device(), DType::F32, w.table().total);
+    grad_view_ = bind_model(c, w.table(), grads_.view());
+    master_ = Buffer(w.device(), DType::F32, std::max<size_t>(sync_->shard_size(), 1));
+    // each piece of a tensor keeps that tensor's learning-rate multiplier (per-group rates)
+    std::vector<ParamSpan> spans = sync_->own_spans_shard();
+    const std::vector<ParamSpan> whole = trainable_spans(w.table());
+    const std::vector<float> mult = lr_multipliers(oc, w.table());
+    for (size_t i = 0; i < spans.size(); i++) {  // the tensor holding the piece's first element
+      const size_t at = sync_->own_spans_flat()[i].offset;
+      const auto it = std::upper_bound(whole.begin(), whole.end(), at,
+                                       [](size_t a, const ParamSpan& s) { return a < s.offset; });
+      spans[i].lr_mult = mult[size_t(it - whole.begin()) - 1];
+    }
+    opt_ = std::make_unique<AdamW>(oc, std::move(spans), sync_->shard_size(), w.device());
+  }
+  if (ctx.layout.ep > 1)
+    experts_ = std::make_unique<ExpertAllToAll>(*ctx.coll, ctx.ep, c, w.dtype(), w.device());
+  rank_sec_.assign(size_t(ctx.layout.dp), 0.0);
+}
+
+ParallelStep::~ParallelStep() = default;
+
+void ParallelStep::attach(Workspace& ws) { ws.set_expert_exchange(experts_.get()); }
+
+LossScaler& ParallelStep::scaler() { return single_ ? single_->scaler() : scaler_; }
+int64_t ParallelStep::updates() const {
+  return single_ ? single_->optimizer().updates() : opt_->updates();
+}
+void ParallelStep::set_updates(int64_t n) {
+  if (single_) single_->optimizer().set_updates(n);
+  else opt_->set_updates(n);
+}
+const Tensor& ParallelStep::grads() const { return single_ ? single_->grads() : grads_.view(); }
+const ModelParams& ParallelStep::grad_view() const {
+  return single_ ? single_->grad_view() : grad_view_;
+}
+
+void ParallelStep::load_local(const std::vector<float>& local) {
+  if (single_) {
+    single_->load_weights(local);
+    return;
+  }
+  w_.load(local);
+  const Exec ex{w_.device()};
+  for (const GradSync::Piece& p : sync_->own())
+    if (p.len > 0)
+      backend::copy(ex, master_.view().slice(p.shard, p.len), host_tensor(local.data() + p.flat, p.len));
+}
+
+void ParallelStep::load_full(const std::vector<float>& full) {
+  const ParamTable& t = w_.table();
+  if (!t.sharded() && full.size() == t.total) return load_local(full);
+  const ParamTable whole = build_param_table(c_);
+  DSV3_CHECK(full.size() == whole.total, "internal: initial values do not fit the model");
+  std::vector<float> local(t.total, 0.0f);
+  for (const ParamInfo& p : t.list)
+    std::copy_n(full.data() + whole.at(p.name).offset, p.numel, local.data() + p.offset);
+  load_local(local);
+}
+
+void ParallelStep::restore(const CheckpointReader& r) {
+  const ParamTable& t = w_.table();
+  const Exec ex{w_.device()};
+  std::vector<float> local(t.total, 0.0f);
+  for (const ParamInfo& p : t.list) r.read("params", p.name, 0, p.numel, local.data() + p.offset);
+  load_local(local);
+  const auto arrays = single_ ? single_->optimizer().state() : opt_->state();
+  for (const auto& [name, tensor] : arrays) {
+    DSV3_CHECK(r.has(name), "the checkpoint has no optimizer state '", name,
+               "' (weights only, or another optimizer): it cannot be resumed");
+    std::vector<float> host(tensor.numel, 0.0f);
+    if (single_) {
+      for (const ParamInfo& p : t.list)
+        if (p.trainable()) r.read(name, p.name, 0, p.numel, host.data() + p.offset);
+    } else {
+      for (const GradSync::Piece& pc : sync_->own())
+        for (const ParamInfo& p : t.list) {
+          const size_t a = std::max(pc.flat, p.offset), b = std::min(pc.flat + pc.len, p.offset + p.numel);
+          if (a < b && p.trainable())
+            r.read(name, p.name, a - p.offset, b - a, host.data() + pc.shard + (a - pc.flat));
+        }
+    }
+    backend::copy(ex, tensor, host_tensor(host));
+  }
+}
+
+Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfig& loss,
+                                          const StepSettings& s, int64_t step,
+                                          const std::vector<MicroBatch>& micro,
+                                          const std::vector<double>& share) {
+  if (!ctx_.distributed()) {
+    const MicroFn fn = [&](int a) { return micro[size_t(a)]; };
+    return dsv3::compute_gradients(*single_, ws, loss, s, step, fn);
+  }
+  dist::Collectives& coll = *ctx_.coll;
+  dist::CommLedger& led = coll.ledger();
+  led.clear();
+  TrainingLossConfig l = loss;
+  l.mtp_weight = step >= s.mtp_late_step ? s.mtp_weight_late : s.mtp_weight;
+  const Exec ex{w_.device()};
+  backend::zero(ex, grads());
+  Gradients g;
+  g.loss_scale = scaler().scale();
+  const int A = int(micro.size());
+  double compute = 0;
+  int rows = 0;
+  for (int a = 0; a < A; a++) {
+    const double t0 = now_seconds(), e0 = led.exposed_s;
+    sync_->begin_micro(a, A, grads());
+    const LossReport r = forward_backward(w_, ws, l, grad_view(), micro[size_t(a)],
+                                          float(g.loss_scale * share[size_t(a)]),
+                                          [&](int k) { sync_->part_done(k); });
+    sync_->end_micro();
+    double dt = (now_seconds() - t0) - (led.exposed_s - e0);
+    if (ctx_.rank == ctx_.cfg.debug_slow_rank && ctx_.cfg.debug_slowdown > 1) {
+      // debug: this rank is a slower machine (docs/parallel.md "Balancing micro-batches")
+      std::this_thread::sleep_for(std::chrono::duration<double>((ctx_.cfg.debug_slowdown - 1) * dt));
+      dt *= ctx_.cfg.debug_slowdown;
+    }
+    compute += dt;
+    rows += micro[size_t(a)].d.B;
+    const double w = share[size_t(a)];
+    g.loss.loss += w * r.loss;
+    g.loss.mtp_loss += w * r.mtp_loss;
+    g.loss.balance_loss += w * r.balance_loss;
+    g.loss.total += w * r.total;
+    g.loss.targets += r.targets;
+    if (a == 0) {
+      g.loss.moe = r.moe;
+      for (MoeLayerStats& m : g.loss.moe) {
+        m.balance_loss = m.entropy = 0;
+        std::fill(m.loads.begin(), m.loads.end(), 0);
+      }
+    }
+    for (size_t i = 0; i < r.moe.size(); i++) {
+      for (size_t e = 0; e < r.moe[i].loads.size(); e++) g.loss.moe[i].loads[e] += r.moe[i].loads[e];
+      g.loss.moe[i].balance_loss += w * r.moe[i].balance_loss;
+      g.loss.moe[i].entropy += w * r.moe[i].entropy;
+    }
+  }
+  sync_->finish();
+  const double sumsq = single_ ? sum_squares(ex, single_->grads(), sync_->own_spans_flat())
+                               : sum_squares(ex, sync_->shard_grads(), sync_->own_spans_shard());
+  // One all-reduce of everything the step reports: global loss, norm, loads; per-rank times.
+  const size_t M = g.loss.moe.size(), E = size_t(c_.experts), DP = size_t(ctx_.layout.dp);
+  std::vector<double> v(6 + 2 * M + M * E + DP, 0.0);
+  v[0] = g.loss.loss, v[1] = g.loss.mtp_loss, v[2] = g.loss.balance_loss, v[3] = g.loss.total;
+  v[4] = double(g.loss.targets), v[5] = sumsq;
+  for (size_t i = 0; i < M; i++) {
+    v[6 + 2 * i] = g.loss.moe[i].balance_loss, v[7 + 2 * i] = g.loss.moe[i].entropy;
+    for (size_t e = 0; e < E; e++) v[6 + 2 * M + i * E + e] = double(g.loss.moe[i].loads[e]);
+  }
+  v[6 + 2 * M + M * E + size_t(ctx_.at.dp)] = rows > 0 ? compute / rows : 0;
+  coll.run(coll.all_reduce(ctx_.world_group, dist::Purpose::Stats, v.data(), v.size(), DType::F64));
+  g.loss.loss = v[0], g.loss.mtp_loss = v[1], g.loss.balance_loss = v[2], g.loss.total = v[3];
+  g.loss.targets = int64_t(v[4]);
+  for (size_t i = 0; i < M; i++) {
+    g.loss.moe[i].balance_loss = v[6 + 2 * i], g.loss.moe[i].entropy = v[7 + 2 * i];
+    for (size_t e = 0; e < E; e++) g.loss.moe[i].loads[e] = int64_t(v[6 + 2 * M + i * E + e]);
+  }
+  for (size_t r = 0; r < DP; r++) {
+    const double x = v[6 + 2 * M + M * E + r];
+    rank_sec_[r] = rank_sec_[r] > 0 ? 0.5 * rank_sec_[r] + 0.5 * x : x;  // smoothed
+  }
+  g.grad_norm = std::sqrt(v[5]) / g.loss_scale;
+  g.finite = std::isfinite(g.grad_norm) && std::isfinite(g.loss.total);
+  return g;
+}
+
+double ParallelStep::apply_update(const StepSettings& s, int64_t step, const Gradients& g) {
+  if (single_) return dsv3::apply_update(*single_, s, step, g);
+  const Exec ex{w_.device()};
+  double factor = 1.0 / g.loss_scale;  // as step.cpp's apply_update
+  const double clip = opt_->config().clip;
+  if (clip > 0 && g.grad_norm > clip) factor *= clip / (g.grad_norm + 1e-6);
+  const double lr = lr_at(s.schedule, step, s.total_steps);
+  opt_->step(ex, master_.view(), sync_->shard_grads(), Tensor{}, lr, double(float(factor)));
+  update_bias_sharded(g.loss.moe, s.bias_update_rate);
+  for (const GradSync::Piece& p : sync_->own())
+    if (p.len > 0) convert(ex, w_.data().slice(p.flat, p.len), master_.view().slice(p.shard, p.len));
+  sync_->all_gather_params(w_.data());
+  return lr;
+}
+
+void ParallelStep::update_bias_sharded(const std::vector<MoeLayerStats>& moe, double gamma) {
+  if (gamma == 0 || c_.router != RouterKind::Sigmoid || c_.experts == 0) return;
+  const Exec ex{w_.device()};
+  const auto names = moe_layer_names(c_);
+  Buffer loads(ex.device, DType::I64, size_t(c_.experts));
+  for (size_t i = 0; i < moe.size(); i++) {
+    const ParamInfo& p = w_.table().at(routing_bias_name(c_, names[i]));
+    const Tensor bias = w_.buffers() ? w_.buffers().slice(p.buffer_offset, p.numel)
+                                     : w_.data().slice(p.offset, p.numel);
+    backend::copy(ex, loads.view(), host_tensor(moe[i].loads));  // global loads: same everywhere
+    routing_bias_update(ex, bias, loads.view(), gamma);
+    for (const GradSync::Piece& pc : sync_->own()) {  // the owner's master copy follows
+      const size_t a = std::max(pc.flat, p.offset), b = std::min(pc.flat + pc.len, p.offset + p.numel);
+      if (a < b)
+        backend::copy(ex, master_.view().slice(pc.shard + (a - pc.flat), b - a),
+                      bias.slice(a - p.offset, b - a));
+    }
+  }
+}
+
+ShardData ParallelStep::snapshot() const {
+  DSV3_CHECK(sync_, "internal: snapshot of a one-process run (it writes a single file)");
+  const Exec ex{w_.device()};
+  const ParamTable& t = w_.table();
+  ShardData d;
+  const auto arrays = single_ ? single_->optimizer().state() : opt_->state();
+  d.arrays.push_back("params");
+  for (const auto& a : arrays) d.arrays.push_back(a.first);
+  d.values.resize(d.arrays.size());
+  const Tensor params = single_ ? single_->master() : master_.view();
+  auto take = [&](size_t k, const Tensor& src, size_t at, size_t n) {
+    std::vector<float>& out = d.values[k];
+    const size_t old = out.size();
+    out.resize(old + n);
+    backend::copy(ex, host_tensor(out.data() + old, n), src.slice(at, n));
+  };
+  for (const GradSync::Piece& pc : sync_->own())
+    for (const ParamInfo& p : t.list) {
+      const size_t a = std::max(pc.flat, p.offset), b = std::min(pc.flat + pc.len, p.offset + p.numel);
+      if (a >= b) continue;
+      d.segments.push_back({p.name, a - p.offset, b - a});
+      const size_t at = single_ ? a : pc.shard + (a - pc.flat);  // zero 0: full-table arrays
+      take(0, params, at, b - a);
+      for (size_t k = 0; k < arrays.size(); k++) take(k + 1, arrays[k].second, at, b - a);
+    }
+  return d;
+}
+
+StepComm ParallelStep::last_comm() const {
+  StepComm c;
+  if (!ctx_.distributed()) return c;
+  c.ledger = ctx_.coll->ledger();
+  c.grad_wire_bytes = sync_->grad_wire_bytes();
+  return c;
+}
+
+}  // namespace dsv3

@@ -1,0 +1,129 @@
+// The optimizer step of a training run on one process or over many (P2, P3, P6, P8): what the
+// trainer calls instead of compute_gradients/apply_update (step.h) so that the loop, the guard,
+// evaluation and checkpoints stay one piece of code. Model code stays single-device: this file
+// wraps its passes (forward_backward with a backward hook for the gradient buckets) and gives
+// the MoE layers an expert exchange (expert_parallel.h) through the workspace.
+//
+// One process (world of one): exactly step.h's compute_gradients and apply_update on a
+// TrainState. Several: data parallel over dp with expert parallelism carved out of it (ep), the
+// gradient reduction of grad_sync.h, and ZeRO:
+//   zero 0: a TrainState over this rank's table (all dense parameters, its experts); the
+//           reduced gradient is complete on every rank, every rank updates everything.
+//   zero 1/2: fp32 master weights and the optimizer's state arrays exist for the rank's own
+//           pieces only (GradSync::own); after the update each rank writes its pieces into the
+//           compute-dtype weights and all-gathers the rest. The optimizer only needs to be
+//           elementwise over its state arrays (AdamW::state()); docs/parallel.md says what a
+//           non-elementwise one (Muon) needs.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "dist/collectives.h"
+#include "dist/layout.h"
+#include "train/grad_sync.h"
+#include "train/parallel_config.h"
+#include "train/state.h"
+#include "train/step.h"
+
+namespace dsv3 {
+
+class ExpertAllToAll;
+struct ShardData;
+
+// This process's place in the run: the layout (resolved against the world), its groups, the
+// distributed settings and the collectives. Made once, collectively, by every rank.
+struct ParallelContext {
+  dist::ParallelLayout layout;
+  dist::RankCoords at;
+  int world = 1, rank = 0;
+  DistConfig cfg;
+  ExpertShard shard;  // the routed experts this rank holds
+  std::unique_ptr<dist::Collectives> coll;
+  dist::Group world_group, dp, ep, edp;
+  bool distributed() const { return world > 1; }
+  bool root() const { return rank == 0; }
+  std::string describe() const;  // "4 ranks: dp 4 x tp 1 x pp 1, ep 2, zero 1"
+};
+// Checks the layout against the world size and the model without communicating (errors name
+// what to change): what make_parallel_context checks before it splits the world.
+void validate_parallel(const dist::ParallelLayout& layout, const DistConfig& cfg,
+                       const ModelConfig& model, int world_size);
+// Collective over the world: the context of this rank.
+std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayout& layout,
+                                                       const DistConfig& cfg,
+                                                       const ModelConfig& model);
+
+// Reads tensor values by name from a checkpoint of either kind (single file or sharded).
+struct CheckpointReader {
+  std::function<void(const std::string& array, const std::string& tensor, size_t begin,
+                     size_t count, float* out)> read;
+  std::function<bool(const std::string& array)> has;
+};
+
+// What one step's communication cost this rank (O1).
+struct StepComm {
+  dist::CommLedger ledger;
+  double grad_wire_bytes = 0;  // the gradient reduction's share (compressed or not)
+  double compute_s = 0;        // forward + backward + optimizer, without exposed communication
+};
+
+class ParallelStep {
+ public:
+  ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWConfig& oc,
+               const PrecisionConfig& pc, const ModelConfig& c);
+  ~ParallelStep();
+  // The workspace whose passes this step runs (its MoE layers get the expert exchange).
+  void attach(Workspace& ws);
+
+  LossScaler& scaler();
+  int64_t updates() const;
+  void set_updates(int64_t n);
+  // The batch plan of the next step (which sequences of the global batch this rank runs).
+  const BatchPlan& plan() const { return plan_; }
+  void set_plan(BatchPlan p) { plan_ = std::move(p); }
+
+  // Parameters from fp32 values in the whole model's table layout (a fresh initialisation).
+  void load_full(const std::vector<float>& full);
+  // Parameters and optimizer state from a checkpoint (any layout wrote it).
+  void restore(const CheckpointReader& r);
+
+  // Zeroes the gradients, runs this rank's micro-batches (micro-batch a's loss weighted by
+  // share[a], its share of the global batch), reduces. Loss, norm and expert loads are global.
+  Gradients compute_gradients(Workspace& ws, const TrainingLossConfig& loss,
+                              const StepSettings& s, int64_t step,
+                              const std::vector<MicroBatch>& micro,
+                              const std::vector<double>& share);
+  double apply_update(const StepSettings& s, int64_t step, const Gradients& g);
+
+  // One process: the TrainState (single-file checkpoints read and write it directly).
+  TrainState* single() { return single_.get(); }
+  // Distributed: this rank's pieces of the parameters and optimizer state (a checkpoint shard).
+  ShardData snapshot() const;
+  // The last step's communication (call after apply_update; the trainer adds compute time).
+  StepComm last_comm() const;
+  // Per dp rank, compute seconds per sequence of the last step (balancing, metrics).
+  const std::vector<double>& rank_seconds() const { return rank_sec_; }
+
+ private:
+  void update_bias_sharded(const std::vector<MoeLayerStats>& moe, double gamma);
+  void load_local(const std::vector<float>& local);
+  const Tensor& grads() const;
+  const ModelParams& grad_view() const;
+
+  ParallelContext& ctx_;
+  ModelWeights& w_;
+  ModelConfig c_;
+  std::unique_ptr<TrainState> single_;  // one process, or zero 0
+  std::unique_ptr<GradSync> sync_;
+  std::unique_ptr<ExpertAllToAll> experts_;
+  // zero 1/2
+  Buffer grads_;         // fp32, the whole table: what backward accumulates into
+  ModelParams grad_view_;
+  Buffer master_;        // fp32, own pieces
+  std::unique_ptr<AdamW> opt_;
+  LossScaler scaler_;
+  BatchPlan plan_;
+  std::vector<double> rank_sec_;
+};
+
+}  // namespace dsv3
