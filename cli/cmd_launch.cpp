@@ -127,6 +127,8 @@ void log_event(const std::string& out, const nlohmann::json& j) {
   std::filesystem::create_directories(out, ec);
   std::ofstream f(out + "/launch.jsonl", std::ios::app);
   f << j.dump() << "\n";
+  f.flush();
+  DSV3_CHECK(f.good(), "cannot write ", out, "/launch.jsonl: ", std::strerror(errno));
   std::fprintf(stderr, "dsv3 launch: %s\n", j.value("message", "").c_str());
 }
 

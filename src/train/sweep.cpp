@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -381,11 +382,14 @@ std::string params_text(const TrialParams& p) {
 
 void append_line(const std::string& path, const json& j) {
   std::FILE* f = std::fopen(path.c_str(), "a");
-  DSV3_CHECK(f, "cannot open ", path);
+  DSV3_CHECK(f, "cannot open ", path, ": ", std::strerror(errno));
   const std::string line = j.dump() + "\n";
-  const bool ok = std::fwrite(line.data(), 1, line.size(), f) == line.size();
-  std::fclose(f);
-  DSV3_CHECK(ok, "cannot write ", path);
+  errno = 0;
+  // fclose writes the buffer: its failure (a full disk) is the write's
+  const bool ok = std::fwrite(line.data(), 1, line.size(), f) == line.size() && std::fflush(f) == 0;
+  const int e = errno;
+  const bool closed = std::fclose(f) == 0;
+  DSV3_CHECK(ok && closed, "cannot write ", path, ": ", std::strerror(e ? e : errno));
 }
 
 // threads: OMP_NUM_THREADS for the child unless the environment sets it (J trials share the cores).
