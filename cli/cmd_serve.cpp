@@ -1,8 +1,10 @@
 // dsv3 serve: the OpenAI-compatible server (src/infer/server.h) over a model loaded for
 // inference.
 #include <cstdio>
+#include <memory>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/quantized.h"
 #include "commands.h"
 #include "core/check.h"
 #include "flags.h"
@@ -42,18 +44,18 @@ int cmd_serve(int argc, char** argv) {
   for (const auto& k : a->set_keys)
     DSV3_CHECK(k != "loss_scale" && k != "loss_scale_window", "--", k,
                " is a training setting; serve only takes --precision");
-  DSV3_CHECK(!o.model.empty(), "--model is required (a checkpoint, run directory or HF directory)");
+  DSV3_CHECK(!o.model.empty(), "--model is required (a checkpoint, run directory, HF directory "
+             "or int8 model)");
   validate(sc);
-  LoadedModel lm = load_model_any(o.model);
-  ModelWeights w(lm.config, compute_dtype(pc.precision));
-  w.load(lm.params);
-  lm.params.clear();
-  lm.params.shrink_to_fit();
+  const std::unique_ptr<ModelWeights> w = make_model_weights(
+      load_model_any(o.model, /*keep_int8=*/true), compute_dtype(pc.precision));
   const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
   const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
-  std::fprintf(stderr, "dsv3 serve: %s (%s), text: %s\n", lm.source.c_str(),
-               precision_name(pc.precision), codec.describe().c_str());
-  serve(w, codec, sc);
+  std::fprintf(stderr, "dsv3 serve: %s (%s%s), text: %s\n", o.model.c_str(),
+               precision_name(pc.precision),
+               w->quant() == QuantScheme::None ? "" : cat(", int8 ", quant_scheme_name(w->quant())).c_str(),
+               codec.describe().c_str());
+  serve(*w, codec, sc);
   return 0;
 }
 

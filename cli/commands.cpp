@@ -8,7 +8,9 @@
 #include <filesystem>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/gguf.h"
 #include "checkpoint/hf.h"
+#include "checkpoint/quantized.h"
 #include "checkpoint/sharded.h"
 #include "dist/agree.h"
 #include "dist/comm.h"
@@ -23,6 +25,7 @@
 #include "infer/sample.h"
 #include "infer/text_stream.h"
 #include "ops/gemm_cpu.h"
+#include "tokenizer/formats.h"
 #include "tokenizer/text_codec.h"
 #include "train/state.h"
 #include "train/step.h"
@@ -51,12 +54,12 @@ ParsedArgs parse_run(int argc, char** argv, std::vector<FieldGroup> groups, RunS
   return parse_args(argc, argv, 2, groups, [&](const std::string& p) { s.model = preset(p); });
 }
 
-// A model for eval/sample: checkpoint file, run directory or HF directory, in `precision`.
+// A model for eval/sample: checkpoint file, run directory, HF directory or int8 model, in
+// `precision` (an int8 model's activations and high-precision tensors).
 std::unique_ptr<ModelWeights> load_weights(const std::string& path, Precision precision) {
   DSV3_CHECK(!path.empty(), "--model is required (a checkpoint, run directory or HF directory)");
-  LoadedModel lm = load_model_any(path);
-  auto w = std::make_unique<ModelWeights>(lm.config, compute_dtype(precision));
-  w->load(lm.params);
+  LoadedModel lm = load_model_any(path, /*keep_int8=*/true);
+  auto w = make_model_weights(lm, compute_dtype(precision));
   std::fprintf(stderr, "loaded %s (%s)\n", lm.source.c_str(), precision_name(precision));
   if (!lm.note.empty()) std::fprintf(stderr, "%s\n", lm.note.c_str());
   return w;
@@ -103,8 +106,16 @@ int cmd_train(int argc, char** argv) {
       if ((help = a.help)) return;
       const bool vocab_given =
           std::find(a.set_keys.begin(), a.set_keys.end(), "vocab") != a.set_keys.end();
-      if (!spec.data.data.empty() && !vocab_given)  // fit the model to the data's tokenizer
+      const std::string& init = spec.compress.init_from;
+      if (!init.empty()) {  // the model is the weights' (model flags only where they allow it)
+        DSV3_CHECK(spec.checkpoint.resume.empty(), "--init_from starts a new run from weights, "
+                   "--resume continues one: give one of them");
+        DSV3_CHECK(a.preset.empty(), "--preset does not apply with --init_from: the model's "
+                   "config comes from ", init);
+        spec.model = init_from_config(load_model_any(init).config, spec.model, a.set_keys);
+      } else if (!spec.data.data.empty() && !vocab_given) {  // fit the model to the data's tokenizer
         spec.model.vocab = vocab_for_prepared_data(spec.data.data);
+      }
       if (spec.checkpoint.resume.empty()) {
         reject_inapplicable(spec, a.set_keys);
         run = spec;
@@ -124,8 +135,6 @@ int cmd_train(int argc, char** argv) {
         ck = is_sharded_checkpoint(path) ? sharded_checkpoint_state(path) : load_checkpoint(path);
         run = spec_from_checkpoint(ck);
         const auto from = run_groups(spec), to = run_groups(run);
-        if (!a.preset.empty())  // the original command line's preset: it must describe this model
-          check_same_model(spec.model, run.model, "--preset " + a.preset);
         for (const auto& key : a.set_keys) {
           if (key == "resume") continue;
           const FieldGroup *gf = nullptr, *gt = nullptr;
@@ -139,6 +148,9 @@ int cmd_train(int argc, char** argv) {
           }
           f->set(gt->target, f->get(gf->target));
         }
+        // the original command line's preset: it must describe this model (after the model flags
+        // above, each equal to the checkpoint's, so a difference left is the preset's)
+        if (!a.preset.empty()) check_same_model(spec.model, run.model, "--preset " + a.preset);
         run.checkpoint.resume = path;
         // Without --out the run continues beside its checkpoint, wherever the directory was
         // moved (not in the directory the checkpoint's settings name, which may now be
@@ -552,9 +564,9 @@ const std::vector<FieldSpec>& export_fields() {
   using X = ExportOptions;
   static const std::vector<FieldSpec> f = {
       field("model", &X::model, "checkpoint file, run directory or HF directory"),
-      field("format", &X::format, "output format (hf)"),
-      field("out", &X::out, "output directory"),
-      field("dtype", &X::dtype, "tensor dtype: f32 or bf16"),
+      field("format", &X::format, "output format: hf (directory) or gguf (llama.cpp file)"),
+      field("out", &X::out, "output directory (hf) or file (gguf)"),
+      field("dtype", &X::dtype, "tensor dtype: f32 or bf16 (hf); f32, f16, bf16 or q8_0 (gguf)"),
   };
   return f;
 }
@@ -570,16 +582,45 @@ const std::vector<FieldSpec>& import_fields() {
 }
 }  // namespace
 
+namespace {
+int export_gguf_file(const std::string& model, const std::string& out, const std::string& dtype) {
+  DSV3_CHECK(!std::filesystem::is_directory(out), "--out ", out, " is a directory: a GGUF is one "
+             "file (e.g. ", (std::filesystem::path(out) / "model.gguf").string(), ")");
+  GgufExport opt;
+  opt.dtype = parse_gguf_dtype(dtype);
+  const std::string tok_path = find_tokenizer_for_model(model);
+  Tokenizer tok;
+  if (!tok_path.empty()) {
+    tok = load_tokenizer_any(tok_path);
+    opt.tokenizer = &tok;
+  }
+  LoadedModel lm = load_model_any(model);
+  check_gguf_exportable(lm.config, opt.tokenizer, nullptr);  // before any work
+  if (lm.config.attention != AttentionKind::Dense)
+    std::fprintf(stderr, "note: the model was trained with %s attention; llama.cpp computes dense "
+                 "attention\n", attention_name(lm.config.attention));
+  opt.name = std::filesystem::path(model).filename().string();
+  export_gguf(out, lm.config, lm.params, opt);
+  std::printf("exported %s to %s (gguf %s, tokenizer: %s)\n", lm.source.c_str(), out.c_str(),
+              gguf_dtype_name(opt.dtype), tok_path.empty() ? "byte-level" : tok_path.c_str());
+  return 0;
+}
+}  // namespace
+
 int cmd_export(int argc, char** argv) {
   ExportOptions o;
   std::vector<FieldGroup> groups = {{"export", &export_fields(), &o}};
-  const auto a = parse_command(argc, argv, 2, groups, "dsv3 export --model M --format hf --out DIR [--dtype bf16]",
-                                "Writes config.json + model.safetensors in the Hugging Face "
-                                "DeepseekV3 layout.");
+  const auto a = parse_command(argc, argv, 2, groups,
+                                "dsv3 export --model M --format hf|gguf --out DIR|FILE [--dtype ...]",
+                                "hf: config.json + model.safetensors in the Hugging Face "
+                                "DeepseekV3 layout.\ngguf: one file for llama.cpp (architecture "
+                                "deepseek2) with the model's tokenizer.");
   if (!a) return 0;
-  DSV3_CHECK(o.format == "hf", "unknown --format '", o.format, "' (supported: hf)");
+  DSV3_CHECK(o.format == "hf" || o.format == "gguf", "unknown --format '", o.format,
+             "' (supported: hf, gguf)");
   DSV3_CHECK(!o.out.empty(), "--out is required");
   DSV3_CHECK(!o.model.empty(), "--model is required");
+  if (o.format == "gguf") return export_gguf_file(o.model, o.out, o.dtype);
   const DType dt = parse_dtype(o.dtype);
   LoadedModel lm = load_model_any(o.model);
   if (!lm.note.empty()) std::fprintf(stderr, "%s\n", lm.note.c_str());

@@ -14,6 +14,8 @@ int cmd_import(int argc, char** argv);
 int cmd_prepare(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);
 int cmd_curate(int argc, char** argv);
+int cmd_quantize(int argc, char** argv);  // cmd_compress.cpp
+int cmd_prune(int argc, char** argv);
 int cmd_report(int argc, char** argv);
 int cmd_sweep(int argc, char** argv);
 int cmd_launch(int argc, char** argv);

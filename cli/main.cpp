@@ -33,6 +33,8 @@ const Command kCommands[] = {
      dsv3::cli::cmd_import},
     {"tokenizer", "byte-level BPE: train, encode, decode, export, info", dsv3::cli::cmd_tokenizer},
     {"curate", "filter, scrub, deduplicate and select text (JSONL/txt, .gz/.zst)", dsv3::cli::cmd_curate},
+    {"quantize", "int8 weights (w8a8 or w8a16) for eval, sample and serving", dsv3::cli::cmd_quantize},
+    {"prune", "drop FFN channels and whole experts (L1 norm, measured load)", dsv3::cli::cmd_prune},
     {"report", "an HTML report of a run (loss, lr, throughput, expert load), runs overlaid",
      dsv3::cli::cmd_report},
     {"sweep", "hyperparameter search: grid, random or TPE trials of dsv3 train, ASHA stopping",

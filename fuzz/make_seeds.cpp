@@ -11,12 +11,14 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf.h"
+#include "checkpoint/quantized.h"
 #include "checkpoint/safetensors.h"
 #include "core/io.h"
 #include "core/rng.h"
 #include "data/shard.h"
 #include "data/token_file.h"
 #include "model/params.h"
+#include "model/quant.h"
 #include "tokenizer/formats.h"
 
 namespace fs = std::filesystem;
@@ -64,6 +66,10 @@ void checkpoints() {
   put("checkpoint", "seed_full", slurp(tmp("a.dsv3")));
   save_checkpoint(tmp("b.dsv3"), c, nlohmann::json::object(), p.data(), nullptr, nullptr, t.total);
   put("checkpoint", "seed_weights_only", slurp(tmp("b.dsv3")));
+  for (QuantScheme q : {QuantScheme::W8A8, QuantScheme::W8A16}) {
+    save_int8_model(tmp("q.dsv3q"), c, quantize_params(c, q, p), "make_seeds");
+    put("int8_model", std::string("seed_") + quant_scheme_name(q), slurp(tmp("q.dsv3q")));
+  }
 }
 
 void safetensors_and_hf() {

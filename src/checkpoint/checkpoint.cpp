@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "checkpoint/hf.h"
+#include "checkpoint/quantized.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/sharded.h"
 #include "core/check.h"
@@ -363,10 +364,11 @@ void remove_stale_checkpoint_temps(const std::string& dir) {
   }
 }
 
-LoadedModel load_model_any(const std::string& path) {
+LoadedModel load_model_any(const std::string& path, bool keep_int8) {
   const char* expected =
       "expected a dsv3 checkpoint file, a sharded checkpoint directory (ckpt_*.shards), a run "
-      "directory (with checkpoints) or a Hugging Face directory (with config.json)";
+      "directory (with checkpoints), a Hugging Face directory (with config.json) or a dsv3 int8 "
+      "model";
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   DSV3_CHECK(fs::exists(st), "cannot open ", path, ": no such file or directory (", expected, ")");
@@ -398,6 +400,14 @@ LoadedModel load_model_any(const std::string& path) {
     return m;
   }
   const std::string kind = sniff_file_kind(path);
+  if (kind == "a dsv3 int8 model") {
+    Int8Model q = load_int8_model(path);
+    m.config = q.config;
+    if (!keep_int8) m.params = dequantize_params(q.config, q.params);
+    m.int8 = std::move(q.params);
+    m.source = "int8 model " + path + " (" + quant_scheme_name(m.int8.scheme) + ")";
+    return m;
+  }
   // A file cut inside the magic is a truncated checkpoint too: load_checkpoint says so.
   const bool cut_magic = [&] {
     InFile f(path);

@@ -24,6 +24,7 @@
 
 #include "core/fields.h"
 #include "model/config.h"
+#include "model/quant.h"
 
 namespace dsv3 {
 
@@ -77,12 +78,14 @@ bool is_checkpoint_temp(const std::string& name);
 
 struct LoadedModel {
   ModelConfig config;
-  std::vector<float> params;
-  std::string source;  // "checkpoint <path>" or "hf <dir>"
-  std::string note;    // what the user should know ("" or: keys config.json left to defaults)
+  std::vector<float> params;  // build_param_table(config) layout
+  std::string source;         // "checkpoint <path>", "hf <dir>" or "int8 model <path> (w8a8)"
+  QuantizedParams int8;       // an int8 model as stored (scheme None for every other kind)
+  std::string note;           // what the user should know ("" or: keys config.json left to defaults)
 };
-// A checkpoint file, a run directory (its latest ckpt_*.dsv3) or a Hugging Face directory (with
-// config.json).
-LoadedModel load_model_any(const std::string& path);
+// A checkpoint file, a run directory (its latest ckpt_*.dsv3), a Hugging Face directory (with
+// config.json) or an int8 model (checkpoint/quantized.h). The int8 weights are dequantised into
+// params, unless keep_int8, which leaves params empty (load_model_weights keeps them int8).
+LoadedModel load_model_any(const std::string& path, bool keep_int8 = false);
 
 }  // namespace dsv3

@@ -13,6 +13,8 @@ const char* dtype_name(DType t) {
     case DType::I32: return "i32";
     case DType::I64: return "i64";
     case DType::U8: return "u8";
+    case DType::W8A8: return "w8a8";
+    case DType::W8A16: return "w8a16";
   }
   return "?";
 }

@@ -2,6 +2,8 @@
 // in fp32 for F32/BF16/F16 and in fp64 for F64 (the oracle the tests compare against). Integer
 // types exist for indices, counts and communication payloads.
 // Conversions round to nearest even, like torch.
+// W8A8 and W8A16 are weights only (I3): an int8 matrix in the row format of ops/quant.h (each row
+// its int8 values, then its fp32 scale); the name says how a GEMM consumes them (ops/gemm.h).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -10,19 +12,20 @@
 
 namespace dsv3 {
 
-enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64, U8 };
+enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64, U8, W8A8, W8A16 };
 
 inline size_t dtype_size(DType t) {
   switch (t) {
     case DType::F32: case DType::I32: return 4;
     case DType::BF16: case DType::F16: return 2;
     case DType::F64: case DType::I64: return 8;
-    case DType::U8: return 1;
+    case DType::U8: case DType::W8A8: case DType::W8A16: return 1;  // int8 weights: bytes
   }
   return 0;
 }
 inline bool is_float(DType t) { return t <= DType::F64; }
-const char* dtype_name(DType t);              // "f32", "bf16", "f16", "f64", "i32", "i64", "u8"
+inline bool is_int8_weight(DType t) { return t == DType::W8A8 || t == DType::W8A16; }
+const char* dtype_name(DType t);  // "f32", "bf16", "f16", "f64", "i32", "i64", "u8", "w8a8", "w8a16"
 DType parse_dtype(const std::string& s);      // floating names: "f32"/"fp32"/"float32", ...
 // The type a kernel accumulates in for storage type t: F64 for F64, F32 for every other float.
 inline DType accum_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }

@@ -208,6 +208,7 @@ std::string sniff_file_kind(const void* head, size_t n) {
   if (n == 0) return "an empty file";
   if (n >= 8 && std::memcmp(b, "DSV3CKPT", 8) == 0) return "a dsv3 checkpoint";
   if (n >= 8 && std::memcmp(b, "DSV3SHRD", 8) == 0) return "a dsv3 token shard";
+  if (n >= 8 && std::memcmp(b, "DSV3INT8", 8) == 0) return "a dsv3 int8 model";
   if (n >= 4 && load_u32le(b) == 20240520u) return "an llm.c token file";
   if (n >= 9 && b[8] == '{') {
     uint64_t len = load_u64le(b);

@@ -81,6 +81,7 @@ bool checksum_verification();
 void set_checksum_verification_for_fuzzing(bool on);
 
 // What the first bytes of a file look like, for error messages: "a dsv3 checkpoint",
+// "a dsv3 int8 model",
 // "a safetensors file", "an llm.c token file", "a zip archive (PyTorch .pt?)", "a gzip file",
 // "text", "an empty file", or "" when unknown.
 std::string sniff_file_kind(const void* head, size_t n);

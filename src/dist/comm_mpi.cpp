@@ -77,7 +77,7 @@ MPI_Datatype mpi_type(DType t) {
     case DType::BF16: case DType::F16: return MPI_UINT16_T;  // reduced by our own ops
     case DType::I32: return MPI_INT32_T;
     case DType::I64: return MPI_INT64_T;
-    case DType::U8: return MPI_UINT8_T;
+    case DType::U8: case DType::W8A8: case DType::W8A16: return MPI_UINT8_T;  // int8 weights: bytes
   }
   return MPI_DATATYPE_NULL;
 }

@@ -10,6 +10,7 @@
 #include "ops/gemm.h"
 #include "ops/latent_attention.h"
 #include "ops/moe.h"
+#include "ops/quant.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 
@@ -18,13 +19,23 @@ namespace dsv3 {
 namespace {
 
 // W_UK^T per head, (H, kv_lora, qk_nope), from kv_b_proj (H*(qk_nope+v_head), kv_lora): the
-// query absorption is then q_lat[h] = q_nope[h] W_UK[h] = linear(q_nope[h], W_UK^T[h]).
-Buffer derive_w_uk_t(const Exec& ex, const ModelConfig& c, const Tensor& kv_b) {
+// query absorption is then q_lat[h] = q_nope[h] W_UK[h] = linear(q_nope[h], W_UK^T[h]). dtype:
+// the compute dtype; an int8 kv_b (whose scales belong to its rows, not to W_UK^T's) is
+// dequantised first, so the absorbed query runs in the compute dtype.
+Buffer derive_w_uk_t(const Exec& ex, const ModelConfig& c, const Tensor& kv_b, DType dtype) {
   const int H = c.heads, nope = c.qk_nope, kvb = c.qk_nope + c.v_head, KV = c.kv_lora;
-  const size_t es = dtype_size(kv_b.dtype);
-  Buffer host(Device::CPU, kv_b.dtype, kv_b.numel), out_host(Device::CPU, kv_b.dtype,
-                                                              size_t(H) * KV * nope);
-  backend::copy(ex, host.view(), kv_b);
+  const size_t es = dtype_size(dtype);
+  Buffer host(Device::CPU, dtype, size_t(H) * kvb * KV), out_host(Device::CPU, dtype,
+                                                                  size_t(H) * KV * nope);
+  if (is_int8_weight(kv_b.dtype)) {
+    Buffer raw(Device::CPU, kv_b.dtype, kv_b.numel);
+    backend::copy(ex, raw.view(), kv_b);
+    std::vector<float> f(host.numel());
+    cpu::q8_dequantize(f.data(), size_t(KV), raw.view().data, H * kvb, KV);
+    convert(Exec{Device::CPU}, host.view(), host_tensor(f));
+  } else {
+    backend::copy(ex, host.view(), kv_b);
+  }
   const char* src = static_cast<const char*>(host.view().data);
   char* dst = static_cast<char*>(out_host.view().data);
   for (int h = 0; h < H; h++)
@@ -32,7 +43,7 @@ Buffer derive_w_uk_t(const Exec& ex, const ModelConfig& c, const Tensor& kv_b) {
       for (int j = 0; j < KV; j++)      // -> row j, column i of W_UK^T[h] (kv_lora, nope)
         std::memcpy(dst + ((size_t(h) * KV + j) * nope + i) * es,
                     src + ((size_t(h) * kvb + i) * KV + j) * es, es);
-  Buffer out(kv_b.device, kv_b.dtype, out_host.numel());
+  Buffer out(kv_b.device, dtype, out_host.numel());
   backend::copy(ex, out.view(), out_host.view());
   return out;
 }
@@ -106,7 +117,7 @@ struct DecodeEngine::Impl {
     const int cached = c.layers + (cfg.mtp ? 1 : 0);
     for (int l = 0; l < cached; l++) {
       const BlockParams& b = l < c.layers ? w.params().blocks[l] : w.params().mtp[0].block;
-      w_uk_t.push_back(derive_w_uk_t(ex, c, b.attn.kv_b));
+      w_uk_t.push_back(derive_w_uk_t(ex, c, b.attn.kv_b, w.dtype()));
     }
   }
 
@@ -206,8 +217,11 @@ struct DecodeEngine::Impl {
                               c.attention_scale()});
     // o[h] = o_lat[h] W_UV[h]^T, W_UV[h] = kv_b rows h*(nope+v)+nope .. +v
     swap_axes(ex, o_lat_h, o_lat, {N, H, KV, KV, 0, KV, 0});
-    grouped_linear_forward(ex, o_h, o_lat_h, a.kv_b.slice(size_t(nope) * KV), head_offsets,
-                           {H, KV, dv, size_t(nope + dv) * KV});
+    // (int8 rows carry their own scales, so a range of rows is again an int8 matrix; its
+    // strides are in bytes)
+    const size_t row = is_int8_weight(a.kv_b.dtype) ? q8_row_bytes(KV) : size_t(KV);
+    grouped_linear_forward(ex, o_h, o_lat_h, a.kv_b.slice(size_t(nope) * row), head_offsets,
+                           {H, KV, dv, size_t(nope + dv) * row});
     swap_axes(ex, o, o_h, {H, N, dv, dv, 0, dv, 0});
     linear_forward(ex, out, o, a.o, N, H * dv, C);
   }

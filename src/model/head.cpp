@@ -4,14 +4,17 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "model/model.h"
 #include "ops/cross_entropy.h"
+#include "ops/distill.h"
 #include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "ops/rmsnorm.h"
 
 namespace dsv3 {
 
-void alloc_head_acts(HeadActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d, bool backward) {
+void alloc_head_acts(HeadActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d, bool backward,
+                     bool soft) {
   const size_t N = d.N(), C = c.hidden, rows = std::min<size_t>(kHeadChunk, N);
   const DType acc = accum_dtype(t);
   a.xn = ar.take(t, N * C);
@@ -21,6 +24,10 @@ void alloc_head_acts(HeadActs& a, Arena& ar, const ModelConfig& c, DType t, Dims
   if (backward) {
     if (t != acc) a.dlogits_t = ar.take(t, rows * c.vocab);
     a.dxn = ar.take(t, N * C);
+  }
+  if (soft) {
+    a.t_logits = ar.take(acc, rows * c.vocab);
+    a.kd_losses = ar.take(acc, N);
   }
 }
 
@@ -37,6 +44,11 @@ void head_forward_backward(const Exec& ex, const ModelConfig& c, const Tensor& h
     const Tensor tg = io.targets.slice(r0, rows);
     linear_forward(ex, lg, xn, head_w, rows, C, V);
     cross_entropy_forward(ex, a.losses.slice(r0, rows), lg, tg, rows, V);
+    const Tensor tl = io.soft ? a.t_logits.slice(0, size_t(rows) * V) : Tensor{};
+    if (io.soft) {
+      io.soft->logits(r0, rows, tl);
+      distill_forward(ex, a.kd_losses.slice(r0, rows), lg, tl, tg, rows, V, io.soft->temperature);
+    }
     if (io.logits_out) {
       const Tensor out = host_tensor(io.logits_out + size_t(r0) * V, size_t(rows) * V);
       if (lg.device == Device::CPU) convert(Exec{}, out, lg);
@@ -49,7 +61,11 @@ void head_forward_backward(const Exec& ex, const ModelConfig& c, const Tensor& h
     if (!backward) continue;
     // the logits' gradient in the dtype of the head GEMMs' operands (in place when that is fp32)
     const Tensor dl = xn.dtype == lg.dtype ? lg : a.dlogits_t.slice(0, lg.numel);
-    cross_entropy_backward(ex, dl, lg, tg, io.row_scale.slice(r0, rows), rows, V);
+    if (io.soft)
+      distill_backward(ex, dl, lg, tl, tg, io.row_scale.slice(r0, rows), rows, V, io.soft->alpha,
+                       io.soft->temperature);
+    else
+      cross_entropy_backward(ex, dl, lg, tg, io.row_scale.slice(r0, rows), rows, V);
     linear_backward(ex, dxn.slice(size_t(r0) * C, size_t(rows) * C), head_g, dl, xn, head_w, rows,
                     C, V, Write::Overwrite);
   }

@@ -12,6 +12,7 @@
 namespace dsv3 {
 
 struct Exec;
+struct SoftTargets;  // model/model.h
 constexpr int kHeadChunk = 256;  // rows of logits alive at once
 
 struct HeadActs {
@@ -20,8 +21,12 @@ struct HeadActs {
   Tensor logits;     // (kHeadChunk, V) accum; in fp32 runs overwritten by its gradient
   Tensor dlogits_t;  // (kHeadChunk, V) compute dtype, when it differs from accum
   Tensor dxn;        // (N,C)
+  Tensor t_logits;   // (kHeadChunk, V) accum: a teacher's logits (distillation)
+  Tensor kd_losses;  // (N) accum: the distillation loss of each row
 };
-void alloc_head_acts(HeadActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d, bool backward);
+// soft: room for distillation targets (ops/distill.h).
+void alloc_head_acts(HeadActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d, bool backward,
+                     bool soft = false);
 
 struct HeadIo {
   Tensor x;            // (N,C) input to the norm
@@ -31,9 +36,11 @@ struct HeadIo {
   Tensor row_scale;    // (N) accum: d(loss)/d(losses[n]) (backward)
   Tensor dx;           // (N,C) += gradient w.r.t. x (backward)
   float* logits_out = nullptr;  // optional host (N, V) fp32
+  const SoftTargets* soft = nullptr;  // distillation: a teacher's logits as a second target
 };
 
-// Fills a.losses; with backward also dx +=, norm_g +=, head_g +=.
+// Fills a.losses (and a.kd_losses with soft targets); with backward also dx +=, norm_g +=,
+// head_g +=.
 void head_forward_backward(const Exec& ex, const ModelConfig& c, const Tensor& head_w,
                            const Tensor& head_g, const HeadIo& io, const HeadActs& a, Dims d,
                            bool backward);

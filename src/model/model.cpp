@@ -105,6 +105,9 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
       }
     }
   if (mb.ce_coef) p.weight_sum = 1;  // the objective is the plain sum of coef * CE
+  DSV3_CHECK(!mb.soft || (p.ws.config().soft_targets && !mb.ce_coef), "soft targets need a "
+             "workspace built for them and loss weights, not CE coefficients (internal error)");
+  p.soft = mb.soft;
   upload(p, p.ws.inputs, in);
   upload(p, p.ws.targets, tg);
   std::vector<double> scale(N);
@@ -161,11 +164,13 @@ double head_loss(const Pass& p, const ForwardOptions& opt) {
   const bool bwd = p.g != nullptr;
   const Tensor dres = bwd ? p.ws.dres.slice(0, NC) : Tensor{};
   if (bwd) backend::zero(p.ex(), dres);
-  const HeadIo io{p.ws.resid[c.layers], p.w.params().norm, bwd ? p.g->norm : Tensor{},
-                  p.ws.targets,         p.ws.row_scale,    dres,
-                  opt.logits};
+  HeadIo io{p.ws.resid[c.layers], p.w.params().norm, bwd ? p.g->norm : Tensor{},
+            p.ws.targets,         p.ws.row_scale,    dres,
+            opt.logits};
+  io.soft = p.soft;
   head_forward_backward(p.ex(), c, p.w.params().head, bwd ? p.g->head : Tensor{}, io, p.ws.head,
                         p.d, bwd);
+  if (p.soft) p.distill_loss = weighted_loss(p, p.ws.head.kd_losses, p.row_weight, p.weight_sum, nullptr);
   return weighted_loss(p, p.ws.head.losses, p.row_weight, p.weight_sum, opt.token_logprobs);
 }
 
@@ -263,6 +268,10 @@ LossReport run(Pass& p, const MicroBatch& mb, const ForwardOptions& opt,
   }
   for (const auto& s : rep.moe) rep.balance_loss += s.balance_loss;
   rep.total = rep.loss + p.loss.mtp_weight * rep.mtp_loss + rep.balance_loss;
+  if (p.soft) {
+    rep.distill_loss = p.distill_loss;
+    rep.total += p.soft->alpha * (rep.distill_loss - rep.loss);
+  }
   if (!p.g) return rep;
   mtp_backward(p);
   if (!done) {

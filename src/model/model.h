@@ -19,6 +19,15 @@
 
 namespace dsv3 {
 
+// Distillation (I5): the teacher's distribution softened by a temperature as a second target of
+// the main head. Its objective per target becomes (1 - alpha) CE + alpha kd (ops/distill.h), with
+// the same row weights; `logits` writes the teacher's fp32 logits of rows [r0, r0 + rows) of the
+// micro-batch into out (rows, V), so the head asks for them chunk by chunk.
+struct SoftTargets {
+  double alpha = 0.5, temperature = 2.0;
+  std::function<void(int r0, int rows, const Tensor& out)> logits;
+};
+
 struct MicroBatch {
   Dims d;
   const int32_t* tokens = nullptr;        // host (B, T+1); a target < 0 is ignored
@@ -31,6 +40,8 @@ struct MicroBatch {
   // (DPO, GRPO: computed from a forward pass's token_logprobs). The reported loss is then
   // sum(coef * CE), and the MTP modules are left out of it.
   const float* ce_coef = nullptr;
+  // Distillation targets for the main head (needs a workspace with soft_targets), or null.
+  const SoftTargets* soft = nullptr;
 };
 
 struct MoeLayerStats {
@@ -43,7 +54,10 @@ struct LossReport {
   double loss = 0;          // main next-token cross-entropy (weighted mean over targets)
   double mtp_loss = 0;      // mean over MTP modules of their cross-entropy
   double balance_loss = 0;  // sum over MoE layers of the weighted balance loss
-  double total = 0;         // loss + mtp_weight * mtp_loss + balance_loss
+  double distill_loss = 0;  // with soft targets: weighted mean of T^2 KL(teacher || student)
+  // loss + mtp_weight * mtp_loss + balance_loss; with soft targets (1 - alpha) loss +
+  // alpha distill_loss in place of loss
+  double total = 0;
   int64_t targets = 0;      // main-model targets counted
   std::vector<MoeLayerStats> moe;  // per MoE layer (main layers in order, then MTP blocks)
 };
@@ -83,6 +97,8 @@ struct Pass {
   double weight_sum = 0;                            // their sum
   std::vector<std::vector<double>> mtp_row_weight;  // per MTP module, (N)
   std::vector<double> mtp_weight_sum;
+  const SoftTargets* soft = nullptr;                // the micro-batch's distillation targets
+  mutable double distill_loss = 0;                  // written by head_loss with soft targets
 
   Exec ex() const { return {w.device()}; }
   BlockCtx block_ctx() const {
@@ -100,7 +116,8 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp);
 void embed_forward(const Pass& p);                        // ws.resid[0]
 void blocks_forward(const Pass& p, int l0, int l1);       // ws.resid[l0] -> ws.resid[l1]
 // Final norm, head and loss on ws.resid[L]; with gradients also its backward into ws.dres
-// (which it zeroes first). Returns the weighted mean cross-entropy.
+// (which it zeroes first). Returns the weighted mean cross-entropy (and, with soft targets, sets
+// p.distill_loss).
 double head_loss(const Pass& p, const ForwardOptions& opt);
 // MTP modules 1..D forward (each head's backward too, with gradients). Returns their mean loss.
 double mtp_forward(const Pass& p, const ForwardOptions& opt);

@@ -29,9 +29,11 @@ MoeParams bind_moe(const ParamTable& t, const Tensor& base, const Tensor& buffer
                      t.at(pe + ".down_proj.weight").offset == d0 + e * w.expert_stride,
                  "internal: experts of ", p, " are not laid out with a uniform stride");
     }
+    // sizes from the table (an int8 model's float table has its experts without storage); EL:
+    // the experts this process holds
     const size_t span = size_t(EL - 1) * w.expert_stride;
-    w.experts_w13 = base.slice(g0, span + 2 * size_t(c.moe_inter) * c.hidden);
-    w.experts_w2 = base.slice(d0, span + size_t(c.moe_inter) * c.hidden);
+    w.experts_w13 = base.slice(g0, span + 2 * t.at(name(E0) + ".gate_proj.weight").numel);
+    w.experts_w2 = base.slice(d0, span + t.at(name(E0) + ".down_proj.weight").numel);
   }
   if (c.shared_experts > 0) w.shared = bind_ffn(t, base, p + ".mlp.shared_experts");
   return w;

@@ -30,9 +30,13 @@ ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& 
   return w;
 }
 
-ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device, ExpertShard shard)
-    : c_(c), table_(build_param_table(c, shard)) {
+ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device, ExpertShard shard,
+                           QuantScheme quant)
+    : c_(c), quant_(quant) {
   validate(c_);
+  DSV3_CHECK(quant == QuantScheme::None || shard.whole(c),
+             "int8 weights hold every expert (one process); expert parallelism needs float weights");
+  table_ = quant == QuantScheme::None ? build_param_table(c, shard) : high_precision_table(c);
   DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16 ||
                  dtype == DType::F64,
              "weights must be f32, bf16, f16 or f64, not ", dtype_name(dtype));
@@ -41,9 +45,39 @@ ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device, Exp
   if (own_buffers && table_.buffers_total > 0)
     buffers_ = Buffer(device, DType::F32, table_.buffers_total);
   view_ = bind_model(c_, table_, data_.view(), own_buffers ? buffers_.view() : Tensor{});
+  if (quant == QuantScheme::None) return;
+  DSV3_CHECK(dtype != DType::F64, "int8 weights compute in f32, bf16 or f16, not f64");
+  const QuantLayout l = quant_layout(c_);
+  int8_ = Buffer(device, quant_dtype(quant), l.bytes);
+  bind_quantized(view_, c_, l, int8_.view());
 }
 
 void ModelWeights::load(const std::vector<float>& host) {
+  if (quant_ != QuantScheme::None) return load_quantized(quantize_params(c_, quant_, host));
+  load_table(host);
+}
+
+void ModelWeights::load_quantized(const QuantizedParams& q) {
+  DSV3_CHECK(q.scheme == quant_, "int8 weights are ", quant_scheme_name(q.scheme), ", the model ",
+             quant_scheme_name(quant_), " (internal error)");
+  DSV3_CHECK(q.int8.size() == int8_.numel(), "int8 model has ", q.int8.size(),
+             " int8 bytes, the config needs ", int8_.numel(), " (internal error)");
+  load_table(q.high);
+  backend::copy(Exec{device()}, int8_.view(),
+                Tensor(const_cast<uint8_t*>(q.int8.data()), q.int8.size(), int8_.dtype()));
+}
+
+std::vector<float> ModelWeights::to_host() const {
+  if (quant_ == QuantScheme::None) return table_to_host();
+  QuantizedParams q;
+  q.scheme = quant_;
+  q.high = table_to_host();
+  q.int8.resize(int8_.numel());
+  backend::copy(Exec{device()}, Tensor(q.int8.data(), q.int8.size(), int8_.dtype()), int8_.view());
+  return dequantize_params(c_, q);
+}
+
+void ModelWeights::load_table(const std::vector<float>& host) {
   DSV3_CHECK(host.size() == table_.total, "weights have ", host.size(), " values, the model ",
              table_.total);
   const Exec ex{device()};
@@ -61,7 +95,7 @@ void ModelWeights::load(const std::vector<float>& host) {
         backend::copy(ex, buffers_.view().slice(p.buffer_offset, p.numel), src.slice(p.offset, p.numel));
 }
 
-std::vector<float> ModelWeights::to_host() const {
+std::vector<float> ModelWeights::table_to_host() const {
   std::vector<float> out(table_.total);
   const Exec ex{device()};
   const Tensor dst = host_tensor(out);

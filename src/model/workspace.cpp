@@ -57,7 +57,7 @@ void Workspace::layout(Arena& ar, const ModelConfig& c) {
   }
   if (bwd && l1 > l0) alloc_block_scratch(scratch, ar, c, t, d);
   if (wc_.head) {
-    alloc_head_acts(head, ar, c, t, d, bwd);
+    alloc_head_acts(head, ar, c, t, d, bwd, wc_.soft_targets);
     mtp.resize(c.mtp_depth);
     for (auto& m : mtp) alloc_mtp_acts(m, ar, c, t, d, bwd, shared);
     if (bwd && c.mtp_depth > 0) {

@@ -22,6 +22,7 @@ struct WorkspaceConfig {
   // layer_end) (layer_end -1: to the last), the embedding, the head and the MTP modules.
   int layer_begin = 0, layer_end = -1;
   bool embed = true, head = true;
+  bool soft_targets = false;  // room for distillation targets at the main head (model.h)
 };
 
 class Workspace {

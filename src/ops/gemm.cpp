@@ -7,6 +7,8 @@
 #include "core/profile.h"
 #include "ops/dispatch.h"
 #include "ops/gemm_cpu.h"
+#include "ops/gemm_int8.h"
+#include "ops/quant.h"
 
 namespace dsv3 {
 
@@ -14,6 +16,18 @@ namespace {
 void check_out_dtype(const char* op, const Tensor& y, DType t) {
   DSV3_CHECK(y.dtype == t || y.dtype == accum_dtype(t), op, ": output is ", dtype_name(y.dtype),
              ", expected ", dtype_name(t), " or ", dtype_name(accum_dtype(t)), " (internal error)");
+}
+// A weight of `count` (out, in) matrices `stride` elements apart: the operands' dtype t, or int8
+// rows (ops/quant.h), whose elements are bytes.
+void check_weight(const char* op, const Tensor& w, DType t, int count, size_t stride, int out, int in) {
+  const bool q = is_int8_weight(w.dtype);
+  const size_t one = q ? q8_matrix_bytes(out, in) : size_t(out) * in;
+  check_arg(op, "w", w, q ? w.dtype : t, count > 0 ? (count - 1) * stride + one : 0);
+  DSV3_CHECK(!q || is_float(t), op, ": int8 weights with ", dtype_name(t), " inputs (internal error)");
+}
+void refuse_int8_grad(const char* op, const Tensor& w, const Tensor& dw) {
+  DSV3_CHECK(!is_int8_weight(w.dtype) || !dw, op, ": int8 weights have no gradient: an int8 "
+             "model cannot be trained (train the fp32 checkpoint, with --qat to prepare it for int8)");
 }
 }  // namespace
 
@@ -23,11 +37,12 @@ void linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, const Tens
   profile::Scope prof(op, 2.0 * N * in * out);
   check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}});
   check_arg(op, "x", x, x.dtype, size_t(N) * in);
-  check_arg(op, "w", w, x.dtype, size_t(out) * in);
+  check_weight(op, w, x.dtype, 1, 0, out, in);
   check_out_dtype(op, y, x.dtype);
   check_arg(op, "y", y, y.dtype, size_t(N) * out);
   if (ex.device != Device::CPU) no_kernel(ex, op);
   if (N == 0) return;
+  if (is_int8_weight(w.dtype)) return int8_linear_forward(ex, y, x, w, N, in, out, mode);
   cpu::gemm(false, true, N, out, in, 1.0f, x.data, in, w.data, in, mode == Write::Accumulate ? 1.0f : 0.0f, y.data,
             out, x.dtype, y.dtype);
 }
@@ -39,12 +54,17 @@ void linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw, const T
   check_device(ex, op, {{"dx", dx}, {"dw", dw}, {"dy", dy}, {"x", x}, {"w", w}});
   const DType t = dy.dtype;
   check_arg(op, "dy", dy, t, size_t(N) * out);
-  check_arg(op, "w", w, t, size_t(out) * in);
+  check_weight(op, w, t, 1, 0, out, in);
+  refuse_int8_grad(op, w, dw);
   check_opt(op, "dx", dx, t, size_t(N) * in);
   if (dw) check_arg(op, "x", x, t, size_t(N) * in);
   check_opt(op, "dw", dw, accum_dtype(t), size_t(out) * in);
   if (ex.device != Device::CPU) no_kernel(ex, op);
   if (N == 0) return;
+  if (is_int8_weight(w.dtype)) {
+    if (dx) int8_linear_backward_dx(ex, dx, dy, w, N, in, out, dx_mode);
+    return;
+  }
   if (dx)
     cpu::gemm(false, false, N, in, out, 1.0f, dy.data, out, w.data, in,
               dx_mode == Write::Accumulate ? 1.0f : 0.0f, dx.data, in, t, t);
@@ -74,11 +94,12 @@ void grouped_linear_forward(const Exec& ex, const Tensor& y, const Tensor& x, co
   check_device(ex, op, {{"y", y}, {"x", x}, {"w", w}, {"offsets", offsets}});
   if (ex.device != Device::CPU) no_kernel(ex, op);
   const DType t = x.dtype;
-  check_arg(op, "w", w, t, s.E > 0 ? (s.E - 1) * s.w_stride + size_t(s.out) * s.in : 0);
+  check_weight(op, w, t, s.E, s.w_stride, s.out, s.in);
   check_out_dtype(op, y, t);
   check_offsets(op, offsets, s.E, x.numel / std::max(s.in, 1));
   const int32_t* o = offsets.as<int32_t>();
   check_arg(op, "y", y, y.dtype, size_t(o[s.E]) * s.out);
+  if (is_int8_weight(w.dtype)) return int8_grouped_linear_forward(ex, y, x, w, o, s);
   const size_t xs = dtype_size(t), ys = dtype_size(y.dtype);
   std::vector<cpu::GemmCall> calls;  // one per expert with rows, run side by side (gemm_batch)
   for (int e = 0; e < s.E; e++) {
@@ -102,6 +123,7 @@ void grouped_linear_backward(const Exec& ex, const Tensor& dx, const Tensor& dw,
   if (ex.device != Device::CPU) no_kernel(ex, op);
   const DType t = dy.dtype;
   const size_t wspan = s.E > 0 ? (s.E - 1) * s.w_stride + size_t(s.out) * s.in : 0;
+  DSV3_CHECK(!is_int8_weight(w.dtype), op, ": int8 expert weights have no backward (internal error)");
   check_arg(op, "w", w, t, wspan);
   check_offsets(op, offsets, s.E, dy.numel / std::max(s.out, 1));
   const int32_t* o = offsets.as<int32_t>();

@@ -3,6 +3,13 @@
 // accumulation dtype (the router and the output head write fp32 logits from bf16 operands);
 // weight gradients are in the accumulation dtype (fp32 master gradients; fp64 for the oracle).
 // The CPU kernels are src/ops/gemm_cpu.h (oneDNN / OpenBLAS, chosen per dtype in docs/gemm.md).
+//
+// Int8 weights (I3): w may instead be W8A8 or W8A16, int8 rows with a per-output-channel fp32
+// scale (the row format of ops/quant.h: q8_matrix_bytes(out, in) bytes per matrix, and
+// GroupedShape::w_stride in bytes), for linear_forward, grouped_linear_forward and the input
+// gradient of linear_backward (never a weight gradient). The dtype says how the GEMM runs:
+// W8A8 quantises x per token on the fly and multiplies in int8; W8A16 widens the weights to x's
+// dtype (ops/gemm_int8.h). Callers pass int8 weights exactly where they pass float ones.
 #pragma once
 #include <cstddef>
 

@@ -58,9 +58,12 @@ std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayou
 }
 
 ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWConfig& oc,
-                           const PrecisionConfig& pc, const ModelConfig& c)
+                           const PrecisionConfig& pc, const ModelConfig& c, bool qat)
     : ctx_(ctx), w_(w), c_(c), scaler_(pc) {
-  if (!ctx.distributed() || ctx.cfg.zero == 0) single_ = std::make_unique<TrainState>(w, oc, pc);
+  DSV3_CHECK(!qat || !ctx.distributed() || ctx.cfg.zero == 0, "--qat true with --zero ",
+             ctx.cfg.zero, " is not supported (an int8 row's scale needs the whole row on one "
+             "rank): use --zero 0");
+  if (!ctx.distributed() || ctx.cfg.zero == 0) single_ = std::make_unique<TrainState>(w, oc, pc, qat);
   if (!ctx.distributed()) return;
   DSV3_CHECK(w.device() == Device::CPU, "distributed training runs on the CPU for now (the "
              "communicator moves host buffers); drop --device cuda or run one process");
@@ -155,12 +158,9 @@ void ParallelStep::restore(const CheckpointReader& r) {
 
 Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfig& loss,
                                           const StepSettings& s, int64_t step,
-                                          const std::vector<MicroBatch>& micro,
+                                          const MicroFn& micro,
                                           const std::vector<double>& share) {
-  if (!ctx_.distributed()) {
-    const MicroFn fn = [&](int a) { return micro[size_t(a)]; };
-    return dsv3::compute_gradients(*single_, ws, loss, s, step, fn);
-  }
+  if (!ctx_.distributed()) return dsv3::compute_gradients(*single_, ws, loss, s, step, micro);
   dist::Collectives& coll = *ctx_.coll;
   dist::CommLedger& led = coll.ledger();
   led.clear();
@@ -170,13 +170,14 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
   backend::zero(ex, grads());
   Gradients g;
   g.loss_scale = scaler().scale();
-  const int A = int(micro.size());
+  const int A = int(share.size());
   double compute = 0;
   int rows = 0;
   for (int a = 0; a < A; a++) {
     const double t0 = now_seconds(), e0 = led.exposed_s;
+    const MicroBatch mb = micro(a);
     sync_->begin_micro(a, A, grads());
-    const LossReport r = forward_backward(w_, ws, l, grad_view(), micro[size_t(a)],
+    const LossReport r = forward_backward(w_, ws, l, grad_view(), mb,
                                           float(g.loss_scale * share[size_t(a)]),
                                           [&](int k) { sync_->part_done(k); });
     sync_->end_micro();
@@ -187,12 +188,13 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
       dt *= ctx_.cfg.debug_slowdown;
     }
     compute += dt;
-    rows += micro[size_t(a)].d.B;
+    rows += mb.d.B;
     const double w = share[size_t(a)];
     g.loss.loss += w * r.loss;
     g.loss.mtp_loss += w * r.mtp_loss;
     g.loss.balance_loss += w * r.balance_loss;
     g.loss.total += w * r.total;
+    g.loss.distill_loss += w * r.distill_loss;
     g.loss.targets += r.targets;
     if (a == 0) {
       g.loss.moe = r.moe;
@@ -212,7 +214,9 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
                                : sum_squares(ex, sync_->shard_grads(), sync_->own_spans_shard());
   // One all-reduce of everything the step reports: global loss, norm, loads; per-rank times.
   const size_t M = g.loss.moe.size(), E = size_t(c_.experts), DP = size_t(ctx_.layout.dp);
-  std::vector<double> v(6 + 2 * M + M * E + DP, 0.0);
+  const size_t kd = 6 + 2 * M + M * E + DP;  // the distillation loss, last
+  std::vector<double> v(kd + 1, 0.0);
+  v[kd] = g.loss.distill_loss;
   v[0] = g.loss.loss, v[1] = g.loss.mtp_loss, v[2] = g.loss.balance_loss, v[3] = g.loss.total;
   v[4] = double(g.loss.targets), v[5] = sumsq;
   for (size_t i = 0; i < M; i++) {
@@ -223,6 +227,7 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
   coll.run(coll.all_reduce(ctx_.world_group, dist::Purpose::Stats, v.data(), v.size(), DType::F64));
   g.loss.loss = v[0], g.loss.mtp_loss = v[1], g.loss.balance_loss = v[2], g.loss.total = v[3];
   g.loss.targets = int64_t(v[4]);
+  g.loss.distill_loss = v[kd];
   for (size_t i = 0; i < M; i++) {
     g.loss.moe[i].balance_loss = v[6 + 2 * i], g.loss.moe[i].entropy = v[7 + 2 * i];
     for (size_t e = 0; e < E; e++) g.loss.moe[i].loads[e] = int64_t(v[6 + 2 * M + i * E + e]);

@@ -69,8 +69,10 @@ struct StepComm {
 
 class ParallelStep {
  public:
+  // qat: quantisation-aware training (TrainState's; not with ZeRO, whose pieces cut through the
+  // rows that share an int8 scale).
   ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWConfig& oc,
-               const PrecisionConfig& pc, const ModelConfig& c);
+               const PrecisionConfig& pc, const ModelConfig& c, bool qat = false);
   ~ParallelStep();
   // The workspace whose passes this step runs (its MoE layers get the expert exchange).
   void attach(Workspace& ws);
@@ -87,11 +89,11 @@ class ParallelStep {
   // Parameters and optimizer state from a checkpoint (any layout wrote it).
   void restore(const CheckpointReader& r);
 
-  // Zeroes the gradients, runs this rank's micro-batches (micro-batch a's loss weighted by
-  // share[a], its share of the global batch), reduces. Loss, norm and expert loads are global.
+  // Zeroes the gradients, runs this rank's share.size() micro-batches (micro(a), each asked for
+  // right before its pass; its loss weighted by share[a], its share of the global batch),
+  // reduces. Loss, norm and expert loads are global.
   Gradients compute_gradients(Workspace& ws, const TrainingLossConfig& loss,
-                              const StepSettings& s, int64_t step,
-                              const std::vector<MicroBatch>& micro,
+                              const StepSettings& s, int64_t step, const MicroFn& micro,
                               const std::vector<double>& share);
   double apply_update(const StepSettings& s, int64_t step, const Gradients& g);
 

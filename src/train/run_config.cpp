@@ -51,7 +51,8 @@ std::vector<FieldGroup> run_groups_without_model(RunSpec& s) {
           {"guard", &guard_fields(), &s.guard},
           {"parallel", &dist::parallel_fields(), &s.parallel},
           {"metrics", &metrics_fields(), &s.metrics},
-          {"distributed", &dist_fields(), &s.distributed}};
+          {"distributed", &dist_fields(), &s.distributed},
+          {"compression", &compression_fields(), &s.compress}};
 }
 
 std::vector<FieldGroup> run_groups(RunSpec& s) {
@@ -78,6 +79,7 @@ void validate(const RunSpec& s) {
   validate(s.checkpoint);
   validate(s.eval);
   validate(s.guard);
+  validate(s.compress);
   validate(s.distributed);
   DSV3_CHECK(s.run.seq_len <= s.model.max_seq, "sequence length ", s.run.seq_len,
              " exceeds max_seq ", s.model.max_seq);
@@ -124,6 +126,8 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
       {{"yarn_original_ctx", "yarn_beta_fast", "yarn_beta_slow", "yarn_mscale"},
        [&] { return s.model.yarn_factor > 1; }, "YaRN (--yarn_factor > 1)"},
       {{"spike_window"}, [&] { return s.guard.spike_zscore > 0; }, "--spike_zscore > 0"},
+      {{"distill_alpha", "distill_temp"}, [&] { return !s.compress.teacher.empty(); },
+       "a teacher to distil from (--teacher MODEL)"},
       {{"muon_momentum", "muon_nesterov", "muon_ns_steps"},
        [&] { return s.optimizer.kind == OptimizerKind::Muon; }, "--optimizer muon"},
       {{"grad_noise_gamma", "grad_noise_start"}, [&] { return s.optimizer.grad_noise > 0; },

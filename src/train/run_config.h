@@ -16,6 +16,7 @@
 #include "optim/adamw.h"
 #include "optim/precision.h"
 #include "optim/schedule.h"
+#include "train/compress.h"
 #include "train/guard.h"
 #include "train/metrics.h"
 #include "train/parallel_config.h"
@@ -51,6 +52,7 @@ struct RunSpec {
   EvalConfig eval;
   GuardConfig guard;
   dist::ParallelLayout parallel;
+  CompressionConfig compress;
   MetricsConfig metrics;
   DistConfig distributed;
 };

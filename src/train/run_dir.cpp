@@ -102,9 +102,11 @@ bool is_run_file(const std::string& name) {
 
 // Files of whoever supervises the run in this directory, not of a run: `dsv3 launch` logs its
 // attempts to launch.jsonl before the first start and marks a debug rank fault as done so a
-// restart gets past it. They never block a run and are never deleted.
+// restart gets past it; `dsv3 sweep` sends a trial's console output to train.log before the
+// trial's train starts. They never block a run and are never deleted.
 bool is_supervisor_file(const std::string& name) {
-  return name == kRunLockName || name == "launch.jsonl" || name == ".rank_fault_done";
+  return name == kRunLockName || name == "launch.jsonl" || name == ".rank_fault_done" ||
+         name == "train.log";
 }
 
 std::string describe(const std::vector<const Entry*>& list) {

@@ -8,6 +8,7 @@
 //   DIR/metrics_replayed.jsonl   records a resumed run superseded (steps after its checkpoint)
 //   DIR/tokenizer.dsv3tok   the data's tokenizer (prepared data); events.out.tfevents.* (TensorBoard)
 //   DIR/launch.jsonl        dsv3 launch's log of its attempts (never blocks a run, never deleted)
+//   DIR/train.log           a sweep trial's console output, written by dsv3 sweep (the same)
 //
 // A run is one lineage of checkpoints: a fresh run draws a new run id, a resumed run carries the
 // id of the checkpoint it resumed from. Checkpoints written before run ids existed carry none;

@@ -13,12 +13,22 @@ namespace dsv3 {
 
 class TrainState {
  public:
-  TrainState(ModelWeights& w, const AdamWConfig& oc, const PrecisionConfig& pc);
+  // qat (I3): quantisation-aware training. The master weights are always separate and the
+  // compute copy's quantised linear layers (model/quant.h) hold fake_quant(master) (ops/quant.h),
+  // so the passes see the int8 weights `dsv3 quantize` will produce, while their gradients
+  // update the master as they are (the straight-through estimator: d fake_quant(w) / dw := 1).
+  TrainState(ModelWeights& w, const AdamWConfig& oc, const PrecisionConfig& pc, bool qat = false);
   TrainState(const TrainState&) = delete;
   TrainState& operator=(const TrainState&) = delete;
 
   ModelWeights& weights() { return w_; }
   const Tensor& master() const { return master_ ? master_.view() : w_.data(); }  // fp32
+  // The compute copy the optimizer rewrites with the master (empty when the master is it).
+  Tensor compute_copy() const { return master_ ? w_.data() : Tensor{}; }
+  bool qat() const { return qat_; }
+  // After the master changed (an update, a rollback): with qat, the compute copy's quantised
+  // layers become fake_quant(master) again and its routing biases the master's.
+  void refresh_compute();
   const Tensor& grads() const { return grads_.view(); }                         // fp32
   const ModelParams& grad_view() const { return grad_view_; }
   AdamW& optimizer() { return opt_; }
@@ -41,6 +51,7 @@ class TrainState {
   ModelParams grad_view_;
   AdamW opt_;
   LossScaler scaler_;
+  bool qat_ = false;
 };
 
 }  // namespace dsv3

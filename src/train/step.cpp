@@ -74,6 +74,7 @@ Gradients compute_gradients(TrainState& st, Workspace& ws, const TrainingLossCon
     g.loss.loss += r.loss / s.grad_accum;
     g.loss.mtp_loss += r.mtp_loss / s.grad_accum;
     g.loss.balance_loss += r.balance_loss / s.grad_accum;
+    g.loss.distill_loss += r.distill_loss / s.grad_accum;
     g.loss.total += r.total / s.grad_accum;
     g.loss.targets += r.targets;
     if (a == 0) {
@@ -101,9 +102,9 @@ double apply_update(TrainState& st, const StepSettings& s, int64_t step, const G
   double factor = 1.0 / g.loss_scale;
   if (clip > 0 && g.grad_norm > clip) factor *= clip / (g.grad_norm + 1e-6);
   const double lr = lr_at(s.schedule, step, s.total_steps);
-  const Tensor compute = st.weights().dtype() == DType::F32 ? Tensor{} : st.weights().data();
-  st.optimizer().step(ex, st.master(), st.grads(), compute, lr, double(float(factor)));
+  st.optimizer().step(ex, st.master(), st.grads(), st.compute_copy(), lr, double(float(factor)));
   update_routing_bias(st, g.loss.moe, s.bias_update_rate);
+  st.refresh_compute();
   return lr;
 }
 

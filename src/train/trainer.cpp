@@ -187,7 +187,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   DSV3_CHECK(!ramp || spec.schedule.batch_ramp_start < A, "a batch-size ramp grows the "
              "micro-batches per step on each rank from batch_ramp_start (",
              spec.schedule.batch_ramp_start, ") to ", A, " (the global batch ", G, " / ", d.B,
-             " rows / ", par->layout.dp, " ranks): lower --batch_ramp_start or raise the batch");
+             " rows / ", par->layout.dp,
+             " ranks): lower --batch_ramp_start or raise --grad_accum (or --global_batch)");
   const auto global_rows_at = [&](uint64_t tokens_seen) {
     return ramp ? ramp_unit * accum_at(spec.schedule, A, tokens_seen) : G;
   };
@@ -206,13 +207,20 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   ModelWeights weights(c, dtype, device, par->shard);
   AdamWConfig opt = spec.optimizer;
   opt.noise_seed = uint64_t(rc.seed) ^ 0x6e6f697365ull;  // gradient noise differs per run seed
-  ParallelStep eng(*par, weights, opt, spec.precision, c);
+  ParallelStep eng(*par, weights, opt, spec.precision, c, spec.compress.qat);
   eng.set_plan(even_plan(G, par->layout.dp, d.B));
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = rc.recompute;
+  wc.soft_targets = !spec.compress.teacher.empty();
   Workspace ws(c, dtype, device, wc);
   eng.attach(ws);
+  std::unique_ptr<Teacher> teacher;  // distillation (I5): its own weights and workspace
+  if (!spec.compress.teacher.empty()) {
+    teacher = std::make_unique<Teacher>(spec.compress.teacher, c, dtype, device, d,
+                                        spec.compress.distill_alpha, spec.compress.distill_temp);
+    check_same_tokenizer(spec.compress.teacher, data.tokenizer_path());
+  }
   Guard guard(spec.guard);
   RunState rs;
   rs.rng = Rng(uint64_t(rc.seed) ^ 0x5eed5eed5eedull);
@@ -259,6 +267,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     restore(*resume, spec.checkpoint.resume, true);
     DSV3_CHECK(rs.steps_done < rc.steps, "checkpoint is at step ", rs.steps_done, " and the run has ",
                rc.steps, " steps: nothing to do (raise --steps)");
+  } else if (!spec.compress.init_from.empty()) {  // weights only: fresh optimizer, step 0
+    eng.load_full(init_from_weights(spec.compress.init_from, c));
   } else {  // the whole model's initial values, then this rank's part: the same on any layout
     const ParamTable whole = build_param_table(c);
     std::vector<float> init(whole.total);
@@ -281,6 +291,12 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                  peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
     if (distributed) std::fprintf(stderr, "  parallel: %s\n", par->describe().c_str());
     if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
+    else if (!spec.compress.init_from.empty())
+      std::fprintf(stderr, "  weights from %s\n", spec.compress.init_from.c_str());
+    if (teacher)
+      std::fprintf(stderr, "  distilling from %s (alpha %g, T %g)\n", teacher->source().c_str(),
+                   spec.compress.distill_alpha, spec.compress.distill_temp);
+    if (spec.compress.qat) std::fprintf(stderr, "  quantisation-aware: int8 weights in the forward\n");
   }
 
   // Only rank 0 writes metrics and the console line; every rank's errors reach the console.
@@ -425,7 +441,13 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     StepSettings sstep = ss;  // this step's micro-batches (the batch ramp changes them)
     sstep.grad_accum = plan.micro;
     const double step_tokens = double(Gt) * d.T;
-    Gradients g = eng.compute_gradients(ws, spec.loss, sstep, step, micro, share);
+    // the teacher's pass over a micro-batch right before the student's (one buffer of soft targets)
+    const MicroFn micro_at = [&](int a) {
+      MicroBatch mb = micro[size_t(a)];
+      if (teacher) mb.soft = teacher->run(mb);
+      return mb;
+    };
+    Gradients g = eng.compute_gradients(ws, spec.loss, sstep, step, micro_at, share);
     switch (guard.fault_at(attempt)) {  // fault injection (GuardConfig::inject_fault)
       case Fault::Nan: {
         g.loss.loss = g.loss.total = NAN;
@@ -500,6 +522,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                           {"peak_alloc_bytes", mem.peak}, {"expert_load", loads}};
     if (eng.scaler().enabled()) rec["loss_scale"] = r.loss_scale;
     if (ramp) rec["micro_batches"] = plan.micro;
+    if (teacher) rec["distill_loss"] = r.loss.distill_loss;
     if (!r.applied) rec["skipped"] = r.skipped;
     if (distributed) add_comm_metrics(rec, comm, dt, eng, *par);
     record(rec);
@@ -509,6 +532,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     std::string text = "loss " + fmt("%.4f", r.loss.loss);
     if (c.mtp_depth > 0) text += " | mtp " + fmt("%.4f", r.loss.mtp_loss);
     if (c.experts > 0) text += " | bal " + fmt("%.2e", r.loss.balance_loss);
+    if (teacher) text += " | kd " + fmt("%.4f", r.loss.distill_loss);
     text += " | gnorm " + fmt("%.3f", r.grad_norm) + " | lr " + fmt("%.2e", r.lr) + " | " +
             fmt("%.0f tok/s", tps) + " | MFU " + fmt("%.1f%%", 100 * mfu);
     if (c.experts > 0) text += " | load max/mean " + fmt("%.2f", load_max);

@@ -323,10 +323,13 @@ TEST(WriteFailure, EveryWriterNamesThePathAndReason) {
   r = run_cli("export --model " + (d / "run").string() + " --out " + (d / "hf").string());
   ASSERT_EQ(r.code, 0) << r.out;
   spit(d / "in.jsonl", "{\"text\": \"" + std::string(5000, 'a') + " end.\"}\n");
+  // 2 KiB stops every writer at its first large write; train gets 64 KiB, which its metrics
+  // (a start record with every setting, then one record per step) fit but a checkpoint does not
   const struct {
     std::string args, file;
+    rlim_t limit = 2048;
   } cases[] = {
-      {"train " + kSmall + "--steps 2 --out " + (d / "t").string(), "ckpt_00000002.dsv3"},
+      {"train " + kSmall + "--steps 2 --out " + (d / "t").string(), "ckpt_00000002.dsv3", 65536},
       {"export --model " + (d / "run").string() + " --out " + (d / "hf2").string(), "model.safetensors"},
       {"import --hf " + (d / "hf").string() + " --out " + (d / "back.dsv3").string(), "back.dsv3"},
       {"tokenizer export --tokenizer " + shared_dir().string() + "/data/tokenizers/gpt2 --format hf "
@@ -336,7 +339,7 @@ TEST(WriteFailure, EveryWriterNamesThePathAndReason) {
   };
   for (const auto& c : cases) {
     if (has(c.args, "tokenizer export") && !have_shared()) continue;
-    r = run_cli_limited(c.args, 2048);
+    r = run_cli_limited(c.args, c.limit);
     expect_refused(r, {"cannot write", c.file, "File too large"}, c.args);
   }
   // standard output to a full device
@@ -420,9 +423,10 @@ TEST(BadInput, EveryNumericSettingHasACheckedRange) {
     expect_refused(r, {msg}, flag);
   }
   // --help of every command: each int or float setting states its range
-  for (const char* cmd : {"train", "eval", "sample", "bench", "info", "export", "import", "prepare",
-                          "curate", "curate train-classifier", "tokenizer train",
-                          "tokenizer encode", "tokenizer decode"}) {
+  for (const char* cmd : {"train", "eval", "sample", "serve", "bench", "info", "export", "import",
+                          "prepare", "curate", "curate train-classifier", "tokenizer train",
+                          "tokenizer encode", "tokenizer decode", "report", "sweep", "launch",
+                          "quantize", "prune"}) {
     auto r = run_cli(std::string(cmd) + " --help");
     ASSERT_EQ(r.code, 0) << cmd << "\n" << r.out;
     // entries: a "  --name type" line and its continuation lines

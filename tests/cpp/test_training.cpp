@@ -338,7 +338,8 @@ TEST(BadInput, ClearMessageAndNonZeroExit) {
       {"eval --model " + ck + " --data " + (d / "tok_trunc.bin").string(), "tok_trunc.bin"},
       {"eval --model " + ck, "--data (an llm.c token file) or --text"},
       {"train --resume " + (d / "trunc.dsv3").string(), "trunc.dsv3"},
-      {"export --model " + ck + " --format gguf --out " + d.string(), "unknown --format 'gguf'"},
+      {"export --model " + ck + " --format onnx --out " + d.string(), "unknown --format 'onnx'"},
+      {"export --model " + ck + " --format gguf --out " + d.string(), "is a directory"},
       {"train --preset debug --batch 4 --seq_len 32 --train_data " + (d / "text.dsv3").string(),
        "text.dsv3"},
       // flags that do not apply to the run are refused, naming what they need

@@ -37,7 +37,7 @@ struct Buf {
       case DType::F16: { uint16_t h = f32_to_f16(float(v)); std::memcpy(p, &h, 2); return; }
       case DType::I32: { int32_t x = int32_t(v); std::memcpy(p, &x, 4); return; }
       case DType::I64: { int64_t x = int64_t(v); std::memcpy(p, &x, 8); return; }
-      case DType::U8: *p = uint8_t(v); return;
+      case DType::U8: case DType::W8A8: case DType::W8A16: *p = uint8_t(v); return;
     }
   }
   double get(size_t i) const {
@@ -49,7 +49,7 @@ struct Buf {
       case DType::F16: { uint16_t h; std::memcpy(&h, p, 2); return f16_to_f32(h); }
       case DType::I32: { int32_t x; std::memcpy(&x, p, 4); return x; }
       case DType::I64: { int64_t x; std::memcpy(&x, p, 8); return double(x); }
-      case DType::U8: return *p;
+      case DType::U8: case DType::W8A8: case DType::W8A16: return *p;
     }
     return 0;
   }
