@@ -90,9 +90,10 @@ const std::vector<FieldSpec>& prune_command_fields() {
       field("data", &P::data, "calibration data for expert loads: an llm.c token file"),
       field("text", &P::text, "or a text file, encoded with the model's tokenizer (default for "
                               "byte-level models: the built-in corpus)"),
-      field("batch", &P::batch, "calibration sequences per batch"),
-      field("seq_len", &P::seq_len, "calibration tokens per sequence"),
-      field("max_batches", &P::max_batches, "calibration batches (0 = all the data)"),
+      field("batch", &P::batch, "calibration sequences per batch", in_range(1, 1 << 20)),
+      field("seq_len", &P::seq_len, "calibration tokens per sequence", in_range(1, 1 << 24)),
+      field("max_batches", &P::max_batches, "calibration batches (0 = all the data)",
+            at_least(0)),
   };
   return f;
 }

@@ -78,26 +78,29 @@ const std::vector<FieldSpec>& train_option_fields() {
       field("text_key", &TrainOptions::text_key, "JSONL field with the text"),
       field("label_key", &TrainOptions::label_key, "JSONL field with the label"),
       field("holdout", &TrainOptions::holdout,
-            "without --valid: this share of --input (every k-th example) is held out"),
+            "without --valid: this share of --input (every k-th example) is held out", in_range_open_hi(0, 1)),
   };
   return f;
 }
 
 const std::vector<FieldSpec>& classifier_fields() {
   static const std::vector<FieldSpec> f = {
-      field("dim", &ClassifierConfig::dim, "embedding size"),
-      field("log2_buckets", &ClassifierConfig::log2_buckets, "hashed feature rows: 2^this"),
-      field("word_ngrams", &ClassifierConfig::word_ngrams, "1 = words, 2 = + bigrams, 3 = + trigrams"),
-      field("minn", &ClassifierConfig::minn, "shortest character n-gram (0 = none)"),
-      field("maxn", &ClassifierConfig::maxn, "longest character n-gram"),
-      field("epochs", &ClassifierConfig::epochs, "passes over the data"),
-      field("lr", &ClassifierConfig::lr, "initial SGD learning rate (decays linearly to 0)"),
-      field("max_words", &ClassifierConfig::max_words, "features from the first N words"),
+      field("dim", &ClassifierConfig::dim, "embedding size", in_range(1, 1024)),
+      field("log2_buckets", &ClassifierConfig::log2_buckets, "hashed feature rows: 2^this", in_range(8, 26)),
+      field("word_ngrams", &ClassifierConfig::word_ngrams, "1 = words, 2 = + bigrams, 3 = + trigrams", in_range(1, 3)),
+      field("minn", &ClassifierConfig::minn, "shortest character n-gram (0 = none)", in_range(0, 8)),
+      field("maxn", &ClassifierConfig::maxn, "longest character n-gram", in_range(0, 8)),
+      field("epochs", &ClassifierConfig::epochs, "passes over the data", in_range(1, 100000)),
+      field("lr", &ClassifierConfig::lr, "initial SGD learning rate (decays linearly to 0)", above(0)),
+      field("max_words", &ClassifierConfig::max_words, "features from the first N words", in_range(1, 1 << 30)),
       {"seed", "int", "initialisation and shuffling seed",
        [](const void* o) { return std::to_string(static_cast<const ClassifierConfig*>(o)->seed); },
        [](void* o, const std::string& v) {
-         static_cast<ClassifierConfig*>(o)->seed = uint64_t(parse_int("seed", v));
-       }},
+         const long long x = parse_int("seed", v);
+         check_range("seed", at_least(0), double(x), v);
+         static_cast<ClassifierConfig*>(o)->seed = uint64_t(x);
+       },
+       at_least(0)},
   };
   return f;
 }
@@ -257,6 +260,11 @@ int cmd_curate(int argc, char** argv) {
     throw;
   }
   if (dist::world().rank() == 0) {
+    const nlohmann::json& bad = out.summary["stats"]["bad_input"];
+    if (bad.is_object() && bad.contains("read_error"))  // only with --skip_unreadable
+      std::fprintf(stderr, "warning: %lld input(s) could not be read and were skipped "
+                   "(read_error in %s/report.md)\n",
+                   bad["read_error"].get<long long>(), cfg.output.c_str());
     if (a.json) {
       std::printf("%s\n", out.summary.dump().c_str());
     } else {

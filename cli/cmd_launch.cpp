@@ -45,18 +45,18 @@ struct LaunchConfig {
 const std::vector<FieldSpec>& launch_fields() {
   using L = LaunchConfig;
   static const std::vector<FieldSpec> f = {
-      field("np", &L::np, "ranks to start (also -np)"),
-      field("max_restarts", &L::max_restarts, "restarts after failures before giving up"),
+      field("np", &L::np, "ranks to start (also -np)", in_range(1, 1 << 20)),
+      field("max_restarts", &L::max_restarts, "restarts after failures before giving up", in_range(0, 1 << 20)),
       field("min_ranks", &L::min_ranks,
-            "restart on fewer ranks when fewer slots remain, down to this many (0 = np)"),
+            "restart on fewer ranks when fewer slots remain, down to this many (0 = np)", in_range(0, 1 << 20)),
       field("launcher", &L::launcher, "mpirun or srun"),
       field("launcher_bin", &L::launcher_bin, "the launcher executable (default: found at build)"),
       field("launcher_args", &L::launcher_args, "extra launcher arguments (space separated)"),
       field("hostfile", &L::hostfile, "mpirun hostfile; its slots bound the ranks of each start"),
       field("hang_timeout", &L::hang_timeout,
             "restart when OUT/metrics.jsonl has not grown for this many seconds (0 = off; the "
-            "collective watchdog --collective_timeout catches hung collectives)"),
-      field("restart_delay", &L::restart_delay, "seconds to wait before a restart"),
+            "collective watchdog --collective_timeout catches hung collectives)", at_least(0)),
+      field("restart_delay", &L::restart_delay, "seconds to wait before a restart", at_least(0)),
   };
   return f;
 }
@@ -127,6 +127,8 @@ void log_event(const std::string& out, const nlohmann::json& j) {
   std::filesystem::create_directories(out, ec);
   std::ofstream f(out + "/launch.jsonl", std::ios::app);
   f << j.dump() << "\n";
+  f.flush();
+  DSV3_CHECK(f.good(), "cannot write ", out, "/launch.jsonl: ", std::strerror(errno));
   std::fprintf(stderr, "dsv3 launch: %s\n", j.value("message", "").c_str());
 }
 
@@ -250,6 +252,9 @@ int cmd_launch(int argc, char** argv) {
                            std::to_string(ep)});
     const std::string resume = attempt > 0 ? latest_checkpoint(out) : "";
     if (!resume.empty()) cmd.insert(cmd.end(), {"--resume", resume});
+    // A restart with no checkpoint yet starts the run afresh over the failed attempt's files
+    // (a new run refuses a directory that holds a run's files otherwise).
+    if (attempt > 0 && resume.empty()) cmd.push_back("--overwrite");
     std::string line;
     for (const auto& w : cmd) line += (line.empty() ? "" : " ") + w;
     log_event(out, {{"event", "start"}, {"attempt", attempt}, {"world", world}, {"ep", ep},

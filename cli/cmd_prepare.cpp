@@ -29,16 +29,17 @@ const std::vector<FieldSpec>& prepare_fields() {
          for (const auto& x : static_cast<const P*>(o)->sources) s += (s.empty() ? "" : " ") + x;
          return s;
        },
-       [](void* o, const std::string& v) { static_cast<P*>(o)->sources.push_back(v); }},
+       [](void* o, const std::string& v) { static_cast<P*>(o)->sources.push_back(v); },
+       Range{}},
       field("tokenizer", &P::tokenizer, "tokenizer file or directory (any supported format)"),
       field("out", &P::out, "output directory"),
-      field("val_frac", &P::val_frac, "share of each domain's documents held out for validation"),
+      field("val_frac", &P::val_frac, "share of each domain's documents held out for validation", in_range(0, 1)),
       field("text_key", &P::text_key, "JSONL field holding the text"),
       field("text_unit", &P::text_unit, "documents of .txt inputs: file, paragraph or line"),
-      field("threads", &P::threads, "tokenizer threads (0 = all)"),
+      field("threads", &P::threads, "tokenizer threads (0 = all)", in_range(0, 65536)),
       field("strict", &P::strict, "bad records (broken JSON, missing text) are fatal"),
-      field("shard_tokens", &P::shard_tokens, "tokens per shard part"),
-      field("seed", &P::seed, "seed of the train/validation split"),
+      field("shard_tokens", &P::shard_tokens, "tokens per shard part", in_range(1, 1ll << 40)),
+      field("seed", &P::seed, "seed of the train/validation split", at_least(0)),
   };
   return f;
 }

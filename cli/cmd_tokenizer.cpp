@@ -90,13 +90,13 @@ const std::vector<FieldSpec>& train_fields() {
   static const std::vector<FieldSpec> f = {
       field("input", &T::input, "text files or directories, comma-separated (each file is one text)"),
       field("out", &T::out, "tokenizer file to write (.dsv3tok)"),
-      field("vocab_size", &T::vocab_size, "all ids: 256 bytes + merged tokens + special tokens"),
-      field("min_frequency", &T::min_frequency, "stop when the best pair occurs fewer times"),
+      field("vocab_size", &T::vocab_size, "all ids: 256 bytes + merged tokens + special tokens", in_range(256, 1 << 24)),
+      field("min_frequency", &T::min_frequency, "stop when the best pair occurs fewer times", at_least(1)),
       field("pretokenizer", &T::pretokenizer, "gpt2, deepseek_v3 or none (one piece per file)"),
       field("specials", &T::specials,
             "default (bos eos pad, FIM and chat markers, reserved), none, or texts a,b,c"),
-      field("reserved", &T::reserved, "reserved special tokens added by --specials default"),
-      field("threads", &T::threads, "threads for counting (0 = all)"),
+      field("reserved", &T::reserved, "reserved special tokens added by --specials default", in_range(0, 1 << 20)),
+      field("threads", &T::threads, "threads for counting (0 = all)", in_range(0, 65536)),
   };
   return f;
 }
@@ -177,7 +177,7 @@ const std::vector<FieldSpec>& encode_fields() {
       field("bos", &E::bos, "put the bos token before each text"),
       field("eos", &E::eos, "put the eos token after each text"),
       field("count_only", &E::count_only, "print only counts and speed (with --json: as JSON)"),
-      field("threads", &E::threads, "threads (0 = all); long texts are cut between words"),
+      field("threads", &E::threads, "threads (0 = all); long texts are cut between words", in_range(0, 65536)),
   };
   return f;
 }
@@ -289,7 +289,7 @@ std::vector<int32_t> parse_ids(const std::string& s, const std::string& where) {
     const size_t end = size_t(p - s.data());
     const bool sep_after = end == s.size() || std::string(" \t\r\n,").find(s[end]) != std::string::npos;
     DSV3_CHECK(ec == std::errc() && sep_after && v >= 0 && v <= INT32_MAX, where, ":", line, ": '",
-               s.substr(i, std::min<size_t>(20, s.find_first_of(" \t\r\n,", i) - i)),
+               quote_bytes(s.substr(i, std::min<size_t>(20, s.find_first_of(" \t\r\n,", i) - i))),
                "' is not a token id");
     ids.push_back(int32_t(v));
     i = end;
@@ -313,10 +313,23 @@ int decode(int argc, char** argv) {
     ids = parse_ids(o.ids, "--ids");
   } else if (o.input != "-" && sniff_file_kind(o.input) == "an llm.c token file") {
     ids = read_token_file(o.input);
+  } else if (const std::string kind = o.input == "-" ? "text" : sniff_file_kind(o.input);
+             kind != "text" && kind != "an empty file") {
+    InFile check(o.input);  // a missing file: "cannot open", not "binary"
+    fail(o.input, " is not token ids (", kind.empty() ? "binary data" : kind,
+         "): --input takes an llm.c token file or a text file of ids separated by spaces, commas "
+         "or newlines",
+         kind == "a dsv3 token shard" ? "; a prepared shard is read by dsv3 train --data" : "");
   } else {
     ids = parse_ids(read_input(o.input), o.input);
   }
-  write_output(o.out, enc.decode(ids));
+  std::string bytes;
+  try {
+    bytes = enc.decode(ids);
+  } catch (const Error& e) {
+    fail(o.ids.empty() ? o.input : "--ids", ": ", e.what());
+  }
+  write_output(o.out, bytes);
   return 0;
 }
 

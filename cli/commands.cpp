@@ -77,7 +77,22 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& path, Precision pr
   auto w = make_model_weights(lm, compute_dtype(precision), device);
   std::fprintf(stderr, "loaded %s (%s on %s)\n", lm.source.c_str(), precision_name(precision),
                device_name(device));
+  if (!lm.note.empty()) std::fprintf(stderr, "%s\n", lm.note.c_str());
   return w;
+}
+
+// A resumed run may repeat its model (a preset, the original command line) but not change it.
+void check_same_model(const ModelConfig& given, const ModelConfig& ckpt, const std::string& what) {
+  std::string diff;
+  int n = 0;
+  for (const FieldSpec& f : model_fields()) {
+    const std::string a = f.get(&given), b = f.get(&ckpt);
+    if (a == b) continue;
+    if (n++ < 4) diff += (diff.empty() ? "" : ", ") + f.name + " " + a + " vs " + b;
+  }
+  if (n > 4) diff += " and " + std::to_string(n - 4) + " more";
+  DSV3_CHECK(n == 0, what, " describes another model than the checkpoint's (", diff,
+             "): a resumed run cannot change the model (drop it or start a new run)");
 }
 
 // The groups of `dsv3 train`, `bench` and `info` that a command does not use are not offered.
@@ -149,7 +164,17 @@ int cmd_train(int argc, char** argv) {
           }
           f->set(gt->target, f->get(gf->target));
         }
+        // the original command line's preset: it must describe this model (after the model flags
+        // above, each equal to the checkpoint's, so a difference left is the preset's)
+        if (!a.preset.empty()) check_same_model(spec.model, run.model, "--preset " + a.preset);
         run.checkpoint.resume = path;
+        // Without --out the run continues beside its checkpoint, wherever the directory was
+        // moved (not in the directory the checkpoint's settings name, which may now be
+        // another run's).
+        if (std::find(a.set_keys.begin(), a.set_keys.end(), "out") == a.set_keys.end()) {
+          const std::string dir = std::filesystem::path(path).parent_path().string();
+          run.run.out = dir.empty() ? "." : dir;
+        }
         reject_inapplicable(run, a.set_keys);
       }
       validate(run);
@@ -262,8 +287,8 @@ struct BenchOptions {
 };
 const std::vector<FieldSpec>& bench_fields() {
   static const std::vector<FieldSpec> f = {
-      field("warmup_steps", &BenchOptions::warmup_steps, "untimed steps first"),
-      field("timed_steps", &BenchOptions::timed_steps, "timed steps"),
+      field("warmup_steps", &BenchOptions::warmup_steps, "untimed steps first", in_range(0, 1000000)),
+      field("timed_steps", &BenchOptions::timed_steps, "timed steps", in_range(1, 1000000)),
       field("profile", &BenchOptions::profile, "print the time of every op over the timed steps"),
   };
   return f;
@@ -400,9 +425,9 @@ const std::vector<FieldSpec>& eval_command_fields() {
       field("data", &E::data, "llm.c token file (256 x int32 header, uint16 ids)"),
       field("text", &E::text, "or a text file, encoded with the model's tokenizer"),
       field("tokenizer", &E::tokenizer, "tokenizer for --text (default: the one beside the model)"),
-      field("batch", &E::batch, "sequences per batch"),
-      field("seq_len", &E::seq_len, "tokens per sequence"),
-      field("max_batches", &E::max_batches, "batches to score (0 = all that fit)"),
+      field("batch", &E::batch, "sequences per batch", in_range(1, 1 << 20)),
+      field("seq_len", &E::seq_len, "tokens per sequence", in_range(1, 1 << 24)),
+      field("max_batches", &E::max_batches, "batches to score (0 = all that fit)", at_least(0)),
       field("device", &E::device, "cpu or cuda"),
   };
   return f;
@@ -423,7 +448,6 @@ int cmd_eval(int argc, char** argv) {
                " is a training setting; eval only takes --precision");
   DSV3_CHECK(o.data.empty() != o.text.empty(),
              "--data (an llm.c token file) or --text (a text file) is required, not both");
-  DSV3_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.max_batches >= 0, "batch and seq_len must be >= 1");
   const Device device = pick_device(o.device, pc);
   std::vector<int32_t> tokens;
   double bytes_per_token = 0;  // known for --text: bits per byte
@@ -445,7 +469,9 @@ int cmd_eval(int argc, char** argv) {
   for (size_t i = 0; i < tokens.size(); i++)
     DSV3_CHECK(tokens[i] < V, (o.data.empty() ? o.text : o.data), ": token ", tokens[i], " at index ", i,
                " is outside the model's vocabulary (", V, ")");
-  const Dims d{o.batch, std::min(o.seq_len, c.max_seq)};
+  DSV3_CHECK(o.seq_len <= c.max_seq, "seq_len ", o.seq_len, " exceeds the model's max_seq ",
+             c.max_seq, " (positions it was built for): lower --seq_len");
+  const Dims d{o.batch, o.seq_len};
   WorkspaceConfig wc;
   wc.max = d;
   wc.backward = false;
@@ -453,6 +479,11 @@ int cmd_eval(int argc, char** argv) {
   const double t0 = now_seconds();
   EvalResult r = evaluate(*weights, ws, tokens, d, o.max_batches);
   const double dt = now_seconds() - t0;
+  // A model whose weights give NaN or inf is broken: exit non-zero rather than print "loss nan".
+  DSV3_CHECK(std::isfinite(r.loss) && (c.mtp_depth == 0 || std::isfinite(r.mtp_loss)),
+             "the loss over ", r.tokens, " tokens is not finite (loss ", r.loss,
+             c.mtp_depth > 0 ? ", MTP loss " + std::to_string(r.mtp_loss) : std::string(),
+             "): the model's weights give NaN or inf (a diverged run, or a corrupt import?)");
   if (a->json) {
     nlohmann::json j = {{"loss", r.loss}, {"perplexity", std::exp(r.loss)}, {"tokens", r.tokens},
                         {"batches", r.batches}, {"seq_len", d.T}, {"seconds", dt},
@@ -488,9 +519,10 @@ const std::vector<FieldSpec>& sample_fields() {
       field("prompt", &S::prompt, "text to continue"),
       field("tokenizer", &S::tokenizer,
             "tokenizer (default: the one beside the model, else byte-level ids)"),
-      field("tokens", &S::tokens, "tokens to generate"),
+      field("tokens", &S::tokens, "tokens to generate", in_range(0, 1 << 24)),
       field("stop", &S::stop, "stop string: generation ends before it (empty = none)"),
-      field("context", &S::context, "longest context (prompt + generated tokens)"),
+      field("context", &S::context, "longest context (prompt + generated tokens)",
+            in_range(1, 1 << 24)),
       field("speculative", &S::speculative,
             "draft a token ahead with the MTP module, verified by the main model"),
       field("engine", &S::engine,
@@ -621,6 +653,7 @@ int cmd_export(int argc, char** argv) {
   if (o.format == "gguf") return export_gguf_file(o.model, o.out, o.dtype);
   const DType dt = parse_dtype(o.dtype);
   LoadedModel lm = load_model_any(o.model);
+  if (!lm.note.empty()) std::fprintf(stderr, "%s\n", lm.note.c_str());
   if (lm.config.attention != AttentionKind::Dense)
     std::fprintf(stderr, "note: the model was trained with %s attention; a Hugging Face DeepseekV3 "
                  "computes dense attention\n", attention_name(lm.config.attention));
@@ -640,6 +673,8 @@ int cmd_import(int argc, char** argv) {
   if (!a) return 0;
   DSV3_CHECK(!o.hf.empty() && !o.out.empty(), "--hf and --out are required");
   HfModel m = import_hf(o.hf);
+  if (const std::string note = hf_defaults_note(m); !note.empty())
+    std::fprintf(stderr, "%s\n", note.c_str());
   save_checkpoint(o.out, m.config, nlohmann::json::object(), m.params.data(), nullptr, nullptr,
                   m.params.size());
   std::printf("imported %s -> %s (%zu parameters)\n", o.hf.c_str(), o.out.c_str(), m.params.size());

@@ -2,10 +2,11 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/check.h"
+#include "core/io.h"
 
 namespace dsv3::cli {
 
@@ -50,8 +51,19 @@ std::string trim(const std::string& s) {
 
 void apply_config_file(const std::string& path, const std::vector<FieldGroup>& groups,
                        std::vector<std::string>* set_keys) {
-  std::ifstream in(path);
-  DSV3_CHECK(in, "cannot open config file ", path);
+  std::string text;
+  try {
+    text = read_file(path);  // refuses a directory, names the reason it cannot open
+  } catch (const Error& e) {
+    fail("cannot read config file: ", e.what());
+  }
+  // A UTF-8 byte-order mark (Windows editors write one) is not part of the first key.
+  if (text.compare(0, 3, "\xef\xbb\xbf") == 0) text.erase(0, 3);
+  DSV3_CHECK(text.find('\0') == std::string::npos, path,
+             ": contains NUL bytes: not a text config file",
+             sniff_file_kind(path).empty() ? "" : " (it looks like " + sniff_file_kind(path) + ")");
+  std::map<std::string, int> first_line;  // a key set twice in one file is a mistake
+  std::istringstream in(text);
   std::string line;
   for (int n = 1; std::getline(in, line); n++) {
     const std::string where = path + ":" + std::to_string(n) + ": ";
@@ -59,13 +71,17 @@ void apply_config_file(const std::string& path, const std::vector<FieldGroup>& g
     line = trim(line);
     if (line.empty()) continue;
     const size_t eq = line.find('=');
-    DSV3_CHECK(eq != std::string::npos, where, "expected 'key = value', got '", line, "'");
+    DSV3_CHECK(eq != std::string::npos, where, "expected 'key = value', got '", quote_bytes(line),
+               "'");
     std::string key = normalise(trim(line.substr(0, eq))), value = trim(line.substr(eq + 1));
     if (value.size() >= 2 && value.front() == '"' && value.back() == '"')
       value = value.substr(1, value.size() - 2);
     DSV3_CHECK(!key.empty(), where, "missing key before '='");
     DSV3_CHECK(key != "preset" && key != "config", where, "'", key,
                "' goes on the command line, not in a config file");
+    const auto [it, fresh] = first_line.emplace(key, n);
+    DSV3_CHECK(fresh, where, "'", key, "' is set again (first at line ", it->second,
+               "): one value per key in a config file (flags on the command line override it)");
     set(groups, key, value, where, set_keys);
   }
 }
@@ -144,7 +160,9 @@ std::string help_text(const std::string& usage, const std::string& summary,
       const std::string def = f.get(g.target);
       if (left.size() < 27) left.resize(27, ' ');
       else left += "\n" + std::string(27, ' ');
-      os << left << f.help << " [" << (def.empty() ? "\"\"" : def) << "]\n";
+      os << left << f.help << " [" << (def.empty() ? "\"\"" : def) << "]";
+      if (f.range.bounded()) os << " (" << f.range.text() << ")";
+      os << "\n";
     }
   }
   return os.str();

@@ -1,4 +1,5 @@
 // dsv3: train, evaluate, sample and convert DeepSeek-V3-style MoE models.
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -66,7 +67,14 @@ int main(int argc, char** argv) {
   for (const auto& c : kCommands) {
     if (argv[1] != std::string(c.name)) continue;
     try {
-      return c.run(argc, argv);
+      const int rc = c.run(argc, argv);
+      // Output to a full disk or a closed pipe fails at the flush: say so instead of exiting 0
+      // with the output cut short.
+      errno = 0;
+      if (std::fflush(stdout) != 0 || std::ferror(stdout))
+        throw dsv3::Error(std::string("cannot write the standard output: ") +
+                          (errno ? std::strerror(errno) : "write failed"));
+      return rc;
     } catch (const dsv3::dist::QuietError&) {  // rank 0 of a distributed run reports it
       return 1;
     } catch (const dsv3::Error& e) {

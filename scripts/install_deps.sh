@@ -13,6 +13,7 @@ pkgs=(
   libgtest-dev
   libopenmpi-dev openmpi-bin   # the MPI communicator (-DDSV3_MPI=ON)
   libcpp-httplib-dev       # dsv3 serve's HTTP server
+  clang libclang-rt-dev libomp-dev   # fuzz/: clang, libFuzzer and sanitizer runtimes, OpenMP
   python3 python3-numpy python3-torch   # side-by-side PyTorch references in the tests
   python3-pip              # PyPI packages for the Python tests (below)
   curl                     # the server tests

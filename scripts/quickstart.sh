@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
-exec build/dsv3 train --preset tiny --steps 300 --eval_every 100 --out runs/quickstart "$@"
+# --overwrite: running it again starts the quick-start run afresh (a run directory is otherwise
+# never reused by a new run)
+exec build/dsv3 train --preset tiny --steps 300 --eval_every 100 --out runs/quickstart --overwrite "$@"

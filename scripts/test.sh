@@ -25,5 +25,10 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
 else
   echo "== nvcc not found: skipping the CUDA build"
 fi
-cd build
-ctest --output-on-failure -j2 --timeout 900
+(cd build && ctest --output-on-failure -j2 --timeout 900)
+# Every parser of external input under libFuzzer with ASan/UBSan, a few seconds per target on the
+# generated seeds and the committed crash inputs (fuzz/README.md).
+echo "== fuzzing the parsers (clang, build-fuzz/)"
+cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+ninja -C build-fuzz
+(cd build-fuzz && ctest --output-on-failure -j2)

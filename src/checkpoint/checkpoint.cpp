@@ -20,9 +20,12 @@ namespace dsv3 {
 const std::vector<FieldSpec>& checkpoint_fields() {
   using K = CheckpointConfig;
   static const std::vector<FieldSpec> f = {
-      field("save_every", &K::save_every, "checkpoint every N steps (0 = only at the end)"),
-      field("keep", &K::keep, "checkpoints to keep"),
+      field("save_every", &K::save_every, "checkpoint every N steps (0 = only at the end)", at_least(0)),
+      field("keep", &K::keep, "checkpoints to keep", in_range(1, 1000000)),
       field("resume", &K::resume, "continue from this checkpoint or run directory"),
+      field("overwrite", &K::overwrite,
+            "start even though --out holds another run: its checkpoints and metrics are "
+            "deleted (a resumed run: also its checkpoints after the one resumed from)"),
   };
   return f;
 }
@@ -133,11 +136,21 @@ void save_checkpoint(const std::string& path, const ModelConfig& c, const json& 
   });
 }
 
-Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
-  InFile f(path);
+namespace {
+
+// The frame and the JSON header of an open checkpoint, checked (magic, version, length, CRC).
+json read_header(const InFile& f, uint64_t* header_len) {
+  const std::string& path = f.path();
   const uint64_t size = f.size();
-  DSV3_CHECK(size >= kFixedHeader, path, " is not a dsv3 checkpoint: ", size,
-             " bytes is too short for the header", looks_like(path));
+  if (size < kFixedHeader) {
+    char head[kFixedHeader] = {};
+    f.read_at(0, head, size_t(size));
+    DSV3_CHECK(size == 0 || !std::equal(head, head + std::min<uint64_t>(size, 8), kMagic), path,
+               ": truncated: file is ", size, " bytes, expected at least ", kFixedHeader,
+               " (too short for the frame of a dsv3 checkpoint)");
+    fail(path, " is not a dsv3 checkpoint: ", size, " bytes is too short for the header",
+         looks_like(path));
+  }
   unsigned char head[kFixedHeader];
   f.read_at(0, head, kFixedHeader);
   DSV3_CHECK(std::equal(kMagic, kMagic + 8, reinterpret_cast<const char*>(head)), path,
@@ -145,20 +158,40 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
   const FrameHeader frame =
       check_frame(path, head, size, kCheckpointVersion, kMaxHeader, "checkpoint");
   const uint32_t header_crc = frame.header_crc;
-  const uint64_t hlen = frame.header_len;
-  const std::string text = f.read_string(kFixedHeader, size_t(hlen));
+  *header_len = frame.header_len;
+  const std::string text = f.read_string(kFixedHeader, size_t(frame.header_len));
   const uint32_t got_crc = crc32_update(0, text.data(), text.size());
-  DSV3_CHECK(got_crc == header_crc, path, ": header checksum mismatch (stored ", header_crc,
-             ", computed ", got_crc, "): the file is corrupt");
+  DSV3_CHECK(got_crc == header_crc || !checksum_verification(), path,
+             ": header checksum mismatch (stored ", header_crc, ", computed ", got_crc,
+             "): the file is corrupt");
   json h;
   try {
     h = json::parse(text);
   } catch (const json::parse_error& e) {
     fail(path, ": header is not valid JSON (error at byte ", e.byte, ")");
+  } catch (const json::exception& e) {  // out_of_range: a number like 1e999
+    fail(path, ": header is not valid JSON: ", json_error_text(e));
   }
   DSV3_CHECK(h.is_object(), path, ": header is not a JSON object");
   for (const char* key : {"model", "train", "n_params", "tensors", "sections", "crc32"})
     DSV3_CHECK(h.contains(key), path, ": header has no '", key, "'");
+  return h;
+}
+
+}  // namespace
+
+json load_checkpoint_train_state(const std::string& path) {
+  InFile f(path);
+  uint64_t hlen = 0;
+  json h = read_header(f, &hlen);
+  return std::move(h["train"]);
+}
+
+Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
+  InFile f(path);
+  const uint64_t size = f.size();
+  uint64_t hlen = 0;
+  json h = read_header(f, &hlen);
 
   Checkpoint ck;
   fields_from_json(model_fields(), &ck.config, h["model"], path + ": model config");
@@ -170,7 +203,10 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
   ck.train = std::move(h["train"]);
 
   uint64_t n = 0, crc_stored = 0;
-  DSV3_CHECK(get_u64(h["n_params"], &n) && n <= size / 4, path, ": bad n_params");
+  // Sane before any arithmetic; whether the file holds them is the size check below, so a cut
+  // file is reported as truncated wherever the cut is.
+  DSV3_CHECK(get_u64(h["n_params"], &n) && n <= (uint64_t(1) << 56), path, ": bad n_params ",
+             quote_bytes(h["n_params"].dump(), 40));
   DSV3_CHECK(get_u64(h["crc32"], &crc_stored) && crc_stored <= 0xffffffffu, path, ": bad crc32");
 
   // Sections: params, optionally both Adam moments, each n floats, in order, 64-byte aligned.
@@ -193,15 +229,17 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
                path, ": section '", s.name, "' must be [offset, length]");
     DSV3_CHECK(s.len == n * 4, path, ": section '", s.name, "' holds ", s.len,
                " bytes, expected ", n * 4, " (n_params ", n, ")");
-    DSV3_CHECK(s.off % 64 == 0 && s.off >= payload_len && s.off - payload_len < 64, path,
+    DSV3_CHECK(s.off % 64 == 0 && s.off >= payload_len && s.off - payload_len < 64 &&
+                   s.off <= (uint64_t(1) << 60),
+               path,
                ": section '", s.name, "' has a bad offset ", s.off);
     payload_len = s.off + s.len;
     secs.push_back(s);
   }
   const uint64_t payload_start = align64(kFixedHeader + hlen);
   const uint64_t expected = payload_start + payload_len;
-  DSV3_CHECK(size >= expected, path, ": truncated: file is ", size, " bytes, its header describes ",
-             expected);
+  DSV3_CHECK(size >= expected, path, ": truncated: file is ", size, " bytes, expected ", expected,
+             " (as its header describes)");
   DSV3_CHECK(size == expected, path, ": file is ", size, " bytes but its header describes ",
              expected, " (", size - expected, " unexpected trailing bytes)");
 
@@ -252,7 +290,7 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
     }
     cursor = secs[i].off + secs[i].len;
   }
-  DSV3_CHECK(crc == crc_stored, path, ": checksum mismatch (stored ", crc_stored, ", computed ",
+  DSV3_CHECK(crc == crc_stored || !checksum_verification(), path, ": checksum mismatch (stored ", crc_stored, ", computed ",
              crc, "): the file is corrupt");
   return ck;
 }
@@ -298,18 +336,29 @@ void prune_checkpoints(const std::string& dir, int keep) {
     fs::remove(all[i], ec);
     DSV3_CHECK(!ec, "cannot delete old checkpoint ", all[i], ": ", ec.message());
   }
-  // Temp files "ckpt_<step>.dsv3.tmp.<pid>" of saves that were killed: the pid no longer runs.
+  remove_stale_checkpoint_temps(dir);
+}
+
+namespace {
+// The pid of a checkpoint temp file name, or -1.
+pid_t temp_pid(const std::string& name) {
+  const size_t at = name.rfind(".tmp.");
+  if (at == std::string::npos || checkpoint_step(name.substr(0, at)) < 0) return -1;
+  const std::string pid_text = name.substr(at + 5);
+  if (pid_text.empty() || pid_text.size() > 9 ||
+      !std::all_of(pid_text.begin(), pid_text.end(), ::isdigit))
+    return -1;
+  return pid_t(std::stol(pid_text));
+}
+}  // namespace
+
+bool is_checkpoint_temp(const std::string& name) { return temp_pid(name) >= 0; }
+
+void remove_stale_checkpoint_temps(const std::string& dir) {
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    const size_t at = name.rfind(".tmp.");
-    if (at == std::string::npos || checkpoint_step(name.substr(0, at)) < 0) continue;
-    const std::string pid_text = name.substr(at + 5);
-    if (pid_text.empty() || pid_text.size() > 9 ||
-        !std::all_of(pid_text.begin(), pid_text.end(), ::isdigit))
-      continue;
-    const pid_t pid = pid_t(std::stol(pid_text));
-    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    const pid_t pid = temp_pid(it->path().filename().string());
+    if (pid < 0 || pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
     std::error_code rm;
     fs::remove(it->path(), rm);  // best effort: a stale temp file is harmless
   }
@@ -330,6 +379,7 @@ LoadedModel load_model_any(const std::string& path, bool keep_int8) {
       m.config = hf.config;
       m.params = std::move(hf.params);
       m.source = "hf " + path;
+      m.note = hf_defaults_note(hf);
       return m;
     }
     // a sharded checkpoint (ckpt_*.shards), or a run directory's newest complete checkpoint
@@ -358,7 +408,14 @@ LoadedModel load_model_any(const std::string& path, bool keep_int8) {
     m.source = "int8 model " + path + " (" + quant_scheme_name(m.int8.scheme) + ")";
     return m;
   }
-  if (kind != "a dsv3 checkpoint") {
+  // A file cut inside the magic is a truncated checkpoint too: load_checkpoint says so.
+  const bool cut_magic = [&] {
+    InFile f(path);
+    if (f.size() == 0 || f.size() >= 8) return false;
+    const std::string head = f.read_string(0, size_t(f.size()));
+    return std::equal(head.begin(), head.end(), kMagic);
+  }();
+  if (kind != "a dsv3 checkpoint" && !cut_magic) {
     if (kind == "a safetensors file" || fs::path(path).filename() == "config.json")
       fail(path, " is part of a Hugging Face model: pass its directory (", expected, ")");
     fail(path, " is not a dsv3 checkpoint", kind.empty() ? "" : " (it looks like " + kind + ")",

@@ -35,6 +35,7 @@ struct CheckpointConfig {
   long long save_every = 100;  // 0 = only at the end
   int keep = 3;                // checkpoints kept
   std::string resume;          // checkpoint file or run directory to continue from
+  bool overwrite = false;      // delete another run's files in --out (never saved in checkpoints)
 };
 const std::vector<FieldSpec>& checkpoint_fields();
 void validate(const CheckpointConfig& c);
@@ -55,6 +56,9 @@ struct Checkpoint {
 // load_optimizer = false the Adam sections are checksummed but not kept.
 Checkpoint load_checkpoint(const std::string& path, bool load_optimizer = true);
 
+// The "train" object of a checkpoint's header (header checksum verified, payload not read).
+nlohmann::json load_checkpoint_train_state(const std::string& path);
+
 // dir/ckpt_00000100.dsv3 (8 digits, more when the step needs them).
 std::string checkpoint_path(const std::string& dir, int64_t step);
 // Paths of dir/ckpt_<step>.dsv3, sorted by step (temp files ignored); empty if dir is absent.
@@ -64,14 +68,20 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 int64_t checkpoint_step(const std::string& path);
 int64_t checkpoint_step(const std::string& path, const std::string& suffix);
 // Deletes all but the newest `keep` checkpoints (keep <= 0: deletes none), and the temp files
-// of saves whose process no longer runs.
+// of saves whose process no longer runs. Whoever wrote them: a training run prunes only its own
+// (train/run_dir.h).
 void prune_checkpoints(const std::string& dir, int keep);
+// Deletes the temp files "ckpt_<step>.dsv3.tmp.<pid>" of saves whose process no longer runs.
+void remove_stale_checkpoint_temps(const std::string& dir);
+// Whether `name` is such a temp file (of any process).
+bool is_checkpoint_temp(const std::string& name);
 
 struct LoadedModel {
   ModelConfig config;
   std::vector<float> params;  // build_param_table(config) layout
   std::string source;         // "checkpoint <path>", "hf <dir>" or "int8 model <path> (w8a8)"
   QuantizedParams int8;       // an int8 model as stored (scheme None for every other kind)
+  std::string note;           // what the user should know ("" or: keys config.json left to defaults)
 };
 // A checkpoint file, a run directory (its latest ckpt_*.dsv3), a Hugging Face directory (with
 // config.json) or an int8 model (checkpoint/quantized.h). The int8 weights are dequantised into

@@ -1,6 +1,7 @@
 #include "checkpoint/hf.h"
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -99,6 +100,8 @@ json parse_json_file(const std::string& path) {
     return json::parse(text);
   } catch (const json::parse_error& e) {
     fail(path, ": not valid JSON (error at byte ", e.byte, ")");
+  } catch (const json::exception& e) {  // out_of_range: a number like 1e999
+    fail(path, ": not valid JSON: ", json_error_text(e));
   }
 }
 
@@ -159,7 +162,8 @@ nlohmann::ordered_json hf_config_json(const ModelConfig& c, DType dtype) {
   return j;
 }
 
-ModelConfig config_from_hf_json(const json& j, const std::string& where) {
+ModelConfig config_from_hf_json(const json& j, const std::string& where,
+                                std::vector<std::string>* defaulted) {
   DSV3_CHECK(j.is_object(), where, ": expected a JSON object, got ", j.type_name());
   Keys k{j, where};
   const std::string type = k.opt_str("model_type", "");
@@ -189,14 +193,36 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
     c.topk = k.opt_int("num_experts_per_tok", c.topk);
     c.dense_layers = c.layers;
   }
-  c.shared_experts = k.opt_int("n_shared_experts", 0);
-  c.route_scale = k.opt_num("routed_scaling_factor", 1.0);
+  // Keys a config.json may leave out take the defaults of transformers' DeepseekV3Config /
+  // DeepseekV2Config (what from_pretrained would build), and the caller is told which.
+  auto note = [&](const char* key, const std::string& value) {
+    if (!k.get(key) && defaulted) defaulted->push_back(std::string(key) + " = " + value);
+  };
+  auto num_text = [](double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", v);
+    return std::string(b);
+  };
+  auto def_int = [&](const char* key, int v3_value, int v2_value) {
+    const int v = v3 ? v3_value : v2_value;
+    note(key, std::to_string(v));
+    return k.opt_int(key, v);
+  };
+  auto def_num = [&](const char* key, double v3_value, double v2_value) {
+    const double v = v3 ? v3_value : v2_value;
+    note(key, num_text(v));
+    return k.opt_num(key, v);
+  };
+  c.shared_experts = def_int("n_shared_experts", 1, 2);
+  c.route_scale = def_num("routed_scaling_factor", 2.5, 1.0);
+  note("norm_topk_prob", v3 ? "true" : "false");
   c.norm_topk = k.opt_bool("norm_topk_prob", v3);
+  // Not a transformers key (DeepSeek's own config has it): absent means no MTP modules.
   c.mtp_depth = k.opt_int("num_nextn_predict_layers", 0);
-  c.rms_eps = k.opt_num("rms_norm_eps", 1e-6);
-  c.max_seq = k.opt_int("max_position_embeddings", 4096);
-  c.rope_theta = k.opt_num("rope_theta", 10000.0);
-  c.init_std = k.opt_num("initializer_range", 0.02);
+  c.rms_eps = def_num("rms_norm_eps", 1e-6, 1e-6);
+  c.max_seq = def_int("max_position_embeddings", 4096, 2048);
+  c.rope_theta = def_num("rope_theta", 10000.0, 10000.0);
+  c.init_std = def_num("initializer_range", 0.02, 0.02);
 
   const std::string scoring = k.opt_str("scoring_func", v3 ? "sigmoid" : "softmax");
   DSV3_CHECK(scoring == "sigmoid" || scoring == "softmax", where, ": scoring_func '", scoring,
@@ -209,9 +235,9 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
              "' is not supported (expected noaux_tc, group_limited_greedy or greedy)");
   if (method == "greedy") {  // plain top-k: no groups
     c.groups = 1, c.topk_groups = 1;
-  } else {
-    c.groups = k.opt_int("n_group", 1);
-    c.topk_groups = k.opt_int("topk_group", 1);
+  } else {  // V2 defaults None: no groups
+    c.groups = def_int("n_group", 8, 1);
+    c.topk_groups = def_int("topk_group", 4, 1);
   }
 
   // Settings dsv3 has no switch for must hold their only supported value.
@@ -282,15 +308,24 @@ void export_hf(const std::string& dir, const ModelConfig& c, const ParamTable& t
                     {{"format", "pt"}});
 }
 
+std::string hf_defaults_note(const HfModel& m) {
+  if (m.defaulted.empty()) return "";
+  return "note: config.json leaves out optional keys; transformers' defaults were used: " +
+         list_names(m.defaulted, 20);
+}
+
 HfModel import_hf(const std::string& dir) {
   const fs::path d(dir);
   const std::string cfg_path = (d / "config.json").string();
   HfModel m;
-  m.config = config_from_hf_json(parse_json_file(cfg_path), cfg_path);
+  m.config = config_from_hf_json(parse_json_file(cfg_path), cfg_path, &m.defaulted);
+  const std::string defaults =
+      m.defaulted.empty() ? "" : " (not in the file, transformers' defaults: " +
+                                     list_names(m.defaulted, 20) + ")";
   try {
     validate(m.config);
   } catch (const Error& e) {
-    fail(cfg_path, ": invalid model config: ", e.what());
+    fail(cfg_path, ": invalid model config: ", e.what(), defaults);
   }
 
   // Open the tensor files: one model.safetensors, or the shards of the index.
@@ -380,7 +415,14 @@ HfModel import_hf(const std::string& dir) {
   m.params.assign(t.total, 0.0f);
   for (const auto& p : t.list) {
     const Loc& loc = found.at(p.name);
-    loc.file->read_f32(*loc.entry, m.params.data() + p.offset);
+    float* dst = m.params.data() + p.offset;
+    loc.file->read_f32(*loc.entry, dst);
+    // A tensor whose bytes are another dtype's (relabelled, or a corrupt file) decodes to NaN or
+    // inf somewhere: a model with such a weight gives NaN everywhere, so it is refused here.
+    for (size_t i = 0; i < p.numel; i++)
+      DSV3_CHECK(std::isfinite(dst[i]), loc.file->path(), ": tensor '", p.name, "' (",
+                 loc.entry->dtype, ") holds ", dst[i], " at element ", i,
+                 ": weights must be finite (is the dtype in the header the tensor's own?)");
   }
   return m;
 }

@@ -93,7 +93,7 @@ Int8Model load_int8_model(const std::string& path) {
   const FrameHeader frame = check_frame(path, head, size, kInt8ModelVersion, kMaxHeader, "int8 model");
   const std::string text = f.read_string(kFrameBytes, size_t(frame.header_len));
   const uint32_t got = crc32_update(0, text.data(), text.size());
-  DSV3_CHECK(got == frame.header_crc, path, ": header checksum mismatch (stored ", frame.header_crc,
+  DSV3_CHECK(got == frame.header_crc || !checksum_verification(), path, ": header checksum mismatch (stored ", frame.header_crc,
              ", computed ", got, "): the file is corrupt");
   json h;
   try {
@@ -173,21 +173,10 @@ Int8Model load_int8_model(const std::string& path) {
   char pad[64];
   read(hl, pad, io - hl);
   read(io, reinterpret_cast<char*>(m.params.int8.data()), il);
-  DSV3_CHECK(crc == crc_stored, path, ": checksum mismatch (stored ", crc_stored, ", computed ",
+  DSV3_CHECK(crc == crc_stored || !checksum_verification(), path, ": checksum mismatch (stored ", crc_stored, ", computed ",
              crc, "): the file is corrupt");
   check_quantized(m.config, m.params, path);
   return m;
-}
-
-std::unique_ptr<ModelWeights> make_model_weights(const LoadedModel& m, DType dtype, Device device) {
-  auto w = std::make_unique<ModelWeights>(m.config, dtype, device, ExpertShard{}, m.int8.scheme);
-  if (m.int8.scheme != QuantScheme::None) w->load_quantized(m.int8);
-  else w->load(m.params);
-  return w;
-}
-
-std::unique_ptr<ModelWeights> load_model_weights(const std::string& path, DType dtype, Device device) {
-  return make_model_weights(load_model_any(path, /*keep_int8=*/true), dtype, device);
 }
 
 }  // namespace dsv3

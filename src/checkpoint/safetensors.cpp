@@ -70,6 +70,8 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : file_(path) {
   } catch (const nlohmann::json::parse_error& e) {
     fail(path, ": safetensors header is not valid JSON (error at byte ", e.byte, " of ", n, ")",
          looks());
+  } catch (const nlohmann::json::exception& e) {  // out_of_range: a number like 1e999
+    fail(path, ": safetensors header is not valid JSON: ", json_error_text(e), looks());
   }
   DSV3_CHECK(j.is_object(), path, ": safetensors header is JSON but not an object (",
              j.type_name(), ")");

@@ -4,12 +4,32 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace dsv3 {
 
+// Text quoted from a file, made safe to print: control bytes (NUL included, which would end the
+// message early), DEL and bytes that are not UTF-8 become \xNN (\n, \r, \t as such); longer than
+// `max_bytes`, it is cut and says how long it was.
+std::string quote_bytes(std::string_view s, size_t max_bytes = 120);
+
+// The message's control bytes escaped as quote_bytes does, newlines and tabs kept: whatever a
+// message quotes, it prints whole and cannot move the terminal's cursor.
+std::string printable_message(std::string_view s);
+
 struct Error : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& what) : std::runtime_error(printable_message(what)) {}
 };
+
+// An exception's message without a library's "[json.exception.type_error.302] " prefix.
+inline std::string json_error_text(const std::exception& e) {
+  std::string s = e.what();
+  if (!s.empty() && s[0] == '[') {
+    const size_t end = s.find("] ");
+    if (end != std::string::npos) s.erase(0, end + 2);
+  }
+  return s;
+}
 
 template <typename... Args>
 std::string cat(const Args&... args) {

@@ -42,6 +42,30 @@ std::string format_float(double v) {
   return buf;
 }
 
+std::string Range::text() const {
+  auto num = [](double v) { return format_float(v); };
+  if (lo > -HUGE_VAL && hi < HUGE_VAL)
+    return "in " + std::string(lo_open ? "(" : "[") + num(lo) + ", " + num(hi) +
+           (hi_open ? ")" : "]");
+  if (lo > -HUGE_VAL) return (lo_open ? "> " : ">= ") + num(lo);
+  if (hi < HUGE_VAL) return (hi_open ? "< " : "<= ") + num(hi);
+  return "any number";
+}
+
+void check_range(const std::string& name, const Range& r, double v, const std::string& text) {
+  DSV3_CHECK(r.contains(v), name, " must be ", r.text(), " (got ", text, ")");
+}
+
+void check_field_ranges(const std::vector<FieldSpec>& fields, const void* obj,
+                        const std::string& where) {
+  for (const FieldSpec& f : fields) {
+    if (f.type != "int" && f.type != "float") continue;
+    const std::string v = f.get(obj);
+    DSV3_CHECK(f.range.contains(std::strtod(v.c_str(), nullptr)), where, f.name, " must be ",
+               f.range.text(), " (got ", v, ")");
+  }
+}
+
 const FieldSpec* find_field(const std::vector<FieldSpec>& fields, const std::string& name) {
   for (const auto& f : fields)
     if (f.name == name) return &f;

@@ -2,6 +2,7 @@
 // and how to read and write the struct member. The CLI builds its parser and --help from these
 // lists, config files and checkpoints use the same names, so nothing is parsed in two places.
 #pragma once
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -10,13 +11,38 @@
 
 namespace dsv3 {
 
+// The values a numeric setting accepts, checked whenever it is set (flag, config file,
+// checkpoint) and shown by --help: [lo, hi], either end open or absent.
+struct Range {
+  double lo = -HUGE_VAL, hi = HUGE_VAL;
+  bool lo_open = false, hi_open = false;
+  bool bounded() const { return lo > -HUGE_VAL || hi < HUGE_VAL; }
+  bool contains(double v) const {
+    return (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  }
+  std::string text() const;  // ">= 1", "> 0", "in [0, 1)", "in [1, 1048576]"
+};
+inline Range at_least(double lo) { return {lo, HUGE_VAL, false, false}; }
+inline Range above(double lo) { return {lo, HUGE_VAL, true, false}; }
+inline Range in_range(double lo, double hi) { return {lo, hi, false, false}; }    // [lo, hi]
+inline Range in_range_open_hi(double lo, double hi) { return {lo, hi, false, true}; }  // [lo, hi)
+inline Range in_range_open_lo(double lo, double hi) { return {lo, hi, true, false}; }  // (lo, hi]
+
 struct FieldSpec {
   std::string name;  // snake_case; flags accept --name or --name-with-dashes
   std::string type;  // "int", "float", "bool", "string" or "a|b|c" for a choice
   std::string help;
   std::function<std::string(const void*)> get;        // value as text
   std::function<void(void*, const std::string&)> set;  // throws Error naming name and value
+  Range range;  // int and float fields: the values `set` accepts
 };
+
+// Throws "NAME must be >= 1 (got 0)" unless v is in r.
+void check_range(const std::string& name, const Range& r, double v, const std::string& text);
+// Every numeric field's current value against its range (defaults and presets do not pass
+// through `set`); `where` prefixes the message.
+void check_field_ranges(const std::vector<FieldSpec>& fields, const void* obj,
+                        const std::string& where = "");
 
 // Strict parsers: the whole text must be a value of the type.
 long long parse_int(const std::string& name, const std::string& v);
@@ -25,39 +51,51 @@ bool parse_bool(const std::string& name, const std::string& v);
 std::string format_float(double v);  // shortest text that round-trips
 
 template <typename S>
-FieldSpec field(const char* name, int S::*m, const char* help) {
+FieldSpec field(const char* name, int S::*m, const char* help, Range r = {}) {
   return {name, "int", help,
           [m](const void* o) { return std::to_string(static_cast<const S*>(o)->*m); },
-          [m, name](void* o, const std::string& v) {
+          [m, name, r](void* o, const std::string& v) {
             long long x = parse_int(name, v);
             if (x < -2147483647LL || x > 2147483647LL) parse_int(name, "overflow:" + v);
+            check_range(name, r, double(x), v);
             static_cast<S*>(o)->*m = int(x);
-          }};
+          },
+          r};
 }
 template <typename S>
-FieldSpec field(const char* name, long long S::*m, const char* help) {
+FieldSpec field(const char* name, long long S::*m, const char* help, Range r = {}) {
   return {name, "int", help,
           [m](const void* o) { return std::to_string(static_cast<const S*>(o)->*m); },
-          [m, name](void* o, const std::string& v) { static_cast<S*>(o)->*m = parse_int(name, v); }};
+          [m, name, r](void* o, const std::string& v) {
+            const long long x = parse_int(name, v);
+            check_range(name, r, double(x), v);
+            static_cast<S*>(o)->*m = x;
+          },
+          r};
 }
 template <typename S>
-FieldSpec field(const char* name, double S::*m, const char* help) {
+FieldSpec field(const char* name, double S::*m, const char* help, Range r = {}) {
   return {name, "float", help,
           [m](const void* o) { return format_float(static_cast<const S*>(o)->*m); },
-          [m, name](void* o, const std::string& v) {
-            static_cast<S*>(o)->*m = parse_float(name, v);
-          }};
+          [m, name, r](void* o, const std::string& v) {
+            const double x = parse_float(name, v);
+            check_range(name, r, x, v);
+            static_cast<S*>(o)->*m = x;
+          },
+          r};
 }
 template <typename S>
 FieldSpec field(const char* name, bool S::*m, const char* help) {
   return {name, "bool", help,
           [m](const void* o) { return std::string(static_cast<const S*>(o)->*m ? "true" : "false"); },
-          [m, name](void* o, const std::string& v) { static_cast<S*>(o)->*m = parse_bool(name, v); }};
+          [m, name](void* o, const std::string& v) { static_cast<S*>(o)->*m = parse_bool(name, v); },
+          Range{}};
 }
 template <typename S>
 FieldSpec field(const char* name, std::string S::*m, const char* help) {
   return {name, "string", help, [m](const void* o) { return static_cast<const S*>(o)->*m; },
-          [m](void* o, const std::string& v) { static_cast<S*>(o)->*m = v; }};
+          [m](void* o, const std::string& v) { static_cast<S*>(o)->*m = v; },
+          Range{}};
 }
 // An enum or other choice: to_text / from_text convert (from_text throws on a bad value).
 template <typename S, typename E>
@@ -66,7 +104,8 @@ FieldSpec choice(const char* name, E S::*m, const char* choices, const char* hel
   return {name, choices, help, [m, to_text](const void* o) {
             return std::string(to_text(static_cast<const S*>(o)->*m));
           },
-          [m, from_text](void* o, const std::string& v) { static_cast<S*>(o)->*m = from_text(v); }};
+          [m, from_text](void* o, const std::string& v) { static_cast<S*>(o)->*m = from_text(v); },
+          Range{}};
 }
 
 const FieldSpec* find_field(const std::vector<FieldSpec>& fields, const std::string& name);

@@ -4,6 +4,8 @@
 #include <climits>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include <fcntl.h>
@@ -30,11 +32,40 @@ void fsync_dir(const std::string& dir) {
     fail("cannot sync directory ", dir, ": ", errno_text(e));
 }
 
+// The path each open write_file_atomic stream stands for, so that a failed write names the file
+// even when the callbacks of nested atomic writes interleave their streams.
+std::mutex g_stream_paths_mu;
+std::unordered_map<const std::FILE*, std::string> g_stream_paths;
+
+struct StreamPath {
+  const std::FILE* f;
+  StreamPath(const std::FILE* file, const std::string& path) : f(file) {
+    std::lock_guard<std::mutex> lock(g_stream_paths_mu);
+    g_stream_paths[f] = path;
+  }
+  ~StreamPath() {
+    std::lock_guard<std::mutex> lock(g_stream_paths_mu);
+    g_stream_paths.erase(f);
+  }
+};
+
+std::string stream_path(const std::FILE* f) {
+  std::lock_guard<std::mutex> lock(g_stream_paths_mu);
+  auto it = g_stream_paths.find(f);
+  return it == g_stream_paths.end() ? std::string() : it->second;
+}
+
 }  // namespace
 
 void write_bytes(std::FILE* f, const void* data, size_t n) {
   if (n == 0) return;
-  if (std::fwrite(data, 1, n, f) != n) fail("write failed: ", errno_text(errno));
+  errno = 0;
+  if (std::fwrite(data, 1, n, f) != n) {
+    const int e = errno;
+    const std::string path = stream_path(f);
+    fail(path.empty() ? std::string("write failed") : "cannot write " + path, ": ",
+         e ? errno_text(e) : std::string("short write"));
+  }
 }
 
 void write_zeros(std::FILE* f, size_t n) {
@@ -67,18 +98,21 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
     std::remove(tmp.c_str());
   };
   try {
-    write(f);
-    if (std::ferror(f)) fail("write failed");
-    if (std::fflush(f) != 0) fail("flush failed: ", errno_text(errno));
-    if (::fsync(::fileno(f)) != 0) fail("fsync failed: ", errno_text(errno));
+    {
+      // Errors of the callback pass through as they are: a failed write_bytes names its file
+      // itself, and anything else (a bad input record read while writing) is not a write error.
+      const StreamPath named(f, path);
+      write(f);
+    }
+    errno = 0;
+    if (std::ferror(f)) fail("cannot write ", path, ": write failed");
+    if (std::fflush(f) != 0) fail("cannot write ", path, ": ", errno_text(errno));
+    if (::fsync(::fileno(f)) != 0) fail("cannot write ", path, ": fsync failed: ", errno_text(errno));
     int rc = std::fclose(f);
     f = nullptr;
-    if (rc != 0) fail("close failed: ", errno_text(errno));
+    if (rc != 0) fail("cannot write ", path, ": ", errno_text(errno));
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      fail("cannot rename ", tmp, " to it: ", errno_text(errno));
-  } catch (const Error& e) {
-    abandon();
-    fail("cannot write ", path, ": ", e.what());
+      fail("cannot write ", path, ": cannot rename ", tmp, " to it: ", errno_text(errno));
   } catch (...) {
     abandon();
     throw;
@@ -144,12 +178,19 @@ FrameHeader check_frame(const std::string& path, const unsigned char* head, uint
   DSV3_CHECK(f.version >= 1, path, ": unsupported ", what, " format version ", f.version);
   f.header_crc = load_u32le(head + 12);
   f.header_len = load_u64le(head + 16);
-  DSV3_CHECK(f.header_len <= size - kFrameBytes, path, ": truncated: header length ",
-             f.header_len, " but the file has only ", size, " bytes");
   DSV3_CHECK(f.header_len <= max_header, path, ": header length ", f.header_len,
              " is not sane (corrupt file)");
+  DSV3_CHECK(f.header_len <= size - kFrameBytes, path, ": truncated: file is ", size,
+             " bytes, expected at least ", kFrameBytes + f.header_len, " (the ", kFrameBytes,
+             "-byte frame and a header length of ", f.header_len, ")");
   return f;
 }
+
+namespace {
+bool g_verify_checksums = true;
+}
+bool checksum_verification() { return g_verify_checksums; }
+void set_checksum_verification_for_fuzzing(bool on) { g_verify_checksums = on; }
 
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
   auto* p = static_cast<const Bytef*>(data);

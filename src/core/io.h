@@ -74,6 +74,12 @@ FrameHeader check_frame(const std::string& path, const unsigned char* head, uint
 // CRC-32 (zlib's polynomial); chain calls by passing the previous value as `crc`.
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n);
 
+// Whether readers of checksummed formats (checkpoints, shards, dsv3 tokenizers) reject a
+// checksum mismatch: always, except in the fuzz/ harnesses, which turn it off so that mutated
+// files reach the parsing behind the checksums. Nothing in the product calls the setter.
+bool checksum_verification();
+void set_checksum_verification_for_fuzzing(bool on);
+
 // What the first bytes of a file look like, for error messages: "a dsv3 checkpoint",
 // "a dsv3 int8 model",
 // "a safetensors file", "an llm.c token file", "a zip archive (PyTorch .pt?)", "a gzip file",

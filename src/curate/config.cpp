@@ -43,10 +43,11 @@ using C = CurateConfig;
 
 // A FieldSpec over a member reached through `get` (the stage configs are nested structs).
 template <typename T, typename Get>
-FieldSpec ref(const char* name, const char* help, Get get) {
+FieldSpec ref(const char* name, const char* help, Get get, Range range = {}) {
   FieldSpec f;
   f.name = name;
   f.help = help;
+  f.range = range;
   if constexpr (std::is_same_v<T, bool>) {
     f.type = "bool";
     f.get = [get](const void* o) {
@@ -56,7 +57,11 @@ FieldSpec ref(const char* name, const char* help, Get get) {
   } else if constexpr (std::is_same_v<T, double>) {
     f.type = "float";
     f.get = [get](const void* o) { return format_float(get(*const_cast<C*>(static_cast<const C*>(o)))); };
-    f.set = [get, name](void* o, const std::string& v) { get(*static_cast<C*>(o)) = parse_float(name, v); };
+    f.set = [get, name, range](void* o, const std::string& v) {
+      const double x = parse_float(name, v);
+      check_range(name, range, x, v);
+      get(*static_cast<C*>(o)) = x;
+    };
   } else if constexpr (std::is_same_v<T, std::string>) {
     f.type = "string";
     f.get = [get](const void* o) { return get(*const_cast<C*>(static_cast<const C*>(o))); };
@@ -64,20 +69,21 @@ FieldSpec ref(const char* name, const char* help, Get get) {
   } else {
     f.type = "int";
     f.get = [get](const void* o) { return std::to_string(get(*const_cast<C*>(static_cast<const C*>(o)))); };
-    f.set = [get, name](void* o, const std::string& v) {
+    f.set = [get, name, range](void* o, const std::string& v) {
       const long long x = parse_int(name, v);
       using V = std::remove_reference_t<decltype(get(*static_cast<C*>(o)))>;
       if constexpr (sizeof(V) == 4)
         DSV3_CHECK(x >= -2147483647LL && x <= 2147483647LL, "'", name, "' is out of range: ", v);
+      check_range(name, range, double(x), v);
       get(*static_cast<C*>(o)) = V(x);
     };
   }
   return f;
 }
 
-#define R(T, name, help, expr) ref<T>(name, help, [](C& c) -> T& { return expr; })
-#define RI(name, help, expr) ref<int>(name, help, [](C& c) -> int& { return expr; })
-#define RD(name, help, expr) ref<double>(name, help, [](C& c) -> double& { return expr; })
+#define R(T, name, help, expr, range) ref<T>(name, help, [](C& c) -> T& { return expr; }, range)
+#define RI(name, help, expr, range) ref<int>(name, help, [](C& c) -> int& { return expr; }, range)
+#define RD(name, help, expr, range) ref<double>(name, help, [](C& c) -> double& { return expr; }, range)
 #define RB(name, help, expr) ref<bool>(name, help, [](C& c) -> bool& { return expr; })
 #define RS(name, help, expr) ref<std::string>(name, help, [](C& c) -> std::string& { return expr; })
 
@@ -96,57 +102,63 @@ const std::vector<FieldSpec>& curate_fields() {
       RS("stages", "comma-separated stages in order, or 'auto' (see docs/curation.md)", c.stages),
       RS("skip", "comma-separated stages to leave out", c.skip),
       RB("strict", "make any bad input record fatal (reported as file:line)", c.strict),
+      RB("skip_unreadable",
+         "an input that cannot be read (corrupt or cut .gz/.zst, unreadable file) is counted as "
+         "read_error and the run goes on, instead of stopping",
+         c.skip_unreadable),
       RB("resume", "reuse inputs an earlier run of the same settings finished", c.resume),
       RB("keep_work", "keep OUT/work (per-input state) after a successful run", c.keep_work),
-      RI("threads", "OpenMP threads (0 = all)", c.threads),
+      RI("threads", "OpenMP threads (0 = all)", c.threads, in_range(0, 65536)),
       choice_ref<Compression>("compression", "zstd|gzip|none", "output compression",
                               &C::compression, compression_name, parse_compression),
-      RI("compression_level", "zstd 1-19 / gzip 1-9", c.compression_level),
-      RI("examples_per_rule", "example ids kept per drop rule in the summary", c.examples_per_rule),
+      RI("compression_level", "zstd 1-19 / gzip 1-9", c.compression_level, in_range(1, 19)),
+      RI("examples_per_rule", "example ids kept per drop rule in the summary", c.examples_per_rule, in_range(0, 1000000)),
       RI("part_mb", "pack inputs into parts (one output file each) of about this many MB; 0 = one per input",
-         c.part_mb),
+         c.part_mb, in_range(0, 1 << 30)),
       // reader
       {"input_format", "auto|jsonl|text", "auto: .jsonl/.json/.ndjson are JSONL, others text",
        [](const void* o) { return std::string(input_format_name(static_cast<const C*>(o)->reader.format)); },
-       [](void* o, const std::string& v) { static_cast<C*>(o)->reader.format = parse_input_format(v); }},
+       [](void* o, const std::string& v) { static_cast<C*>(o)->reader.format = parse_input_format(v); },
+       Range{}},
       RS("text_key", "JSONL field holding the text", c.reader.text_key),
       RS("id_key", "JSONL field holding the id (else path:line)", c.reader.id_key),
       {"text_unit", "file|paragraph|line", "what one document is in a text file",
        [](const void* o) { return std::string(text_unit_name(static_cast<const C*>(o)->reader.text_unit)); },
-       [](void* o, const std::string& v) { static_cast<C*>(o)->reader.text_unit = parse_text_unit(v); }},
-      R(int64_t, "max_doc_bytes", "records longer than this are rejected as too_large", c.reader.max_doc_bytes),
+       [](void* o, const std::string& v) { static_cast<C*>(o)->reader.text_unit = parse_text_unit(v); },
+       Range{}},
+      R(int64_t, "max_doc_bytes", "records longer than this are rejected as too_large", c.reader.max_doc_bytes, in_range(1, 1ll << 40)),
       // normalize
       RB("nfc", "Unicode NFC", c.normalize.nfc),
       RB("strip_controls", "remove control characters", c.normalize.controls),
       RB("fix_whitespace", "normalise spaces, line ends and blank lines", c.normalize.whitespace),
       // gopher quality
-      RI("gopher_min_words", "Gopher: minimum words", c.gopher.min_doc_words),
-      RI("gopher_max_words", "Gopher: maximum words", c.gopher.max_doc_words),
-      RD("gopher_min_avg_word_length", "Gopher: minimum mean word length", c.gopher.min_avg_word_length),
-      RD("gopher_max_avg_word_length", "Gopher: maximum mean word length", c.gopher.max_avg_word_length),
-      RD("gopher_max_symbol_word_ratio", "Gopher: maximum '#' or ellipsis per word", c.gopher.max_symbol_word_ratio),
-      RD("gopher_max_bullet_lines_ratio", "Gopher: maximum share of bullet lines", c.gopher.max_bullet_lines_ratio),
-      RD("gopher_max_ellipsis_lines_ratio", "Gopher: maximum share of lines ending in ...", c.gopher.max_ellipsis_lines_ratio),
-      RD("gopher_min_alpha_words_ratio", "Gopher: minimum share of words with a letter", c.gopher.min_alpha_words_ratio),
-      RI("gopher_min_stop_words", "Gopher: minimum distinct stop words", c.gopher.min_stop_words),
+      RI("gopher_min_words", "Gopher: minimum words", c.gopher.min_doc_words, at_least(0)),
+      RI("gopher_max_words", "Gopher: maximum words", c.gopher.max_doc_words, at_least(0)),
+      RD("gopher_min_avg_word_length", "Gopher: minimum mean word length", c.gopher.min_avg_word_length, at_least(0)),
+      RD("gopher_max_avg_word_length", "Gopher: maximum mean word length", c.gopher.max_avg_word_length, at_least(0)),
+      RD("gopher_max_symbol_word_ratio", "Gopher: maximum '#' or ellipsis per word", c.gopher.max_symbol_word_ratio, at_least(0)),
+      RD("gopher_max_bullet_lines_ratio", "Gopher: maximum share of bullet lines", c.gopher.max_bullet_lines_ratio, in_range(0, 1)),
+      RD("gopher_max_ellipsis_lines_ratio", "Gopher: maximum share of lines ending in ...", c.gopher.max_ellipsis_lines_ratio, in_range(0, 1)),
+      RD("gopher_min_alpha_words_ratio", "Gopher: minimum share of words with a letter", c.gopher.min_alpha_words_ratio, in_range(0, 1)),
+      RI("gopher_min_stop_words", "Gopher: minimum distinct stop words", c.gopher.min_stop_words, in_range(0, 8)),
       // gopher repetition
-      RD("rep_dup_line_frac", "Gopher repetition: duplicate lines", c.repetition.dup_line_frac),
-      RD("rep_dup_para_frac", "Gopher repetition: duplicate paragraphs", c.repetition.dup_para_frac),
-      RD("rep_dup_line_char_frac", "Gopher repetition: chars in duplicate lines", c.repetition.dup_line_char_frac),
-      RD("rep_dup_para_char_frac", "Gopher repetition: chars in duplicate paragraphs", c.repetition.dup_para_char_frac),
-      RD("rep_top_2_gram_frac", "Gopher repetition: chars in the top 2-gram", c.repetition.top_ngram_frac[0]),
-      RD("rep_top_3_gram_frac", "Gopher repetition: chars in the top 3-gram", c.repetition.top_ngram_frac[1]),
-      RD("rep_top_4_gram_frac", "Gopher repetition: chars in the top 4-gram", c.repetition.top_ngram_frac[2]),
-      RD("rep_dup_5_gram_frac", "Gopher repetition: chars in duplicated 5-grams", c.repetition.dup_ngram_frac[0]),
-      RD("rep_dup_6_gram_frac", "Gopher repetition: chars in duplicated 6-grams", c.repetition.dup_ngram_frac[1]),
-      RD("rep_dup_7_gram_frac", "Gopher repetition: chars in duplicated 7-grams", c.repetition.dup_ngram_frac[2]),
-      RD("rep_dup_8_gram_frac", "Gopher repetition: chars in duplicated 8-grams", c.repetition.dup_ngram_frac[3]),
-      RD("rep_dup_9_gram_frac", "Gopher repetition: chars in duplicated 9-grams", c.repetition.dup_ngram_frac[4]),
-      RD("rep_dup_10_gram_frac", "Gopher repetition: chars in duplicated 10-grams", c.repetition.dup_ngram_frac[5]),
+      RD("rep_dup_line_frac", "Gopher repetition: duplicate lines", c.repetition.dup_line_frac, in_range(0, 1)),
+      RD("rep_dup_para_frac", "Gopher repetition: duplicate paragraphs", c.repetition.dup_para_frac, in_range(0, 1)),
+      RD("rep_dup_line_char_frac", "Gopher repetition: chars in duplicate lines", c.repetition.dup_line_char_frac, in_range(0, 1)),
+      RD("rep_dup_para_char_frac", "Gopher repetition: chars in duplicate paragraphs", c.repetition.dup_para_char_frac, in_range(0, 1)),
+      RD("rep_top_2_gram_frac", "Gopher repetition: chars in the top 2-gram", c.repetition.top_ngram_frac[0], in_range(0, 1)),
+      RD("rep_top_3_gram_frac", "Gopher repetition: chars in the top 3-gram", c.repetition.top_ngram_frac[1], in_range(0, 1)),
+      RD("rep_top_4_gram_frac", "Gopher repetition: chars in the top 4-gram", c.repetition.top_ngram_frac[2], in_range(0, 1)),
+      RD("rep_dup_5_gram_frac", "Gopher repetition: chars in duplicated 5-grams", c.repetition.dup_ngram_frac[0], in_range(0, 1)),
+      RD("rep_dup_6_gram_frac", "Gopher repetition: chars in duplicated 6-grams", c.repetition.dup_ngram_frac[1], in_range(0, 1)),
+      RD("rep_dup_7_gram_frac", "Gopher repetition: chars in duplicated 7-grams", c.repetition.dup_ngram_frac[2], in_range(0, 1)),
+      RD("rep_dup_8_gram_frac", "Gopher repetition: chars in duplicated 8-grams", c.repetition.dup_ngram_frac[3], in_range(0, 1)),
+      RD("rep_dup_9_gram_frac", "Gopher repetition: chars in duplicated 9-grams", c.repetition.dup_ngram_frac[4], in_range(0, 1)),
+      RD("rep_dup_10_gram_frac", "Gopher repetition: chars in duplicated 10-grams", c.repetition.dup_ngram_frac[5], in_range(0, 1)),
       // c4
-      RI("c4_min_words_per_line", "C4: words a line needs (original 5; datatrove 3)", c.c4.min_words_per_line),
-      RI("c4_min_sentences", "C4: sentences a page needs (original 3; datatrove 5)", c.c4.min_sentences),
-      RI("c4_max_word_length", "C4: lines with a longer word go", c.c4.max_word_length),
+      RI("c4_min_words_per_line", "C4: words a line needs (original 5; datatrove 3)", c.c4.min_words_per_line, at_least(0)),
+      RI("c4_min_sentences", "C4: sentences a page needs (original 3; datatrove 5)", c.c4.min_sentences, at_least(0)),
+      RI("c4_max_word_length", "C4: lines with a longer word go", c.c4.max_word_length, at_least(1)),
       RB("c4_remove_citations", "C4: remove [1], [edit], [citation needed]", c.c4.remove_citations),
       RB("c4_terminal_punct", "C4: keep only lines ending in . ? ! \"", c.c4.terminal_punct),
       RB("c4_lorem_ipsum", "C4: drop pages with lorem ipsum", c.c4.lorem_ipsum),
@@ -155,12 +167,12 @@ const std::vector<FieldSpec>& curate_fields() {
       RB("c4_policy", "C4: drop terms-of-use / cookie lines", c.c4.policy),
       RB("c4_drop_lines", "C4: rewrite pages to their kept lines", c.c4.drop_lines),
       // fineweb
-      RD("fineweb_line_punct_thr", "FineWeb: min share of lines ending in punctuation", c.fineweb.line_punct_thr),
+      RD("fineweb_line_punct_thr", "FineWeb: min share of lines ending in punctuation", c.fineweb.line_punct_thr, in_range(0, 1)),
       RB("fineweb_line_punct_exclude_zero", "FineWeb: keep pages with no such line", c.fineweb.line_punct_exclude_zero),
-      RD("fineweb_short_line_thr", "FineWeb: max share of short lines", c.fineweb.short_line_thr),
-      RI("fineweb_short_line_length", "FineWeb: a short line has at most this many chars", c.fineweb.short_line_length),
-      RD("fineweb_char_dup_ratio", "FineWeb: max share of chars in duplicate lines", c.fineweb.char_dup_ratio),
-      RD("fineweb_new_line_ratio", "FineWeb: max newlines per word", c.fineweb.new_line_ratio),
+      RD("fineweb_short_line_thr", "FineWeb: max share of short lines", c.fineweb.short_line_thr, in_range(0, 1)),
+      RI("fineweb_short_line_length", "FineWeb: a short line has at most this many chars", c.fineweb.short_line_length, at_least(0)),
+      RD("fineweb_char_dup_ratio", "FineWeb: max share of chars in duplicate lines", c.fineweb.char_dup_ratio, in_range(0, 1)),
+      RD("fineweb_new_line_ratio", "FineWeb: max newlines per word", c.fineweb.new_line_ratio, at_least(0)),
       // pii
       RB("pii_email", "scrub email addresses", c.pii.email),
       RB("pii_phone", "scrub phone numbers", c.pii.phone),
@@ -171,28 +183,28 @@ const std::vector<FieldSpec>& curate_fields() {
       RB("pii_cn_resident_id", "scrub checksum-valid Chinese resident ids", c.pii.cn_resident_id),
       RB("pii_secrets", "scrub API keys, tokens and private keys", c.pii.secrets),
       // dedup
-      RI("minhash_ngram", "MinHash: words per shingle", c.minhash.ngram),
-      RI("minhash_perm", "MinHash: permutations (signature length)", c.minhash.num_perm),
-      RI("minhash_bands", "MinHash LSH: bands", c.minhash.bands),
-      RI("minhash_rows", "MinHash LSH: rows per band", c.minhash.rows),
-      RD("minhash_threshold", "MinHash: estimated Jaccard to merge a candidate (0 = any band)", c.minhash.threshold),
+      RI("minhash_ngram", "MinHash: words per shingle", c.minhash.ngram, in_range(1, 1024)),
+      RI("minhash_perm", "MinHash: permutations (signature length)", c.minhash.num_perm, in_range(1, 65536)),
+      RI("minhash_bands", "MinHash LSH: bands", c.minhash.bands, in_range(1, 65536)),
+      RI("minhash_rows", "MinHash LSH: rows per band", c.minhash.rows, in_range(1, 65536)),
+      RD("minhash_threshold", "MinHash: estimated Jaccard to merge a candidate (0 = any band)", c.minhash.threshold, in_range(0, 1)),
       // classifier, perplexity
       RS("classifier_model", "classifier from `dsv3 curate train-classifier`", c.classifier_model),
       RS("classifier_label", "the label whose probability is the score", c.classifier_label),
-      RD("classifier_threshold", "keep documents with P(label) >= this", c.classifier_threshold),
+      RD("classifier_threshold", "keep documents with P(label) >= this", c.classifier_threshold, in_range(0, 1)),
       RS("perplexity_model", "dsv3 checkpoint / run dir / HF dir scoring perplexity", c.perplexity.model),
-      RD("perplexity_max", "drop documents above this perplexity (0 = score only)", c.perplexity.max),
-      RD("perplexity_min", "drop documents below this perplexity (0 = off)", c.perplexity.min),
-      RI("perplexity_tokens", "tokens scored per document", c.perplexity.max_tokens),
+      RD("perplexity_max", "drop documents above this perplexity (0 = score only)", c.perplexity.max, at_least(0)),
+      RD("perplexity_min", "drop documents below this perplexity (0 = off)", c.perplexity.min, at_least(0)),
+      RI("perplexity_tokens", "tokens scored per document", c.perplexity.max_tokens, in_range(1, 1 << 24)),
       // tfidf, diversity
       RS("tfidf_target", "target-domain sample: files, dirs or globs", c.tfidf_target),
-      RD("tfidf_min_score", "drop documents whose cosine to the target is below this", c.tfidf_min_score),
-      RI("tfidf_log2_features", "hashed TF-IDF features: 2^this", c.tfidf_log2_features),
-      R(long long, "select_docs", "diversity: keep this many documents (0 = off)", c.select_docs),
-      RI("diversity_clusters", "k-means clusters (0 = sqrt(select_docs))", c.diversity_clusters),
-      RI("diversity_dim", "dimension of hashed document vectors", c.diversity_dim),
-      RI("diversity_iterations", "k-means iterations", c.diversity_iterations),
-      R(long long, "seed", "seed of MinHash permutations and k-means", c.seed),
+      RD("tfidf_min_score", "drop documents whose cosine to the target is below this", c.tfidf_min_score, in_range(0, 1)),
+      RI("tfidf_log2_features", "hashed TF-IDF features: 2^this", c.tfidf_log2_features, in_range(8, 26)),
+      R(long long, "select_docs", "diversity: keep this many documents (0 = off)", c.select_docs, at_least(0)),
+      RI("diversity_clusters", "k-means clusters (0 = sqrt(select_docs))", c.diversity_clusters, in_range(0, 1 << 24)),
+      RI("diversity_dim", "dimension of hashed document vectors", c.diversity_dim, in_range(2, 4096)),
+      RI("diversity_iterations", "k-means iterations", c.diversity_iterations, in_range(1, 100000)),
+      R(long long, "seed", "seed of MinHash permutations and k-means", c.seed, at_least(0)),
   };
   return f;
 }

@@ -39,6 +39,7 @@ struct CurateConfig {
   std::string stages = "auto";
   std::string skip;    // comma-separated stages to leave out of `stages`
   bool strict = false;  // any bad input record is fatal (file:line in the error)
+  bool skip_unreadable = false;  // an input that cannot be read is counted, not fatal
   bool resume = true;   // reuse inputs finished by an earlier run with the same settings
   bool keep_work = false;  // keep OUT/work (per-input state) after a successful run
   int threads = 0;         // 0: OMP_NUM_THREADS / all cores

@@ -309,9 +309,11 @@ void process_file(const Context& ctx, const InputFile& in, size_t part, uint64_t
     next_index += n;
   }
   if (!read_error.empty()) {
-    DSV3_CHECK(!cfg.strict, read_error, " (line ", reader ? reader->lines_read() + 1 : 0,
-               "; bad input is fatal with --strict)");
     const uint64_t line = reader ? reader->lines_read() + 1 : 0;
+    DSV3_CHECK(!cfg.strict, read_error, " (line ", line, "; bad input is fatal with --strict)");
+    DSV3_CHECK(cfg.skip_unreadable, read_error, " (at line ", line, "; ", next_index,
+               " records of this part read before it): the input cannot be read. Repair or "
+               "remove it, or pass --skip_unreadable to count unreadable inputs and go on");
     const uint64_t order = doc_order(uint32_t(part), next_index);
     acc[0].stats.add_bad({order, in.path, line, "read_error", read_error});
     acc[0].stats.stages["read"].rules["read_error"].add(order, in.path + ":" + std::to_string(line),

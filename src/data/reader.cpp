@@ -12,6 +12,7 @@
 #include <set>
 
 #include "core/check.h"
+#include "core/io.h"
 
 namespace dsv3 {
 
@@ -195,15 +196,30 @@ ByteSource::ByteSource(const std::string& path) : impl_(std::make_unique<Impl>()
   unsigned char head[4] = {0, 0, 0, 0};
   const size_t got = std::fread(head, 1, 4, m.f);
   std::rewind(m.f);
-  if (got >= 2 && head[0] == 0x1f && head[1] == 0x8b) {
+  // The name promises a codec the bytes do not have: say so, rather than parse compressed
+  // garbage or a mislabelled file as records.
+  auto named = [&](const char* ext) {
+    const size_t n = std::strlen(ext);
+    return path.size() > n && path.compare(path.size() - n, n, ext) == 0;
+  };
+  const bool is_gzip = got >= 2 && head[0] == 0x1f && head[1] == 0x8b;
+  const bool is_zstd = got == 4 && head[0] == 0x28 && head[1] == 0xb5 && head[2] == 0x2f &&
+                       head[3] == 0xfd;
+  if ((named(".gz") && !is_gzip) || (named(".zst") && !is_zstd)) {
+    std::fclose(m.f);
+    m.f = nullptr;
+    const std::string kind = sniff_file_kind(path);
+    fail(path, ": not a ", named(".gz") ? "gzip" : "zstd", " file, though named so",
+         kind.empty() ? "" : " (it looks like " + kind + ")");
+  }
+  if (is_gzip) {
     std::fclose(m.f);
     m.f = nullptr;
     m.gz = gzopen(path.c_str(), "rb");
     DSV3_CHECK(m.gz, "cannot open ", path, " as gzip");
     gzbuffer(m.gz, 1 << 17);
     m.codec = "gzip";
-  } else if (got == 4 && head[0] == 0x28 && head[1] == 0xb5 && head[2] == 0x2f &&
-             head[3] == 0xfd) {
+  } else if (is_zstd) {
     m.zd = ZSTD_createDCtx();
     DSV3_CHECK(m.zd, "cannot create a zstd decoder");
     m.zin.resize(ZSTD_DStreamInSize());

@@ -7,10 +7,10 @@ namespace dsv3::dist {
 const std::vector<FieldSpec>& parallel_fields() {
   using P = ParallelLayout;
   static const std::vector<FieldSpec> f = {
-      field("dp", &P::dp, "data-parallel degree (0 = the world size / (tp * pp))"),
-      field("tp", &P::tp, "tensor-parallel degree"),
-      field("pp", &P::pp, "pipeline-parallel degree"),
-      field("ep", &P::ep, "expert-parallel degree (carved out of dp)"),
+      field("dp", &P::dp, "data-parallel degree (0 = the world size / (tp * pp))", in_range(0, 1 << 20)),
+      field("tp", &P::tp, "tensor-parallel degree", in_range(1, 1 << 20)),
+      field("pp", &P::pp, "pipeline-parallel degree", in_range(1, 1 << 20)),
+      field("ep", &P::ep, "expert-parallel degree (carved out of dp)", in_range(1, 1 << 20)),
   };
   return f;
 }

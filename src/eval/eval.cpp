@@ -9,8 +9,8 @@ namespace dsv3 {
 const std::vector<FieldSpec>& eval_fields() {
   using E = EvalConfig;
   static const std::vector<FieldSpec> f = {
-      field("eval_every", &E::eval_every, "validate every N steps (0 = only at the end)"),
-      field("eval_batches", &E::eval_batches, "validation micro-batches"),
+      field("eval_every", &E::eval_every, "validate every N steps (0 = only at the end)", at_least(0)),
+      field("eval_batches", &E::eval_batches, "validation micro-batches", in_range(0, 1 << 30)),
   };
   return f;
 }

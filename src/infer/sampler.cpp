@@ -25,17 +25,20 @@ void validate(const SamplingParams& p) {
 const std::vector<FieldSpec>& sampling_fields() {
   using S = SamplingParams;
   static const std::vector<FieldSpec> f = {
-      field("temperature", &S::temperature, "softmax temperature (0 = greedy)"),
-      field("top_k", &S::top_k, "keep the k most likely tokens (0 = off)"),
-      field("top_p", &S::top_p, "nucleus sampling mass (1 = off)"),
-      field("min_p", &S::min_p, "drop tokens below min_p times the top probability (0 = off)"),
+      field("temperature", &S::temperature, "softmax temperature (0 = greedy)", at_least(0)),
+      field("top_k", &S::top_k, "keep the k most likely tokens (0 = off)", at_least(0)),
+      field("top_p", &S::top_p, "nucleus sampling mass (1 = off)", in_range_open_lo(0, 1)),
+      field("min_p", &S::min_p, "drop tokens below min_p times the top probability (0 = off)", in_range(0, 1)),
       field("repetition_penalty", &S::repetition_penalty,
-            "penalise tokens already in the prompt or output (1 = off)"),
+            "penalise tokens already in the prompt or output (1 = off)", above(0)),
       {"seed", "int", "sampling seed",
        [](const void* o) { return std::to_string(static_cast<const S*>(o)->seed); },
        [](void* o, const std::string& v) {
-         static_cast<S*>(o)->seed = uint64_t(parse_int("seed", v));
-       }},
+         const long long x = parse_int("seed", v);
+         check_range("seed", at_least(0), double(x), v);
+         static_cast<S*>(o)->seed = uint64_t(x);
+       },
+       at_least(0)},
   };
   return f;
 }

@@ -32,20 +32,20 @@ const std::vector<FieldSpec>& server_fields() {
   using S = ServerConfig;
   static const std::vector<FieldSpec> f = {
       field("host", &S::host, "address to bind (127.0.0.1: this machine only; 0.0.0.0: all)"),
-      field("port", &S::port, "TCP port (0 = any free port, printed at start)"),
+      field("port", &S::port, "TCP port (0 = any free port, printed at start)", in_range(0, 65535)),
       field("api_key", &S::api_key, "require 'Authorization: Bearer KEY' on /v1/* (empty = off)"),
       field("served_name", &S::served_name, "model id reported by /v1/models and accepted in requests"),
-      field("max_running", &S::max_running, "sequences decoding together (continuous batch)"),
-      field("max_queue", &S::max_queue, "requests waiting beyond the running ones; more get 429"),
+      field("max_running", &S::max_running, "sequences decoding together (continuous batch)", in_range(1, 1 << 20)),
+      field("max_queue", &S::max_queue, "requests waiting beyond the running ones; more get 429", in_range(0, 1 << 20)),
       field("max_batch_tokens", &S::max_batch_tokens,
-            "tokens per engine step (prompt chunks + one per decoding sequence)"),
-      field("kv_cache_mb", &S::kv_cache_mb, "latent KV cache budget in MiB; requests wait for room"),
-      field("context", &S::context, "longest sequence, prompt + output (0 = the model's max_seq)"),
-      field("max_tokens_limit", &S::max_tokens_limit, "largest max_tokens a request may ask for"),
-      field("max_prompt_tokens", &S::max_prompt_tokens, "longest prompt accepted (0 = the context)"),
-      field("max_body_kb", &S::max_body_kb, "request body limit in KiB (413 beyond)"),
+            "tokens per engine step (prompt chunks + one per decoding sequence)", in_range(1, 1 << 24)),
+      field("kv_cache_mb", &S::kv_cache_mb, "latent KV cache budget in MiB; requests wait for room", above(0)),
+      field("context", &S::context, "longest sequence, prompt + output (0 = the model's max_seq)", in_range(0, 1 << 24)),
+      field("max_tokens_limit", &S::max_tokens_limit, "largest max_tokens a request may ask for", in_range(1, 1 << 24)),
+      field("max_prompt_tokens", &S::max_prompt_tokens, "longest prompt accepted (0 = the context)", in_range(0, 1 << 24)),
+      field("max_body_kb", &S::max_body_kb, "request body limit in KiB (413 beyond)", in_range(1, 1 << 24)),
       field("speculative", &S::speculative, "MTP speculative decoding (drafts verified by the model)"),
-      field("http_threads", &S::http_threads, "HTTP worker threads (0 = max_running + max_queue + 16)"),
+      field("http_threads", &S::http_threads, "HTTP worker threads (0 = max_running + max_queue + 16)", in_range(0, 4096)),
   };
   return f;
 }

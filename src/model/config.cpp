@@ -57,6 +57,7 @@ double ModelConfig::attention_scale() const {
 }
 
 void validate(const ModelConfig& c) {
+  check_field_ranges(model_fields(), &c);
   auto positive = [](const char* name, double v) {
     DSV3_CHECK(v > 0, name, " must be positive (got ", v, ")");
   };
@@ -222,45 +223,45 @@ BalanceScope parse_balance_scope(const std::string& s) {
 const std::vector<FieldSpec>& model_fields() {
   using M = ModelConfig;
   static const std::vector<FieldSpec> f = {
-      field("vocab", &M::vocab, "vocabulary size V"),
-      field("hidden", &M::hidden, "model width C"),
-      field("layers", &M::layers, "Transformer blocks in the main model"),
-      field("dense_layers", &M::dense_layers, "first k blocks use a dense FFN"),
-      field("heads", &M::heads, "attention heads H"),
-      field("q_lora", &M::q_lora, "query low-rank dim (0 = plain q projection)"),
-      field("kv_lora", &M::kv_lora, "latent KV dim (kv_lora_rank)"),
-      field("qk_nope", &M::qk_nope, "per-head q/k dims without RoPE"),
-      field("qk_rope", &M::qk_rope, "per-head q/k dims with RoPE (shared key)"),
-      field("v_head", &M::v_head, "per-head value dim"),
-      field("dense_inter", &M::dense_inter, "inner size of the dense FFN"),
-      field("moe_inter", &M::moe_inter, "inner size of each expert"),
-      field("experts", &M::experts, "routed experts E (0 = dense model)"),
-      field("shared_experts", &M::shared_experts, "shared experts"),
-      field("topk", &M::topk, "routed experts per token K"),
-      field("groups", &M::groups, "expert groups for group-limited routing (1 = off)"),
-      field("topk_groups", &M::topk_groups, "groups a token may route to"),
+      field("vocab", &M::vocab, "vocabulary size V", in_range(1, 1 << 30)),
+      field("hidden", &M::hidden, "model width C", in_range(1, 1 << 20)),
+      field("layers", &M::layers, "Transformer blocks in the main model", in_range(1, 4096)),
+      field("dense_layers", &M::dense_layers, "first k blocks use a dense FFN", in_range(0, 4096)),
+      field("heads", &M::heads, "attention heads H", in_range(1, 4096)),
+      field("q_lora", &M::q_lora, "query low-rank dim (0 = plain q projection)", in_range(0, 1 << 20)),
+      field("kv_lora", &M::kv_lora, "latent KV dim (kv_lora_rank)", in_range(1, 1 << 20)),
+      field("qk_nope", &M::qk_nope, "per-head q/k dims without RoPE", in_range(1, 65536)),
+      field("qk_rope", &M::qk_rope, "per-head q/k dims with RoPE (shared key)", in_range(2, 65536)),
+      field("v_head", &M::v_head, "per-head value dim", in_range(1, 65536)),
+      field("dense_inter", &M::dense_inter, "inner size of the dense FFN", in_range(0, 1 << 24)),
+      field("moe_inter", &M::moe_inter, "inner size of each expert", in_range(0, 1 << 24)),
+      field("experts", &M::experts, "routed experts E (0 = dense model)", in_range(0, 65536)),
+      field("shared_experts", &M::shared_experts, "shared experts", in_range(0, 1024)),
+      field("topk", &M::topk, "routed experts per token K", in_range(0, 65536)),
+      field("groups", &M::groups, "expert groups for group-limited routing (1 = off)", in_range(1, 65536)),
+      field("topk_groups", &M::topk_groups, "groups a token may route to", in_range(1, 65536)),
       choice("router", &M::router, "sigmoid|softmax",
              "sigmoid + bias balancing (V3) or softmax + aux loss", router_name, parse_router),
-      field("route_scale", &M::route_scale, "gate weights are multiplied by this"),
+      field("route_scale", &M::route_scale, "gate weights are multiplied by this", above(0)),
       field("norm_topk", &M::norm_topk, "renormalise chosen gate weights to sum to 1"),
-      field("mtp_depth", &M::mtp_depth, "multi-token prediction modules D"),
-      field("rms_eps", &M::rms_eps, "RMSNorm epsilon"),
-      field("max_seq", &M::max_seq, "max positions (max_position_embeddings)"),
-      field("rope_theta", &M::rope_theta, "RoPE base"),
-      field("yarn_factor", &M::yarn_factor, "YaRN context scaling factor (1 = off)"),
-      field("yarn_original_ctx", &M::yarn_original_ctx, "YaRN original context length"),
-      field("yarn_beta_fast", &M::yarn_beta_fast, "YaRN beta_fast"),
-      field("yarn_beta_slow", &M::yarn_beta_slow, "YaRN beta_slow"),
-      field("yarn_mscale", &M::yarn_mscale, "YaRN mscale (attention temperature)"),
-      field("init_std", &M::init_std, "std of the normal init of weight matrices"),
+      field("mtp_depth", &M::mtp_depth, "multi-token prediction modules D", in_range(0, 64)),
+      field("rms_eps", &M::rms_eps, "RMSNorm epsilon", in_range_open_lo(0, 1)),
+      field("max_seq", &M::max_seq, "max positions (max_position_embeddings)", in_range(1, 1 << 24)),
+      field("rope_theta", &M::rope_theta, "RoPE base", above(0)),
+      field("yarn_factor", &M::yarn_factor, "YaRN context scaling factor (1 = off)", at_least(1)),
+      field("yarn_original_ctx", &M::yarn_original_ctx, "YaRN original context length", in_range(1, 1 << 24)),
+      field("yarn_beta_fast", &M::yarn_beta_fast, "YaRN beta_fast", above(0)),
+      field("yarn_beta_slow", &M::yarn_beta_slow, "YaRN beta_slow", above(0)),
+      field("yarn_mscale", &M::yarn_mscale, "YaRN mscale (attention temperature)", at_least(0)),
+      field("init_std", &M::init_std, "std of the normal init of weight matrices", above(0)),
       choice("attention", &M::attention, "dense|window|lsh",
              "attention pattern: all earlier keys, a sliding window, or LSH buckets", attention_name,
              parse_attention),
-      field("window", &M::window, "window: keys per query (the query's own included)"),
-      field("lsh_buckets", &M::lsh_buckets, "lsh: buckets per hash round (even)"),
-      field("lsh_rounds", &M::lsh_rounds, "lsh: hash rounds"),
-      field("lsh_chunk", &M::lsh_chunk, "lsh: chunk of the bucket-sorted order"),
-      field("lsh_seed", &M::lsh_seed, "lsh: seed of the random rotations (part of the model)"),
+      field("window", &M::window, "window: keys per query (the query's own included)", in_range(1, 1 << 24)),
+      field("lsh_buckets", &M::lsh_buckets, "lsh: buckets per hash round (even)", in_range(2, 1 << 20)),
+      field("lsh_rounds", &M::lsh_rounds, "lsh: hash rounds", in_range(1, 16)),
+      field("lsh_chunk", &M::lsh_chunk, "lsh: chunk of the bucket-sorted order", in_range(1, 1 << 24)),
+      field("lsh_seed", &M::lsh_seed, "lsh: seed of the random rotations (part of the model)", at_least(0)),
   };
   return f;
 }
@@ -268,16 +269,16 @@ const std::vector<FieldSpec>& model_fields() {
 const std::vector<FieldSpec>& loss_fields() {
   using L = TrainingLossConfig;
   static const std::vector<FieldSpec> f = {
-      field("mtp_weight", &L::mtp_weight, "lambda: MTP loss weight (divided by depth)"),
-      field("mtp_weight_late", &L::mtp_weight_late, "lambda after mtp_late_from (V3: 0.1)"),
+      field("mtp_weight", &L::mtp_weight, "lambda: MTP loss weight (divided by depth)", at_least(0)),
+      field("mtp_weight_late", &L::mtp_weight_late, "lambda after mtp_late_from (V3: 0.1)", at_least(0)),
       field("mtp_late_from", &L::mtp_late_from,
-            "fraction of the steps after which lambda = mtp_weight_late (V3: 0.676; 1 = never)"),
-      field("balance_alpha", &L::balance_alpha, "weight of the expert balance loss"),
+            "fraction of the steps after which lambda = mtp_weight_late (V3: 0.676; 1 = never)", in_range(0, 1)),
+      field("balance_alpha", &L::balance_alpha, "weight of the expert balance loss", at_least(0)),
       choice("balance_scope", &L::balance_scope, "sequence|batch",
              "balance loss averaged per sequence (V3) or over the batch", balance_scope_name,
              parse_balance_scope),
       field("bias_update_rate", &L::bias_update_rate,
-            "gamma: per-step routing-bias update (sigmoid router, 0 = off)"),
+            "gamma: per-step routing-bias update (sigmoid router, 0 = off)", at_least(0)),
   };
   return f;
 }

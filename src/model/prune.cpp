@@ -13,11 +13,14 @@ namespace dsv3 {
 const std::vector<FieldSpec>& prune_fields() {
   using P = PruneConfig;
   static const std::vector<FieldSpec> f = {
-      field("ffn_keep", &P::ffn_keep, "fraction of the dense FFN channels kept (L1 norm)"),
+      field("ffn_keep", &P::ffn_keep, "fraction of the dense FFN channels kept (L1 norm)",
+            in_range_open_lo(0, 1)),
       field("expert_ffn_keep", &P::expert_ffn_keep,
-            "fraction of every routed and shared expert's channels kept (< 0: ffn_keep)"),
+            "fraction of every routed and shared expert's channels kept (-1: ffn_keep)",
+            in_range(-1, 1)),
       field("experts_keep", &P::experts_keep,
-            "fraction of the routed experts kept per MoE layer (measured load x L1 norm)"),
+            "fraction of the routed experts kept per MoE layer (measured load x L1 norm)",
+            in_range_open_lo(0, 1)),
   };
   return f;
 }

@@ -37,9 +37,9 @@ const std::vector<FieldSpec>& precision_fields() {
       choice("precision", &P::precision, "fp32|bf16|fp16",
              "compute dtype of weights and activations (fp32 master weights and optimizer state)",
              precision_name, parse_precision),
-      field("loss_scale", &P::loss_scale, "fp16: initial dynamic loss scale (a power of two)"),
+      field("loss_scale", &P::loss_scale, "fp16: initial dynamic loss scale (a power of two)", in_range(1, 0x1p64)),
       field("loss_scale_window", &P::loss_scale_window,
-            "fp16: clean steps before the loss scale doubles"),
+            "fp16: clean steps before the loss scale doubles", in_range(1, 1e15)),
       field("tf32", &P::tf32,
             "CUDA, fp32: GEMMs on TF32 tensor cores (10-bit mantissa operands, fp32 sums)"),
   };
@@ -81,15 +81,23 @@ nlohmann::json LossScaler::state() const {
 void LossScaler::restore(const nlohmann::json& s) {
   // a checkpoint of an fp32/bf16 run (null) leaves this run's initial scale in place
   if (!enabled_ || s.is_null()) return;
-  DSV3_CHECK(s.is_object() && s.contains("scale") && s.contains("clean_steps"),
-             "checkpoint loss-scaler state is malformed");
+  auto count = [&](const char* key) {
+    if (!s.contains(key)) return int64_t(0);
+    const nlohmann::json& v = s.at(key);
+    DSV3_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, "checkpoint loss-scaler state: '",
+               key, "' must be a non-negative integer, got ", v.dump());
+    return v.get<int64_t>();
+  };
+  DSV3_CHECK(s.is_object() && s.contains("scale") && s.at("scale").is_number() &&
+                 s.contains("clean_steps"),
+             "checkpoint loss-scaler state is malformed (expected {scale, clean_steps})");
   const double sc = s.at("scale").get<double>();
   int e = 0;
-  DSV3_CHECK(sc >= 1 && std::frexp(sc, &e) == 0.5, "checkpoint loss scale ", sc,
-             " is not a power of two >= 1");
+  DSV3_CHECK(sc >= 1 && sc <= 0x1p64 && std::frexp(sc, &e) == 0.5, "checkpoint loss scale ", sc,
+             " is not a power of two in [1, 2^64]");
   scale_ = sc;
-  clean_ = s.at("clean_steps").get<int64_t>();
-  overflows_ = s.value("overflows", int64_t(0));
+  clean_ = count("clean_steps");
+  overflows_ = count("overflows");
 }
 
 }  // namespace dsv3

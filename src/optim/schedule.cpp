@@ -70,15 +70,15 @@ const std::vector<FieldSpec>& schedule_fields() {
              "learning-rate schedule (v3: DeepSeek-V3's warmup, constant to 68%, cosine to 97%, "
              "then min_lr and final_lr_ratio x min_lr tails)",
              schedule_name, parse_schedule),
-      field("lr", &S::lr, "peak learning rate"),
-      field("min_lr", &S::min_lr, "learning rate at the end of the decay"),
-      field("warmup", &S::warmup, "linear warmup steps"),
-      field("decay_frac", &S::decay_frac, "wsd: fraction of steps in the final decay"),
-      field("final_lr_ratio", &S::final_lr_ratio, "v3: lr of the last tail / min_lr"),
+      field("lr", &S::lr, "peak learning rate", above(0)),
+      field("min_lr", &S::min_lr, "learning rate at the end of the decay", at_least(0)),
+      field("warmup", &S::warmup, "linear warmup steps", at_least(0)),
+      field("decay_frac", &S::decay_frac, "wsd: fraction of steps in the final decay", in_range(0, 1)),
+      field("final_lr_ratio", &S::final_lr_ratio, "v3: lr of the last tail / min_lr", in_range(0, 1)),
       field("batch_ramp_tokens", &S::batch_ramp_tokens,
             "batch-size ramp: micro-batches per step grow from batch_ramp_start to grad_accum "
-            "over this many tokens (0 = off)"),
-      field("batch_ramp_start", &S::batch_ramp_start, "batch-size ramp: micro-batches at the start"),
+            "over this many tokens (0 = off)", at_least(0)),
+      field("batch_ramp_start", &S::batch_ramp_start, "batch-size ramp: micro-batches at the start", in_range(1, 1 << 20)),
   };
   return f;
 }

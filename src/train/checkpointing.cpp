@@ -58,7 +58,8 @@ std::string ShardedSaver::agree(bool block) {
         shards.push_back(std::filesystem::path(shard_file(dir, r)).filename().string());
       manifest_["shards"] = shards;
       write_manifest(dir, manifest_);
-      prune_all_checkpoints(run_dir_, keep_);
+      if (prune_) prune_(dir);
+      else prune_all_checkpoints(run_dir_, keep_);
     } catch (const Error& e) {
       committed = 0, why = e.what();
     }

@@ -7,6 +7,7 @@
 // thread only writes files.
 #pragma once
 #include <atomic>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -31,6 +32,11 @@ class ShardedSaver {
   // Waits for the save in progress (if any) to commit; returns its directory or "".
   std::string flush();
   bool pending() const { return !dir_.empty(); }
+  // Rank 0, after a commit: what removes old checkpoints (the run directory's own rotation,
+  // train/run_dir.h); without it, prune_all_checkpoints.
+  void set_prune(std::function<void(const std::string& committed_dir)> prune) {
+    prune_ = std::move(prune);
+  }
 
  private:
   std::string agree(bool block);
@@ -42,6 +48,7 @@ class ShardedSaver {
   std::atomic<int> state_{0};  // 0 writing, 1 written, -1 failed
   std::string error_, dir_;
   nlohmann::json manifest_;
+  std::function<void(const std::string&)> prune_;
 };
 
 }  // namespace dsv3

@@ -22,8 +22,10 @@ const std::vector<FieldSpec>& compression_fields() {
             "straight through to the fp32 weights"),
       field("teacher", &K::teacher,
             "distil from this model (same tokenizer): loss = (1 - alpha) CE + alpha T^2 KL"),
-      field("distill_alpha", &K::distill_alpha, "weight alpha of the distillation term"),
-      field("distill_temp", &K::distill_temp, "softmax temperature T of the distillation term"),
+      field("distill_alpha", &K::distill_alpha, "weight alpha of the distillation term",
+            in_range(0, 1)),
+      field("distill_temp", &K::distill_temp, "softmax temperature T of the distillation term",
+            above(0)),
   };
   return f;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 
 #include "core/check.h"
@@ -14,10 +15,10 @@ const std::vector<FieldSpec>& guard_fields() {
       field("guard", &G::guard, "skip updates with a non-finite loss or gradient norm; roll back "
             "after max_bad_steps in a row"),
       field("spike_zscore", &G::spike_zscore,
-            "also skip a step whose loss is this many std above the recent mean (0 = off)"),
-      field("spike_window", &G::spike_window, "recent accepted steps of the spike statistics"),
-      field("max_bad_steps", &G::max_bad_steps, "bad steps in a row before rolling back"),
-      field("max_rollbacks", &G::max_rollbacks, "rollbacks before the run stops"),
+            "also skip a step whose loss is this many std above the recent mean (0 = off)", at_least(0)),
+      field("spike_window", &G::spike_window, "recent accepted steps of the spike statistics", in_range(2, 1000000)),
+      field("max_bad_steps", &G::max_bad_steps, "bad steps in a row before rolling back", in_range(1, 1000000)),
+      field("max_rollbacks", &G::max_rollbacks, "rollbacks before the run stops", in_range(0, 1000000)),
       field("inject_fault", &G::inject_fault,
             "tests: 'nan@A,B spike@C' poisons step attempts A, B with NaN, spikes C's loss"),
   };
@@ -112,12 +113,26 @@ nlohmann::json Guard::state() const {
 
 void Guard::restore(const nlohmann::json& s) {
   if (s.is_null()) return;  // a checkpoint from before the guard existed
-  DSV3_CHECK(s.is_object() && s.contains("window"), "checkpoint guard state is malformed");
+  DSV3_CHECK(s.is_object() && s.contains("window") && s.at("window").is_array(),
+             "checkpoint guard state is malformed (expected {window: [losses], ...})");
   window_.clear();
-  for (const auto& v : s.at("window")) window_.push_back(v.get<double>());
+  for (const auto& v : s.at("window")) {
+    DSV3_CHECK(v.is_number() && std::isfinite(v.get<double>()),
+               "checkpoint guard state: the loss window holds ", v.dump(),
+               ", not a finite number");
+    window_.push_back(v.get<double>());
+  }
   while (int(window_.size()) > config_.spike_window) window_.pop_front();
-  bad_streak_ = s.value("bad_streak", 0);
-  rollbacks_ = s.value("rollbacks", 0);
+  auto count = [&](const char* key) {
+    if (!s.contains(key)) return 0;
+    const nlohmann::json& v = s.at(key);
+    DSV3_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX,
+               "checkpoint guard state: '", key, "' must be a non-negative integer, got ",
+               v.dump());
+    return int(v.get<int64_t>());
+  };
+  bad_streak_ = count("bad_streak");
+  rollbacks_ = count("rollbacks");
 }
 
 }  // namespace dsv3

@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <algorithm>
 
 #include "core/check.h"
@@ -65,16 +68,30 @@ bool tensorboard_summary(const nlohmann::json& rec, int64_t* step, TbSummary* ou
 
 MetricsLog::MetricsLog(const std::string& path, const std::string& tensorboard_dir) : path_(path) {
   f_ = std::fopen(path.c_str(), "a");
-  DSV3_CHECK(f_, "cannot open metrics file ", path);
+  DSV3_CHECK(f_, "cannot open the metrics file ", path, ": ", std::strerror(errno));
   if (!tensorboard_dir.empty()) tb_ = std::make_unique<EventWriter>(tensorboard_dir);
 }
 MetricsLog::~MetricsLog() {
-  if (f_) std::fclose(f_);
+  if (f_) std::fclose(f_);  // every record was flushed (and checked) when written
 }
 void MetricsLog::write(const nlohmann::json& record) {
-  const std::string line = record.dump() + "\n";
-  DSV3_CHECK(std::fwrite(line.data(), 1, line.size(), f_) == line.size(), "cannot write ", path_);
-  std::fflush(f_);
+  std::string line;
+  try {
+    line = record.dump() + "\n";
+  } catch (const nlohmann::json::exception& e) {  // a string that is not UTF-8
+    line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  }
+  // The data must reach the file now, not at exit: a full disk fails here, at the record that
+  // did not fit, with the reason.
+  errno = 0;
+  const bool ok = std::fwrite(line.data(), 1, line.size(), f_) == line.size() &&
+                  std::fflush(f_) == 0;
+  if (!ok) {
+    const int e = errno;
+    std::clearerr(f_);
+    fail("cannot write the metrics file ", path_, ": ",
+         e ? std::strerror(e) : "write failed");
+  }
   if (!tb_) return;
   if (record.value("kind", "") == "start") {
     tb_->session_start(record.at("step").get<int64_t>() + 1);

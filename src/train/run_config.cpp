@@ -10,19 +10,19 @@ namespace dsv3 {
 const std::vector<FieldSpec>& run_fields() {
   using R = RunConfig;
   static const std::vector<FieldSpec> f = {
-      field("steps", &R::steps, "optimizer steps in the run"),
-      field("batch", &R::batch, "sequences per micro-batch B"),
-      field("seq_len", &R::seq_len, "tokens per sequence T"),
-      field("grad_accum", &R::grad_accum, "micro-batches per optimizer step"),
+      field("steps", &R::steps, "optimizer steps in the run", in_range(1, 1e15)),
+      field("batch", &R::batch, "sequences per micro-batch B", in_range(1, 1 << 20)),
+      field("seq_len", &R::seq_len, "tokens per sequence T", in_range(2, 1 << 24)),
+      field("grad_accum", &R::grad_accum, "micro-batches per optimizer step", in_range(1, 1 << 20)),
       choice("recompute", &R::recompute, "none|selective|block",
              "activation recomputation: selective = RMSNorm outputs and MLA up-projections "
              "(DeepSeek-V3), block = keep block inputs only",
              recompute_name, parse_recompute),
-      field("seed", &R::seed, "seed for initialisation and data"),
+      field("seed", &R::seed, "seed for initialisation and data", at_least(0)),
       field("out", &R::out, "run directory: checkpoints, metrics.jsonl"),
-      field("sample_tokens", &R::sample_tokens, "tokens sampled at the end (0 = none)"),
+      field("sample_tokens", &R::sample_tokens, "tokens sampled at the end (0 = none)", in_range(0, 1 << 20)),
       field("peak_gflops", &R::peak_gflops,
-            "GEMM peak for MFU (0 = measure it for the run's precision)"),
+            "GEMM peak for MFU (0 = measure it for the run's precision)", at_least(0)),
       field("device", &R::device, "cpu or cuda"),
       field("cuda_graphs", &R::cuda_graphs,
             "CUDA: replay the blocks' forward and backward as CUDA graphs (fewer launches)"),
@@ -64,6 +64,14 @@ std::vector<FieldGroup> run_groups(RunSpec& s) {
 }
 
 void validate(const RunSpec& s) {
+  {  // presets and defaults do not pass through the field tables' setters
+    RunSpec copy = s;
+    for (const FieldGroup& g : run_groups(copy)) check_field_ranges(*g.fields, g.target);
+  }
+  // Positions are int: B x T (and B x (T + 1) loader tokens) must fit.
+  DSV3_CHECK(int64_t(s.run.batch) * (s.run.seq_len + 1) < (int64_t(1) << 31), "batch x seq_len = ",
+             int64_t(s.run.batch) * s.run.seq_len, " tokens per micro-batch is more than one "
+             "process addresses (2^31): lower --batch or --seq_len and raise --grad_accum");
   validate(s.model);
   validate(s.run);
   validate(s.optimizer);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -305,19 +306,19 @@ const std::vector<FieldSpec>& sweep_fields() {
   using S = SweepConfig;
   static const std::vector<FieldSpec> f = {
       field("space", &S::space, "search space: 'lr=log(1e-4,3e-3); batch=[8,16]; warmup=int(10,100)'"),
-      field("trials", &S::trials, "trials to run (grid: 0 = the whole grid)"),
+      field("trials", &S::trials, "trials to run (grid: 0 = the whole grid)", in_range(0, 1 << 20)),
       choice("algo", &S::algo, "grid|random|tpe", "how trials are chosen", sweep_algo_name,
              parse_sweep_algo),
       field("jobs", &S::jobs, "trials running at once (child processes; each gets cores / jobs "
-            "OpenMP threads unless OMP_NUM_THREADS is set)"),
+            "OpenMP threads unless OMP_NUM_THREADS is set)", in_range(1, 4096)),
       field("metric", &S::metric, "what to optimise: a key of the trials' eval records (val_loss, "
             "val_bpb), else of their train records (loss)"),
       field("mode", &S::mode, "min or max"),
       field("early_stop", &S::early_stop, "none or asha (successive halving at rungs)"),
-      field("asha_min_steps", &S::asha_min_steps, "asha: step of the first rung (0 = eval_every)"),
-      field("asha_eta", &S::asha_eta, "asha: reduction factor (rung k at min_steps * eta^k)"),
-      field("grid_points", &S::grid_points, "grid: values per range dimension"),
-      field("seed", &S::seed, "seed of random and tpe"),
+      field("asha_min_steps", &S::asha_min_steps, "asha: step of the first rung (0 = eval_every)", at_least(0)),
+      field("asha_eta", &S::asha_eta, "asha: reduction factor (rung k at min_steps * eta^k)", at_least(2)),
+      field("grid_points", &S::grid_points, "grid: values per range dimension", in_range(1, 1 << 20)),
+      field("seed", &S::seed, "seed of random and tpe", at_least(0)),
       field("out", &S::out, "sweep directory: trial_NNNN/ run directories, trials.jsonl"),
   };
   return f;
@@ -381,11 +382,14 @@ std::string params_text(const TrialParams& p) {
 
 void append_line(const std::string& path, const json& j) {
   std::FILE* f = std::fopen(path.c_str(), "a");
-  DSV3_CHECK(f, "cannot open ", path);
+  DSV3_CHECK(f, "cannot open ", path, ": ", std::strerror(errno));
   const std::string line = j.dump() + "\n";
-  const bool ok = std::fwrite(line.data(), 1, line.size(), f) == line.size();
-  std::fclose(f);
-  DSV3_CHECK(ok, "cannot write ", path);
+  errno = 0;
+  // fclose writes the buffer: its failure (a full disk) is the write's
+  const bool ok = std::fwrite(line.data(), 1, line.size(), f) == line.size() && std::fflush(f) == 0;
+  const int e = errno;
+  const bool closed = std::fclose(f) == 0;
+  DSV3_CHECK(ok && closed, "cannot write ", path, ": ", std::strerror(e ? e : errno));
 }
 
 // threads: OMP_NUM_THREADS for the child unless the environment sets it (J trials share the cores).

@@ -53,15 +53,15 @@ const std::vector<FieldSpec>& data_fields() {
       field("mix", &D::mix, "domain weights name:w,... (default: token shares)"),
       field("mix_end", &D::mix_end, "domain weights at the end (linear schedule from --mix)"),
       field("mix_adaptive", &D::mix_adaptive,
-            "raise a domain's weight by this factor when its val loss keeps rising (1 = off)"),
-      field("mix_window", &D::mix_window, "evaluations of rising loss before a raise (K)"),
-      field("fim_rate", &D::fim_rate, "fill-in-the-middle share of documents (prepared data)"),
+            "raise a domain's weight by this factor when its val loss keeps rising (1 = off)", at_least(1)),
+      field("mix_window", &D::mix_window, "evaluations of rising loss before a raise (K)", in_range(1, 1 << 20)),
+      field("fim_rate", &D::fim_rate, "fill-in-the-middle share of documents (prepared data)", in_range(0, 1)),
       choice("fim_order", &D::fim_order, "psm|spm", "FIM layout", fim_order_name, parse_fim_order),
       field("window_overlap", &D::window_overlap,
-            "tokens shared by windows of documents longer than seq_len"),
+            "tokens shared by windows of documents longer than seq_len", in_range(0, 1 << 24)),
       field("seq_warmup_steps", &D::seq_warmup_steps,
-            "sequence-length warmup: steps to grow the context to seq_len (0 = off)"),
-      field("seq_warmup_start", &D::seq_warmup_start, "context length at step 0 of the warmup"),
+            "sequence-length warmup: steps to grow the context to seq_len (0 = off)", at_least(0)),
+      field("seq_warmup_start", &D::seq_warmup_start, "context length at step 0 of the warmup", in_range(2, 1 << 24)),
   };
   return f;
 }

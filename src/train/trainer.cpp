@@ -9,7 +9,9 @@
 #include <optional>
 
 #include "core/check.h"
+#include "core/io.h"
 #include "core/timer.h"
+#include "dist/agree.h"
 #include "dist/comm.h"
 #include "eval/eval.h"
 #include "infer/sample.h"
@@ -18,6 +20,7 @@
 #include "checkpoint/sharded.h"
 #include "train/checkpointing.h"
 #include "train/metrics.h"
+#include "train/run_dir.h"
 #include "train/parallel_run.h"
 #include "train/state.h"
 #include "train/step.h"
@@ -40,7 +43,8 @@ std::vector<FieldGroup> saved_groups(RunSpec& s) { return run_groups_without_mod
 
 nlohmann::json run_state_json(const RunSpec& spec, const RunState& st) {
   RunSpec copy = spec;
-  return {{"steps_done", st.steps_done},
+  return {{"run_id", st.run_id},
+          {"steps_done", st.steps_done},
           {"rng", {st.rng.s[0], st.rng.s[1], st.rng.s[2], st.rng.s[3]}},
           {"data", st.data},
           {"tokens_seen", st.tokens_seen},
@@ -74,23 +78,61 @@ RunSpec spec_from_checkpoint(const Checkpoint& ck) {
     }
   }
   s.checkpoint.resume.clear();
+  s.checkpoint.overwrite = false;  // permission to delete is given per command, never inherited
   return s;
 }
 
+namespace {
+
+// A counter of the train state: a non-negative integer (`fallback` when absent and allowed).
+int64_t state_count(const nlohmann::json& train, const char* key, const int64_t* fallback) {
+  if (!train.contains(key)) {
+    DSV3_CHECK(fallback, "checkpoint train state has no '", key, "'");
+    return *fallback;
+  }
+  const nlohmann::json& v = train.at(key);
+  DSV3_CHECK(v.is_number_integer() && (v.is_number_unsigned() || v.get<int64_t>() >= 0) &&
+                 (!v.is_number_unsigned() || v.get<uint64_t>() <= uint64_t(INT64_MAX)),
+             "checkpoint train state: '", key, "' must be a non-negative integer, got ",
+             quote_bytes(v.dump(), 60));
+  return v.get<int64_t>();
+}
+
+}  // namespace
+
 RunState state_from_checkpoint(const Checkpoint& ck) {
   RunState st;
-  DSV3_CHECK(ck.train.contains("steps_done"), "checkpoint has no training state (weights only): "
-             "it cannot be resumed");
-  st.steps_done = ck.train.at("steps_done").get<int64_t>();
-  st.tokens_seen = ck.train.value("tokens_seen", uint64_t(0));
-  st.attempts = ck.train.value("attempts", st.steps_done);
-  st.updates = ck.train.value("optimizer_updates", st.steps_done);  // older files: no skips
-  st.data = ck.train.value("data", nlohmann::json());
-  st.loss_scaler = ck.train.value("loss_scaler", nlohmann::json());
-  st.guard = ck.train.value("guard", nlohmann::json());
-  const auto& r = ck.train.at("rng");
-  DSV3_CHECK(r.is_array() && r.size() == 4, "checkpoint rng state is malformed");
+  DSV3_CHECK(ck.train.is_object() && ck.train.contains("steps_done"),
+             "checkpoint has no training state (weights only): it cannot be resumed");
+  const nlohmann::json& t = ck.train;
+  st.steps_done = state_count(t, "steps_done", nullptr);
+  const int64_t zero = 0;
+  st.tokens_seen = uint64_t(state_count(t, "tokens_seen", &zero));
+  st.attempts = state_count(t, "attempts", &st.steps_done);
+  st.updates = state_count(t, "optimizer_updates", &st.steps_done);  // older files: no skips
+  DSV3_CHECK(st.attempts >= st.steps_done && st.updates <= st.steps_done,
+             "checkpoint train state is inconsistent: ", st.steps_done, " steps done, ",
+             st.attempts, " attempts, ", st.updates, " optimizer updates");
+  for (const char* key : {"data", "loss_scaler", "guard"})
+    DSV3_CHECK(!t.contains(key) || t.at(key).is_object() || t.at(key).is_null(),
+               "checkpoint train state: '", key, "' must be an object, got ",
+               quote_bytes(t.at(key).dump(), 60));
+  st.data = t.value("data", nlohmann::json());
+  st.loss_scaler = t.value("loss_scaler", nlohmann::json());
+  st.guard = t.value("guard", nlohmann::json());
+  if (t.contains("run_id")) {
+    DSV3_CHECK(t.at("run_id").is_string(), "checkpoint train state: 'run_id' must be a string");
+    st.run_id = t.at("run_id").get<std::string>();
+  }
+  DSV3_CHECK(t.contains("rng"), "checkpoint train state has no 'rng'");
+  const auto& r = t.at("rng");
+  DSV3_CHECK(r.is_array() && r.size() == 4 &&
+                 std::all_of(r.begin(), r.end(),
+                             [](const nlohmann::json& w) { return w.is_number_unsigned(); }),
+             "checkpoint rng state is malformed (expected 4 unsigned 64-bit words)");
   for (int i = 0; i < 4; i++) st.rng.s[i] = r[i].get<uint64_t>();
+  DSV3_CHECK(st.rng.s[0] | st.rng.s[1] | st.rng.s[2] | st.rng.s[3],
+             "checkpoint rng state is all zero (xoshiro cannot leave that state)");
   return st;
 }
 
@@ -118,7 +160,25 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                  G == rc.batch * rc.grad_accum * par->layout.dp,
              "--global_batch ", G, " and --grad_accum ", rc.grad_accum, " disagree (batch ",
              rc.batch, " x grad_accum x dp ", par->layout.dp, "): give one of them");
-  std::filesystem::create_directories(rc.out);
+
+  // ---- the run directory, held by rank 0: locked for this run, holding nothing of another
+  // run. Every rank learns whether rank 0 could take it (dist/agree.h) and the run's id.
+  RunOrigin origin;
+  if (resume) {
+    try {
+      const RunState saved = state_from_checkpoint(*resume);
+      origin = {spec.checkpoint.resume, saved.run_id, saved.steps_done};
+    } catch (const Error& e) {
+      fail(spec.checkpoint.resume, ": ", e.what());
+    }
+  } else {
+    origin.run_id = root ? new_run_id() : "";
+    dist::world().broadcast_bytes(origin.run_id, 0);
+  }
+  std::optional<RunDirectory> run_dir;
+  dist::agree(dist::world(), [&] {
+    if (root) run_dir.emplace(rc.out, origin, spec.checkpoint.overwrite);
+  });
 
   // Batch-size ramp (T2): a step's global batch is `ramp_unit` rows (one micro-batch on every
   // data-parallel rank) times accum_at(...) <= A, so every rank keeps whole micro-batches.
@@ -141,9 +201,11 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   // one stream of rows whatever their batch size, so reading a ramped batch in units of
   // ramp_unit rows keeps the data order of the run.
   TrainData data(spec.data, Dims{ramp ? ramp_unit : G, d.T}, uint64_t(rc.seed), c);
-  if (!data.tokenizer_path().empty() && root)  // sample and eval find it beside the checkpoints
-    std::filesystem::copy_file(data.tokenizer_path(), rc.out + "/tokenizer.dsv3tok",
-                               std::filesystem::copy_options::overwrite_existing);
+  if (!data.tokenizer_path().empty() && root) {  // sample and eval find it beside the checkpoints
+    const std::string bytes = read_file(data.tokenizer_path());
+    write_file_atomic(rc.out + "/tokenizer.dsv3tok",
+                      [&](std::FILE* f) { write_bytes(f, bytes.data(), bytes.size()); });
+  }
 
   // ---- weights (this rank's experts), training state, workspace
   ModelWeights weights(c, dtype, device, par->shard);
@@ -168,6 +230,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   Guard guard(spec.guard);
   RunState rs;
   rs.rng = Rng(uint64_t(rc.seed) ^ 0x5eed5eed5eedull);
+  rs.run_id = origin.run_id;
   // ck: the checkpoint's config and train state (with the values for a single file);
   // path: where the values are (a sharded checkpoint directory is read by name).
   auto restore = [&](const Checkpoint& ck, const std::string& path, bool data_too) {
@@ -190,11 +253,17 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     rs.tokens_seen = saved.tokens_seen;
     rs.rng = saved.rng;
     eng.set_updates(saved.updates);
-    eng.scaler().restore(saved.loss_scaler);
-    if (data_too) {  // a resume; a rollback keeps the data moving past the bad batches
-      data.restore(saved.data);
-      rs.attempts = saved.attempts;
-      guard.restore(saved.guard);
+    // A type the state's own checks did not expect still gets a message naming the checkpoint
+    // rather than the JSON library's alone.
+    try {
+      eng.scaler().restore(saved.loss_scaler);
+      if (data_too) {  // a resume; a rollback keeps the data moving past the bad batches
+        data.restore(saved.data);
+        rs.attempts = saved.attempts;
+        guard.restore(saved.guard);
+      }
+    } catch (const nlohmann::json::exception& e) {
+      fail("checkpoint train state is malformed: ", json_error_text(e));
     }
   };
   // Where a rollback returns to: the last checkpoint this run saved or started from (never some
@@ -242,7 +311,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   const auto record = [&](const nlohmann::json& j) {
     if (log) log->write(j);
   };
-  {  // where this process starts: a resume after a kill supersedes what was logged past it
+  {  // where this process starts (a resumed run's records past its checkpoint were moved to
+     // metrics_replayed.jsonl by the RunDirectory, so each step has one record)
     RunSpec copy = spec;
     record({{"kind", "start"}, {"step", rs.steps_done}, {"settings", groups_to_json(run_groups(copy))}});
   }
@@ -255,7 +325,11 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   double window_time = 0, window_tokens = 0;
   bool warned_peak = false;
   std::optional<ShardedSaver> saver;
-  if (distributed) saver.emplace(*par, rc.out, spec.checkpoint.keep);
+  if (distributed) {
+    saver.emplace(*par, rc.out, spec.checkpoint.keep);
+    if (run_dir)  // rank 0 rotates only this run's checkpoints
+      saver->set_prune([&](const std::string& dir) { run_dir->saved(dir, spec.checkpoint.keep); });
+  }
   const RankFault fault = parse_rank_fault(spec.distributed.rank_fault);
   EplbMonitor eplb(spec.distributed, c, par->layout.ep);
 
@@ -306,7 +380,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     const std::string path = checkpoint_path(rc.out, rs.steps_done);
     const std::vector<float> p = st.master_host(), m = st.m_host(), v = st.v_host();
     save_checkpoint(path, c, run_state_json(spec, rs), p.data(), m.data(), v.data(), p.size());
-    prune_checkpoints(rc.out, spec.checkpoint.keep);
+    run_dir->saved(path, spec.checkpoint.keep);
     last_good = path;
     say("saved " + path);
   };

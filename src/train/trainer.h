@@ -2,6 +2,7 @@
 // checkpoints, metrics, and the sample at the end.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -20,6 +21,7 @@ struct RunState {
   int64_t updates = 0;   // optimizer updates applied (AdamW's bias correction counts these)
   nlohmann::json data, loss_scaler, guard;
   Rng rng{1};
+  std::string run_id;  // the run this state belongs to (train/run_dir.h); "" in older files
 };
 nlohmann::json run_state_json(const RunSpec& spec, const RunState& st);
 // The run's settings from a checkpoint (model, losses and every other group), in either the

@@ -144,9 +144,12 @@ TEST(CuratePipeline, BadInputIsCountedWithFileAndLineAndNeverCrashes) {
   std::string bytes = read_file_bytes((dir / "cut.jsonl.zst").string());
   write_text(dir / "cut.jsonl.zst", bytes.substr(0, bytes.size() - 8));     // truncated stream
   const auto out = dir / "out";
+  // an unreadable input stops the run unless --skip_unreadable (issue 9): then it is counted
   const CmdResult res = run_cli("curate --input " + q(dir / "bad.jsonl") + " " + q(dir / "cut.jsonl.zst") +
-                                " --output " + q(out) + " --max_doc_bytes 100000 --part_mb 0");
+                                " --output " + q(out) + " --max_doc_bytes 100000 --part_mb 0 "
+                                "--skip_unreadable");
   ASSERT_EQ(res.code, 0) << res.out;
+  EXPECT_NE(res.out.find("warning: 1 input(s) could not be read"), std::string::npos) << res.out;
   const json st = summary_of(out)["stats"];
   const json& bad = st["bad_input"];
   EXPECT_EQ(bad["broken_json"], 1);

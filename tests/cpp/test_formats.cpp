@@ -292,7 +292,7 @@ TEST(Checkpoint, BadInputs) {
   expect_error(edit([](json& h) { h["model"]["topk"] = 99; }), {"invalid model config", "topk"});
   expect_error(edit([](json& h) { h["model"]["vocab"] = 40; }), {"param count mismatch"});
   expect_error(edit([](json& h) { h["model"]["layers"] = 2000000000; }),
-               {"param count mismatch"});
+               {"layers must be in [1, 4096]"});  // the field's range, before any arithmetic
   expect_error(edit([](json& h) { h["model"]["colour"] = "red"; }), {"unknown key 'colour'"});
   expect_error(edit([](json& h) { h["model"]["hidden"] = "wide"; }), {"hidden"});
   expect_error(edit([](json& h) { h["tensors"][3]["name"] = "x"; }), {"tensor layout differs"});
@@ -656,7 +656,10 @@ TEST(HuggingFace, BadConfigs) {
   expect_error(with([](json& j) { j["num_key_value_heads"] = 1; }), {"num_key_value_heads"});
   expect_error(with([](json& j) { j["num_experts_per_tok"] = 9; }),
                {"invalid model config", "topk"});
-  expect_error(with([](json& j) { j["num_hidden_layers"] = 1000000000; }), {"at least"});
+  expect_error(with([](json& j) { j["num_hidden_layers"] = 1000000000; }),
+               {"invalid model config", "layers must be in [1, 4096]"});
+  // A size within the ranges that the files cannot hold: refused before the table is built.
+  expect_error(with([](json& j) { j["num_hidden_layers"] = 4000; }), {"at least"});
   expect_error(with([](json& j) {
                  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0},
                                       {"original_max_position_embeddings", 64},
