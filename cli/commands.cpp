@@ -558,6 +558,15 @@ int cmd_sample(int argc, char** argv) {
   sc.speculative = o.speculative;
   const Device device = pick_device(o.device, pc);
   auto weights = load_weights(o.model, pc.precision, device);
+  if (weights->config().attention != AttentionKind::Dense &&
+      std::find(a->set_keys.begin(), a->set_keys.end(), "engine") == a->set_keys.end()) {
+    // the cached engine is dense-only (infer/decode.h); the training forward runs any pattern
+    DSV3_CHECK(!o.speculative, "--speculative needs the cached engine, which is dense-only (this "
+               "model uses ", attention_name(weights->config().attention), " attention)");
+    o.engine = "recompute";
+    std::fprintf(stderr, "%s attention: generating with --engine recompute\n",
+                 attention_name(weights->config().attention));
+  }
   const std::string tok = o.tokenizer.empty() ? find_tokenizer_for_model(o.model) : o.tokenizer;
   const TextCodec codec = tok.empty() ? TextCodec() : TextCodec(tok);
   std::fprintf(stderr, "text: %s\n", codec.describe().c_str());

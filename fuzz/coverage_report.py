@@ -26,6 +26,7 @@ FILES = {
     "dsv3_shard": ["src/data/shard.cpp"],
     "config": ["cli/flags.cpp", "src/core/fields.cpp"],
     "jsonl": ["src/data/reader.cpp"],
+    "int8_model": ["src/checkpoint/quantized.cpp"],
 }
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

@@ -275,6 +275,11 @@ struct DecodeEngine::Impl {
 DecodeEngine::DecodeEngine(const ModelWeights& w, const DecodeConfig& cfg) : w_(w), cfg_(cfg) {
   const ModelConfig& c = w.config();
   DSV3_CHECK(cfg.max_rows >= 1 && cfg.max_seqs >= 1, "decode engine needs max_rows and max_seqs >= 1");
+  // The latent cache's attention is dense (every cached position); a window/LSH model would
+  // attend to keys its training never let it see.
+  DSV3_CHECK(c.attention == AttentionKind::Dense, "the KV-cache decoder implements dense "
+             "attention; this model was trained with ", attention_name(c.attention),
+             " attention: sample it with --engine recompute (serving needs a dense model)");
   DSV3_CHECK(!cfg.mtp || c.mtp_depth >= 1, "speculative decoding needs a model with an MTP module "
              "(this one has mtp_depth 0)");
   max_ctx_ = cfg.max_context > 0 ? std::min(cfg.max_context, c.max_seq) : c.max_seq;

@@ -285,6 +285,15 @@ TEST(SparseAttention, ModelTrainsWithEachPattern) {
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), 6u);
   for (int i = 0; i < 6; i++) EXPECT_NEAR(a[i], b[i], 1e-4 * a[i]) << i;
+  // the KV-cache decoder is dense-only: sampling a window model takes the recompute engine (the
+  // training forward), asking for the cached one or serving it is refused by name
+  r = test::run_cli("sample --model " + (d / "w32").string() + " --tokens 4 --prompt ab");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("window attention: generating with --engine recompute"), std::string::npos) << r.out;
+  r = test::run_cli("sample --model " + (d / "w32").string() + " --tokens 4 --prompt ab --engine cached");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("implements dense attention; this model was trained with window"),
+            std::string::npos) << r.out;
   // short windows and LSH train, deterministically, and resume exactly
   for (const std::string& pat : {std::string("--attention window --window 4"),
                                  std::string("--attention lsh --lsh_buckets 4 --lsh_chunk 4 --lsh_rounds 2")}) {
