@@ -218,21 +218,25 @@ std::vector<float> init_weights(const ModelConfig& c, uint64_t seed) {
   return p;
 }
 
-// Logits (T, V) of the whole sequence through the training forward (no cache).
-std::vector<float> recompute_logits(const ModelWeights& w, const std::vector<int32_t>& seq) {
-  const ModelConfig& c = w.config();
+// The training forward (no cache) over the whole sequence as one row; opt says what it writes.
+void training_forward(const ModelWeights& w, const std::vector<int32_t>& seq, const ForwardOptions& opt) {
   const int T = int(seq.size());
   WorkspaceConfig wc;
   wc.max = {1, T};
   wc.backward = false;
-  Workspace ws(c, w.dtype(), w.device(), wc);
+  Workspace ws(w.config(), w.dtype(), w.device(), wc);
   std::vector<int32_t> row = seq;
   row.push_back(-1);
-  std::vector<float> logits(size_t(T) * c.vocab);
+  forward(w, ws, TrainingLossConfig{}, {Dims{1, T}, row.data()}, opt);
+}
+
+// Logits (T, V) of the whole sequence through the training forward (no cache).
+std::vector<float> recompute_logits(const ModelWeights& w, const std::vector<int32_t>& seq) {
+  std::vector<float> logits(seq.size() * size_t(w.config().vocab));
   ForwardOptions opt;
   opt.logits = logits.data();
   opt.mtp = false;
-  forward(w, ws, TrainingLossConfig{}, {Dims{1, T}, row.data()}, opt);
+  training_forward(w, seq, opt);
   return logits;
 }
 
@@ -348,16 +352,10 @@ TEST(DecodeEngine, MtpDraftEqualsTrainingMtpLogits) {
   std::vector<int32_t> seq(T);
   for (auto& x : seq) x = int32_t(rng.below(c.vocab));
   // training path: MTP logits of every position (module 1 at t sees h_t and x[t+1])
-  WorkspaceConfig wc;
-  wc.max = {1, T};
-  wc.backward = false;
-  Workspace ws(c, w.dtype(), w.device(), wc);
-  std::vector<int32_t> row = seq;
-  row.push_back(-1);
   std::vector<float> mtp(size_t(T) * c.vocab);
   ForwardOptions opt;
   opt.mtp_logits = mtp.data();
-  forward(w, ws, TrainingLossConfig{}, {Dims{1, T}, row.data()}, opt);
+  training_forward(w, seq, opt);
   // engine: prefill 7 tokens, MTP over positions 0..6, then 5 more tokens, MTP over 7..11
   DecodeConfig dc;
   dc.max_rows = 16;
