@@ -331,7 +331,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       saver->set_prune([&](const std::string& dir) { run_dir->saved(dir, spec.checkpoint.keep); });
   }
   const RankFault fault = parse_rank_fault(spec.distributed.rank_fault);
-  EplbMonitor eplb(spec.distributed, c, par->layout.ep);
+  EplbMonitor eplb(*par, c, eng.experts(), weights);
 
   auto run_eval = [&](int64_t step) {
     if (data.val_sets().empty() || spec.eval.eval_batches == 0) return;

@@ -70,7 +70,7 @@ void check_dispatch(dist::Group& group, int E) {
     }
   const Exec ex{};
   const int key = 0;
-  const ExpertSide& s = x.dispatch(ex, &key, host_tensor(xp), host_tensor(offsets), NK, C);
+  const ExpertSide& s = x.dispatch(ex, &key, /*hf_layer=*/-1, host_tensor(xp), host_tensor(offsets), NK, C);
   // what must arrive: every (q, n, k) routed to one of my experts, by expert, then source, token
   std::vector<std::tuple<int, int, int, int>> want;
   for (int j = 0; j < L; j++)
