@@ -158,6 +158,21 @@ nlohmann::json EplbMonitor::observe(int64_t steps_done, const std::vector<MoeLay
           {"applied", xc_ != nullptr}, {"layers", layers}};
 }
 
+EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches) {
+  if (!ctx.distributed() || ctx.layout.dp == 1) return evaluate(w, ws, tokens, d, max_batches);
+  const int dp = ctx.layout.dp, nb = eval_batches_of(tokens, d, max_batches);
+  const int passes = ctx.layout.ep > 1 ? (nb + dp - 1) / dp : 0;
+  const EvalResult part = evaluate_part(w, ws, tokens, d, max_batches, ctx.at.dp, dp, passes);
+  double v[4] = {part.loss, part.mtp_loss, double(part.tokens), double(part.batches)};
+  ctx.coll->run(ctx.coll->all_reduce(ctx.dp, dist::Purpose::Stats, v, 4, DType::F64));
+  EvalResult r;
+  r.batches = int(v[3]);
+  r.tokens = int64_t(v[2]);
+  if (r.batches > 0) r.loss = v[0] / r.batches, r.mtp_loss = v[1] / r.batches;
+  return r;
+}
+
 std::string eplb_console_text(const nlohmann::json& rec) {
   double before = 0, after = 0, measured = 0;
   for (const auto& l : rec.at("layers")) {

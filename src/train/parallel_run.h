@@ -9,6 +9,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/sharded.h"
+#include "eval/eval.h"
 #include "train/parallel_step.h"
 
 namespace dsv3 {
@@ -61,5 +62,13 @@ class EplbMonitor {
   std::vector<std::vector<double>> loads_;  // per MoE layer, accumulated
 };
 std::string eplb_console_text(const nlohmann::json& rec);
+
+// Validation loss (eval/eval.h's evaluate) split over the data-parallel ranks: rank r evaluates
+// batches r, r + dp, ..., the sums are all-reduced over dp, so the result is one process's (the
+// same batches; the mean summed in another order). Under expert parallelism every rank runs
+// as many forward passes (padding with an uncounted repeat) since each needs its whole ep group.
+// Collective over dp; one process: evaluate() itself.
+EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches);
 
 }  // namespace dsv3

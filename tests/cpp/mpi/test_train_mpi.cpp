@@ -103,6 +103,8 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
   ASSERT_EQ(train(0, "--steps 12 --out " + d / "one").code, 0);
   const auto one = steps_of(d / "one");
   ASSERT_EQ(one.size(), 12u);
+  const auto one_eval = read_metrics(d / "one/metrics.jsonl", "eval");
+  ASSERT_FALSE(one_eval.empty());
   struct Layout {
     int np;
     const char* args;
@@ -116,6 +118,13 @@ TEST(TrainMpi, EveryLayoutTrainsLikeOneProcess) {
     const auto m = steps_of(d / l.name);
     EXPECT_LT(max_rel_loss_diff(m, one), 1e-4) << l.name;
     EXPECT_TRUE(m.back().contains("comm_bytes")) << l.name;
+    // evaluation split over the dp ranks (2 batches: on dp 4 two ranks only pad) gives one
+    // process's validation loss, up to the training drift
+    const auto ev = read_metrics(d / (std::string(l.name) + "/metrics.jsonl"), "eval");
+    ASSERT_EQ(ev.size(), one_eval.size()) << l.name;
+    EXPECT_EQ(ev.back()["val_tokens"], one_eval.back()["val_tokens"]) << l.name;
+    EXPECT_NEAR(ev.back()["val_loss"].get<double>(), one_eval.back()["val_loss"].get<double>(),
+                1e-4 * one_eval.back()["val_loss"].get<double>()) << l.name;
   }
   // the reduced gradient of dp 2 (zero 0) is one all-reduce of every fp32 parameter per step:
   // 2 (n-1)/n x 4 bytes x params = 4 x params on 2 ranks
