@@ -1,16 +1,19 @@
 """Distributed training on this machine, and a model of it at scale (issue 10, BENCHMARKS.md).
 
 Part 1 measures `tiny` (global batch 8 x 256) as 1 rank x 2 threads against 2 ranks x 1 thread
-(dp 2; dp 2 + ep 2; dp 2 + ZeRO-1): tokens/s, efficiency, compute and exposed communication per
+(dp 2; dp 2 + ep 2; dp 2 + ep 2 + EPLB; dp 2 + ZeRO-1): tokens/s, efficiency, compute and exposed communication per
 step, bytes per collective kind; beside it the peer, PyTorch's DistributedDataParallel (gloo) on
 the same model (bench/peer_ddp.py), as 1 process x 2 threads and 2 processes x 1 thread. It checks the bytes every rank reports in metrics.jsonl against
 the analytic per-step volume of docs/parallel.md (computed here from the model config, with the
-parameter table's layout rebuilt independently of dsv3).
+parameter table's layout rebuilt independently of dsv3). With EPLB (--eplb, a placement every
+2 steps) it prints, per placement and MoE layer, the per-rank imbalance (max/mean rows) the homes
+alone give on the loads of the steps since the previous placement, beside the imbalance of the
+rows the ranks really computed under the placement in effect (the eplb records of metrics.jsonl).
 
 Part 2 is the scaling model of docs/parallel.md for `small` and `v3-671b` at 8 to 2048 GPUs, from
 the same volume formulas, FLOPs per token from `dsv3 info`, and stated link bandwidths.
 
-  python3 bench/bench_dist.py [--steps 6] [--skip_measure] [--mpirun mpirun] [--torch_python P]
+  python3 bench/bench_dist.py [--steps 6] [--skip_measure] [--only 'ep 2'] [--mpirun mpirun] [--torch_python P]
 Needs a build with MPI (build/dsv3) and Python 3 (standard library only).
 """
 import argparse
@@ -151,6 +154,12 @@ def stats_bytes(c, dp):
     return 2 * (dp - 1) / dp * 8 * n
 
 
+def replica_slots(placement, ranks, experts):
+    """Per rank, the experts of its replica slots (-1: empty) in an eplb record's placement."""
+    slots, own = len(placement) // ranks, experts // ranks
+    return [placement[r * slots + own:(r + 1) * slots] for r in range(ranks)]
+
+
 def run_train(np_, threads, args, out, mpirun):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                OMPI_MCA_btl_vader_single_copy_mechanism="none")
@@ -170,11 +179,17 @@ def measure(args):
     rows = [("1 rank x 2 threads", 1, 2, ["--batch", "8"], 1, 1, 0),
             ("2 ranks x 1 thread, dp 2", 2, 1, ["--batch", "4"], 2, 1, 0),
             ("2 ranks x 1 thread, dp 2 + ep 2", 2, 1, ["--batch", "4", "--ep", "2"], 2, 2, 0),
+            ("2 ranks x 1 thread, dp 2 + ep 2 + EPLB", 2, 1,
+             ["--batch", "4", "--ep", "2", "--eplb", "--eplb_every", "2"], 2, 2, 0),
             ("2 ranks x 1 thread, dp 2 + ZeRO-1", 2, 1, ["--batch", "4", "--zero", "1"], 2, 1, 1)]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, np_, th, extra, dp, ep, zero in rows:
-            m = run_train(np_, th, base + extra, os.path.join(tmp, str(len(results))), args.mpirun)
+            if args.only and args.only not in name and np_ > 1:
+                continue
+            out = os.path.join(tmp, str(len(results)))
+            m = run_train(np_, th, base + extra, out, args.mpirun)
+            eplb = "--eplb" in extra
             steady = m[1:]  # the first step pays for allocation and first-touch
             tps = statistics.median(r["tokens_per_s"] for r in steady)
             row = {"name": name, "tokens_per_s": tps, "step_s": statistics.median(r["step_s"] for r in steady)}
@@ -185,6 +200,12 @@ def measure(args):
                 last = m[-1]
                 got = last["comm_purpose_bytes"]
                 row["bytes"] = last["comm_bytes"]
+                if eplb:  # replica weights and gradients add to params/grads: only stats is exact
+                    row["check"] = {"stats": (got.get("stats", 0), stats_bytes(cfg, dp))}
+                    recs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+                    row["eplb"] = [x for x in recs if x.get("kind") == "eplb"]
+                    results.append(row)
+                    continue
                 pred = predicted_bytes(cfg, dp, ep, zero)
                 grads_pred = pred.get("all_reduce", 0) + pred.get("reduce_scatter", 0)
                 row["check"] = {"grads": (got.get("grads", 0), grads_pred),
@@ -222,6 +243,18 @@ def measure(args):
             "%.3f" % r["exposed_s"] if "exposed_s" in r else "-",
             "%.3f" % r["comm_s"] if "comm_s" in r else "-",
             ", ".join("%s %.2f MB" % (k, v / 1e6) for k, v in r.get("bytes", {}).items()) or "-"))
+    for r in results:
+        if not r.get("eplb"):
+            continue
+        print("\n### EPLB (%s): per-rank rows max/mean, homes alone vs measured under the placement\n" % r["name"])
+        print("| placement at step | layer | homes (same loads) | measured | replicas placed |")
+        print("|---:|---|---:|---:|---|")
+        for k, rec in enumerate(r["eplb"]):
+            for layer in rec["layers"]:
+                print("| %d | %s | %.3f | %s | %s |" % (
+                    rec["step"], layer["layer"], layer["imbalance_before"],
+                    "%.3f" % layer["imbalance_measured"] if k > 0 else "(homes)",
+                    replica_slots(layer["placement"], rec["ranks"], cfg["experts"])))
     print("\n| layout | what | measured bytes | formula | ratio |")
     print("|---|---|---:|---:|---:|")
     ok = True
@@ -303,6 +336,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--skip_measure", action="store_true")
     ap.add_argument("--mpirun", default="mpirun")
+    ap.add_argument("--only", default="", help="measure only the 2-rank layouts whose name has this")
     venv = os.path.join(REPO, ".venv-peer", "bin", "python")
     ap.add_argument("--torch_python", default=venv if os.path.exists(venv) else "/usr/bin/python3",
                     help="interpreter with torch for the DDP peer ('' to skip it)")

@@ -28,5 +28,13 @@ struct EvalResult {
 // batch, fewer rows are used; at least T+1 tokens are required. ws must hold d.
 EvalResult evaluate(const ModelWeights& w, Workspace& ws, const std::vector<int32_t>& tokens,
                     Dims d, int max_batches);
+// One part of that evaluation (distributed runs split it over the data-parallel ranks): batches
+// part, part + parts, ... of the ones evaluate() uses, as sums (loss and mtp_loss summed over
+// the batches, not averaged). min_passes: run at least this many forward passes, repeating the
+// first batch without counting it (the ranks of an expert-parallel group must run as many).
+EvalResult evaluate_part(const ModelWeights& w, Workspace& ws, const std::vector<int32_t>& tokens,
+                         Dims d, int max_batches, int part, int parts, int min_passes = 0);
+// Batches evaluate() runs on these tokens: what evaluate_part's callers split.
+int eval_batches_of(const std::vector<int32_t>& tokens, Dims d, int max_batches);
 
 }  // namespace dsv3

@@ -16,6 +16,8 @@ MoeParams bind_moe(const ParamTable& t, const Tensor& base, const Tensor& buffer
   w.inter = c.moe_inter;
   w.first_expert = t.expert_first;
   w.local_experts = t.expert_count;
+  if (const size_t dot = p.rfind('.'); dot != std::string::npos && p.compare(0, dot, "model.layers") == 0)
+    w.hf_layer = std::stoi(p.substr(dot + 1));
   if (c.experts > 0) {
     const int E0 = w.first_expert, EL = w.local_experts;
     const auto name = [&](int e) { return p + ".mlp.experts." + std::to_string(e); };
@@ -110,6 +112,14 @@ ExpertExchange& exchange_of(ExpertExchange* ep) {
              "exchange (the workspace has none)");
   return *ep;
 }
+// The replicas' grouped GEMMs run over the side's last rows with the exchange's copies.
+GroupedShape replica_up(const ExpertReplicas& r, const MoeParams& w, const ModelConfig& c) {
+  return {r.experts, c.hidden, 2 * w.inter, r.stride};
+}
+GroupedShape replica_down(const ExpertReplicas& r, const MoeParams& w, const ModelConfig& c) {
+  return {r.experts, w.inter, c.hidden, r.stride};
+}
+bool has_replica_rows(const ExpertSide& s) { return s.replicas.experts > 0 && s.replicas.rows > 0; }
 }  // namespace
 
 void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoeParams& w,
@@ -127,10 +137,18 @@ void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoePara
     grouped_linear_forward(ex, a.outp, a.expert.act, w.experts_w2, a.offsets, down_shape(w, c));
   } else {  // expert parallel: the rows of other ranks' experts travel there and back
     ExpertExchange& xc = exchange_of(ep);
-    const ExpertSide& s = xc.dispatch(ex, &a, a.xp, a.offsets, N * K, C);
+    const ExpertSide& s = xc.dispatch(ex, &a, w.hf_layer, a.xp, a.offsets, N * K, C);
+    const ExpertReplicas& r = s.replicas;
+    const size_t h = size_t(s.rows - r.rows), n = size_t(r.rows);  // own rows, then replicas'
     grouped_linear_forward(ex, s.acts.h13, s.xp, w.experts_w13, s.offsets, up_shape(w, c));
+    if (has_replica_rows(s))
+      grouped_linear_forward(ex, s.acts.h13.slice(h * 2 * D, n * 2 * D), s.xp.slice(h * C, n * C),
+                             r.w13, r.offsets, replica_up(r, w, c));
     swiglu_forward(ex, s.acts.act, s.acts.h13, s.rows, D);
     grouped_linear_forward(ex, s.out, s.acts.act, w.experts_w2, s.offsets, down_shape(w, c));
+    if (has_replica_rows(s))
+      grouped_linear_forward(ex, s.out.slice(h * C, n * C), s.acts.act.slice(h * D, n * D), r.w2,
+                             r.offsets, replica_down(r, w, c));
     xc.combine(ex, &a, s.out, a.outp);
   }
   const bool shared = c.shared_experts > 0;
@@ -161,13 +179,24 @@ void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tens
     const size_t R = size_t(e.rows);
     const Tensor dout = e.out.slice(0, R * C), edxp = e.dxp.slice(0, R * C);
     const Tensor dact = e.scratch.dact.slice(0, R * D), dh13 = e.scratch.dh13.slice(0, R * 2 * D);
+    const ExpertReplicas& r = e.replicas;
+    const size_t h = size_t(e.rows - r.rows), n = size_t(r.rows);  // own rows, then replicas'
     xc.dispatch_rows(ex, &a, s.doutp.slice(0, NK * C), dout);
     grouped_linear_backward(ex, dact, g.experts_w2, dout, e.acts.act, w.experts_w2, e.offsets,
                             down_shape(w, c), Write::Overwrite);
+    if (has_replica_rows(e))
+      grouped_linear_backward(ex, dact.slice(h * D, n * D), r.g2, dout.slice(h * C, n * C),
+                              e.acts.act.slice(h * D, n * D), r.w2, r.offsets,
+                              replica_down(r, w, c), Write::Overwrite);
     swiglu_backward(ex, dh13, dact, e.acts.h13, e.rows, D, Write::Overwrite);
     grouped_linear_backward(ex, edxp, g.experts_w13, dh13, e.xp, w.experts_w13, e.offsets,
                             up_shape(w, c), Write::Overwrite);
+    if (has_replica_rows(e))
+      grouped_linear_backward(ex, edxp.slice(h * C, n * C), r.g13, dh13.slice(h * 2 * D, n * 2 * D),
+                              e.xp.slice(h * C, n * C), r.w13, r.offsets, replica_up(r, w, c),
+                              Write::Overwrite);
     xc.combine(ex, &a, edxp, dxp);
+    xc.return_replica_grads(ex, &a, g);
   }
   moe_scatter_add(ex, dx, dxp, a.slot_of, N, K, C);
   const Tensor dlogits = s.dlogits.slice(0, size_t(N) * E);

@@ -22,6 +22,7 @@ struct MoeParams {
   // The routed experts held here: [first_expert, first_expert + local_experts). Fewer than E
   // under expert parallelism, where the other experts' tokens travel through an ExpertExchange.
   int first_expert = 0, local_experts = 0;
+  int hf_layer = -1;        // the layer's HF index (model.layers.<i>): names it to an exchange
   FfnParams shared;         // w13 empty when there are no shared experts
 };
 // base: the parameter buffer; buffers: where Buffer-kind tensors (the bias) live, fp32, compact
@@ -66,8 +67,20 @@ RouterShape router_shape(const ModelConfig& c, const TrainingLossConfig& l, Dims
 // (src/dist/expert_exchange.cpp, all-to-all over the expert-parallel group), and runs its own
 // experts on whatever rows arrive.
 
+// Copies of other processes' experts that compute a share of those experts' rows (EPLB,
+// src/train/expert_parallel.h): the last `rows` rows of an ExpertSide, sorted by copy. The
+// exchange owns their weights (kept equal to the originals) and gradient accumulators (returned
+// to the originals by ExpertExchange::return_replica_grads).
+struct ExpertReplicas {
+  int experts = 0, rows = 0;
+  Tensor offsets;     // (experts + 1) i32, relative to the first replica row
+  Tensor w13, w2;     // laid out as MoeParams::experts_w13/_w2, `stride` apart
+  Tensor g13, g2;     // dw accumulators (accumulation dtype), the same layout
+  size_t stride = 0;
+};
+
 // The expert side of one MoE layer: the R rows (from every rank of the group) this process's
-// experts compute, sorted by local expert, and their activations.
+// experts compute, sorted by local expert, and their activations; with replicas, their rows last.
 struct ExpertSide {
   int rows = 0;        // R
   Tensor offsets;      // (local experts + 1) i32: rows of local expert j: offsets[j]..offsets[j+1]
@@ -76,6 +89,7 @@ struct ExpertSide {
   Tensor out;          // (R, C) forward: outputs; backward: their incoming gradients
   Tensor dxp;          // (R, C) backward: input gradients
   FfnScratch scratch;  // (R, 2D) and (R, D) backward
+  ExpertReplicas replicas;
 };
 // Lays out an ExpertSide of `rows` rows (Arena: measure first, then over memory): `kept` holds
 // the members kept for backward (xp, acts, offsets), `scratch` the rest.
@@ -88,8 +102,9 @@ class ExpertExchange {
   // Forward: slot rows xp (N*K, C; global expert e's slots at offsets[e]..offsets[e+1], i32 on
   // the device) go to the processes holding their experts. Returns the expert side of `layer`
   // (a key: the layer's MoeActs) with rows, offsets and xp filled.
-  virtual const ExpertSide& dispatch(const Exec& ex, const void* layer, const Tensor& xp,
-                                     const Tensor& offsets, int NK, int C) = 0;
+  // hf_layer: MoeParams::hf_layer (which layer's replicas, if any, take part).
+  virtual const ExpertSide& dispatch(const Exec& ex, const void* layer, int hf_layer,
+                                     const Tensor& xp, const Tensor& offsets, int NK, int C) = 0;
   // The expert side of `layer` as the last dispatch left it.
   virtual const ExpertSide& side(const void* layer) = 0;
   // Rows (R, C) of the expert side back to slot order (N*K, C), along the last dispatch's routes.
@@ -98,6 +113,9 @@ class ExpertExchange {
   // Slot-order rows (N*K, C) to the expert side (R, C), along the same routes (backward).
   virtual void dispatch_rows(const Exec& ex, const void* layer, const Tensor& slot_rows,
                              const Tensor& side_rows) = 0;
+  // Backward, after the expert GEMMs of `layer`: the replicas' weight gradients go to the
+  // processes holding the originals and are added into g (this process's experts' gradients).
+  virtual void return_replica_grads(const Exec& ex, const void* layer, const MoeParams& g) = 0;
 };
 
 // y (N,C) = moe(x), overwriting y. ep: the exchange when w holds fewer than all experts.

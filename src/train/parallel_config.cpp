@@ -69,6 +69,10 @@ void validate(const DistConfig& d) {
   parse_rank_fault(d.rank_fault);
 }
 
+int eplb_redundant_slots(const DistConfig& d, int ep) {
+  return d.eplb_redundant > 0 ? d.eplb_redundant : std::max(ep, 1);
+}
+
 RankFault parse_rank_fault(const std::string& s) {
   RankFault f;
   if (s.empty()) return f;

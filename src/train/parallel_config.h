@@ -37,6 +37,9 @@ struct DistConfig {
 };
 const std::vector<FieldSpec>& dist_fields();
 void validate(const DistConfig& d);
+// --eplb: redundant expert slots per MoE layer over an ep group of `ep` ranks (the default: one
+// per rank).
+int eplb_redundant_slots(const DistConfig& d, int ep);
 
 // A rank failure injected on purpose (tests of the watchdog and of `dsv3 launch`).
 struct RankFault {

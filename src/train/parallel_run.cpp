@@ -10,6 +10,7 @@
 #include "core/check.h"
 #include "dist/eplb.h"
 #include "model/params.h"
+#include "train/expert_parallel.h"
 
 namespace dsv3 {
 
@@ -115,14 +116,11 @@ std::string comm_console_text(const StepComm& c, double step_s) {
          fmt("%.0f%%", 100 * c.ledger.exposed_s / std::max(step_s, 1e-9)) + ")";
 }
 
-EplbMonitor::EplbMonitor(const DistConfig& cfg, const ModelConfig& c, int ep)
-    : on_(cfg.eplb && c.experts > 0), every_(cfg.eplb_every), ranks_(std::max(ep, 1)),
-      redundant_(cfg.eplb_redundant > 0 ? cfg.eplb_redundant : std::max(ep, 1)) {
-  if (!on_) return;
-  DSV3_CHECK((c.experts + redundant_) % ranks_ == 0, "--eplb_redundant ", redundant_, ": ",
-             c.experts, " experts + redundant slots must spread evenly over ep = ", ranks_,
-             " ranks");
-}
+EplbMonitor::EplbMonitor(ParallelContext& ctx, const ModelConfig& c, ExpertAllToAll* xc,
+                         const ModelWeights& w)
+    : ctx_(ctx), xc_(xc), w_(w), on_(ctx.cfg.eplb && c.experts > 0), every_(ctx.cfg.eplb_every),
+      ranks_(std::max(ctx.layout.ep, 1)),
+      redundant_(eplb_redundant_slots(ctx.cfg, ctx.layout.ep)) {}
 
 nlohmann::json EplbMonitor::observe(int64_t steps_done, const std::vector<MoeLayerStats>& moe,
                                     const std::vector<std::string>& names) {
@@ -133,32 +131,60 @@ nlohmann::json EplbMonitor::observe(int64_t steps_done, const std::vector<MoeLay
     for (size_t e = 0; e < moe[i].loads.size(); e++) loads_[i][e] += double(moe[i].loads[e]);
   }
   if (steps_done % every_ != 0) return nullptr;
+  // what each rank computed since the last placement (every rank takes part)
+  const auto rows = xc_ ? xc_->take_dispatched_rows(ctx_.world_group)
+                        : std::vector<std::vector<double>>{};
   nlohmann::json layers = nlohmann::json::array();
+  std::vector<dist::ExpertPlacement> placement;
   for (size_t i = 0; i < loads_.size(); i++) {
     const auto& load = loads_[i];
     const dist::ExpertPlacement home = dist::home_placement(int(load.size()), ranks_);
-    const dist::ExpertPlacement p = dist::eplb_place(load, ranks_, redundant_);
-    layers.push_back({{"layer", names[i]},
-                      {"imbalance_before", dist::imbalance(dist::rank_loads(home, load))},
-                      {"imbalance_after", dist::imbalance(dist::rank_loads(p, load))},
-                      {"replicas", p.replicas},
-                      {"placement", p.phy2log}});
+    placement.push_back(dist::eplb_place_on_homes(load, ranks_, redundant_));
+    const dist::ExpertPlacement& p = placement.back();
+    nlohmann::json l = {{"layer", names[i]},
+                        {"imbalance_before", dist::imbalance(dist::rank_loads(home, load))},
+                        {"imbalance_after", dist::imbalance(dist::rank_loads(p, load))},
+                        {"replicas", p.replicas},
+                        {"placement", p.phy2log}};
+    if (i < rows.size()) {
+      l["dispatched_rows"] = rows[i];
+      l["imbalance_measured"] = dist::imbalance(rows[i]);
+    }
+    layers.push_back(l);
   }
   for (auto& l : loads_) std::fill(l.begin(), l.end(), 0.0);
+  if (xc_) xc_->set_placement(placement, w_);  // every rank the same: the loads are global
   return {{"kind", "eplb"}, {"step", steps_done}, {"ranks", ranks_}, {"redundant", redundant_},
-          {"layers", layers}};
+          {"applied", xc_ != nullptr}, {"layers", layers}};
+}
+
+EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches) {
+  if (!ctx.distributed() || ctx.layout.dp == 1) return evaluate(w, ws, tokens, d, max_batches);
+  const int dp = ctx.layout.dp, nb = eval_batches_of(tokens, d, max_batches);
+  const int passes = ctx.layout.ep > 1 ? (nb + dp - 1) / dp : 0;
+  const EvalResult part = evaluate_part(w, ws, tokens, d, max_batches, ctx.at.dp, dp, passes);
+  double v[4] = {part.loss, part.mtp_loss, double(part.tokens), double(part.batches)};
+  ctx.coll->run(ctx.coll->all_reduce(ctx.dp, dist::Purpose::Stats, v, 4, DType::F64));
+  EvalResult r;
+  r.batches = int(v[3]);
+  r.tokens = int64_t(v[2]);
+  if (r.batches > 0) r.loss = v[0] / r.batches, r.mtp_loss = v[1] / r.batches;
+  return r;
 }
 
 std::string eplb_console_text(const nlohmann::json& rec) {
-  double before = 0, after = 0;
+  double before = 0, after = 0, measured = 0;
   for (const auto& l : rec.at("layers")) {
     before = std::max(before, l.at("imbalance_before").get<double>());
     after = std::max(after, l.at("imbalance_after").get<double>());
+    measured = std::max(measured, l.value("imbalance_measured", 0.0));
   }
   return "eplb step " + std::to_string(rec.at("step").get<long long>()) + ": " +
-         std::to_string(rec.at("redundant").get<int>()) + " redundant experts over " +
+         std::to_string(rec.at("redundant").get<int>()) + " replicas over " +
          std::to_string(rec.at("ranks").get<int>()) + " ranks, per-rank load max/mean " +
-         fmt("%.3f", before) + " -> " + fmt("%.3f", after) + " (worst layer)";
+         fmt("%.3f", before) + " -> " + fmt("%.3f", after) + " planned, " + fmt("%.3f", measured) +
+         " measured since the last placement (worst layer)";
 }
 
 }  // namespace dsv3

@@ -9,6 +9,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/sharded.h"
+#include "eval/eval.h"
 #include "train/parallel_step.h"
 
 namespace dsv3 {
@@ -37,20 +38,37 @@ void add_comm_metrics(nlohmann::json& rec, const StepComm& c, double step_s,
                       const ParallelStep& eng, const ParallelContext& ctx);
 std::string comm_console_text(const StepComm& c, double step_s);  // "comm 1.2 MB, exposed 3 ms"
 
-// --eplb: every eplb_every steps, the DeepSeek placement (dist/eplb.h) of the loads measured
-// since the last one, with the per-rank imbalance before (each rank its own experts) and after.
+// --eplb: every eplb_every steps, EPLB with the homes kept (dist::eplb_place_on_homes) over the
+// loads measured since the last placement, applied to the expert exchange from the next step on.
+// The record gives per layer the planned per-rank imbalance before (each rank its own experts)
+// and after (with the replicas) on those loads, and the imbalance measured from the rows each
+// rank really computed since the last placement (under the placement then in effect).
 class EplbMonitor {
  public:
-  EplbMonitor(const DistConfig& cfg, const ModelConfig& c, int ep);
-  // A {"kind": "eplb", ...} record when a placement was made at this step, else null.
+  // xc: the expert exchange the placement is applied to (null: nothing to apply, e.g. ep 1).
+  EplbMonitor(ParallelContext& ctx, const ModelConfig& c, ExpertAllToAll* xc,
+              const ModelWeights& w);
+  // A {"kind": "eplb", ...} record when a placement was made at this step, else null. Collective
+  // over the world on the steps that place.
   nlohmann::json observe(int64_t steps_done, const std::vector<MoeLayerStats>& moe,
                          const std::vector<std::string>& names);
 
  private:
+  ParallelContext& ctx_;
+  ExpertAllToAll* xc_;
+  const ModelWeights& w_;
   bool on_;
   int every_, ranks_, redundant_;
   std::vector<std::vector<double>> loads_;  // per MoE layer, accumulated
 };
 std::string eplb_console_text(const nlohmann::json& rec);
+
+// Validation loss (eval/eval.h's evaluate) split over the data-parallel ranks: rank r evaluates
+// batches r, r + dp, ..., the sums are all-reduced over dp, so the result is one process's (the
+// same batches; the mean summed in another order). Under expert parallelism every rank runs
+// as many forward passes (padding with an uncounted repeat) since each needs its whole ep group.
+// Collective over dp; one process: evaluate() itself.
+EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches);
 
 }  // namespace dsv3

@@ -33,6 +33,14 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
                "experts over ", l.ep, " ranks, but the model has ", model.experts,
                " routed experts, not a multiple of ", l.ep, " (choose an ep that divides ",
                model.experts, ")");
+  if (cfg.eplb && model.experts > 0) {
+    const int r = eplb_redundant_slots(cfg, l.ep);
+    DSV3_CHECK(l.ep > 1, "--eplb places replicas of heavy experts on the other ranks of an "
+               "expert-parallel group: it needs --ep > 1 (now ", l.ep, ")");
+    DSV3_CHECK(r % l.ep == 0 && r / l.ep <= model.experts, "--eplb_redundant ", r, " must be a "
+               "multiple of --ep ", l.ep, " (every rank gets as many replica slots) and at most ",
+               l.ep * model.experts, " (", model.experts, " per rank)");
+  }
 }
 
 std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayout& given,
@@ -110,13 +118,14 @@ const ModelParams& ParallelStep::grad_view() const {
 void ParallelStep::load_local(const std::vector<float>& local) {
   if (single_) {
     single_->load_weights(local);
-    return;
+  } else {
+    w_.load(local);
+    const Exec ex{w_.device()};
+    for (const GradSync::Piece& p : sync_->own())
+      if (p.len > 0)
+        backend::copy(ex, master_.view().slice(p.shard, p.len), host_tensor(local.data() + p.flat, p.len));
   }
-  w_.load(local);
-  const Exec ex{w_.device()};
-  for (const GradSync::Piece& p : sync_->own())
-    if (p.len > 0)
-      backend::copy(ex, master_.view().slice(p.shard, p.len), host_tensor(local.data() + p.flat, p.len));
+  if (experts_) experts_->refresh_replicas(w_);  // EPLB replicas follow their homes
 }
 
 void ParallelStep::load_full(const std::vector<float>& full) {
@@ -242,6 +251,12 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
 }
 
 double ParallelStep::apply_update(const StepSettings& s, int64_t step, const Gradients& g) {
+  const double lr = update_weights(s, step, g);
+  if (experts_) experts_->refresh_replicas(w_);  // EPLB replicas follow their homes
+  return lr;
+}
+
+double ParallelStep::update_weights(const StepSettings& s, int64_t step, const Gradients& g) {
   if (single_) return dsv3::apply_update(*single_, s, step, g);
   const Exec ex{w_.device()};
   double factor = 1.0 / g.loss_scale;  // as step.cpp's apply_update

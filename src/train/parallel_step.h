@@ -76,6 +76,9 @@ class ParallelStep {
   ~ParallelStep();
   // The workspace whose passes this step runs (its MoE layers get the expert exchange).
   void attach(Workspace& ws);
+  // The expert exchange (ep > 1; else null): EPLB places its replicas, which this step keeps
+  // equal to their home experts after every update and load.
+  ExpertAllToAll* experts() { return experts_.get(); }
 
   LossScaler& scaler();
   int64_t updates() const;
@@ -107,6 +110,7 @@ class ParallelStep {
   const std::vector<double>& rank_seconds() const { return rank_sec_; }
 
  private:
+  double update_weights(const StepSettings& s, int64_t step, const Gradients& g);
   void update_bias_sharded(const std::vector<MoeLayerStats>& moe, double gamma);
   void load_local(const std::vector<float>& local);
   const Tensor& grads() const;

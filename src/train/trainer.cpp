@@ -331,7 +331,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
       saver->set_prune([&](const std::string& dir) { run_dir->saved(dir, spec.checkpoint.keep); });
   }
   const RankFault fault = parse_rank_fault(spec.distributed.rank_fault);
-  EplbMonitor eplb(spec.distributed, c, par->layout.ep);
+  EplbMonitor eplb(*par, c, eng.experts(), weights);
 
   auto run_eval = [&](int64_t step) {
     if (data.val_sets().empty() || spec.eval.eval_batches == 0) return;
@@ -341,9 +341,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     int64_t tokens = 0;
     std::string line = "eval step " + std::to_string(step) + ":";
     for (const ValSet& v : data.val_sets()) {
-      // every rank evaluates the same batches (expert parallelism needs all of them in each
-      // forward); rank 0 reports
-      const EvalResult e = evaluate(weights, ws, v.tokens, d, spec.eval.eval_batches);
+      // the dp ranks split the batches (the ep group runs each forward together); rank 0 reports
+      const EvalResult e = evaluate_parallel(*par, weights, ws, v.tokens, d, spec.eval.eval_batches);
       losses.push_back(e.loss);
       sum += e.loss * double(e.tokens), tokens += e.tokens;
       nlohmann::json rec = {{"kind", "eval"}, {"step", step}, {"domain", v.domain},

@@ -126,6 +126,32 @@ TEST(Eplb, ReplicatesTheHeaviestAndBalancesTheRanks) {
   EXPECT_TRUE(has(error_of([&] { dist::eplb_place(load, 3, 1); }), "cannot be spread evenly"));
 }
 
+TEST(Eplb, OnHomesKeepsEveryExpertOnItsRankAndPlacesOnlyReplicas) {
+  std::vector<double> load(16);
+  for (size_t e = 0; e < load.size(); e++) load[e] = 1000.0 / double(e + 1);
+  const dist::ExpertPlacement p = dist::eplb_place_on_homes(load, 4, 8);
+  ASSERT_EQ(p.slots, 6);  // 4 own experts + 2 replica slots per rank
+  for (int r = 0; r < 4; r++)
+    for (int j = 0; j < 4; j++) EXPECT_EQ(p.phy2log[size_t(r * 6 + j)], r * 4 + j);
+  for (int e = 0; e < 16; e++)
+    EXPECT_EQ(std::count(p.phy2log.begin(), p.phy2log.end(), e), p.replicas[size_t(e)]);
+  for (int r = 0; r < 4; r++)  // a rank never holds two copies of one expert
+    for (int j = 4; j < 6; j++) {
+      const int e = p.phy2log[size_t(r * 6 + j)];
+      if (e >= 0) EXPECT_EQ(std::count(p.phy2log.begin() + r * 6, p.phy2log.begin() + r * 6 + 6, e), 1);
+    }
+  EXPECT_GE(p.replicas[0], 2) << "the heaviest expert gets a replica";
+  const double before = dist::imbalance(dist::rank_loads(dist::home_placement(16, 4), load));
+  const double after = dist::imbalance(dist::rank_loads(p, load));
+  EXPECT_GT(before, 2.0);
+  EXPECT_LT(after, 0.6 * before);
+  // balanced loads need no replica: every slot stays empty rather than make it worse
+  const dist::ExpertPlacement flat = dist::eplb_place_on_homes(std::vector<double>(16, 5.0), 4, 4);
+  EXPECT_EQ(std::count(flat.phy2log.begin(), flat.phy2log.end(), -1), 4);
+  EXPECT_DOUBLE_EQ(dist::imbalance(dist::rank_loads(flat, std::vector<double>(16, 5.0))), 1.0);
+  EXPECT_TRUE(has(error_of([&] { dist::eplb_place_on_homes(load, 4, 2); }), "cannot be spread evenly"));
+}
+
 // ---------------------------------------------------------------- batch plans
 
 TEST(BatchPlan, EvenPlansSplitTheGlobalBatchOrSayWhatToChange) {

@@ -2,6 +2,8 @@
 // exactly with payloads that say where they came from (DeepEP style):
 // - expert dispatch/combine (train/expert_parallel.h): every row arrives at the rank of the expert
 //   its routing names, sorted by local expert in source order, and comes back to its own slot;
+// - with EPLB replicas: an expert's rows split over its copies as the rule says, replica weights
+//   equal to their homes', replica gradients summed into their homes';
 // - the gradient reduction (train/grad_sync.h): zero 0/1/2, buckets launched as backward parts
 //   finish, dense and expert domains, compression against its stated bound;
 // - the collective watchdog: a rank that does not arrive is named.
@@ -21,6 +23,8 @@
 #include "dist/compress.h"
 #include "dist/layout.h"
 #include "model/config.h"
+#include "model/model.h"
+#include "model/weights.h"
 #include "mpi_gtest_main.h"
 #include "ops/moe.h"
 #include "train/expert_parallel.h"
@@ -70,7 +74,7 @@ void check_dispatch(dist::Group& group, int E) {
     }
   const Exec ex{};
   const int key = 0;
-  const ExpertSide& s = x.dispatch(ex, &key, host_tensor(xp), host_tensor(offsets), NK, C);
+  const ExpertSide& s = x.dispatch(ex, &key, /*hf_layer=*/-1, host_tensor(xp), host_tensor(offsets), NK, C);
   // what must arrive: every (q, n, k) routed to one of my experts, by expert, then source, token
   std::vector<std::tuple<int, int, int, int>> want;
   for (int j = 0; j < L; j++)
@@ -123,6 +127,137 @@ TEST(ExpertDispatch, TaggedRowsReachTheirExpertsAndComeBackInOrder) {
   // two expert groups of 2 ranks (ep 2 inside dp 4): {0, 1} and {2, 3}
   dist::Group pairs = dist::make_group(W().split(W().rank() / 2, W().rank()), "ep");
   check_dispatch(pairs, 8);
+}
+
+// Replicas on the debug model over 4 ranks (2 experts each): layer 1 has replica slots holding
+// expert 2 (home rank 1) on rank 0, expert 0 (home rank 0) on ranks 1 and 2, none on rank 3; the
+// MTP layer one replica of 7 on rank 0.
+TEST(ExpertDispatch, ReplicasGetTheirShareAndFollowTheirHomes) {
+  dist::Group all = dist::make_group(W(), "ep");
+  const ModelConfig c = preset("debug");
+  const int P = all.size(), me = all.rank(), E = c.experts, L = E / P, K = c.topk, C = c.hidden;
+  ASSERT_EQ(P, 4);
+  ModelWeights w(c, DType::F32, Device::CPU, ExpertShard{me * L, L});
+  // every weight value a function of its tensor name and index, so any rank knows any expert's
+  auto value = [](const std::string& name, size_t i) {
+    return float(std::hash<std::string>{}(name) % 1000) + float(i % 97) * 0.5f;
+  };
+  std::vector<float> init(w.table().total);
+  for (const ParamInfo& p : w.table().list)
+    for (size_t i = 0; i < p.numel; i++) init[p.offset + i] = value(p.name, i);
+  w.load(init);
+  const size_t M = moe_layer_names(c).size();
+  std::vector<dist::ExpertPlacement> place(M);
+  const std::vector<std::vector<int>> extra = {{2, 0, 0, -1}, {7, -1, -1, -1}};
+  for (size_t m = 0; m < M; m++) {
+    dist::ExpertPlacement& p = place[m];
+    p.ranks = P, p.slots = L + 1, p.replicas.assign(size_t(E), 1);
+    for (int q = 0; q < P; q++) {
+      for (int j = 0; j < L; j++) p.phy2log.push_back(q * L + j);
+      p.phy2log.push_back(m < extra.size() ? extra[m][size_t(q)] : -1);
+    }
+  }
+  dist::Collectives coll(30);
+  ExpertAllToAll x(coll, all, c, DType::F32, Device::CPU);
+  x.set_placement(place, w);
+  // copies of each expert of layer 1: home first, then replicas by rank
+  std::vector<std::vector<std::pair<int, int>>> copies(static_cast<size_t>(E));
+  for (int e = 0; e < E; e++) copies[size_t(e)].push_back({e / L, e % L});
+  for (int q = 0; q < P; q++)
+    if (extra[0][size_t(q)] >= 0) copies[size_t(extra[0][size_t(q)])].push_back({q, L});
+
+  const int N = tokens_of(me) * 3, NK = N * K;
+  const std::vector<int32_t> idx = routing(me, N, K, E);
+  std::vector<int32_t> slot_token(static_cast<size_t>(NK)), slot_of(static_cast<size_t>(NK)),
+      offsets(static_cast<size_t>(E) + 1);
+  cpu::moe_permutation(slot_token.data(), slot_of.data(), offsets.data(), idx.data(), N, K, E);
+  std::vector<float> xp(size_t(NK) * C, 0.0f);
+  for (int n = 0; n < N; n++)
+    for (int k = 0; k < K; k++) {
+      float* row = xp.data() + size_t(slot_of[size_t(n) * K + k]) * C;
+      row[0] = float(me), row[1] = float(n), row[2] = float(k), row[3] = float(idx[size_t(n) * K + k]);
+    }
+  const Exec ex{};
+  const int key = 0;
+  const ExpertSide& s = x.dispatch(ex, &key, /*hf_layer=*/1, host_tensor(xp), host_tensor(offsets), NK, C);
+  // what must arrive at each of my slots (homes, then the replica slot): source q's rows of
+  // expert e in slot order, cut into one run per copy, run i to copy (i + q) mod copies
+  std::vector<std::vector<std::tuple<int, int, int, int>>> want(size_t(L) + 1);
+  for (int q = 0; q < P; q++) {
+    const int Nq = tokens_of(q) * 3;
+    const std::vector<int32_t> iq = routing(q, Nq, K, E);
+    for (int e = 0; e < E; e++) {
+      std::vector<std::pair<int, int>> rows;  // (n, k), in slot order (by token, then k)
+      for (int n = 0; n < Nq; n++)
+        for (int k = 0; k < K; k++)
+          if (iq[size_t(n) * K + k] == e) rows.emplace_back(n, k);
+      const size_t cn = copies[size_t(e)].size(), n = rows.size();
+      for (size_t i = 0; i < cn; i++) {
+        const auto [rank, slot] = copies[size_t(e)][(i + size_t(q)) % cn];
+        if (rank != me) continue;
+        for (size_t r = n * i / cn; r < n * (i + 1) / cn; r++)
+          want[size_t(slot)].emplace_back(e, q, rows[r].first, rows[r].second);
+      }
+    }
+  }
+  std::vector<std::tuple<int, int, int, int>> order;  // slot-major, source order within a slot
+  for (int slot = 0; slot <= L; slot++) {
+    std::stable_sort(want[size_t(slot)].begin(), want[size_t(slot)].end(),
+                     [](const auto& a, const auto& b) { return std::get<1>(a) < std::get<1>(b); });
+    order.insert(order.end(), want[size_t(slot)].begin(), want[size_t(slot)].end());
+  }
+  ASSERT_EQ(s.rows, int(order.size()));
+  ASSERT_EQ(s.replicas.rows, int(want[size_t(L)].size()));
+  EXPECT_EQ(s.replicas.experts, 1);
+  if (me == 1 || me == 2) {
+    EXPECT_GT(s.replicas.rows, 0) << "a replica of expert 0 got no rows";
+  }
+  const float* got = s.xp.as<float>();
+  for (size_t i = 0; i < order.size(); i++) {
+    const auto& [e, q, n, k] = order[i];
+    ASSERT_EQ(got[i * C + 3], float(e)) << "row " << i;
+    ASSERT_EQ(got[i * C + 0], float(q)) << "row " << i;
+    ASSERT_EQ(got[i * C + 1], float(n)) << "row " << i;
+    ASSERT_EQ(got[i * C + 2], float(k)) << "row " << i;
+  }
+  // combine brings every row back to its slot
+  std::vector<float> out(size_t(std::max(s.rows, 1)) * C), back(size_t(NK) * C, -1.0f);
+  std::copy_n(got, size_t(s.rows) * C, out.data());
+  for (int i = 0; i < s.rows; i++) out[size_t(i) * C + 3] += 100;
+  x.combine(ex, &key, host_tensor(out.data(), size_t(s.rows) * C), host_tensor(back));
+  for (int sl = 0; sl < NK; sl++)
+    for (int col = 0; col < 4; col++)
+      ASSERT_EQ(back[size_t(sl) * C + col], xp[size_t(sl) * C + col] + (col == 3 ? 100 : 0)) << "slot " << sl;
+  // the replica's weights are its home's, gate/up then down
+  const int mine = extra[0][size_t(me)];
+  if (mine >= 0) {
+    const std::string pe = "model.layers.1.mlp.experts." + std::to_string(mine);
+    const size_t D = size_t(c.moe_inter), UC = D * size_t(C);
+    const float* r13 = s.replicas.w13.as<float>();
+    const float* r2 = s.replicas.w2.as<float>();
+    for (size_t i = 0; i < UC; i++) {
+      ASSERT_EQ(r13[i], value(pe + ".gate_proj.weight", i)) << i;
+      ASSERT_EQ(r13[UC + i], value(pe + ".up_proj.weight", i)) << i;
+      ASSERT_EQ(r2[i], value(pe + ".down_proj.weight", i)) << i;
+    }
+  }
+  // replica gradients ((rank + 1) x pattern) are added into the home expert's gradient
+  const size_t st = s.replicas.stride;
+  std::fill_n(s.replicas.g13.as<float>(), st, float(me + 1));
+  Buffer grads(Device::CPU, DType::F32, w.table().total);
+  backend::zero(ex, grads.view());
+  const MoeParams g = bind_moe(w.table(), grads.view(), Tensor{}, "model.layers.1", c);
+  x.return_replica_grads(ex, &key, g);
+  for (int j = 0; j < L; j++) {
+    float from = 0;  // the ranks holding a replica of my expert j
+    for (int q = 0; q < P; q++)
+      if (extra[0][size_t(q)] == me * L + j) from += float(q + 1);
+    const float* g13 = g.experts_w13.as<float>() + size_t(j) * g.expert_stride;
+    const float* g2 = g.experts_w2.as<float>() + size_t(j) * g.expert_stride;
+    for (size_t i = 0; i < 2 * size_t(c.moe_inter) * size_t(C); i++) ASSERT_EQ(g13[i], from) << i;
+    for (size_t i = 0; i < size_t(c.moe_inter) * size_t(C); i++) ASSERT_EQ(g2[i], from) << i;
+  }
+  for (size_t i = 0; i < st; i++) ASSERT_EQ(s.replicas.g13.as<float>()[i], 0.0f) << "not reset";
 }
 
 // ---------------------------------------------------------------- gradient reduction
