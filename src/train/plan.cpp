@@ -54,8 +54,8 @@ const std::vector<FieldSpec>& plan_fields() {
 }
 
 void validate(const PlanConfig& p) {
-  check_field_ranges(plan_fields(), &p);
   DSV3_CHECK(p.tokens > 0, "--tokens must be > 0 (the number of training tokens, e.g. 14.8e12)");
+  check_field_ranges(plan_fields(), &p);
   find_hardware(p.gpu);
   DSV3_CHECK(p.recompute == "any" || p.recompute == "none" || p.recompute == "selective" ||
                  p.recompute == "block",

@@ -546,7 +546,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
             fmt("%.0f tok/s", tps) + " | MFU " + fmt("%.1f%%", 100 * mfu);
     if (c.experts > 0) text += " | load max/mean " + fmt("%.2f", load_max);
     if (distributed) text += " | " + comm_console_text(comm, dt);
-    if (usd_per_s > 0) text += " | $" + fmt("%.2f", cost) + " of ~$" + fmt("%.2f", cost + eta * usd_per_s);
+    if (usd_per_s > 0) text += " | $" + fmt("%.3g", cost) + " of ~$" + fmt("%.3g", cost + eta * usd_per_s);
     if (root) progress.update(rs.steps_done, text, eta);
     if (const nlohmann::json e = eplb.observe(rs.steps_done, g.loss.moe, names); !e.is_null()) {
       record(e);
