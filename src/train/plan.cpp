@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "core/check.h"
+#include "model/moe_layer.h"
 #include "model/params.h"
 #include "model/workspace.h"
 
@@ -253,6 +254,17 @@ struct Model {
     return a;
   }
   std::map<std::tuple<int, int, int, int>, Acts> acts;
+  // Expert parallelism: ExpertAllToAll keeps, per MoE layer, the arrived rows' inputs and
+  // activations for backward (`kept`) and shares one scratch and one staging buffer (`working`),
+  // each sized with its 25% headroom. Rows: N K under uniform routing (each rank receives as
+  // many rows as it sends on average).
+  Acts expert_side_bytes(int b, int ep) {
+    const int rows = int(std::max(16.0, 1.25 * double(b) * p.seq_len * c.topk));
+    ExpertSide side;
+    Arena kept, scratch;
+    alloc_expert_side(side, kept, scratch, c, dt, rows, c.experts / ep);
+    return {double(scratch.used) + double(rows) * c.hidden * cb, double(kept.used)};
+  }
 };
 
 double ring_share(int n) { return n > 1 ? double(n - 1) / n : 0.0; }
@@ -354,16 +366,24 @@ PlanRow predict(Model& m, const PlanLayout& l) {
     for (int s : held) {
       pd += st[size_t(s)].split / l.tp + st[size_t(s)].repl;
       pe += st[size_t(s)].expert / l.ep;
-      const Model::Acts a = m.activation_bytes(l.pp, s, l.micro_batch, l.recompute);
+      Model::Acts a = m.activation_bytes(l.pp, s, l.micro_batch, l.recompute);
+      if (l.ep > 1) {  // the exchange's own buffers, beside the workspace's (expert_parallel.h)
+        const Model::Acts x = m.expert_side_bytes(l.micro_batch, l.ep);
+        a.working += st[size_t(s)].moe * x.kept + x.working;
+        // a micro-batch in flight keeps them unless its blocks are recomputed in backward
+        if (l.recompute != Recompute::Block) a.kept += st[size_t(s)].moe * x.kept;
+      }
       act += a.working, kept += a.kept / double(held.size());
     }
     act += (in_flight - double(held.size())) * kept;
     const double P = pd + pe, shard = pd / l.dp + pe / edp;
     PlanMemory mem;
     mem.weights = cb * P;
-    // the fp32 gradient buffer stays whole under ZeRO-2 too (docs/parallel.md): + its shard
-    mem.grads = 4 * P + (l.zero == 2 ? 4 * shard : 0);
-    mem.optimizer = (master + 8) * (l.zero == 0 ? P : shard);
+    // the whole fp32 gradient buffer stays under ZeRO-1 and 2 (docs/parallel.md); the shard
+    // keeps an fp32 master (fp32 runs too: the weights are all-gathered from it), the moments
+    // and the reduced gradient pieces (train/parallel_step.cpp, grad_sync.cpp)
+    mem.grads = 4 * P;
+    mem.optimizer = l.zero == 0 ? (master + 8) * P : (4 + 8 + 4) * shard;
     mem.activations = act / l.tp;  // sequence parallel: activations split over tp
     mem.in_flight = in_flight;
     mem.total = mem.weights + mem.grads + mem.optimizer + mem.activations;

@@ -151,7 +151,8 @@ TEST(Plan, PrintsBestLayoutsWithReasons) {
   ASSERT_EQ(pj["best"].size(), 3u);
   const auto& b = pj["best"][0];
   EXPECT_NEAR(double(b["cost_usd"]), 3.5 * double(b["gpu_hours"]), 1e-6 * double(b["cost_usd"]));
-  EXPECT_LE(double(b["step_s"]["total"]), double(pj["best"][1]["step_s"]["total"]));
+  // fastest first, up to the 1% within which the simpler layout ranks first
+  EXPECT_LE(double(b["step_s"]["total"]), 1.01 * double(pj["best"][1]["step_s"]["total"]));
 }
 
 TEST(Plan, TrainRecordsRunningCost) {
