@@ -34,7 +34,7 @@ const std::vector<FieldSpec>& plan_fields() {
       field("seq_len", &P::seq_len, "sequence length", in_range(1, 1 << 20)),
       field("global_batch", &P::global_batch,
             "sequences per optimizer step (0: 4M tokens' worth)", in_range(0, 1LL << 40)),
-      choice("precision", &P::precision, "fp32|bf16", "compute precision (fp32 master weights "
+      choice("precision", &P::precision, "fp32|bf16|fp16", "compute precision (fp32 master weights "
              "and AdamW moments either way)", precision_name, parse_precision),
       field("top", &P::top, "layouts to print", in_range(1, 1000)),
       field("memory_reserve", &P::memory_reserve,
