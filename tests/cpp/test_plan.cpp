@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "cli_util.h"
+#include "test_util.h"
 #include "train/plan.h"
 
 namespace dsv3 {
@@ -88,7 +89,7 @@ TEST(Plan, BubbleFormulas) {
 // planner's total for the same run on the cpu entry must be within 2% (it sums the same
 // parameter table and workspace layout; the allocator rounds sizes up).
 TEST(Plan, MemoryMatchesMeasuredPeak) {
-  const auto dir = std::filesystem::temp_directory_path() / "dsv3_plan_memory";
+  const auto dir = test::temp_dir("plan_memory");
   for (const char* prec : {"fp32", "bf16"}) {
     std::filesystem::remove_all(dir);
     const auto t = run_cli(std::string("train --preset debug --steps 1 --batch 4 --seq_len 64 "
@@ -126,8 +127,7 @@ TEST(Plan, BadInputIsOneClearError) {
     EXPECT_EQ(r.code, 1) << k.args << "\n" << r.out;
     EXPECT_NE(r.out.find(k.says), std::string::npos) << k.args << "\n" << r.out;
   }
-  const auto dir = std::filesystem::temp_directory_path() / "dsv3_plan_bad_config";
-  std::filesystem::create_directories(dir);
+  const auto dir = test::temp_dir("plan_bad_config");
   const std::string cfg = (dir / "bad.cfg").string();
   { std::ofstream(cfg) << "hidden = lots\n"; }
   const auto r = run_cli("plan --config " + cfg + " --gpus 8 --gpu h100 --tokens 1e9");
@@ -156,8 +156,7 @@ TEST(Plan, PrintsBestLayoutsWithReasons) {
 }
 
 TEST(Plan, TrainRecordsRunningCost) {
-  const auto dir = std::filesystem::temp_directory_path() / "dsv3_plan_cost_run";
-  std::filesystem::remove_all(dir);
+  const auto dir = test::temp_dir("plan_cost_run") / "run";
   const auto r = run_cli("train --preset debug --steps 2 --batch 2 --seq_len 32 --sample_tokens 0 "
                          "--eval_every 0 --peak_gflops 1 --gpu_hour_cost 2.5 --out " + dir.string());
   ASSERT_EQ(r.code, 0) << r.out;
@@ -166,7 +165,7 @@ TEST(Plan, TrainRecordsRunningCost) {
   EXPECT_GT(double(m[1]["cost_usd"]), double(m[0]["cost_usd"]));
   EXPECT_GE(double(m[1]["cost_projected_usd"]), double(m[1]["cost_usd"]));
   EXPECT_NE(r.out.find(" | $"), std::string::npos) << r.out;
-  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(dir.parent_path());
 }
 
 }  // namespace
