@@ -10,8 +10,8 @@ parameter table's layout rebuilt independently of dsv3). With EPLB (--eplb, a pl
 alone give on the loads of the steps since the previous placement, beside the imbalance of the
 rows the ranks really computed under the placement in effect (the eplb records of metrics.jsonl).
 
-Part 2 is the scaling model of docs/parallel.md for `small` and `v3-671b` at 8 to 2048 GPUs, from
-the same volume formulas, FLOPs per token from `dsv3 info`, and stated link bandwidths.
+Part 2 is the scaling model for `small` and `v3-671b` at 8 to 2048 GPUs: `dsv3 plan`'s predictions
+(the same volume formulas; docs/planner.md) for fixed layouts.
 
   python3 bench/bench_dist.py [--steps 6] [--skip_measure] [--only 'ep 2'] [--mpirun mpirun] [--torch_python P]
 Needs a build with MPI (build/dsv3) and Python 3 (standard library only).
@@ -269,65 +269,45 @@ def measure(args):
 
 
 # ---- Part 2: the scaling model ---------------------------------------------------------------
-H100 = {"peak": 989e12, "mfu": 0.40, "nvlink": 160e9, "ib": 45e9, "gpus_per_node": 8}
+# The time model lives in one place, `dsv3 plan` (src/train/plan.cpp, docs/planner.md), which
+# uses the volume formulas above; this prints its predictions for fixed layouts.
+def plan_row(preset, seq_len, seqs_per_gpu, N, ep, pp, schedule):
+    args = [DSV3, "plan", "--json", "--preset", preset, "--gpus", str(N), "--gpu", "h100",
+            "--tokens", "1e12", "--seq_len", str(seq_len), "--global_batch", str(int(seqs_per_gpu * N)),
+            "--tp", "1", "--pp", str(pp), "--ep", str(ep), "--zero", "1", "--top", "1"]
+    if pp > 1:
+        args += ["--schedule", schedule]
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, r.stderr.strip().splitlines()[-1]
+    return json.loads(r.stdout)["best"][0], ""
 
 
-def model_rows(preset, seq_len, tokens_per_gpu, layouts, hw, pp=1):
-    inf = info(preset, seq_len)
-    c = inf["config"]
-    P = inf["params"]
-    moe_layers = (c["layers"] - c["dense_layers"] + c["mtp_depth"]) if c["experts"] else 0
-    P_exp = moe_layers * c["experts"] * 3 * c["hidden"] * c["moe_inter"]
-    P_dense = P - P_exp
-    flops = inf["train_flops_per_token"]
-    rows = []
-    for N, ep in layouts:
-        dp = N // pp
-        edp = dp // ep
-        t_comp = tokens_per_gpu * flops / (hw["peak"] * hw["mfu"])
-        # gradient reduction (fp32 as dsv3 does it), ring; across nodes the NIC bounds the bus
-        bw_dp = hw["nvlink"] if N <= hw["gpus_per_node"] else hw["ib"]
-        g_dense = 2 * (dp - 1) / dp * 4 * P_dense / pp
-        g_exp = 2 * (edp - 1) / edp * 4 * P_exp / pp / ep if edp > 1 else 0
-        t_dp = (g_dense + g_exp) / bw_dp
-        # expert all-to-all: forward dispatch + combine, backward the same, bf16 rows; a GPU of a
-        # pipeline stage holds L/pp layers but sees pp times the tokens: tokens x layers per GPU
-        # is the same as without pipelining
-        bw_ep = hw["nvlink"] if ep <= hw["gpus_per_node"] else hw["ib"]
-        a2a = 4 * 2 * c["hidden"] * tokens_per_gpu * c["topk"] * (ep - 1) / ep * moe_layers
-        t_ep = a2a / bw_ep
-        backward = 2 / 3 * t_comp
-        # the last bucket (25 MiB) is reduced after backward whatever the overlap
-        t_last = 2 * 25 * 1048576 / bw_dp if dp > 1 else 0.0
-        exposed_dp = max(t_dp - backward, min(t_dp, t_last))
-        exposed_dsv3 = exposed_dp + t_ep  # buckets overlapped, all-to-all blocking
-        exposed_overlap = exposed_dp + max(0.0, t_ep - t_comp)  # all-to-all hidden (DualPipe)
-        mem = (2 + 4) * (P_dense / pp + P_exp / pp / ep) + 12 * (P_dense / pp + P_exp / pp / ep) / dp
-        rows.append({"N": N, "dp": dp, "ep": ep, "pp": pp, "t_comp": t_comp, "t_dp": t_dp,
-                     "t_ep": t_ep, "eff_dsv3": t_comp / (t_comp + exposed_dsv3),
-                     "eff_overlap": t_comp / (t_comp + exposed_overlap), "mem_gb": mem / 1e9})
-    return rows
-
-
-def print_model(hw):
-    print("\n## Scaling model (H100: %.0f TFLOP/s bf16 at %.0f%% MFU, NVLink %.0f GB/s, IB %.0f GB/s per GPU)\n"
-          % (hw["peak"] / 1e12, 100 * hw["mfu"], hw["nvlink"] / 1e9, hw["ib"] / 1e9))
+def print_model():
+    print("\n## Scaling model: `dsv3 plan --gpu h100` for fixed layouts (ZeRO-1, no TP)\n")
     cases = [
-        ("small", 4096, 65536, [(n, min(n, 8)) for n in (8, 16, 64, 256, 1024, 2048)], 1,
-         "16 x 4096 tokens per GPU-step, ep = min(N, 8) (all-to-all inside a node)"),
-        ("small", 4096, 65536, [(n, 1) for n in (8, 16, 64, 256, 1024, 2048)], 1,
-         "the same, pure data parallel (ep 1)"),
-        ("v3-671b", 4096, 30720, [(n, 64) for n in (1024, 2048)] + [(n, 8) for n in (128, 256, 512)], 16,
-         "DeepSeek-V3's 30720 tokens per GPU-step, pp 16 (issue 11; memory needs it), ep 8 or 64"),
+        ("small", 4096, 16, [(n, 1) for n in (8, 64, 256, 2048)], 1, "1f1b",
+         "16 x 4096 tokens per GPU-step, pure data parallel"),
+        ("small", 4096, 16, [(n, 8) for n in (8, 64, 256, 2048)], 1, "1f1b",
+         "the same with ep 8 (all-to-all inside a node, blocking)"),
+        ("v3-671b", 4096, 7.5, [(n, 64) for n in (1024, 2048)], 16, "1f1b",
+         "DeepSeek-V3's 30720 tokens per GPU-step, pp 16 1F1B (blocking all-to-all), ep 64"),
+        ("v3-671b", 4096, 7.5, [(n, 64) for n in (1024, 2048)], 16, "dualpipe",
+         "the same with DualPipe (all-to-all overlapped)"),
     ]
-    for preset, seq, tpg, layouts, pp, what in cases:
+    for preset, seq, spg, layouts, pp, sched, what in cases:
         print("### %s: %s\n" % (preset, what))
-        print("| GPUs | dp x ep x pp | compute s | grad reduce s | all-to-all s | eff. dsv3 (a2a blocking) | eff. with a2a overlapped | GB/GPU (w+g, ZeRO-1) |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
-        for r in sorted(model_rows(preset, seq, tpg, layouts, hw, pp), key=lambda r: r["N"]):
-            print("| %d | %d x %d x %d | %.3f | %.3f | %.3f | %.0f%% | %.0f%% | %.0f |" % (
-                r["N"], r["dp"] // r["ep"] * r["ep"], r["ep"], r["pp"], r["t_comp"], r["t_dp"],
-                r["t_ep"], 100 * r["eff_dsv3"], 100 * r["eff_overlap"], r["mem_gb"]))
+        print("| GPUs | layout | step s | compute | bubble | exposed all-to-all | exposed dp | efficiency | GB/GPU |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for N, ep in layouts:
+            r, err = plan_row(preset, seq, spg, N, ep, pp, sched)
+            if r is None:
+                print("| %d | ep %d, pp %d | %s | | | | | | |" % (N, ep, pp, err))
+                continue
+            t = r["step_s"]
+            print("| %d | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f%% | %.1f |" % (
+                N, r["layout"]["text"], t["total"], t["compute"], t["bubble"], t["ep"], t["dp"],
+                100 * t["compute"] / t["total"], r["memory_bytes"]["total"] / 1e9))
         print()
 
 
@@ -346,7 +326,7 @@ def main():
     ok = True
     if not args.skip_measure:
         ok = measure(args)
-    print_model(H100)
+    print_model()
     sys.exit(0 if ok else 1)
 
 

@@ -41,6 +41,8 @@ const Command kCommands[] = {
      dsv3::cli::cmd_sweep},
     {"launch", "run train under mpirun/srun, restarting from the last checkpoint on failures",
      dsv3::cli::cmd_launch},
+    {"plan", "layouts that fit N GPUs, with predicted memory, tokens/s, days and cost",
+     dsv3::cli::cmd_plan},
 };
 
 void usage(std::FILE* f) {

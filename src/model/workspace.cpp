@@ -95,9 +95,11 @@ Workspace::Workspace(const ModelConfig& c, DType t, Device device, const Workspa
 Workspace::Workspace(MeasureOnly, const ModelConfig& c, DType t, const WorkspaceConfig& wc)
     : c_(c), t_(t), device_(Device::CPU), wc_(wc), layer_end_(end_of(c, wc)) {}
 
-size_t Workspace::measure_bytes(const ModelConfig& c, DType t, const WorkspaceConfig& wc) {
+size_t Workspace::measure_bytes(const ModelConfig& c, DType t, const WorkspaceConfig& wc,
+                                Device device) {
   Workspace w(MeasureOnly{}, c, t, wc);
   Arena ar;
+  ar.device = device;
   w.layout(ar, c);
   return ar.used;
 }

@@ -33,8 +33,10 @@ class Workspace {
   Workspace(const ModelConfig& c, DType t, Device device, const WorkspaceConfig& wc);
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
-  // Bytes a workspace would allocate (nothing is allocated).
-  static size_t measure_bytes(const ModelConfig& c, DType t, const WorkspaceConfig& wc);
+  // Bytes a workspace would allocate on `device` (nothing is allocated; any build can measure
+  // the CUDA layout, which keeps attention's log-sum-exp instead of its probabilities).
+  static size_t measure_bytes(const ModelConfig& c, DType t, const WorkspaceConfig& wc,
+                              Device device = Device::CPU);
 
   const WorkspaceConfig& config() const { return wc_; }
   DType dtype() const { return t_; }

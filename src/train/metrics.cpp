@@ -16,6 +16,9 @@ const std::vector<FieldSpec>& metrics_fields() {
   static const std::vector<FieldSpec> f = {
       field("tensorboard", &MetricsConfig::tensorboard,
             "also write TensorBoard event files (events.out.tfevents.*) into the run directory"),
+      field("gpu_hour_cost", &MetricsConfig::gpu_hour_cost,
+            "USD per device-hour: running cost (wall time x ranks) in the metrics and the console "
+            "line (0 = off)", at_least(0)),
   };
   return f;
 }

@@ -15,6 +15,9 @@ namespace dsv3 {
 
 struct MetricsConfig {
   bool tensorboard = false;  // also write TensorBoard event files into the run directory
+  // USD per device-hour (O4): the running cost, wall time x ranks x this, in metrics.jsonl
+  // (cost_usd, and cost_projected_usd at the current rate) and on the console line. 0: off.
+  double gpu_hour_cost = 0;
 };
 const std::vector<FieldSpec>& metrics_fields();
 

@@ -530,10 +530,13 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     if (teacher) rec["distill_loss"] = r.loss.distill_loss;
     if (!r.applied) rec["skipped"] = r.skipped;
     if (distributed) add_comm_metrics(rec, comm, dt, eng, *par);
-    record(rec);
-    if (!r.applied) say("step " + std::to_string(step + 1) + " skipped: " + r.skipped);
     const double eta = double(rc.steps - rs.steps_done) * window_time /
                        std::max(1e-9, window_tokens) * tokens_per_step;
+    const double usd_per_s = spec.metrics.gpu_hour_cost * par->world / 3600;  // O4, docs/planner.md
+    const double cost = (now_seconds() - run_t0) * usd_per_s;
+    if (usd_per_s > 0) rec["cost_usd"] = cost, rec["cost_projected_usd"] = cost + eta * usd_per_s;
+    record(rec);
+    if (!r.applied) say("step " + std::to_string(step + 1) + " skipped: " + r.skipped);
     std::string text = "loss " + fmt("%.4f", r.loss.loss);
     if (c.mtp_depth > 0) text += " | mtp " + fmt("%.4f", r.loss.mtp_loss);
     if (c.experts > 0) text += " | bal " + fmt("%.2e", r.loss.balance_loss);
@@ -542,6 +545,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
             fmt("%.0f tok/s", tps) + " | MFU " + fmt("%.1f%%", 100 * mfu);
     if (c.experts > 0) text += " | load max/mean " + fmt("%.2f", load_max);
     if (distributed) text += " | " + comm_console_text(comm, dt);
+    if (usd_per_s > 0) text += " | $" + fmt("%.3g", cost) + " of ~$" + fmt("%.3g", cost + eta * usd_per_s);
     if (root) progress.update(rs.steps_done, text, eta);
     if (const nlohmann::json e = eplb.observe(rs.steps_done, g.loss.moe, names); !e.is_null()) {
       record(e);
