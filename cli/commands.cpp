@@ -181,8 +181,7 @@ int cmd_train(int argc, char** argv) {
       validate_parallel(run.parallel, run.distributed, run.model, world.size());
     });
   } catch (...) {
-    dist::finalize();  // every rank got here: end MPI cleanly
-    throw;
+    dist::end_agreed_error("train");  // every rank got here: rank 0 says it, then all end
   }
   if (help) {
     if (world.rank() == 0)
@@ -202,6 +201,10 @@ int cmd_train(int argc, char** argv) {
     std::fprintf(stderr, "resuming from %s\n", run.checkpoint.resume.c_str());
   try {
     run_training(run, resuming ? &ck : nullptr);
+  } catch (const dist::QuietError&) {  // agreed inside training (e.g. the run directory)
+    dist::end_agreed_error("train");
+  } catch (const dist::AgreedError&) {
+    dist::end_agreed_error("train");
   } catch (const Error& e) {
     if (world.size() > 1)  // this rank's own failure: say which (mpirun then stops the others)
       throw Error(cat("rank ", world.rank(), " of ", world.size(), ": ", e.what()));

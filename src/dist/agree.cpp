@@ -1,5 +1,7 @@
 #include "dist/agree.h"
 
+#include <cstdio>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -27,10 +29,33 @@ void agree(const Comm& comm, const std::function<void()>& step) {
     }
   if (failed.empty()) return;
   if (comm.rank() != 0) throw QuietError(mine);
-  if (same && failed.size() == all.size()) throw Error(all[0]);
+  if (same && failed.size() == all.size()) throw AgreedError(all[0]);
   std::string msg;
   for (int r : failed) msg += cat(msg.empty() ? "" : "\n  ", "rank ", r, ": ", all[size_t(r)]);
-  throw Error(msg);
+  throw AgreedError(msg);
+}
+
+void end_agreed_error(const char* command) {
+  try {
+    throw;
+  } catch (const QuietError&) {
+    world().barrier();
+    finalize();
+    throw;
+  } catch (const Error& e) {
+    if (world().size() == 1) {
+      finalize();
+      throw;
+    }
+    std::fprintf(stderr, "\ndsv3 %s: error: %s\n", command, e.what());
+    std::fflush(stderr);
+    world().barrier();
+    finalize();
+    throw QuietError(e.what());
+  } catch (...) {
+    finalize();
+    throw;
+  }
 }
 
 }  // namespace dsv3::dist
