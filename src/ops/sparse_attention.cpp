@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "core/rng.h"
 #include "ops/dispatch.h"
 #include "ops/fast_math.h"
+#include "ops/gemm_cpu.h"
 
 namespace dsv3 {
 namespace cpu {
@@ -28,9 +30,11 @@ inline int key_of(const int32_t* row, int i, int j, const SparseAttentionShape& 
   return row[j];
 }
 
+// Per-thread scratch that grows only (steady-state training does not allocate). The buffers of a
+// kernel use distinct `which` (T and its accumulation type may be the same type).
 template <typename A>
 A* scratch(size_t n, int which) {
-  thread_local std::vector<A> buf[2];
+  thread_local std::vector<A> buf[6];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which].data();
 }
@@ -38,8 +42,8 @@ A* scratch(size_t n, int which) {
 }  // namespace
 
 template <typename T>
-void sparse_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
-                              const int32_t* index, SparseAttentionShape s) {
+void sparse_attention_forward_gather(T* out, T* probs, const T* q, const T* k, const T* v,
+                                     const int32_t* index, SparseAttentionShape s) {
   using A = accum_t<T>;
   const int ldq = s.H * s.dqk, ldv = s.H * s.dv, K = s.K;
   const A scale = A(s.scale);
@@ -95,9 +99,9 @@ void sparse_attention_forward(T* out, T* probs, const T* q, const T* k, const T*
 // dk_key += dS_j q_i, dv_key += P_j dout_i. dq rows are summed in the accumulation dtype and
 // rounded once; dk and dv are summed per head in the accumulation dtype and added once.
 template <typename T>
-void sparse_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
-                               const T* v, const T* probs, const int32_t* index,
-                               SparseAttentionShape s) {
+void sparse_attention_backward_gather(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                                      const T* v, const T* probs, const int32_t* index,
+                                      SparseAttentionShape s) {
   using A = accum_t<T>;
   const int ldq = s.H * s.dqk, ldv = s.H * s.dv, K = s.K;
   const A scale = A(s.scale);
@@ -160,12 +164,142 @@ void sparse_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, c
   }
 }
 
+// ---- window attention in query blocks (GEMMs)
+// Block [i0, i1) of queries sees keys [i0 - W + 1, i1): m rows against m + W - 1 keys, so the
+// GEMMs do (m + W - 1) / W times the wanted work. Blocks of about W rows, 16 to 64, keep that
+// under 2x (1.25x at W = 256) while the GEMMs stay large enough to run near the GEMM rate.
+inline int window_block(int W) { return std::clamp(W, 16, 64); }
+
+template <typename T>
+void window_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
+                              SparseAttentionShape s) {
+  using A = accum_t<T>;
+  constexpr DType t = dtype_of<T>(), at = dtype_of<A>();
+  const int W = s.window, Bq = window_block(W), ldq = s.H * s.dqk, ldv = s.H * s.dv;
+  const size_t blk = size_t(Bq) * (Bq + W - 1);
+  const A scale = A(s.scale);
+#pragma omp parallel for schedule(static) if (s.B * s.H > 1)
+  for (int bh = 0; bh < s.B * s.H; bh++) {
+    const int b = bh / s.H, h = bh % s.H;
+    const size_t tok0 = size_t(b) * s.T;
+    const T* qh = q + tok0 * ldq + size_t(h) * s.dqk;  // (T, dqk), row stride ldq
+    const T* kh = k + tok0 * ldq + size_t(h) * s.dqk;
+    const T* vh = v + tok0 * ldv + size_t(h) * s.dv;
+    T* oh = out + tok0 * ldv + size_t(h) * s.dv;
+    A* S = scratch<A>(blk, 0);   // (m, nk) scores, then exp
+    T* Pb = scratch<T>(blk, 1);  // (m, nk) P of the block, zero outside each row's window
+    for (int i0 = 0; i0 < s.T; i0 += Bq) {
+      const int i1 = std::min(s.T, i0 + Bq), m = i1 - i0, k0 = std::max(0, i0 - W + 1), nk = i1 - k0;
+      gemm(false, true, m, nk, s.dqk, 1.0f, qh + size_t(i0) * ldq, ldq, kh + size_t(k0) * ldq, ldq,
+           0.0f, S, nk, t, at);
+      std::fill_n(Pb, size_t(m) * nk, T(0.0f));
+      for (int r = 0; r < m; r++) {
+        const int i = i0 + r, lo = std::max(0, i - W + 1) - k0, hi = i - k0;  // columns [lo, hi]
+        A* row = S + size_t(r) * nk;
+        A mx = -std::numeric_limits<A>::infinity();
+        for (int c = lo; c <= hi; c++) mx = std::max(mx, row[c] *= scale);
+        A sum = 0;
+        for (int c = lo; c <= hi; c++) sum += row[c] = exp_nonpos(row[c] - mx);
+        const A inv = A(1) / sum;
+        // slot j of row i is key i - W + 1 + j = column j - off; slots before column lo are empty
+        T* P = probs + (size_t(bh) * s.T + i) * W;
+        const int off = k0 - (i - W + 1);
+        std::fill_n(P, lo + off, T(0.0f));
+        for (int c = lo; c <= hi; c++) P[c + off] = Pb[size_t(r) * nk + c] = store<T>(row[c] * inv);
+      }
+      gemm(false, false, m, s.dv, nk, 1.0f, Pb, nk, vh + size_t(k0) * ldv, ldv, 0.0f,
+           oh + size_t(i0) * ldv, ldv, t, t);
+    }
+  }
+}
+
+// Per block: dP = dO v_c^T, dS = scale P (dP - rowsum(P dP)) inside the window, dq += dS k_c,
+// dk_c += dS^T q, dv_c += P^T dO. As dense attention: a 16-bit dk/dv is summed per head in fp32
+// and rounded once.
+template <typename T>
+void window_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                               const T* v, const T* probs, SparseAttentionShape s) {
+  using A = accum_t<T>;
+  constexpr bool kSame = std::is_same_v<T, A>;
+  constexpr DType t = dtype_of<T>(), at = dtype_of<A>();
+  const int W = s.window, Bq = window_block(W), ldq = s.H * s.dqk, ldv = s.H * s.dv;
+  const size_t blk = size_t(Bq) * (Bq + W - 1);
+  const A scale = A(s.scale);
+#pragma omp parallel for schedule(static) if (s.B * s.H > 1)
+  for (int bh = 0; bh < s.B * s.H; bh++) {
+    const int b = bh / s.H, h = bh % s.H;
+    const size_t tok0 = size_t(b) * s.T;
+    const size_t qo = tok0 * ldq + size_t(h) * s.dqk, vo = tok0 * ldv + size_t(h) * s.dv;
+    A* dP = scratch<A>(blk, 0);
+    T* Pb = scratch<T>(blk, 1);
+    T* dS = scratch<T>(blk, 2);
+    A* acc = kSame ? nullptr : scratch<A>(size_t(s.T) * (s.dqk + s.dv), 3);
+    // dk, dv targets: the tensors themselves (fp32/fp64) or the fp32 per-head accumulators
+    A* dkh = kSame ? reinterpret_cast<A*>(dk + qo) : acc;
+    A* dvh = kSame ? reinterpret_cast<A*>(dv + vo) : acc + size_t(s.T) * s.dqk;
+    const int lddk = kSame ? ldq : s.dqk, lddv = kSame ? ldv : s.dv;
+    if constexpr (!kSame) std::fill_n(acc, size_t(s.T) * (s.dqk + s.dv), A(0));
+    for (int i0 = 0; i0 < s.T; i0 += Bq) {
+      const int i1 = std::min(s.T, i0 + Bq), m = i1 - i0, k0 = std::max(0, i0 - W + 1), nk = i1 - k0;
+      gemm(false, true, m, nk, s.dv, 1.0f, dout + vo + size_t(i0) * ldv, ldv, v + vo + size_t(k0) * ldv,
+           ldv, 0.0f, dP, nk, t, at);
+      std::fill_n(Pb, size_t(m) * nk, T(0.0f));
+      std::fill_n(dS, size_t(m) * nk, T(0.0f));
+      for (int r = 0; r < m; r++) {
+        const int i = i0 + r, lo = std::max(0, i - W + 1) - k0, hi = i - k0;
+        const T* P = probs + (size_t(bh) * s.T + i) * W + (k0 - (i - W + 1));  // P[c]: column c
+        const A* d = dP + size_t(r) * nk;
+        A dot = 0;
+        for (int c = lo; c <= hi; c++) dot += load(P[c]) * d[c];
+        for (int c = lo; c <= hi; c++) {
+          Pb[size_t(r) * nk + c] = P[c];
+          dS[size_t(r) * nk + c] = store<T>(scale * load(P[c]) * (d[c] - dot));
+        }
+      }
+      gemm(false, false, m, s.dqk, nk, 1.0f, dS, nk, k + qo + size_t(k0) * ldq, ldq, 1.0f,
+           dq + qo + size_t(i0) * ldq, ldq, t, t);
+      gemm(true, false, nk, s.dqk, m, 1.0f, dS, nk, q + qo + size_t(i0) * ldq, ldq, 1.0f,
+           dkh + size_t(k0) * lddk, lddk, t, kSame ? t : at);
+      gemm(true, false, nk, s.dv, m, 1.0f, Pb, nk, dout + vo + size_t(i0) * ldv, ldv, 1.0f,
+           dvh + size_t(k0) * lddv, lddv, t, kSame ? t : at);
+    }
+    if constexpr (!kSame) {
+      for (int i = 0; i < s.T; i++) {
+        T* dkr = dk + qo + size_t(i) * ldq;
+        T* dvr = dv + vo + size_t(i) * ldv;
+        for (int d = 0; d < s.dqk; d++) dkr[d] = store<T>(load(dkr[d]) + dkh[size_t(i) * s.dqk + d]);
+        for (int d = 0; d < s.dv; d++) dvr[d] = store<T>(load(dvr[d]) + dvh[size_t(i) * s.dv + d]);
+      }
+    }
+  }
+}
+
+// Window attention runs blocked; explicit key lists gather.
+template <typename T>
+void sparse_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
+                              const int32_t* index, SparseAttentionShape s) {
+  if (s.window > 0) return window_attention_forward(out, probs, q, k, v, s);
+  sparse_attention_forward_gather(out, probs, q, k, v, index, s);
+}
+template <typename T>
+void sparse_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                               const T* v, const T* probs, const int32_t* index,
+                               SparseAttentionShape s) {
+  if (s.window > 0) return window_attention_backward(dq, dk, dv, dout, q, k, v, probs, s);
+  sparse_attention_backward_gather(dq, dk, dv, dout, q, k, v, probs, index, s);
+}
+
 #define DSV3_SPARSE_ATTENTION_INSTANTIATE(T)                                                  \
   template void sparse_attention_forward<T>(T*, T*, const T*, const T*, const T*,              \
                                             const int32_t*, SparseAttentionShape);             \
   template void sparse_attention_backward<T>(T*, T*, T*, const T*, const T*, const T*,         \
                                              const T*, const T*, const int32_t*,               \
-                                             SparseAttentionShape);
+                                             SparseAttentionShape);                    \
+  template void sparse_attention_forward_gather<T>(T*, T*, const T*, const T*, const T*,       \
+                                                   const int32_t*, SparseAttentionShape);      \
+  template void sparse_attention_backward_gather<T>(T*, T*, T*, const T*, const T*, const T*,  \
+                                                    const T*, const T*, const int32_t*,        \
+                                                    SparseAttentionShape);
 DSV3_SPARSE_ATTENTION_INSTANTIATE(float)
 DSV3_SPARSE_ATTENTION_INSTANTIATE(double)
 DSV3_SPARSE_ATTENTION_INSTANTIATE(bf16_t)

@@ -30,6 +30,15 @@ template <typename T>
 void sparse_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
                                const T* v, const T* probs, const int32_t* index,
                                SparseAttentionShape s);
+// The same ops one query row at a time, gathering the row's keys (dot products): what
+// sparse_attention_* run for explicit key lists, and the tests' oracle for the blocked window.
+template <typename T>
+void sparse_attention_forward_gather(T* out, T* probs, const T* q, const T* k, const T* v,
+                                     const int32_t* index, SparseAttentionShape s);
+template <typename T>
+void sparse_attention_backward_gather(T* dq, T* dk, T* dv, const T* dout, const T* q,
+                                      const T* k, const T* v, const T* probs,
+                                      const int32_t* index, SparseAttentionShape s);
 }  // namespace cpu
 
 void sparse_attention_forward(const Exec& ex, const Tensor& out, const Tensor& probs,
