@@ -1,7 +1,10 @@
-// Sparse causal attention: each query row gathers its K keys (a window or an index list), so
-// the work is dot products of length dqk/dv per listed key rather than GEMMs over all T keys.
-// Heads run in parallel, each serially over its queries: every result (the scattered dk/dv
-// included) is independent of the thread count.
+// Sparse causal attention, three kernels:
+//   window: query blocks against the key range they see, as GEMMs (window_attention_*);
+//   LSH:    per (round, bucket chunk) on gathered rows, as GEMMs (lsh_attention_*);
+//   explicit key lists: each query row gathers its K keys, one dot product per key
+//           (*_gather; also the oracle of the two blocked kernels).
+// Heads run in parallel, each serially: every result (the scattered dk/dv included) is
+// independent of the thread count.
 #include "ops/sparse_attention.h"
 
 #include <algorithm>

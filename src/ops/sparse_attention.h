@@ -3,10 +3,12 @@
 // P is (B, H, T, K) with K keys per query, so memory and work are O(T K), not O(T^2).
 //   window W:  query i sees keys [i-W+1, i]; slot j of its row is key i-W+1+j (empty below 0).
 //   explicit:  index (B, H, T, K) int32 lists each query's keys, ascending, each <= i, padded
-//              with -1 (LSH attention: lsh_attention_index below).
+//              with -1 (lsh_attention_index below; the model runs LSH through the blocked
+//              lsh_attention_* instead).
+// Window attention runs in query blocks with GEMMs, explicit lists one gathered key at a time.
 // Per query: S_j = scale q_i . k_key(j), P = softmax over the listed keys (accumulation dtype,
 // stored rounded to T), out_i = sum_j P_j v_key(j). Empty slots have P = 0. Equal to dense
-// attention with the mask "key listed" (tests/cpp/test_ops.cpp checks it).
+// attention with the mask "key listed" (tests/cpp/test_sparse_attention.cpp checks it).
 #pragma once
 #include <cstdint>
 
