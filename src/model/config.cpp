@@ -29,7 +29,7 @@ int ModelConfig::attention_keys(int T) const {
   switch (attention) {
     case AttentionKind::Dense: return T;
     case AttentionKind::Window: return window;
-    case AttentionKind::Lsh: return lsh_rounds * 2 * lsh_chunk + 1;
+    case AttentionKind::Lsh: return lsh_rounds * (2 * lsh_chunk + 1);  // P slots per query
   }
   return T;
 }
@@ -177,7 +177,7 @@ int64_t ffn_active(const ModelConfig& c, bool moe) {
 double attn_core_flops(const ModelConfig& c, int T) {
   double keys = (T + 1) / 2.0;
   if (c.attention == AttentionKind::Window) keys = std::min(keys, double(c.window));
-  if (c.attention == AttentionKind::Lsh) keys = std::min(keys, double(c.attention_keys(T)));
+  if (c.attention == AttentionKind::Lsh) keys = std::min(keys, double(c.lsh_rounds) * 2 * c.lsh_chunk + 1);
   return 2.0 * keys * c.heads * (c.qk_head() + c.v_head);
 }
 }  // namespace

@@ -74,7 +74,8 @@ struct ModelConfig {
   bool is_moe_layer(int l) const { return experts > 0 && l >= dense_layers; }
   RopeParams rope() const;
   double attention_scale() const;  // qk_head^-0.5 * YaRN multiplier
-  // keys per query of the attention pattern at sequence length T (dense: T, the full P row)
+  // entries of a query's saved P row at sequence length T: dense T (the full row), window W,
+  // LSH rounds * (2 chunk + 1) (ops/sparse_attention.h)
   int attention_keys(int T) const;
 };
 

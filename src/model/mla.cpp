@@ -34,10 +34,9 @@ void alloc_attn_acts(AttnActs& a, Arena& ar, const ModelConfig& c, DType t, Dims
     const AttentionSaved saved =
         attention_saved(ar.device, t, {d.B, d.T, c.heads, c.qk_head(), c.v_head, 1.0});
     a.probs = ar.take(saved.dtype, saved.numel);
-  } else {  // window / LSH: P over each query's K keys (ops/sparse_attention.h)
-    const size_t bhtk = size_t(d.B) * H * d.T * c.attention_keys(d.T);
-    a.probs = ar.take(t, bhtk);
-    if (c.attention == AttentionKind::Lsh) a.index = ar.take(DType::I32, bhtk);
+  } else {  // window / LSH: P over each query's W keys or LSH slots (ops/sparse_attention.h)
+    a.probs = ar.take(t, size_t(d.B) * H * d.T * c.attention_keys(d.T));
+    if (c.attention == AttentionKind::Lsh) a.index = ar.take(DType::I32, size_t(d.B) * H * c.lsh_rounds * 2 * d.T);
   }
   a.ao = ar.take(t, N * H * c.v_head);
   if (shared) {
@@ -85,30 +84,36 @@ AttentionShape attn_shape(const ModelConfig& c, Dims d, const RopeTables& rope) 
   return {d.B, d.T, c.heads, c.qk_head(), c.v_head, rope.scale};
 }
 size_t rows(Dims d, int width) { return size_t(d.N()) * width; }
-SparseAttentionShape sparse_shape(const ModelConfig& c, Dims d, const RopeTables& rope) {
-  return {d.B, d.T, c.heads, c.qk_head(), c.v_head, rope.scale, c.attention_keys(d.T),
-          c.attention == AttentionKind::Window ? c.window : 0};
+SparseAttentionShape window_shape(const ModelConfig& c, Dims d, const RopeTables& rope) {
+  return {d.B, d.T, c.heads, c.qk_head(), c.v_head, rope.scale, c.window, c.window};
+}
+LshAttentionShape lsh_shape(const ModelConfig& c, Dims d, const RopeTables& rope) {
+  return {d.B,           d.T,          c.heads,     c.qk_head(), c.v_head,
+          rope.scale,    c.lsh_buckets, c.lsh_rounds, c.lsh_chunk};
 }
 
-// The attention core of the configured pattern (M6): dense, window, or LSH (its key lists are
-// built from this pass's q and k, then kept for backward).
+// The attention core of the configured pattern (M6): dense, window, or LSH (its bucket-sorted
+// orders are made from this pass's q and k, then kept for backward).
 void core_forward(const Exec& ex, const AttnActs& a, const ModelConfig& c, Dims d, const RopeTables& rope) {
-  if (c.attention == AttentionKind::Dense) {
-    attention_forward(ex, a.ao, a.probs, a.q, a.k, a.v, attn_shape(c, d, rope));
-    return;
+  switch (c.attention) {
+    case AttentionKind::Dense: return attention_forward(ex, a.ao, a.probs, a.q, a.k, a.v, attn_shape(c, d, rope));
+    case AttentionKind::Window:
+      return sparse_attention_forward(ex, a.ao, a.probs, a.q, a.k, a.v, Tensor{}, window_shape(c, d, rope));
+    case AttentionKind::Lsh:
+      return lsh_attention_forward(ex, a.ao, a.probs, a.index, a.q, a.k, a.v, rope.lsh_rot, lsh_shape(c, d, rope));
   }
-  if (c.attention == AttentionKind::Lsh)
-    lsh_attention_index(ex, a.index, Tensor{}, a.q, a.k, rope.lsh_rot,
-                        {d.B, d.T, c.heads, c.qk_head(), c.lsh_buckets, c.lsh_rounds, c.lsh_chunk});
-  sparse_attention_forward(ex, a.ao, a.probs, a.q, a.k, a.v, a.index, sparse_shape(c, d, rope));
 }
 void core_backward(const Exec& ex, const Tensor& dq, const Tensor& dk, const Tensor& dv,
                    const Tensor& dao, const AttnActs& a, const ModelConfig& c, Dims d,
                    const RopeTables& rope) {
-  if (c.attention == AttentionKind::Dense)
-    attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.ao, a.probs, attn_shape(c, d, rope));
-  else
-    sparse_attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.probs, a.index, sparse_shape(c, d, rope));
+  switch (c.attention) {
+    case AttentionKind::Dense:
+      return attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.ao, a.probs, attn_shape(c, d, rope));
+    case AttentionKind::Window:
+      return sparse_attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.probs, Tensor{}, window_shape(c, d, rope));
+    case AttentionKind::Lsh:
+      return lsh_attention_backward(ex, dq, dk, dv, dao, a.q, a.k, a.v, a.probs, a.index, lsh_shape(c, d, rope));
+  }
 }
 
 // The up-projections from the saved pre-norm projections qa and kv (and the norms before them):

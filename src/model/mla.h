@@ -36,9 +36,9 @@ struct AttnActs {
   Tensor k;            // (N, H*dqk) [k_nope | shared k_pe]  (recomputable)
   Tensor v;            // (N, H*v)                     (recomputable)
   // saved by attention: dense, P (B, H, T, T) on the CPU and lse (B, H, T) on CUDA; window/LSH,
-  // P (B, H, T, K) with K the window or LSH's K
+  // P (B, H, T, W) for a window, (B, H, rounds, T, 2 chunk + 1) for LSH
   Tensor probs;
-  Tensor index;        // (B, H, T, K) i32: LSH attention's key lists (empty otherwise)
+  Tensor index;        // (B, H, rounds, 2, T) i32: LSH's bucket-sorted orders (empty otherwise)
   Tensor ao;           // (N, H*v) attention output before o_proj
 };
 // shared: where the recomputable members go (null: this layer's own memory).

@@ -246,6 +246,30 @@ std::vector<Case> cases() {
                   },
                   2e-5, 2.0, {}, {}, /*cpu_only=*/true});
   }
+  // blocked LSH attention (M6): two rounds, T not a multiple of the chunk; the sorted orders
+  // must agree exactly (the hash runs on the same rounded q and k in every dtype)
+  cs.push_back({"lsh attention (blocked)", [](Env& e) {
+                  const LshAttentionShape s{2, 45, 3, 12, 8, 1.0 / std::sqrt(12.0), 4, 2, 8};
+                  const size_t N = size_t(s.B) * s.T;
+                  std::vector<float> r(size_t(s.H) * s.rounds * s.dqk * (s.buckets / 2));
+                  lsh_rotations(r.data(), s.H, s.rounds, s.dqk, s.buckets, 3);
+                  Buffer rot(e.ex.device, DType::F32, r.size());
+                  backend::copy(e.ex, rot.view(), host_tensor(r));
+                  Tensor q = e.act(rnd(N * s.H * s.dqk, 47)), k = e.act(rnd(N * s.H * s.dqk, 48));
+                  Tensor v = e.act(rnd(N * s.H * s.dv, 49)), out = e.poisoned(e.t, N * s.H * s.dv);
+                  Tensor probs = e.poisoned(e.t, N * s.H * s.slots()), order = e.poisoned(DType::I32, N * s.H * s.rounds * 2);
+                  lsh_attention_forward(e.ex, out, probs, order, q, k, v, rot.view(), s);
+                  Tensor dout = e.act(rnd(N * s.H * s.dv, 50));
+                  Tensor dq = e.act(rnd(N * s.H * s.dqk, 51)), dk = e.act(rnd(N * s.H * s.dqk, 52));
+                  Tensor dv = e.act(rnd(N * s.H * s.dv, 53));
+                  lsh_attention_backward(e.ex, dq, dk, dv, dout, q, k, v, probs, order, s);
+                  Outputs o{{"out", e.get(out)}, {"probs", e.get(probs)}, {"dq", e.get(dq)},
+                            {"dk", e.get(dk)}, {"dv", e.get(dv)}};
+                  auto oi = e.get_int(order);
+                  o["order"] = Vec(oi.begin(), oi.end());
+                  return o;
+                },
+                2e-5, 2.0, {"order"}, {}, /*cpu_only=*/true});
   cs.push_back({"swiglu", [](Env& e) {
                   const int N = 33, D = 40;
                   Tensor h = e.act(rnd(size_t(N) * 2 * D, 19, 2.0)), out = e.poisoned(e.t, size_t(N) * D);

@@ -264,6 +264,137 @@ TEST(SparseAttention, BackwardMatchesFiniteDifferences) {
   }
 }
 
+// Block boundaries of the blocked window kernel (blocks of clamp(W, 16, 64) query rows): T not a
+// multiple of the block, a window shorter than the block, equal to it, longer than it, longer
+// than the sequence; against masked dense attention, and against the gather kernel.
+TEST(SparseAttention, WindowBlockBoundaries) {
+  for (auto [T, W] : std::vector<std::pair<int, int>>{{150, 70}, {150, 40}, {97, 64}, {50, 3}, {20, 33}}) {
+    const SparseAttentionShape s{1, T, 2, 10, 6, 0.35, W, W};
+    expect_equals_masked_dense(s, {}, [&](int, int, int i, int j) { return j <= i && j > i - W; }, 900 + T + W);
+    // the gather kernel (one dot product per key) gives the same P and gradients to fp64 rounding
+    Inputs in = inputs(s, 950 + W);
+    const size_t np = size_t(s.H) * T * W;
+    Vec o1(in.v.size()), o2(in.v.size()), p1(np), p2(np);
+    cpu::sparse_attention_forward(o1.data(), p1.data(), in.q.data(), in.k.data(), in.v.data(), nullptr, s);
+    cpu::sparse_attention_forward_gather(o2.data(), p2.data(), in.q.data(), in.k.data(), in.v.data(), nullptr, s);
+    EXPECT_LT(rel_error(o1, o2), 1e-14) << T << " " << W;
+    EXPECT_LT(rel_error(p1, p2), 1e-14) << T << " " << W;
+  }
+}
+
+// ---- blocked LSH attention against the key lists of lsh_attention_index (which the test above
+// checks against a brute-force construction) under masked dense attention
+struct LshCase {
+  LshShape ls;
+  int dv;
+};
+void expect_lsh_equals_masked_dense(const LshCase& lc, uint64_t seed) {
+  const LshShape ls = lc.ls;
+  const LshAttentionShape as{ls.B, ls.T, ls.H, ls.dqk, lc.dv, 0.45, ls.buckets, ls.rounds, ls.chunk};
+  const SparseAttentionShape s{ls.B, ls.T, ls.H, ls.dqk, lc.dv, 0.45, ls.K(), 0};
+  Inputs in = inputs(s, seed);
+  std::vector<float> rot(size_t(ls.H) * ls.rounds * ls.dqk * (ls.buckets / 2));
+  lsh_rotations(rot.data(), ls.H, ls.rounds, ls.dqk, ls.buckets, seed);
+  std::vector<int32_t> index(size_t(ls.B) * ls.H * ls.T * ls.K());
+  lsh_attention_index(Exec{}, H(index), Tensor{}, H(in.q), H(in.k), H(rot), ls);
+  std::vector<std::set<int>> allowed;
+  for (size_t r = 0; r < size_t(ls.B) * ls.H * ls.T; r++) {
+    std::set<int> k;
+    for (int j = 0; j < ls.K(); j++)
+      if (index[r * ls.K() + j] >= 0) k.insert(index[r * ls.K() + j]);
+    allowed.push_back(k);
+  }
+  const DenseRef ref = masked_dense(in.q, in.k, in.v, in.dout, s, [&](int b, int h, int i, int j) {
+    return allowed[(size_t(b) * ls.H + h) * ls.T + i].count(j) > 0;
+  });
+  const size_t np = size_t(ls.B) * ls.H * ls.T * as.slots(), no = size_t(ls.B) * ls.H * ls.rounds * 2 * ls.T;
+  Vec out(in.v.size()), P(np), dq(in.q.size(), 0.0), dk(in.q.size(), 0.0), dv(in.v.size(), 0.0);
+  std::vector<int32_t> order(no);
+  lsh_attention_forward(Exec{}, H(out), H(P), H(order), H(in.q), H(in.k), H(in.v), H(rot), as);
+  lsh_attention_backward(Exec{}, H(dq), H(dk), H(dv), H(in.dout), H(in.q), H(in.k), H(in.v), H(P), H(order), as);
+  EXPECT_LT(rel_error(out, ref.out), 1e-13);
+  EXPECT_LT(rel_error(dq, ref.dq), 1e-12);
+  EXPECT_LT(rel_error(dk, ref.dk), 1e-12);
+  EXPECT_LT(rel_error(dv, ref.dv), 1e-12);
+  // the copies of a query's row (one per round) sum to one; order holds permutations
+  for (int bh = 0; bh < ls.B * ls.H; bh++) {
+    Vec rowsum(size_t(ls.T), 0.0);
+    for (int r = 0; r < ls.rounds; r++) {
+      const int32_t* qs = &order[(size_t(bh) * ls.rounds + r) * 2 * ls.T];
+      std::vector<int32_t> a(qs, qs + ls.T), b(qs + ls.T, qs + 2 * ls.T);
+      std::sort(a.begin(), a.end());
+      std::sort(b.begin(), b.end());
+      for (int t = 0; t < ls.T; t++) ASSERT_TRUE(a[size_t(t)] == t && b[size_t(t)] == t);
+      for (int n = 0; n < ls.T; n++)
+        for (int j = 0; j < 2 * ls.chunk + 1; j++)
+          rowsum[size_t(qs[n])] += P[((size_t(bh) * ls.rounds + r) * ls.T + n) * (2 * ls.chunk + 1) + j];
+    }
+    for (int t = 0; t < ls.T; t++) ASSERT_NEAR(rowsum[size_t(t)], 1.0, 1e-12) << bh << " " << t;
+  }
+  // fp32 to fp32 rounding
+  VecF qf = to_f(in.q), kf = to_f(in.k), vf = to_f(in.v), gf = to_f(in.dout), of(out.size()), pf(np);
+  VecF dqf(dq.size(), 0.f), dkf(dk.size(), 0.f), dvf(dv.size(), 0.f);
+  std::vector<int32_t> orderf(no);
+  lsh_attention_forward(Exec{}, H(of), H(pf), H(orderf), H(qf), H(kf), H(vf), H(rot), as);
+  lsh_attention_backward(Exec{}, H(dqf), H(dkf), H(dvf), H(gf), H(qf), H(kf), H(vf), H(pf), H(orderf), as);
+  ASSERT_EQ(orderf, order) << "fp32 hashing put a token in another bucket than fp64";
+  EXPECT_LT(rel_error(of, ref.out), 1e-5);
+  EXPECT_LT(rel_error(dqf, ref.dq), 1e-5);
+  EXPECT_LT(rel_error(dkf, ref.dk), 1e-5);
+  EXPECT_LT(rel_error(dvf, ref.dv), 1e-5);
+}
+
+TEST(SparseAttention, BlockedLshEqualsDenseWithTheLshMask) {
+  // LshShape {B, T, H, dqk, buckets, rounds, chunk}
+  for (const LshCase& lc : std::vector<LshCase>{
+           {{2, 53, 3, 12, 6, 1, 8}, 7},    // T not a multiple of the chunk
+           {{1, 64, 2, 12, 4, 2, 16}, 5},   // two rounds: duplicate keys counted once
+           {{1, 45, 2, 8, 8, 3, 4}, 6},     // three rounds, small chunks
+           {{1, 30, 2, 8, 64, 1, 8}, 6},    // 64 buckets for 30 tokens: most buckets empty
+           {{1, 21, 2, 8, 2, 2, 32}, 4},    // one chunk longer than the sequence
+       })
+    expect_lsh_equals_masked_dense(lc, 1000 + lc.ls.T);
+}
+
+TEST(SparseAttention, BlockedLshBackwardMatchesFiniteDifferencesAndIsDeterministic) {
+  const LshAttentionShape as{1, 17, 2, 4, 3, 0.5, 4, 2, 4};
+  const LshShape ls = as.lsh();
+  const SparseAttentionShape s{1, 17, 2, 4, 3, 0.5, ls.K(), 0};
+  Inputs in = inputs(s, 77);
+  std::vector<float> rot(size_t(ls.H) * ls.rounds * ls.dqk * (ls.buckets / 2));
+  lsh_rotations(rot.data(), ls.H, ls.rounds, ls.dqk, ls.buckets, 5);
+  const size_t np = size_t(as.H) * as.T * as.slots();
+  Vec out(in.v.size()), P(np), dq(in.q.size(), 0.0), dk(in.q.size(), 0.0), dv(in.v.size(), 0.0);
+  std::vector<int32_t> order(size_t(as.H) * as.rounds * 2 * as.T), order2(order.size());
+  lsh_attention_forward(Exec{}, H(out), H(P), H(order), H(in.q), H(in.k), H(in.v), H(rot), as);
+  lsh_attention_backward(Exec{}, H(dq), H(dk), H(dv), H(in.dout), H(in.q), H(in.k), H(in.v), H(P), H(order), as);
+  // the buckets are piecewise constant in q and k: a step of 1e-6 must not move any (checked)
+  Vec o(out.size()), p(np);
+  auto L = [&] {
+    lsh_attention_forward(Exec{}, H(o), H(p), H(order2), H(in.q), H(in.k), H(in.v), H(rot), as);
+    EXPECT_EQ(order2, order);
+    return dot(o, in.dout);
+  };
+  EXPECT_LT(rel_error(dq, test::finite_difference(L, in.q)), 1e-6);
+  EXPECT_LT(rel_error(dk, test::finite_difference(L, in.k)), 1e-6);
+  EXPECT_LT(rel_error(dv, test::finite_difference(L, in.v)), 1e-6);
+  // fp32 on one thread gives the same bits as on all of them (B H = 2 heads run in parallel)
+  VecF qf = to_f(in.q), kf = to_f(in.k), vf = to_f(in.v), gf = to_f(in.dout);
+  auto run = [&] {
+    VecF of(out.size()), pf(np), a(dq.size(), 0.f), b(dk.size(), 0.f), c(dv.size(), 0.f);
+    std::vector<int32_t> ord(order.size());
+    lsh_attention_forward(Exec{}, H(of), H(pf), H(ord), H(qf), H(kf), H(vf), H(rot), as);
+    lsh_attention_backward(Exec{}, H(a), H(b), H(c), H(gf), H(qf), H(kf), H(vf), H(pf), H(ord), as);
+    return std::vector<VecF>{of, pf, a, b, c};
+  };
+  const auto many = run();
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto one = run();
+  omp_set_num_threads(threads);
+  EXPECT_EQ(many, one);
+}
+
 // ---- the model with each pattern
 const std::string kSmall =
     "train --preset debug --batch 4 --seq_len 32 --eval_every 0 --sample_tokens 0 --peak_gflops 100 ";
