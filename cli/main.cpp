@@ -24,6 +24,8 @@ const Command kCommands[] = {
     {"bench", "time training steps on synthetic tokens: tokens/s, MFU, peak memory",
      dsv3::cli::cmd_bench},
     {"eval", "mean next-token loss of a model on an llm.c token file", dsv3::cli::cmd_eval},
+    {"evaluate", "benchmark tasks (HellaSwag, MMLU/ARC, GSM8K, BLEU) scored like lm-eval-harness",
+     dsv3::cli::cmd_evaluate},
     {"sample", "generate text from a model", dsv3::cli::cmd_sample},
     {"serve", "OpenAI-compatible HTTP server with continuous batching", dsv3::cli::cmd_serve},
     {"export", "write a model as Hugging Face safetensors + config.json", dsv3::cli::cmd_export},
