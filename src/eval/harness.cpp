@@ -45,6 +45,12 @@ const std::vector<FieldSpec>& evaluate_fields() {
       field("predictions", &E::predictions,
             "generation tasks: score these generations (JSONL: task, line, generation) instead "
             "of generating; --model is then optional"),
+      field("tiers", &E::tiers, "a tiers file (JSON) to run instead of --tasks: the next tier only "
+            "when every task of this one reaches its threshold"),
+      field("indicators", &E::indicators, "prompt set (JSONL: prompt, or prompt_a + prompt_b): "
+            "word-list toxicity rate and paired-prompt bias gap of the generations (heuristics)"),
+      field("toxicity_words", &E::toxicity_words, "word list (one per line) replacing the built-in toxicity list"),
+      field("indicator_tokens", &E::indicator_tokens, "tokens generated per indicator prompt", in_range(1, 1 << 16)),
   };
   return f;
 }
@@ -53,7 +59,12 @@ void validate(const EvaluateConfig& c) {
   check_field_ranges(evaluate_fields(), &c, "evaluate: ");
   DSV3_CHECK(!c.model.empty() || !c.predictions.empty(),
              "--model is required (a checkpoint, run directory or HF directory)");
-  DSV3_CHECK(!c.tasks.empty(), "--tasks is required (task JSONL files, comma-separated)");
+  DSV3_CHECK(!c.tasks.empty() || !c.tiers.empty() || !c.indicators.empty(),
+             "--tasks is required (task JSONL files, comma-separated), or --tiers FILE, or --indicators FILE");
+  DSV3_CHECK(c.tasks.empty() || c.tiers.empty(), "--tasks and --tiers are two ways to name the "
+             "tasks: give one of them");
+  DSV3_CHECK(!c.indicators.empty() || c.toxicity_words.empty(), "--toxicity_words needs --indicators");
+  DSV3_CHECK(c.indicators.empty() || !c.model.empty(), "--indicators needs --model (it generates)");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ struct EvaluateConfig {
   // generation tasks: score these generations instead of generating (JSONL records with
   // "task", "line" and "generation", e.g. a --samples file of another run or another system)
   std::string predictions;
+  // E3 (eval/tiers.h, eval/indicators.h)
+  std::string tiers;           // a tiers file instead of --tasks
+  std::string indicators;      // a prompt set: toxicity rate and paired-prompt bias gap
+  std::string toxicity_words;  // word list replacing the built-in one
+  int indicator_tokens = 32;   // tokens generated per indicator prompt
 };
 const std::vector<FieldSpec>& evaluate_fields();
 void validate(const EvaluateConfig& c);

@@ -123,6 +123,7 @@ TaskItem parse_item(const json& j, TaskKind kind) {
       } else {
         it.choices = need_strings(j, "choices");
       }
+      DSV3_CHECK(j.contains("answer") || j.contains("answerKey"), "no \"answer\" field");
       const json& a = j.contains("answer") ? j["answer"] : j["answerKey"];
       const char* akey = j.contains("answer") ? "answer" : "answerKey";
       if (a.is_number_integer()) {
@@ -141,6 +142,7 @@ TaskItem parse_item(const json& j, TaskKind kind) {
       // a bare question (GSM8K's own layout) gets lm-evaluation-harness's gsm8k template
       it.context = j.contains("prompt") ? need_string(j, "prompt")
                                         : "Question: " + need_string(j, "question") + "\nAnswer:";
+      DSV3_CHECK(j.contains("answer"), "no \"answer\" field");
       const json& a = j["answer"];
       if (a.is_number()) it.references.push_back(a.dump());  // "answer": 42
       else it.references.push_back(need_string(j, "answer"));
@@ -148,6 +150,7 @@ TaskItem parse_item(const json& j, TaskKind kind) {
     }
     case TaskKind::Translation: {
       it.context = need_string(j, "source");
+      DSV3_CHECK(j.contains("reference"), "no \"reference\" field");
       if (j["reference"].is_array()) it.references = need_strings(j, "reference");
       else it.references.push_back(need_string(j, "reference"));
       DSV3_CHECK(!it.references.empty(), "\"reference\" is an empty list");

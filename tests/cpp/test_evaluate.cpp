@@ -13,6 +13,8 @@
 #include "eval/answer_match.h"
 #include "eval/bleu.h"
 #include "eval/harness.h"
+#include "eval/indicators.h"
+#include "eval/tiers.h"
 #include "eval/loglik.h"
 #include "eval/tasks.h"
 #include "model/model.h"
@@ -193,4 +195,51 @@ TEST(EvalCli, BadInputIsAClearError) {
   r = test::run_cli("evaluate --model x --tasks " + (dir / "missing.jsonl").string());
   EXPECT_NE(r.out.find("does not exist"), std::string::npos) << r.out;
   fs::remove_all(dir);
+}
+
+TEST(EvalTiers, ParsesAndRejectsBadEntries) {
+  const auto t = parse_tiers(
+      "{\"tiers\": [{\"name\": \"a\", \"tasks\": [{\"path\": \"x.jsonl\", \"metric\": \"acc\", \"threshold\": 0.5}]},"
+      " {\"tasks\": [{\"path\": \"/abs/y.jsonl\", \"metric\": \"bleu\", \"threshold\": 10, \"shots\": 3}]}]}",
+      "dir/tiers.json");
+  ASSERT_EQ(t.size(), 2u);
+  EXPECT_EQ(t[0].tasks[0].path, "dir/x.jsonl");  // relative to the tiers file
+  EXPECT_EQ(t[0].tasks[0].shots, -1);
+  EXPECT_EQ(t[1].name, "tier 2");
+  EXPECT_EQ(t[1].tasks[0].path, "/abs/y.jsonl");
+  EXPECT_EQ(t[1].tasks[0].shots, 3);
+  EXPECT_TRUE(passes(0.5, 0.5));
+  EXPECT_FALSE(passes(0.49, 0.5));
+  try {
+    parse_tiers("{\"tiers\": [{\"tasks\": [{\"path\": \"x\", \"metric\": \"f1\", \"threshold\": 1}]}]}", "t.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("t.json: tier 1 task 1 needs a \"metric\""), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_tiers("{\"tiers\": []}", "t.json"), Error);
+  EXPECT_THROW(parse_tiers("[", "t.json"), Error);
+}
+
+TEST(EvalIndicators, ToxicityRateAndBiasGap) {
+  const WordList toxic = builtin_toxic_words(), pos = builtin_positive_words(), neg = builtin_negative_words();
+  EXPECT_TRUE(is_toxic("You are an IDIOT!", toxic));
+  EXPECT_FALSE(is_toxic("Idiomatic shell scripts", toxic));  // whole words only
+  EXPECT_EQ(indicator_words("Don't STOP-now"), (std::vector<std::string>{"don't", "stop", "now"}));
+  EXPECT_DOUBLE_EQ(regard("a kind and honest doctor", pos, neg), 3.0 / 5.0);
+  EXPECT_DOUBLE_EQ(regard("lazy", pos, neg), -1.0);
+  IndicatorPrompts p;
+  p.single = {"s"};
+  p.pairs = {{"a1", "b1"}, {"a2", "b2"}};
+  EXPECT_EQ(indicator_prompt_list(p), (std::vector<std::string>{"s", "a1", "b1", "a2", "b2"}));
+  std::vector<nlohmann::json> recs;
+  // regard: a1 1/2, b1 -1/2, a2 0, b2 1/4; toxic: s and b1
+  const auto j = indicator_report(p, {"stupid", "good job", "lazy idiot", "the end", "a b c kind"}, toxic, &recs);
+  EXPECT_EQ(j["toxic_generations"], 2);
+  EXPECT_DOUBLE_EQ(j["toxicity_rate"].get<double>(), 0.4);
+  EXPECT_DOUBLE_EQ(j["regard_a"].get<double>(), 0.25);
+  EXPECT_DOUBLE_EQ(j["regard_b"].get<double>(), -0.125);
+  EXPECT_DOUBLE_EQ(j["bias_gap"].get<double>(), 0.375);
+  EXPECT_DOUBLE_EQ(j["mean_abs_pair_gap"].get<double>(), (1.0 + 0.25) / 2);
+  ASSERT_EQ(recs.size(), 5u);
+  EXPECT_EQ(recs[2]["toxic"], true);
 }

@@ -242,6 +242,31 @@ def main():
         check_choice_task("hs", docs["hs"], [r for r in recs if r["task"] == "hs"], scorer, 2)
         print(f"reference routing near-ties: {scorer.ties}")
 
+        # E3: tiers stop at the first tier not passed; indicators over the model's generations
+        tiers = os.path.join(tmp, "tiers.json")
+        with open(tiers, "w") as f:
+            json.dump({"tiers": [
+                {"name": "one", "tasks": [{"path": "arc.jsonl", "metric": "acc", "threshold": 0.0}]},
+                {"name": "two", "tasks": [{"path": "mmlu.jsonl", "metric": "acc", "threshold": 1.01, "shots": 1}]},
+                {"name": "three", "tasks": [{"path": "hs.jsonl", "metric": "acc_norm", "threshold": 0.0}]}]}, f)
+        prompts, words = os.path.join(tmp, "ind.jsonl"), os.path.join(tmp, "words.txt")
+        write_jsonl(prompts, [{"prompt": "The"}, {"prompt_a": "He said", "prompt_b": "She said"}])
+        with open(words, "w") as f:
+            f.write("# short common words, so that a barely trained model hits some\nin\ne\nthe\n")
+        samples = os.path.join(tmp, "st.jsonl")
+        out = json.loads(run("evaluate", "--model", hf, "--tiers", tiers, "--indicators", prompts,
+                             "--toxicity_words", words, "--indicator_tokens", "16", "--samples", samples, "--json"))
+        t = out["tiers"]
+        check(len(t) == 2 and t[0]["passed"] and not t[1]["passed"] and out["highest_tier_passed"] == "one"
+              and "hs" not in out["results"], "tiers: tier one passed, two not, three not run")
+        ind = out["indicators"]
+        gens = [r for r in read_jsonl(samples) if r["task"] == "indicators"]
+        import re
+        tox = sum(1 for g in gens if {"e", "the"} & set(re.findall(r"[a-z0-9']+", g["generation"].lower())))
+        check(ind["generations"] == 3 and len(gens) == 3 and ind["pairs"] == 1 and ind["toxic_generations"] == tox
+              and abs(ind["bias_gap"] - (gens[1]["regard"] - gens[2]["regard"])) < 1e-12,
+              f"indicators: {tox} of 3 generations hit the word list, bias gap {ind['bias_gap']:.3f}")
+
         # 2. BLEU against sacreBLEU on the same hypotheses
         refs1 = ["The cat sat on the mat.", "It costs $3.50, or 1,000 yen!", "state-of-the-art 1990-2000 &amp; more",
                  "Caf\u00e9s open at 9.", "A quick brown fox jumps over the lazy dog."]
