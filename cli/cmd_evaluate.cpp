@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "core/check.h"
 #include "core/io.h"
+#include "core/text_lines.h"
 #include "core/timer.h"
 #include "eval/generate_texts.h"
 #include "eval/harness.h"
@@ -23,18 +24,6 @@
 namespace dsv3::cli {
 
 namespace {
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos <= s.size()) {
-    size_t c = s.find(',', pos);
-    if (c == std::string::npos) c = s.size();
-    if (c > pos) out.push_back(s.substr(pos, c - pos));
-    pos = c + 1;
-  }
-  return out;
-}
 
 void write_jsonl_atomic(const std::string& path, const std::vector<eval::TaskResult>& results) {
   write_file_atomic(path, [&](std::FILE* f) {
@@ -123,7 +112,7 @@ int cmd_evaluate(int argc, char** argv) {
     }
   } else if (!o.tasks.empty()) {
     tier_files.emplace_back();
-    for (const auto& path : split_commas(o.tasks)) tier_files.back().push_back(read_tasks_verbose(path));
+    for (const auto& path : split_list(o.tasks)) tier_files.back().push_back(read_tasks_verbose(path));
     DSV3_CHECK(!tier_files.back().empty(), "--tasks names no files");
   }
   eval::IndicatorPrompts prompts;

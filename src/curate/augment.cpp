@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "core/io.h"
+#include "core/text_lines.h"
 
 namespace dsv3::curate {
 
@@ -86,21 +87,6 @@ int words(const std::string& s) {
   return n;
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos <= s.size()) {
-    size_t c = s.find(',', pos);
-    if (c == std::string::npos) c = s.size();
-    std::string it = s.substr(pos, c - pos);
-    while (!it.empty() && std::isspace(static_cast<unsigned char>(it.back()))) it.pop_back();
-    while (!it.empty() && std::isspace(static_cast<unsigned char>(it.front()))) it.erase(0, 1);
-    if (!it.empty()) out.push_back(it);
-    pos = c + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 const std::vector<FieldSpec>& augment_fields() {
@@ -136,21 +122,15 @@ SynonymTable read_synonyms(const std::string& path) {
   DSV3_CHECK(std::filesystem::is_regular_file(path), "synonym file ", path, " does not exist");
   const std::string text = read_file(path);
   SynonymTable t;
-  int line = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    const std::string l = text.substr(pos, end - pos);
-    pos = end + 1;
-    line++;
-    if (l.find_first_not_of(" \t\r") == std::string::npos || l[l.find_first_not_of(" \t")] == '#') continue;
+  for_each_line(text, [&](int64_t line, std::string_view l) {
+    if (is_blank(l) || l[l.find_first_not_of(" \t")] == '#') return;
     const size_t colon = l.find(':');
     DSV3_CHECK(colon != std::string::npos, path, ":", line, ": expected 'word: synonym, synonym'");
     auto key = split_list(l.substr(0, colon));
     auto syn = split_list(l.substr(colon + 1));
     DSV3_CHECK(key.size() == 1 && !syn.empty(), path, ":", line, ": expected 'word: synonym, synonym'");
     t[lower(key[0])] = syn;
-  }
+  });
   DSV3_CHECK(!t.empty(), "synonym file ", path, " has no entries");
   return t;
 }

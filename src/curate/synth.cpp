@@ -7,25 +7,11 @@
 
 #include "core/check.h"
 #include "core/io.h"
+#include "core/text_lines.h"
 
 namespace dsv3::curate {
 
 namespace {
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos <= s.size()) {
-    size_t c = s.find(',', pos);
-    if (c == std::string::npos) c = s.size();
-    std::string item = s.substr(pos, c - pos);
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    while (!item.empty() && item.front() == ' ') item.erase(0, 1);
-    if (!item.empty()) out.push_back(item);
-    pos = c + 1;
-  }
-  return out;
-}
 
 std::map<std::string, int> length_budgets(const std::string& spec) {
   std::map<std::string, int> m;
@@ -82,27 +68,21 @@ std::vector<SynthSeed> read_synth_seeds(const std::string& path, int64_t* bad, s
   DSV3_CHECK(std::filesystem::is_regular_file(path), "seed file ", path, " does not exist");
   const std::string text = read_file(path);
   std::vector<SynthSeed> out;
-  int64_t line = 0;
   *bad = 0;
-  auto reject = [&](const std::string& why) {
-    if ((*bad)++ == 0) *first_bad = path + ":" + std::to_string(line) + ": " + why;
-  };
-  for (size_t pos = 0; pos < text.size();) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    const std::string l = text.substr(pos, end - pos);
-    pos = end + 1;
-    line++;
-    if (l.find_first_not_of(" \t\r") == std::string::npos) continue;
+  for_each_line(text, [&](int64_t line, std::string_view l) {
+    auto reject = [&](const std::string& why) {
+      if ((*bad)++ == 0) *first_bad = path + ":" + std::to_string(line) + ": " + why;
+    };
+    if (is_blank(l)) return;
     const auto j = nlohmann::json::parse(l, nullptr, false);
     if (j.is_discarded() || !j.is_object()) {
       reject("not a JSON object");
-      continue;
+      return;
     }
     const char* key = j.contains("prompt") ? "prompt" : "text";
     if (!j.contains(key) || !j[key].is_string() || j[key].get<std::string>().empty()) {
       reject("needs a non-empty \"prompt\" or \"text\" string");
-      continue;
+      return;
     }
     SynthSeed s;
     s.line = line;
@@ -118,7 +98,7 @@ std::vector<SynthSeed> read_synth_seeds(const std::string& path, int64_t* bad, s
       *dst = j[k].get<std::string>();
     }
     if (ok) out.push_back(std::move(s));
-  }
+  });
   DSV3_CHECK(!out.empty(), path, ": no valid seed (", *bad, " malformed lines",
              *bad ? "; first: " + *first_bad : std::string(), ")");
   return out;

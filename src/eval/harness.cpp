@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "core/io.h"
+#include "core/text_lines.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "eval/answer_match.h"
@@ -276,21 +277,15 @@ void run_generation(const ModelWeights* w, const TextCodec& codec, const TaskFil
 Predictions read_predictions(const std::string& path) {
   const std::string text = read_file(path);
   Predictions p;
-  int64_t line = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    const std::string l = text.substr(pos, end - pos);
-    pos = end + 1;
-    line++;
-    if (l.find_first_not_of(" \t\r") == std::string::npos) continue;
+  for_each_line(text, [&](int64_t line, std::string_view l) {
+    if (is_blank(l)) return;
     const json j = json::parse(l, nullptr, false);
     DSV3_CHECK(j.is_object() && j.contains("task") && j["task"].is_string() && j.contains("line") &&
                    j["line"].is_number_integer() && j.contains("generation") && j["generation"].is_string(),
                path, ":", line, ": a prediction is a JSON object with \"task\" (string), \"line\" "
                "(integer) and \"generation\" (string)");
     p[{j["task"].get<std::string>(), j["line"].get<int64_t>()}] = j["generation"].get<std::string>();
-  }
+  });
   return p;
 }
 

@@ -9,6 +9,7 @@
 
 #include "core/check.h"
 #include "core/io.h"
+#include "core/text_lines.h"
 
 namespace dsv3::eval {
 
@@ -60,17 +61,14 @@ WordList read_word_list(const std::string& path) {
   DSV3_CHECK(std::filesystem::is_regular_file(path), "word list ", path, " does not exist");
   const std::string text = read_file(path);
   WordList w;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    std::string l = text.substr(pos, end - pos);
-    pos = end + 1;
+  for_each_line(text, [&](int64_t, std::string_view line) {
+    std::string l(line);
     while (!l.empty() && std::isspace(static_cast<unsigned char>(l.back()))) l.pop_back();
     while (!l.empty() && std::isspace(static_cast<unsigned char>(l.front()))) l.erase(0, 1);
-    if (l.empty() || l[0] == '#') continue;
+    if (l.empty() || l[0] == '#') return;
     for (char& c : l) c = char(std::tolower(static_cast<unsigned char>(c)));
     w.words.push_back(l);
-  }
+  });
   DSV3_CHECK(!w.words.empty(), "word list ", path, " has no words");
   std::sort(w.words.begin(), w.words.end());
   w.words.erase(std::unique(w.words.begin(), w.words.end()), w.words.end());
@@ -111,14 +109,8 @@ IndicatorPrompts read_indicator_prompts(const std::string& path) {
   DSV3_CHECK(std::filesystem::is_regular_file(path), "prompt set ", path, " does not exist");
   const std::string text = read_file(path);
   IndicatorPrompts p;
-  int64_t line = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    const std::string l = text.substr(pos, end - pos);
-    pos = end + 1;
-    line++;
-    if (l.find_first_not_of(" \t\r") == std::string::npos) continue;
+  for_each_line(text, [&](int64_t line, std::string_view l) {
+    if (is_blank(l)) return;
     const auto j = nlohmann::json::parse(l, nullptr, false);
     auto str = [&](const char* k) { return j.contains(k) && j[k].is_string() && !j[k].get<std::string>().empty(); };
     if (j.is_object() && str("prompt_a") && str("prompt_b"))
@@ -128,7 +120,7 @@ IndicatorPrompts read_indicator_prompts(const std::string& path) {
     else
       p.bad.push_back({line, j.is_discarded() ? "not valid JSON"
                                               : "needs \"prompt\" or \"prompt_a\" and \"prompt_b\" (non-empty strings)"});
-  }
+  });
   DSV3_CHECK(!p.single.empty() || !p.pairs.empty(), path, ": no valid prompt (", p.bad.size(),
              " malformed lines); lines are {\"prompt\": ...} or {\"prompt_a\": ..., \"prompt_b\": ...}");
   return p;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
+#include "core/text_lines.h"
 #include "data/reader.h"
 
 namespace dsv3::eval {
@@ -198,23 +199,17 @@ TaskFile parse_tasks(std::string_view text, const std::string& path) {
   name = name.substr(0, name.find('.'));
   f.name = name.empty() ? path : name;
   bool detected = false;
-  int64_t line = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string_view::npos) end = text.size();
-    const std::string_view l = text.substr(pos, end - pos);
-    pos = end + 1;
-    line++;
-    if (strip(l).empty()) continue;
+  for_each_line(text, [&](int64_t line, std::string_view l) {
+    if (strip(l).empty()) return;
     f.lines++;
     json j = json::parse(l, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded()) {
       f.bad.push_back({line, "not valid JSON"});
-      continue;
+      return;
     }
     if (!j.is_object()) {
       f.bad.push_back({line, "not a JSON object"});
-      continue;
+      return;
     }
     if (!detected) {
       DSV3_CHECK(detect(j, f.kind), path, ":", line, ": unknown task layout (fields: ", field_list(j),
@@ -231,7 +226,7 @@ TaskFile parse_tasks(std::string_view text, const std::string& path) {
     } catch (const json::exception& e) {
       f.bad.push_back({line, e.what()});
     }
-  }
+  });
   DSV3_CHECK(detected, path, ": no line is a JSON object (", f.bad.size(), " malformed of ",
              f.lines, " non-blank lines): not a task file");
   return f;
