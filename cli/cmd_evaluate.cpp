@@ -1,6 +1,7 @@
 // dsv3 evaluate (E2): benchmark task files scored like lm-evaluation-harness (eval/harness.h).
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -114,6 +115,15 @@ int cmd_evaluate(int argc, char** argv) {
     tier_files.emplace_back();
     for (const auto& path : split_list(o.tasks)) tier_files.back().push_back(read_tasks_verbose(path));
     DSV3_CHECK(!tier_files.back().empty(), "--tasks names no files");
+  }
+  {  // results and --predictions are keyed by a task's name (its file name without extensions)
+    std::map<std::string, std::string> names;
+    for (const auto& tier : tier_files)
+      for (const auto& t : tier) {
+        const auto [it, fresh] = names.emplace(t.name, t.path);
+        DSV3_CHECK(fresh || it->second == t.path, "two task files are named '", t.name, "' (", it->second,
+                   " and ", t.path, "): results are keyed by the file name, rename one");
+      }
   }
   eval::IndicatorPrompts prompts;
   if (!o.indicators.empty()) {

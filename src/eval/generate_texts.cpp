@@ -67,11 +67,19 @@ std::vector<GeneratedText> generate_texts(const ModelWeights& w, const TextCodec
     return out;
   }
   const int batch = std::min<int>(cfg.batch, std::max<size_t>(1, prompts.size()));
+  std::vector<std::vector<int32_t>> fitted(prompts.size());
+  size_t longest = 0;
+  for (size_t i = 0; i < prompts.size(); i++) {
+    fitted[i] = fit_prompt(codec, prompts[i], ctx, max_tokens);
+    longest = std::max(longest, fitted[i].size());
+  }
+  // the cache holds `batch` sequences of the longest prompt + answer, not of the whole context
+  const int need = std::min(ctx, int(longest) + max_tokens + 1);
   DecodeConfig dc;
   dc.max_context = ctx;
   dc.max_seqs = batch;
   dc.max_rows = std::max(batch, std::min(ctx, 512));
-  const size_t per_seq = size_t((ctx + 2 * dc.page_tokens - 1) / dc.page_tokens * dc.page_tokens);
+  const size_t per_seq = size_t((need + 2 * dc.page_tokens - 1) / dc.page_tokens * dc.page_tokens);
   dc.kv_cache_bytes = KvCache::latent_bytes_per_token(c, w.dtype(), c.layers) * per_seq * size_t(batch);
   DecodeEngine engine(w, dc);
   SchedulerConfig sc;
@@ -79,7 +87,7 @@ std::vector<GeneratedText> generate_texts(const ModelWeights& w, const TextCodec
   Scheduler sched(engine, sc);
   for (size_t i = 0; i < prompts.size(); i++) {
     auto r = std::make_unique<GenRequest>();
-    r->prompt = fit_prompt(codec, prompts[i], ctx, max_tokens);
+    r->prompt = std::move(fitted[i]);
     r->sampling = cfg.sampling;
     r->sampling.seed = cfg.sampling.seed + i;
     r->max_tokens = max_tokens;
