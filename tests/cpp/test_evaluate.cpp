@@ -194,6 +194,13 @@ TEST(EvalCli, BadInputIsAClearError) {
   EXPECT_NE(r.out.find("--model is required"), std::string::npos) << r.out;
   r = test::run_cli("evaluate --model x --tasks " + (dir / "missing.jsonl").string());
   EXPECT_NE(r.out.find("does not exist"), std::string::npos) << r.out;
+  fs::create_directories(dir / "b");
+  const std::string mc = "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 0}\n";
+  std::ofstream(dir / "t.jsonl") << mc;
+  std::ofstream(dir / "b" / "t.jsonl") << mc;
+  r = test::run_cli("evaluate --model x --tasks " + (dir / "t.jsonl").string() + "," + (dir / "b" / "t.jsonl").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("two task files are named 't'"), std::string::npos) << r.out;
   fs::remove_all(dir);
 }
 
