@@ -74,8 +74,9 @@ std::string item_query(const TaskFile& t, const TaskItem& it, ChoiceFormat f) {
   if (f == ChoiceFormat::Cloze) return "Question: " + it.context + "\nAnswer:";
   // MMLU: the question, the lettered choices, "Answer:"
   std::string q = it.context;
-  while (!q.empty() && (q.back() == ' ' || q.back() == '\n')) q.pop_back();
-  while (!q.empty() && (q.front() == ' ' || q.front() == '\n')) q.erase(0, 1);
+  auto ws = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };  // Python's strip()
+  while (!q.empty() && ws(q.back())) q.pop_back();
+  while (!q.empty() && ws(q.front())) q.erase(0, 1);
   for (size_t k = 0; k < it.choices.size(); k++)
     q += "\n" + std::string(1, char('A' + k)) + ". " + it.choices[k];
   return q + "\nAnswer:";
