@@ -262,7 +262,7 @@ def main():
         ind = out["indicators"]
         gens = [r for r in read_jsonl(samples) if r["task"] == "indicators"]
         import re
-        tox = sum(1 for g in gens if {"e", "the"} & set(re.findall(r"[a-z0-9']+", g["generation"].lower())))
+        tox = sum(1 for g in gens if {"in", "e", "the"} & set(re.findall(r"[a-z0-9']+", g["generation"].lower())))
         check(ind["generations"] == 3 and len(gens) == 3 and ind["pairs"] == 1 and ind["toxic_generations"] == tox
               and abs(ind["bias_gap"] - (gens[1]["regard"] - gens[2]["regard"])) < 1e-12,
               f"indicators: {tox} of 3 generations hit the word list, bias gap {ind['bias_gap']:.3f}")
