@@ -20,4 +20,7 @@ int cmd_report(int argc, char** argv);
 int cmd_sweep(int argc, char** argv);
 int cmd_launch(int argc, char** argv);
 int cmd_plan(int argc, char** argv);    // cmd_plan.cpp
+int cmd_evaluate(int argc, char** argv);  // cmd_evaluate.cpp
+int cmd_synth(int argc, char** argv);     // cmd_synth.cpp
+int cmd_augment(int argc, char** argv);
 }  // namespace dsv3::cli

@@ -203,6 +203,17 @@ void jsonl() {
   put("jsonl", "seed_zstd", std::string(1, char(9)) + z);
 }
 
+void tasks() {  // one file per layout of `dsv3 evaluate`, with a bad line each
+  put("tasks", "seed_hellaswag",
+      "{\"activity_label\": \"A\", \"ctx_a\": \"x [title] y\", \"ctx_b\": \"Z\", "
+      "\"endings\": [\"a [step] b\", \"c\"], \"label\": \"1\"}\n{\"ctx\": \"c\", \"endings\": [\"a\"], \"label\": 0}\n");
+  put("tasks", "seed_arc",
+      "{\"question\": \"q\", \"choices\": {\"text\": [\"a\", \"b\"], \"label\": [\"A\", \"B\"]}, "
+      "\"answerKey\": \"B\"}\n{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 1}\nnot json\n");
+  put("tasks", "seed_gsm8k", "{\"question\": \"1+1?\", \"answer\": \"2\\n#### 2\"}\n{\"prompt\": \"p\", \"answer\": 3}\n[]\n");
+  put("tasks", "seed_translation", "{\"source\": \"s\", \"reference\": [\"a\", \"b\"]}\n{\"source\": \"\", \"reference\": \"r\"}\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -219,6 +230,7 @@ int main(int argc, char** argv) {
     shards();
     configs();
     jsonl();
+    tasks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());
     return 1;

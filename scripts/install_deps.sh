@@ -34,8 +34,9 @@ fi
 #   openai       the official client drives `dsv3 serve` (tests/python/test_server.py)
 #   tensorboard  TensorBoard's own reader checks dsv3's event files (test_tensorboard.py)
 #   gguf         llama.cpp's own Python package reads the GGUF export (test_gguf_export.py)
+#   sacrebleu    the reference BLEU (13a tokenisation) for `dsv3 evaluate` (test_evaluate.py)
 py_missing=()
-for spec in "openai:openai>=1.0" "tensorboard:tensorboard" "gguf:gguf==0.19.0"; do
+for spec in "openai:openai>=1.0" "tensorboard:tensorboard" "gguf:gguf==0.19.0" "sacrebleu:sacrebleu==2.6.0"; do
   /usr/bin/python3 -c "import ${spec%%:*}" 2>/dev/null || py_missing+=("${spec#*:}")
 done
 if ((${#py_missing[@]})); then

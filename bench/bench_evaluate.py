@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Evaluation benchmark (E2): `dsv3 evaluate` items/s on a HellaSwag-layout task against
+lm-evaluation-harness-style scoring through transformers on the same exported model.
+
+The task is built from real text (../shared/data/text/fiction): the context is one sentence,
+the gold ending the sentence after it, three distractors are sentences from elsewhere; 4
+endings per item, as HellaSwag. The model is a preset trained for a few steps on the built-in
+corpus (byte-level ids) and exported with `dsv3 export --format hf`; both sides score the same
+contexts and choices (the peer reads dsv3's --samples file) on the same number of threads.
+Model loading is outside both timings. The peer also reports the largest difference of its
+log-likelihoods from dsv3's, and its acc/acc_norm, which must equal dsv3's.
+
+    bench/setup_peer_venv.sh                     # once: torch + transformers (.venv-peer)
+    python3 bench/bench_evaluate.py              # tiny, 200 items, 2 threads
+    python3 bench/bench_evaluate.py --items 500 --peer-batch 1,16,64 --json
+
+Any python3 runs this script (the peer runs in the venv).
+"""
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("DSV3_SHARED_DIR", os.path.join(REPO, "..", "shared"))
+
+
+def run_json(cmd, env=None):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError("%s failed:\n%s" % (" ".join(cmd), r.stderr[-2000:]))
+    return json.loads(r.stdout.strip().splitlines()[-1] if not r.stdout.lstrip().startswith("{") else r.stdout)
+
+
+def make_task(path, n, seed):
+    text = ""
+    d = os.path.join(SHARED, "data", "text", "fiction")
+    for fn in sorted(os.listdir(d)):
+        text += open(os.path.join(d, fn), encoding="utf-8", errors="replace").read() + "\n"
+    sents = [s.strip() for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text))]
+    sents = [s for s in sents if 40 <= len(s) <= 160]
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            i = rng.randrange(len(sents) - 1)
+            endings = [sents[i + 1]] + [sents[rng.randrange(len(sents))] for _ in range(3)]
+            rng.shuffle(endings)
+            f.write(json.dumps({"ctx": sents[i], "endings": endings, "label": endings.index(sents[i + 1])}) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dsv3", default=os.path.join(REPO, "build", "dsv3"))
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--items", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-tokens", type=int, default=4096, help="dsv3 evaluate --batch_tokens")
+    ap.add_argument("--peer-batch", default="1,16", help="peer batch sizes to run (its best is compared)")
+    ap.add_argument("--peer-python", default=os.path.join(REPO, ".venv-peer", "bin", "python"))
+    ap.add_argument("--work", default=None, help="keep the model and task here")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    work = a.work or tempfile.mkdtemp(prefix="dsv3_bench_eval_")
+    os.makedirs(work, exist_ok=True)
+    run, hf = os.path.join(work, a.preset), os.path.join(work, a.preset, "hf")
+    if not os.path.exists(os.path.join(hf, "config.json")):
+        subprocess.run([a.dsv3, "train", "--preset", a.preset, "--steps", "20", "--batch", "4", "--seq_len", "128",
+                        "--eval_every", "0", "--sample_tokens", "0", "--out", run], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([a.dsv3, "export", "--model", run, "--format", "hf", "--out", hf], check=True,
+                       stdout=subprocess.DEVNULL)
+    task = os.path.join(work, "nextsent.jsonl")
+    make_task(task, a.items, 1)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    samples = os.path.join(work, "samples.jsonl")
+    d = run_json([a.dsv3, "evaluate", "--model", hf, "--tasks", task, "--samples", samples,
+                  "--batch_tokens", str(a.batch_tokens), "--json"], env)["results"]["nextsent"]
+    rows = [{"impl": "dsv3 evaluate", "batch": "%d tokens" % a.batch_tokens, "items_per_second": d["items_per_second"],
+             "seconds": d["seconds"], "acc": d["acc"], "acc_norm": d["acc_norm"]}]
+    if not os.path.exists(a.peer_python):
+        print("peer: skipped (run bench/setup_peer_venv.sh or pass --peer-python)", file=sys.stderr)
+    else:
+        for b in a.peer_batch.split(","):
+            p = run_json([a.peer_python, os.path.join(REPO, "bench", "peer_hf_loglik.py"), "--model", hf,
+                          "--samples", samples, "--batch", b, "--threads", str(a.threads)], env)
+            rows.append({"impl": "transformers " + p["transformers"] + " (torch " + p["torch"] + ")",
+                         "batch": "%s rows" % b, "items_per_second": p["items_per_second"], "seconds": p["seconds"],
+                         "acc": p["acc"], "acc_norm": p["acc_norm"], "max_abs_ll_diff": p["max_abs_ll_diff_vs_dsv3"]})
+    best_peer = max((r["items_per_second"] for r in rows[1:]), default=None)
+    out = {"preset": a.preset, "items": a.items, "threads": a.threads, "rows": rows,
+           "speedup_vs_best_peer": rows[0]["items_per_second"] / best_peer if best_peer else None}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print("%s, %d items x 4 endings, %d threads" % (a.preset, a.items, a.threads))
+        for r in rows:
+            print("  %-44s %-12s %8.2f items/s  acc %.4f acc_norm %.4f%s" % (
+                r["impl"], r["batch"], r["items_per_second"], r["acc"], r["acc_norm"],
+                "  max|ll diff| %.2e" % r["max_abs_ll_diff"] if "max_abs_ll_diff" in r else ""))
+        if best_peer:
+            print("  dsv3 / best peer: %.1fx" % out["speedup_vs_best_peer"])
+
+
+if __name__ == "__main__":
+    main()
