@@ -19,4 +19,5 @@ int cmd_prune(int argc, char** argv);
 int cmd_report(int argc, char** argv);
 int cmd_sweep(int argc, char** argv);
 int cmd_launch(int argc, char** argv);
+int cmd_finetune(int argc, char** argv);  // cmd_finetune.cpp
 }  // namespace dsv3::cli

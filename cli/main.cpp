@@ -41,6 +41,8 @@ const Command kCommands[] = {
      dsv3::cli::cmd_sweep},
     {"launch", "run train under mpirun/srun, restarting from the last checkpoint on failures",
      dsv3::cli::cmd_launch},
+    {"finetune", "post-training: SFT on chat JSONL, DPO on preference pairs, GRPO with rule rewards",
+     dsv3::cli::cmd_finetune},
 };
 
 void usage(std::FILE* f) {
