@@ -20,4 +20,5 @@ int cmd_report(int argc, char** argv);
 int cmd_sweep(int argc, char** argv);
 int cmd_launch(int argc, char** argv);
 int cmd_finetune(int argc, char** argv);  // cmd_finetune.cpp
+int cmd_pipeline(int argc, char** argv);  // cmd_pipeline.cpp
 }  // namespace dsv3::cli

@@ -43,6 +43,8 @@ const Command kCommands[] = {
      dsv3::cli::cmd_launch},
     {"finetune", "post-training: SFT on chat JSONL, DPO on preference pairs, GRPO with rule rewards",
      dsv3::cli::cmd_finetune},
+    {"pipeline", "training stages (base, domain, SFT, DPO/GRPO) as one resumable job",
+     dsv3::cli::cmd_pipeline},
 };
 
 void usage(std::FILE* f) {

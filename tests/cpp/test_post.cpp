@@ -2,9 +2,14 @@
 // assistant turns, malformed JSONL lines, GRPO's advantages and clipped objective by hand, the
 // reward rules, and `dsv3 finetune` end to end with a resume. The losses and gradients against
 // PyTorch are tests/python/test_post_training.py.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -15,6 +20,7 @@
 #include "post/data.h"
 #include "post/dpo.h"
 #include "post/grpo.h"
+#include "post/pipeline.h"
 #include "post/reward.h"
 #include "test_util.h"
 #include "train/state.h"
@@ -271,5 +277,88 @@ TEST(FinetuneCli, SftResumesAndGrpoLogs) {
   for (const char* k : {"reward", "kl", "length", "generation_s", "training_s", "samples_per_s"})
     EXPECT_TRUE(m[1].contains(k)) << k;
   EXPECT_EQ(test::read_metrics(d + "/grpo/metrics.jsonl", "eval").size(), 2u);
+  std::filesystem::remove_all(dir);
+}
+
+// Stages: a pipeline killed in the middle of its second stage resumes in that stage (the first
+// is skipped, the second continues from its own checkpoint), then runs the last.
+TEST(Pipeline, KilledMidStageResumesInThatStage) {
+  const auto dir = test::temp_dir("post_pipeline");
+  const std::string d = dir.string();
+  std::string chat;
+  for (int i = 0; i < 8; i++)
+    chat += R"({"messages": [{"role": "user", "content": ")" + std::to_string(i) +
+            R"( plus 1 is"}, {"role": "assistant", "content": ")" + std::to_string(i + 1) + R"(."}]})" "\n";
+  write(dir / "chat.jsonl", chat);
+  write(dir / "pairs.jsonl", R"({"prompt": "1 plus 1 is", "chosen": "2.", "rejected": "3."})" "\n"
+                             R"({"prompt": "2 plus 1 is", "chosen": "3.", "rejected": "4."})" "\n");
+  write(dir / "stages.toml", "out = " + d + "/out\n[stage base]\ncommand = train\npreset = debug\n"
+        "steps = 2\nseq_len = 32\nbatch = 2\nsample_tokens = 0\n"
+        "[stage sft]  # long enough to be killed in\ncommand = finetune\nmethod = sft\ndata = " + d +
+        "/chat.jsonl\nsteps = 400\nsave_every = 1\nseq_len = 32\nbatch = 1\n"
+        "[stage dpo]\ncommand = finetune\nmethod = dpo\ndata = " + d + "/pairs.jsonl\nsteps = 1\n"
+        "seq_len = 32\nbatch = 1\n");
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    setsid();  // its own process group: the kill below takes the stage's process too
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1), dup2(null, 2);
+    execl(DSV3_BIN, DSV3_BIN, "pipeline", "--stages", (d + "/stages.toml").c_str(), nullptr);
+    _exit(127);
+  }
+  const auto ck = dir / "out" / "sft" / "ckpt_00000002.dsv3";
+  for (int i = 0; i < 1200 && !std::filesystem::exists(ck); i++) usleep(50000);
+  ASSERT_TRUE(std::filesystem::exists(ck)) << "the sft stage did not reach step 2 in 60 s";
+  kill(-pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(std::filesystem::exists(dir / "out" / "base" / "STAGE_DONE"));
+  ASSERT_FALSE(std::filesystem::exists(dir / "out" / "sft" / "STAGE_DONE"));
+  // resume with fewer steps so the test stays short: the stage continues from its checkpoint
+  std::string text = test::read_file_bytes((dir / "stages.toml").string());
+  text.replace(text.find("steps = 400"), 11, "steps = 4");
+  write(dir / "stages.toml", text);
+  const auto r = test::run_cli("pipeline --stages " + d + "/stages.toml");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("stage 1/3 base: done, skipped"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stage 2/3 sft (resuming)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("resuming "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--model " + d + "/out/sft"), std::string::npos) << r.out;  // dpo from sft
+  EXPECT_TRUE(std::filesystem::exists(dir / "out" / "dpo" / "STAGE_DONE"));
+  // the resumed stage did not start over: its metrics begin where the checkpoint was
+  const auto starts = test::read_metrics(d + "/out/sft/metrics.jsonl", "start");
+  ASSERT_GE(starts.size(), 2u);
+  EXPECT_GE(starts.back()["step"].get<int64_t>(), 2);
+  // a bad stages file names its line
+  write(dir / "bad.toml", "out = x\n[stage a]\ncommand = bake\n");
+  const auto b = test::run_cli("pipeline --stages " + d + "/bad.toml");
+  EXPECT_NE(b.code, 0);
+  EXPECT_NE(b.out.find("bad.toml:3: command must be train or finetune"), std::string::npos) << b.out;
+  std::filesystem::remove_all(dir);
+}
+
+// Context extension: --init_from with a YaRN factor and a longer --seq_len than the base run
+// trained at, then the loss by position bucket; a shape change is refused.
+TEST(Stages, ContextExtensionWithYarnAndPositionBuckets) {
+  const auto dir = test::temp_dir("post_yarn");
+  const std::string d = dir.string();
+  auto r = test::run_cli("train --preset debug --max_seq 64 --steps 1 --seq_len 16 --batch 2 --sample_tokens 0 --out " + d + "/base");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = test::run_cli("train --init_from " + d + "/base --yarn_factor 4 --yarn_original_ctx 16 --max_seq 64 "
+                    "--seq_len 64 --batch 1 --steps 1 --sample_tokens 0 --out " + d + "/long");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = test::run_cli("eval --model " + d + "/long --text " + DSV3_SOURCE_DIR + "/README.md --seq_len 64 "
+                    "--batch 1 --max_batches 2 --position_buckets 4 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  ASSERT_EQ(j["position_loss"].size(), 4u);
+  double mean = 0;
+  for (const auto& b : j["position_loss"]) mean += b["loss"].get<double>() / 4;
+  EXPECT_NEAR(mean, j["loss"].get<double>(), 1e-4);  // equal buckets average to the loss
+  EXPECT_EQ(j["position_loss"][3]["from"], 48);
+  r = test::run_cli("train --init_from " + d + "/base --kv_lora 8 --steps 1 --out " + d + "/bad");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("changes the parameter shapes"), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
 }
