@@ -21,6 +21,7 @@
 #include "core/timer.h"
 #include "data/token_file.h"
 #include "eval/eval.h"
+#include "eval/position_loss.h"
 #include "flags.h"
 #include "infer/sample.h"
 #include "infer/text_stream.h"
@@ -479,7 +480,10 @@ int cmd_eval(int argc, char** argv) {
   wc.backward = false;
   Workspace ws(c, weights->dtype(), weights->device(), wc);
   const double t0 = now_seconds();
-  EvalResult r = evaluate(*weights, ws, tokens, d, o.max_batches, o.position_buckets);
+  EvalResult r = evaluate(*weights, ws, tokens, d, o.max_batches);
+  const std::vector<double> by_pos = o.position_buckets > 0
+      ? loss_by_position(*weights, ws, tokens, d, o.max_batches, o.position_buckets)
+      : std::vector<double>{};
   const double dt = now_seconds() - t0;
   // A model whose weights give NaN or inf is broken: exit non-zero rather than print "loss nan".
   DSV3_CHECK(std::isfinite(r.loss) && (c.mtp_depth == 0 || std::isfinite(r.mtp_loss)),
@@ -492,10 +496,9 @@ int cmd_eval(int argc, char** argv) {
                         {"precision", precision_name(pc.precision)}};
     if (c.mtp_depth > 0) j["mtp_loss"] = r.mtp_loss;
     if (bytes_per_token > 0) j["bits_per_byte"] = r.loss / std::log(2.0) / bytes_per_token;
-    for (size_t k = 0; k < r.position_loss.size(); k++)
-      j["position_loss"].push_back({{"from", k * d.T / r.position_loss.size()},
-                                    {"to", (k + 1) * d.T / r.position_loss.size()},
-                                    {"loss", r.position_loss[k]}});
+    for (size_t k = 0; k < by_pos.size(); k++)
+      j["position_loss"].push_back({{"from", k * d.T / by_pos.size()}, {"to", (k + 1) * d.T / by_pos.size()},
+                                    {"loss", by_pos[k]}});
     print_json(j);
   } else {
     std::printf("loss %.6f (perplexity %.3f)", r.loss, std::exp(r.loss));
@@ -503,9 +506,9 @@ int cmd_eval(int argc, char** argv) {
     if (bytes_per_token > 0) std::printf(", %.4f bits/byte", r.loss / std::log(2.0) / bytes_per_token);
     std::printf(" over %lld tokens in %d batches of %d x %d (%.1f s)\n", (long long)r.tokens,
                 r.batches, o.batch, d.T, dt);
-    for (size_t k = 0; k < r.position_loss.size(); k++)
-      std::printf("  positions [%zu, %zu): loss %.6f\n", k * d.T / r.position_loss.size(),
-                  (k + 1) * d.T / r.position_loss.size(), r.position_loss[k]);
+    for (size_t k = 0; k < by_pos.size(); k++)
+      std::printf("  positions [%zu, %zu): loss %.6f\n", k * d.T / by_pos.size(),
+                  (k + 1) * d.T / by_pos.size(), by_pos[k]);
   }
   return 0;
 }

@@ -21,7 +21,7 @@ void validate(const EvalConfig& e) {
 }
 
 EvalResult evaluate(const ModelWeights& w, Workspace& ws, const std::vector<int32_t>& tokens,
-                    Dims d, int max_batches, int position_buckets) {
+                    Dims d, int max_batches) {
   DSV3_CHECK(tokens.size() >= size_t(d.T) + 1, "evaluation data has ", tokens.size(),
              " tokens; one sequence of ", d.T, " needs ", d.T + 1, " (lower --seq_len)");
   const size_t rows_avail = (tokens.size() - 1) / d.T;
@@ -32,28 +32,17 @@ EvalResult evaluate(const ModelWeights& w, Workspace& ws, const std::vector<int3
   EvalResult r;
   std::vector<int32_t> batch(size_t(e.B) * (e.T + 1));
   const TrainingLossConfig loss;  // the losses as reported; balance settings do not matter here
-  const int nbk = std::clamp(position_buckets, 0, e.T);
-  std::vector<double> bucket_sum(size_t(nbk), 0.0), bucket_n(size_t(nbk), 0.0);
-  std::vector<float> lp(nbk > 0 ? span : 0);
-  ForwardOptions opt;
-  opt.token_logprobs = nbk > 0 ? lp.data() : nullptr;
   for (size_t i = 0; i < nb; i++) {
     for (int b = 0; b < e.B; b++)
       std::copy_n(tokens.data() + i * span + size_t(b) * e.T, e.T + 1,
                   batch.data() + size_t(b) * (e.T + 1));
-    const LossReport l = forward(w, ws, loss, {e, batch.data()}, opt);
-    for (size_t n = 0; n < lp.size(); n++) {
-      const size_t k = size_t(n % size_t(e.T)) * size_t(nbk) / size_t(e.T);
-      bucket_sum[k] -= lp[n];
-      bucket_n[k] += 1;
-    }
+    const LossReport l = forward(w, ws, loss, {e, batch.data()});
     r.loss += l.loss;
     r.mtp_loss += l.mtp_loss;
     r.tokens += l.targets;
     r.batches++;
   }
   if (r.batches > 0) r.loss /= r.batches, r.mtp_loss /= r.batches;
-  for (int k = 0; k < nbk; k++) r.position_loss.push_back(bucket_n[size_t(k)] > 0 ? bucket_sum[size_t(k)] / bucket_n[size_t(k)] : 0.0);
   return r;
 }
 

@@ -22,14 +22,11 @@ struct EvalResult {
   double mtp_loss = 0;  // mean over MTP modules
   int64_t tokens = 0;   // targets scored
   int batches = 0;
-  // With position buckets: the mean loss of the targets at positions [k T/n, (k+1) T/n) of each
-  // sequence, k = 0..n-1 (long-context validation: does the loss keep falling with position?).
-  std::vector<double> position_loss;
 };
 
 // Uses up to max_batches batches of d (0 = as many as fit). If the data is shorter than one
 // batch, fewer rows are used; at least T+1 tokens are required. ws must hold d.
 EvalResult evaluate(const ModelWeights& w, Workspace& ws, const std::vector<int32_t>& tokens,
-                    Dims d, int max_batches, int position_buckets = 0);
+                    Dims d, int max_batches);
 
 }  // namespace dsv3
