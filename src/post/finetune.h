@@ -98,8 +98,8 @@ class FinetuneSession {
 
   // One optimizer step over the micro-batches (1 or more) that `micro` returns.
   StepResult update(int64_t step, int micro_batches, const MicroFn& micro);
-  // Checkpoint after `steps_done` steps (weights + moments; `extra` kept in its "finetune"
-  // record); `final` also writes the run's final model.
+  // Checkpoint after `steps_done` steps into --out (weights + moments; `extra` kept in its
+  // "finetune" record; the last two kept): the run's model for the next stage, and its resume.
   void save(int64_t steps_done, const nlohmann::json& extra);
   nlohmann::json resumed_extra() const { return resumed_extra_; }
   void log(const nlohmann::json& record);
