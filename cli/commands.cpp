@@ -21,6 +21,7 @@
 #include "core/timer.h"
 #include "data/token_file.h"
 #include "eval/eval.h"
+#include "eval/position_loss.h"
 #include "flags.h"
 #include "infer/sample.h"
 #include "infer/text_stream.h"
@@ -419,7 +420,7 @@ int cmd_bench(int argc, char** argv) {
 namespace {
 struct EvalOptions {
   std::string model, data, text, tokenizer, device = "cpu";
-  int batch = 8, seq_len = 256, max_batches = 0;
+  int batch = 8, seq_len = 256, max_batches = 0, position_buckets = 0;
 };
 const std::vector<FieldSpec>& eval_command_fields() {
   using E = EvalOptions;
@@ -431,6 +432,8 @@ const std::vector<FieldSpec>& eval_command_fields() {
       field("batch", &E::batch, "sequences per batch", in_range(1, 1 << 20)),
       field("seq_len", &E::seq_len, "tokens per sequence", in_range(1, 1 << 24)),
       field("max_batches", &E::max_batches, "batches to score (0 = all that fit)", at_least(0)),
+      field("position_buckets", &E::position_buckets, "also report the loss by position in the "
+            "sequence, in this many equal buckets (long-context validation)", in_range(0, 4096)),
       field("device", &E::device, "cpu or cuda"),
   };
   return f;
@@ -481,6 +484,9 @@ int cmd_eval(int argc, char** argv) {
   Workspace ws(c, weights->dtype(), weights->device(), wc);
   const double t0 = now_seconds();
   EvalResult r = evaluate(*weights, ws, tokens, d, o.max_batches);
+  const std::vector<double> by_pos = o.position_buckets > 0
+      ? loss_by_position(*weights, ws, tokens, d, o.max_batches, o.position_buckets)
+      : std::vector<double>{};
   const double dt = now_seconds() - t0;
   // A model whose weights give NaN or inf is broken: exit non-zero rather than print "loss nan".
   DSV3_CHECK(std::isfinite(r.loss) && (c.mtp_depth == 0 || std::isfinite(r.mtp_loss)),
@@ -493,6 +499,9 @@ int cmd_eval(int argc, char** argv) {
                         {"precision", precision_name(pc.precision)}};
     if (c.mtp_depth > 0) j["mtp_loss"] = r.mtp_loss;
     if (bytes_per_token > 0) j["bits_per_byte"] = r.loss / std::log(2.0) / bytes_per_token;
+    for (size_t k = 0; k < by_pos.size(); k++)
+      j["position_loss"].push_back({{"from", k * d.T / by_pos.size()}, {"to", (k + 1) * d.T / by_pos.size()},
+                                    {"loss", by_pos[k]}});
     print_json(j);
   } else {
     std::printf("loss %.6f (perplexity %.3f)", r.loss, std::exp(r.loss));
@@ -500,6 +509,9 @@ int cmd_eval(int argc, char** argv) {
     if (bytes_per_token > 0) std::printf(", %.4f bits/byte", r.loss / std::log(2.0) / bytes_per_token);
     std::printf(" over %lld tokens in %d batches of %d x %d (%.1f s)\n", (long long)r.tokens,
                 r.batches, o.batch, d.T, dt);
+    for (size_t k = 0; k < by_pos.size(); k++)
+      std::printf("  positions [%zu, %zu): loss %.6f\n", k * d.T / by_pos.size(),
+                  (k + 1) * d.T / by_pos.size(), by_pos[k]);
   }
   return 0;
 }

@@ -23,4 +23,6 @@ int cmd_plan(int argc, char** argv);    // cmd_plan.cpp
 int cmd_evaluate(int argc, char** argv);  // cmd_evaluate.cpp
 int cmd_synth(int argc, char** argv);     // cmd_synth.cpp
 int cmd_augment(int argc, char** argv);
+int cmd_finetune(int argc, char** argv);  // cmd_finetune.cpp
+int cmd_pipeline(int argc, char** argv);  // cmd_pipeline.cpp
 }  // namespace dsv3::cli

@@ -48,6 +48,10 @@ const Command kCommands[] = {
      dsv3::cli::cmd_launch},
     {"plan", "layouts that fit N GPUs, with predicted memory, tokens/s, days and cost",
      dsv3::cli::cmd_plan},
+    {"finetune", "post-training: SFT on chat JSONL, DPO on preference pairs, GRPO with rule rewards",
+     dsv3::cli::cmd_finetune},
+    {"pipeline", "training stages (base, domain, SFT, DPO/GRPO) as one resumable job",
+     dsv3::cli::cmd_pipeline},
 };
 
 void usage(std::FILE* f) {

@@ -52,4 +52,52 @@ ChatPrompt apply_chat_template(const TextCodec& codec, const std::vector<ChatMes
   return p;
 }
 
+RenderedChat render_chat(const TextCodec& codec, const std::vector<ChatMessage>& messages,
+                         bool generation_prompt) {
+  DSV3_CHECK(!messages.empty(), "messages must not be empty");
+  RenderedChat r;
+  auto put = [&](const std::vector<int32_t>& ids, uint8_t trained) {
+    r.ids.insert(r.ids.end(), ids.begin(), ids.end());
+    r.assistant.insert(r.assistant.end(), ids.size(), trained);
+  };
+  auto special = [&](const char* s) { return std::vector<int32_t>{codec.special_id(s)}; };
+  const bool v3 = codec.special_id(kUser) >= 0 && codec.special_id(kAssistant) >= 0;
+  const int32_t eos = v3 ? codec.special_id(kEos) : codec.eos_id();
+  if (eos >= 0) r.stop_ids.push_back(eos);
+  if (v3) {
+    r.template_name = "deepseek-v3";
+    std::string system;  // every system message first, as apply_chat_template does
+    for (const auto& m : messages)
+      if (role_of(m.role) == "system") system += (system.empty() ? "" : "\n\n") + m.content;
+    if (codec.special_id(kBos) >= 0) put(special(kBos), 0);
+    if (!system.empty()) put(codec.encode(system), 0);
+    for (const auto& m : messages) {
+      const std::string role = role_of(m.role);
+      if (role == "user") {
+        put(special(kUser), 0);
+        put(codec.encode(m.content), 0);
+      } else if (role == "assistant") {
+        put(special(kAssistant), 0);
+        put(codec.encode(m.content), 1);
+        if (eos >= 0) put({eos}, 1);
+      }
+    }
+    if (generation_prompt) put(special(kAssistant), 0);
+    return r;
+  }
+  r.template_name = "plain";
+  for (const auto& m : messages) {
+    const std::string role = role_of(m.role);
+    if (role == "system") put(codec.encode(m.content + "\n\n"), 0);
+    else if (role == "user") put(codec.encode("User: " + m.content + "\n\n"), 0);
+    else {
+      put(codec.encode("Assistant:"), 0);
+      put(codec.encode(" " + m.content + "\n\n"), 1);
+      if (eos >= 0) put({eos}, 1);
+    }
+  }
+  if (generation_prompt) put(codec.encode("Assistant:"), 0);
+  return r;
+}
+
 }  // namespace dsv3

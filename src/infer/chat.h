@@ -29,4 +29,19 @@ struct ChatPrompt {
 // Throws dsv3::Error for an unknown role or an empty conversation.
 ChatPrompt apply_chat_template(const TextCodec& codec, const std::vector<ChatMessage>& messages);
 
+// A whole conversation for training (SFT, DPO, GRPO; docs/post_training.md), rendered with the
+// same template segment by segment, and `assistant` marking the tokens the model is trained to
+// produce: each assistant turn's content and its end marker (<｜end▁of▁sentence｜>; in the plain
+// template " {content}\n\n" and the end-of-sequence token when there is one), never the role
+// markers, system or user text. Message contents are encoded as text (a marker string inside a
+// message stays text). generation_prompt: end with the assistant marker (GRPO's prompts).
+struct RenderedChat {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> assistant;  // per id: 1 inside an assistant turn's trained part
+  std::vector<int32_t> stop_ids;
+  const char* template_name = "";
+};
+RenderedChat render_chat(const TextCodec& codec, const std::vector<ChatMessage>& messages,
+                         bool generation_prompt);
+
 }  // namespace dsv3
