@@ -57,7 +57,8 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
                "--pp_schedule 1f1b");
   } else {
     DSV3_CHECK(cfg.pp_layers.empty(), "--pp_layers ", cfg.pp_layers, " splits layers into "
-               "pipeline stages, but --pp is 1 (set --pp to the number of stages)");
+               "pipeline stages, but --pp is 1 (set --pp to the number of stages, or --pp_layers '' to "
+               "drop the split, e.g. resuming a pipeline's checkpoint on one process)");
   }
   if (l.ep > 1)
     DSV3_CHECK(model.experts > 0 && model.experts % l.ep == 0, "--ep ", l.ep, " shards the routed "

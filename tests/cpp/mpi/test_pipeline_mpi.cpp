@@ -51,10 +51,11 @@ TEST(PipelineMpi, CheckpointsMoveBetweenAPipelineAndOneProcess) {
   Dir d("pipe_ckpt");
   ASSERT_EQ(train(0, kPipe + " --out " + d / "one").code, 0);
   const auto one = steps_of(d / "one");
-  // pp 2 saves at step 4; one process goes on to 8
+  // pp 2 saves at step 4; one process goes on to 8 (a resume keeps the saved layout flags
+  // unless given)
   CmdResult r = train(2, kPipe + " --steps 4 --pp 2 --save_every 4 --out " + d / "to_one");
   ASSERT_EQ(r.code, 0) << r.out;
-  r = train(0, kPipe + " --resume " + d / "to_one" + " --out " + d / "to_one");
+  r = train(0, kPipe + " --pp 1 --resume " + d / "to_one" + " --out " + d / "to_one");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("resuming at step 4"), std::string::npos) << r.out;
   EXPECT_LT(max_rel_loss_diff(steps_of(d / "to_one"), one), 1e-4);
