@@ -179,9 +179,27 @@ int cmd_train(int argc, char** argv) {
       }
       validate(run);
       validate_parallel(run.parallel, run.distributed, run.model, world.size());
+      validate_pipeline_micros(run.parallel, run.distributed, world.size(), run.run.batch,
+                               run.run.grad_accum);
     });
-  } catch (...) {
+  } catch (const dist::QuietError&) {
+    if (world.size() > 1) world.barrier();  // until rank 0 has said why (below)
     dist::finalize();  // every rank got here: end MPI cleanly
+    throw;
+  } catch (const Error& e) {
+    if (world.size() == 1) {
+      dist::finalize();
+      throw;
+    }
+    // rank 0 reports the agreed error before the others may exit (mpirun stops a job when one
+    // rank exits with an error, and could stop rank 0 before it printed)
+    std::fprintf(stderr, "\ndsv3 train: error: %s\n", e.what());
+    std::fflush(stderr);
+    world.barrier();
+    dist::finalize();
+    throw dist::QuietError(e.what());
+  } catch (...) {
+    dist::finalize();
     throw;
   }
   if (help) {

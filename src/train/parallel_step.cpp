@@ -52,9 +52,9 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
                "gradients after every micro-batch, which serialises the pipeline): use --zero 1");
     DSV3_CHECK(!cfg.balance_microbatches, "--balance_microbatches with --pp is not supported "
                "(every stage of a pipeline runs the same micro-batches)");
-    DSV3_CHECK(cfg.pp_schedule == PipeSchedule::OneFOneB, "--pp_schedule ",
-               pipe_schedule_name(cfg.pp_schedule), " is not implemented in training yet: use "
-               "--pp_schedule 1f1b");
+    DSV3_CHECK(cfg.pp_schedule == PipeSchedule::OneFOneB || l.pp % 2 == 0, "--pp_schedule "
+               "dualpipe runs two pipelines in opposite directions over the same stages and needs "
+               "an even --pp, not ", l.pp);
   } else {
     DSV3_CHECK(cfg.pp_layers.empty(), "--pp_layers ", cfg.pp_layers, " splits layers into "
                "pipeline stages, but --pp is 1 (set --pp to the number of stages, or --pp_layers '' to "
@@ -65,6 +65,15 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
                "experts over ", l.ep, " ranks, but the model has ", model.experts,
                " routed experts, not a multiple of ", l.ep, " (choose an ep that divides ",
                model.experts, ")");
+}
+
+void validate_pipeline_micros(const dist::ParallelLayout& given, const DistConfig& cfg,
+                              int world_size, int batch, int grad_accum) {
+  const dist::ParallelLayout l = dist::resolve(given, world_size);
+  if (l.pp == 1 || cfg.pp_schedule != PipeSchedule::DualPipe || batch < 1 || l.dp < 1) return;
+  const long long G = cfg.global_batch > 0 ? cfg.global_batch : 1LL * batch * grad_accum * l.dp;
+  if (G % (1LL * l.dp * batch) != 0) return;  // even_plan says what to change
+  schedule_dualpipe(0, l.pp, int(G / l.dp / batch));  // throws naming the rule
 }
 
 std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayout& given,
@@ -134,6 +143,11 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
 }
 
 ParallelStep::~ParallelStep() = default;
+
+void ParallelStep::set_plan(BatchPlan p) {
+  if (pipe_) pipe_->check_micros(p.micro);
+  plan_ = std::move(p);
+}
 
 void ParallelStep::attach(Workspace& ws) { ws.set_expert_exchange(experts_.get()); }
 
@@ -379,7 +393,7 @@ StepComm ParallelStep::last_comm() const {
     const int P = ctx_.layout.pp, M = pipe_->stats().micros;
     c.pp_idle_s = pp_idle_ / P;
     c.pp_bubble_fraction = pp_wall_ > 0 ? pp_idle_ / pp_wall_ : 0;
-    c.pp_bubble_formula = double(P - 1) / double(M + P - 1);
+    c.pp_bubble_formula = ideal_bubble_fraction(pipe_->schedule(), P, M);
     c.pp_send_bytes = pipe_->stats().sent_bytes;
   }
   return c;

@@ -58,6 +58,10 @@ struct ParallelContext {
 // seq_len: the training sequence length (the pipeline split balances FLOPs at it; 0: max_seq).
 void validate_parallel(const dist::ParallelLayout& layout, const DistConfig& cfg,
                        const ModelConfig& model, int world_size, int seq_len = 0);
+// The pipeline schedule against the micro-batches per step that --global_batch (or batch x
+// grad_accum x dp), --batch and the layout give each rank (DualPipe: even, >= 2 pp).
+void validate_pipeline_micros(const dist::ParallelLayout& layout, const DistConfig& cfg,
+                              int world_size, int batch, int grad_accum);
 // Collective over the world: the context of this rank.
 std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayout& layout,
                                                        const DistConfig& cfg,
@@ -76,8 +80,8 @@ struct StepComm {
   double grad_wire_bytes = 0;  // the gradient reduction's share (compressed or not)
   double compute_s = 0;        // forward + backward + optimizer, without exposed communication
   // Pipeline parallelism: the mean over stages of the time blocked on a neighbour, and of its
-  // share of the pipeline's wall time (the bubble; -1 without pp), the 1F1B formula's share
-  // (P-1)/(M+P-1), and the activation bytes this rank sent.
+  // share of the pipeline's wall time (the bubble; -1 without pp), the schedule's share on equal
+  // stages (ideal_bubble_fraction; 1F1B (P-1)/(M+P-1)), and the activation bytes this rank sent.
   double pp_idle_s = 0, pp_bubble_fraction = -1, pp_bubble_formula = 0, pp_send_bytes = 0;
 };
 
@@ -96,7 +100,8 @@ class ParallelStep {
   void set_updates(int64_t n);
   // The batch plan of the next step (which sequences of the global batch this rank runs).
   const BatchPlan& plan() const { return plan_; }
-  void set_plan(BatchPlan p) { plan_ = std::move(p); }
+  // (Throws when the pipeline schedule cannot run the plan's micro-batches.)
+  void set_plan(BatchPlan p);
 
   // Parameters from fp32 values in the whole model's table layout (a fresh initialisation).
   void load_full(const std::vector<float>& full);

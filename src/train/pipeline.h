@@ -5,13 +5,17 @@
 // send/recv on the pp group; model code never communicates.
 //
 // Each in-flight micro-batch has its own workspace (1F1B: P - s of them on stage s), restricted
-// to the stage's layers. The weights are the whole model on every stage (docs/decisions.md,
+// to the stage's layers. DualPipe runs two such stages per rank, one per direction; its F&B ops
+// run the forward and then the backward (no overlap on the CPU), and its W ops are empty: the
+// model's backward computes weight gradients with input gradients, so a postponed W is already
+// done (docs/decisions.md). The weights are the whole model on every stage (docs/decisions.md,
 // "Distributed II"): a stage reads only its part, its gradients are zero elsewhere, and the
 // gradient reduction over dp x pp (train/parallel_step.h) sums the stages' parts. The MTP
 // modules on the last stage read the embedding stage 0 trains: both add to the one embedding
 // gradient, so the two copies stay equal.
 #pragma once
 #include <functional>
+#include <list>
 #include <memory>
 #include <vector>
 
@@ -33,25 +37,27 @@ struct PipeStepStats {
 class PipelineStage {
  public:
   // bounds: stages + 1 layer boundaries (pipeline_split); pp: this rank's pipeline group, its
-  // rank the stage.
+  // rank this rank's stage (1F1B) or stages r and P-1-r (DualPipe's two directions).
   PipelineStage(const ModelWeights& w, dist::Comm pp, std::vector<int> bounds, PipeSchedule s);
   ~PipelineStage();
 
-  int stage() const { return stage_; }
+  int rank() const { return rank_; }
   int stages() const { return int(bounds_.size()) - 1; }
-  bool first() const { return stage_ == 0; }
-  bool last() const { return stage_ == stages() - 1; }
-  const std::vector<int>& bounds() const { return bounds_; }
+  PipeSchedule schedule() const { return schedule_; }
+  // Throws unless the schedule can run M micro-batches per step (DualPipe: M even, >= 2P).
+  void check_micros(int M) const;
 
-  // Around each micro-batch's backward on this stage (the gradient reduction's hooks).
+  // Around each backward on this rank, numbered 0, 1, ... in the order they run (the gradient
+  // reduction's hooks: it reduces after the last).
   struct Hooks {
     std::function<void(int)> before_backward, after_backward;
   };
   // F and B of micro-batches 0..scale.size()-1 (micro(a) asked for before F(a); its gradient
-  // scaled by scale[a]) in the schedule's order; gradients add into grads. Returns this stage's
-  // part of each micro-batch's report: the losses and targets on the last stage, the router
-  // statistics of the MoE layers it runs (zero elsewhere), so summing over stages gives the
-  // whole model's report.
+  // scaled by scale[a]) in the schedule's order; gradients add into grads. DualPipe sends the
+  // first half of the micro-batches down from rank 0 and the second half up from rank P-1.
+  // Returns this rank's part of each micro-batch's report: the losses and targets where it runs
+  // the last stage, the router statistics of the MoE layers it runs (zero elsewhere), so summing
+  // over the ranks of a pipeline gives the whole model's report.
   std::vector<LossReport> run(const WorkspaceConfig& whole, ExpertExchange* experts,
                               const TrainingLossConfig& loss, const ModelParams& grads,
                               const MicroFn& micro, const std::vector<float>& scale,
@@ -60,26 +66,27 @@ class PipelineStage {
 
  private:
   struct Slot;
-  void forward(Slot& s, int a);
-  void backward(Slot& s, int a);
+  struct Lane;  // one direction's stage on this rank
+  struct Outgoing;
+  void forward(Lane& lane, int m);
+  void backward(Lane& lane, int m);
   void recv(const Tensor& t, int peer, int tag);
+  void send(const Tensor& t, int peer, int tag);  // nonblocking, from a copy
 
   const ModelWeights& w_;
   dist::Comm pp_;
   std::vector<int> bounds_;
   PipeSchedule schedule_;
-  int stage_ = 0;
-  std::vector<std::unique_ptr<Slot>> slots_;
-  WorkspaceConfig slot_cfg_;
+  int rank_ = 0;
+  std::vector<std::unique_ptr<Lane>> lanes_;
   std::vector<LossReport> reports_;
-  std::vector<bool> mine_moe_;  // which MoE layers (LossReport::moe order) this stage runs
+  std::list<Outgoing> out_;  // sends in flight
   PipeStepStats stats_;
   // set for the duration of run()
   const TrainingLossConfig* loss_ = nullptr;
   const ModelParams* grads_ = nullptr;
   const MicroFn* micro_ = nullptr;
   const std::vector<float>* scale_ = nullptr;
-  ExpertExchange* experts_ = nullptr;
 };
 
 }  // namespace dsv3

@@ -47,6 +47,36 @@ PipeReplay replay_schedule(const std::vector<std::vector<PipeOp>>& stages, int m
 // The idle time per stage the schedule's formula gives: 1F1B (P-1)(F+B).
 double bubble_formula_1f1b(int stages, double f, double b);
 
+// DualPipe (DeepSeek-V3 section 3.2.1; the order of deepseek-ai/DualPipe): P ranks (P even) run
+// two pipelines in opposite directions over the same stages. Direction 0 enters at rank 0,
+// direction 1 at rank P-1; rank r runs stage r of direction 0 and stage P-1-r of direction 1,
+// each direction M/2 of the step's M micro-batches (M even, M >= 2P). Besides F and B it has
+// F&B (a forward of one direction overlapped with a backward of the other: one op whose time is
+// F&B), B without the weight gradient (zero bubble: BInput) and W (the oldest postponed weight
+// gradient, first in first out). With the input-gradient part of a backward as long as a forward
+// (B - W = F) the most idle rank waits (P/2-1)(F&B+B-3W) per step.
+struct DualOp {
+  enum Kind : uint8_t { F, B, BInput, W, FAndB } kind = F;
+  int dir = 0, micro = 0;    // F, B, BInput; FAndB: its forward
+  int bdir = 0, bmicro = 0;  // FAndB: its backward
+};
+std::string to_string(const DualOp& op);  // "F1.3" (direction 1, micro 3), "F0.2&B1.0", "W"
+std::vector<DualOp> schedule_dualpipe(int rank, int ranks, int micros);
+// Micro-batches of direction `dir` in flight at once on `rank` (their activations are kept).
+int inflight_dualpipe(int rank, int ranks, int micros, int dir);
+struct DualCosts {
+  double f = 1, b = 2, w = 1, fb = 2.5;  // forward, whole backward, weight part, F&B
+};
+// As replay_schedule for DualPipe's orders (timeline left empty); `micros` is M (both directions).
+PipeReplay replay_dualpipe(const std::vector<std::vector<DualOp>>& ranks, int micros,
+                           const DualCosts& c);
+double bubble_formula_dualpipe(int ranks, const DualCosts& c);
+
+// The bubble share a schedule has on equal stages as training runs it here (F = 1, B = 2; DualPipe
+// without overlap or a separate W: F&B = F + B, W = 0): the mean over stages of idle / makespan
+// of the replay. 1F1B: (P-1)/(M+P-1).
+double ideal_bubble_fraction(PipeSchedule s, int stages, int micros);
+
 // The first layer of each stage and the end: stages + 1 boundaries, stage s runs blocks
 // [bounds[s], bounds[s+1]). pp_layers "2,1,1" sets the counts (they must sum to the layers);
 // empty: the contiguous split whose most expensive stage is cheapest by forward FLOPs, the head

@@ -73,6 +73,47 @@ TEST(PipelineSchedule, ReplayRefusesBrokenOrders) {
   EXPECT_TRUE(has(error_of([&] { replay_schedule(o, 2, 1, 2); }), "not F and B of each"));
 }
 
+std::vector<std::vector<DualOp>> orders_dualpipe(int P, int M) {
+  std::vector<std::vector<DualOp>> o;
+  for (int r = 0; r < P; r++) o.push_back(schedule_dualpipe(r, P, M));
+  return o;
+}
+
+TEST(PipelineSchedule, DualPipeKeepsDependenciesAndItsBubbleFormula) {
+  for (int P : {2, 4, 6, 8})
+    for (int M : {2 * P, 2 * P + 2, 4 * P}) {
+      // B - W = F (the input-gradient part of a backward as long as a forward), F&B between
+      // the longer of F and B and their sum: the most idle rank waits (P/2-1)(F&B+B-3W)
+      for (const DualCosts& c : {DualCosts{1, 2, 1, 2.5}, DualCosts{1, 2, 1, 2}, DualCosts{2, 3, 1, 4},
+                                 DualCosts{2, 4, 2, 5}, DualCosts{3, 4, 1, 7}}) {
+        const PipeReplay r = replay_dualpipe(orders_dualpipe(P, M), M, c);  // throws if broken
+        const double worst = *std::max_element(r.bubble.begin(), r.bubble.end());
+        EXPECT_DOUBLE_EQ(worst, bubble_formula_dualpipe(P, c))
+            << "P " << P << " M " << M << " F " << c.f << " B " << c.b << " W " << c.w;
+        // and below 1F1B's (P-1)(F+B) on the same stages
+        EXPECT_LT(worst, bubble_formula_1f1b(P, c.f, c.b) + (P == 2 ? 1e-9 : 0));
+      }
+      // in flight per direction: each rank keeps at most P+1 micro-batches' activations in all
+      for (int r = 0; r < P; r++)
+        EXPECT_LE(inflight_dualpipe(r, P, M, 0) + inflight_dualpipe(r, P, M, 1), P + 1)
+            << "P " << P << " M " << M << " rank " << r;
+    }
+  // the shares training reports as pp_bubble_formula
+  for (int P : {2, 4, 8})
+    for (int M : {2 * P, 4 * P}) {
+      EXPECT_NEAR(ideal_bubble_fraction(PipeSchedule::OneFOneB, P, M), double(P - 1) / (M + P - 1), 1e-12);
+      EXPECT_LE(ideal_bubble_fraction(PipeSchedule::DualPipe, P, M),
+                ideal_bubble_fraction(PipeSchedule::OneFOneB, P, M));
+    }
+  // bad sizes name the rule
+  EXPECT_TRUE(has(error_of([] { schedule_dualpipe(0, 3, 12); }), "an even number of pipeline stages"));
+  EXPECT_TRUE(has(error_of([] { schedule_dualpipe(0, 4, 6); }), "at least 2 x pp = 8, not 6"));
+  // a broken order: rank 1 of 2 runs its first backward before the forward it needs
+  auto o = orders_dualpipe(2, 4);
+  std::reverse(o[1].begin(), o[1].end());
+  EXPECT_FALSE(error_of([&] { replay_dualpipe(o, 4, {}); }).empty());
+}
+
 TEST(PipelineSplit, BalancedByFlopsOrAsGivenAndEveryStageHoldsALayer) {
   ModelConfig c = preset("debug");
   c.layers = 5;

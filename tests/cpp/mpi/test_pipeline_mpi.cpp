@@ -1,6 +1,6 @@
 // Pipeline parallelism and mixed layouts of `dsv3 train` under mpirun (ctest pipeline_mpi.*,
-// label mpi): per-step losses of pp2 and pp4 (uneven stages, 1F1B) and dp2 x pp2 with experts
-// against one process, checkpoints moved between a pipeline and one process, and the bad
+// label mpi): per-step losses of pp2 and pp4 (uneven stages) under 1F1B and DualPipe, and
+// dp2 x pp2 with experts, against one process, checkpoints moved between a pipeline and one process, and the bad
 // layouts. The debug model with 5 layers (1 dense + 4 MoE, MTP depth 1), 8 steps of a global
 // batch of 8 sequences of 32 tokens in micro-batches of 2: 4 micro-batches per pipeline step.
 //
@@ -23,28 +23,38 @@ TEST(PipelineMpi, PipelinesTrainLikeOneProcess) {
   const auto one = steps_of(d / "one");
   ASSERT_EQ(one.size(), 8u);
   struct Layout {
-    int np, pp;
+    int np, pp, M;  // M: micro-batches per step on each rank
     const char* args;
     const char* name;
   };
-  for (const Layout& l : {Layout{2, 2, "--pp 2", "pp2"},
-                          Layout{4, 4, "--pp 4 --pp_layers 2,1,1,1", "pp4"},
-                          Layout{4, 2, "--pp 2 --ep 2 --zero 1", "dp2_pp2_ep2"}}) {
+  const auto check = [&](const Layout& l, const std::vector<json>& ref) {
     const CmdResult r = train(l.np, kPipe + " " + l.args + " --out " + d / l.name);
     ASSERT_EQ(r.code, 0) << l.name << "\n" << r.out;
-    EXPECT_NE(r.out.find("1f1b stages of layers"), std::string::npos) << r.out;
+    const bool dual = std::string(l.args).find("dualpipe") != std::string::npos;
+    EXPECT_NE(r.out.find(dual ? "dualpipe stages of layers" : "1f1b stages of layers"),
+              std::string::npos) << r.out;
     const auto m = steps_of(d / l.name);
-    EXPECT_LT(max_rel_loss_diff(m, one), 1e-4) << l.name;
-    // the bubble is measured every step and the formula's share is (P-1)/(M+P-1)
-    const int M = l.np == 4 && l.pp == 2 ? 2 : 4;  // dp 2 halves each rank's micro-batches
+    EXPECT_LT(max_rel_loss_diff(m, ref), 1e-4) << l.name;
+    // the bubble is measured every step beside the schedule's share on equal stages
     for (const json& s : m) {
       ASSERT_TRUE(s.contains("pp_bubble_fraction")) << l.name;
       EXPECT_GE(s["pp_bubble_fraction"].get<double>(), 0.0);
       EXPECT_LT(s["pp_bubble_fraction"].get<double>(), 1.0);
-      EXPECT_DOUBLE_EQ(s["pp_bubble_formula"].get<double>(), double(l.pp - 1) / (M + l.pp - 1));
+      const double f = s["pp_bubble_formula"].get<double>();
+      if (!dual) EXPECT_NEAR(f, double(l.pp - 1) / (l.M + l.pp - 1), 1e-12) << l.name;
+      else EXPECT_LT(f, double(l.pp - 1) / (l.M + l.pp - 1)) << l.name;  // below 1F1B's
       EXPECT_GT(s["pp_send_bytes"].get<double>(), 0.0);
     }
-  }
+  };
+  for (const Layout& l : {Layout{2, 2, 4, "--pp 2", "pp2"},
+                          Layout{4, 4, 4, "--pp 4 --pp_layers 2,1,1,1", "pp4"},
+                          Layout{4, 2, 2, "--pp 2 --ep 2 --zero 1", "dp2_pp2_ep2"},
+                          Layout{2, 2, 4, "--pp 2 --pp_schedule dualpipe", "pp2_dual"}})
+    check(l, one);
+  // DualPipe on 4 stages needs M >= 8: micro-batches of one sequence, against one process so
+  ASSERT_EQ(train(0, kPipe + " --batch 1 --out " + d / "one_b1").code, 0);
+  check({4, 4, 8, "--batch 1 --pp 4 --pp_layers 2,1,1,1 --pp_schedule dualpipe", "pp4_dual"},
+        steps_of(d / "one_b1"));
 }
 
 TEST(PipelineMpi, CheckpointsMoveBetweenAPipelineAndOneProcess) {
@@ -99,7 +109,9 @@ TEST(PipelineMpi, BadLayoutsFailOnceWithoutHanging) {
        "the model has 2 heads, not a multiple of 3");
   once(train(2, "--steps 2 --pp 2 --pp_layers 1,2 --out " + d / "f"),
        "adds up to 3 layers, but the model has 2");
-  for (const char* x : {"a", "b", "c", "e", "f"}) EXPECT_FALSE(fs::exists(d / x + "/metrics.jsonl")) << x;
+  once(train(2, "--steps 2 --pp 2 --pp_schedule dualpipe --global_batch 2 --out " + d / "g"),
+       "DualPipe needs an even number of micro-batches per step, at least 2 x pp = 4, not 1");
+  for (const char* x : {"a", "b", "c", "e", "f", "g"}) EXPECT_FALSE(fs::exists(d / x + "/metrics.jsonl")) << x;
 }
 
 }  // namespace
