@@ -1,12 +1,14 @@
 """Pipeline parallelism on this machine (issue 11, BENCHMARKS.md): the measured bubble of 1F1B
-against its formula.
+and DualPipe against their formulas.
 
-For P = 2 and 4 stages and M = 4 and 8 micro-batches per step, `dsv3 train --pp P` runs the
-debug model with 4 layers (seq_len 64, micro-batches of 1 sequence) for a few steps; every step
-reports `pp_bubble_fraction` (mean over stages of the time blocked on a neighbour, over the
-pipeline's wall time) and `pp_bubble_formula` ((P-1)/(M+P-1), 1F1B with equal stages). The
-median over the steps after the first is printed beside the formula, with the step time of one
-process on the same global batch.
+For P = 2 and 4 stages and M = 4 and 8 micro-batches per step (DualPipe needs M >= 2P),
+`dsv3 train --pp P --pp_schedule S` runs the debug model with 4 layers (seq_len 64, micro-batches
+of 1 sequence) for a few steps; every step reports `pp_bubble_fraction` (mean over stages of the
+time blocked on a neighbour, over the pipeline's wall time) and `pp_bubble_formula` (the
+schedule's share on equal stages as training runs it: 1F1B (P-1)/(M+P-1); DualPipe from its
+replay with F = 1, B = 2, F&B = F + B, W = 0, since training here neither overlaps F with B nor
+splits W). The median over the steps after the first is printed beside the formula, with the
+step time of one process on the same global batch.
 
 The measured share is above the formula where stages are unequal (the last stage also runs the
 head and the MTP module) and where ranks share cores: P ranks on a 2-core machine shared with
@@ -53,21 +55,25 @@ def main():
         sys.exit("build/dsv3 not found: build it first (cmake --build build)")
     print("1F1B bubble, debug model with 4 layers, seq_len 64, micro-batch 1 (disturbed: other jobs "
           "running, ranks oversubscribed on 2 cores)")
-    print(f"{'P':>2} {'M':>2} {'split':>10} {'measured':>9} {'formula':>8} {'step s (pp)':>12} "
+    print(f"{'P':>2} {'M':>2} {'schedule':>9} {'measured':>9} {'formula':>8} {'step s (pp)':>12} "
           f"{'step s (1 proc)':>16}")
     with tempfile.TemporaryDirectory() as tmp:
         for P in (2, 4):
             for M in (4, 8):
                 common = ["--global_batch", str(M), "--steps", str(a.steps)]
-                pp = train(P, common + ["--pp", str(P)], os.path.join(tmp, f"pp{P}_{M}"), a.mpirun)
                 one = train(1, common, os.path.join(tmp, f"one{P}_{M}"), a.mpirun)
-                frac = statistics.median(r["pp_bubble_fraction"] for r in pp)
-                formula = pp[0]["pp_bubble_formula"]
-                assert abs(formula - (P - 1) / (M + P - 1)) < 1e-12
-                split = "balanced"
-                print(f"{P:>2} {M:>2} {split:>10} {frac:>9.3f} {formula:>8.3f} "
-                      f"{statistics.median(r['step_s'] for r in pp):>12.3f} "
-                      f"{statistics.median(r['step_s'] for r in one):>16.3f}")
+                for sched in ("1f1b", "dualpipe"):
+                    if sched == "dualpipe" and M < 2 * P:
+                        continue
+                    pp = train(P, common + ["--pp", str(P), "--pp_schedule", sched],
+                               os.path.join(tmp, f"pp{P}_{M}_{sched}"), a.mpirun)
+                    frac = statistics.median(r["pp_bubble_fraction"] for r in pp)
+                    formula = pp[0]["pp_bubble_formula"]
+                    if sched == "1f1b":
+                        assert abs(formula - (P - 1) / (M + P - 1)) < 1e-12
+                    print(f"{P:>2} {M:>2} {sched:>9} {frac:>9.3f} {formula:>8.3f} "
+                          f"{statistics.median(r['step_s'] for r in pp):>12.3f} "
+                          f"{statistics.median(r['step_s'] for r in one):>16.3f}")
 
 
 if __name__ == "__main__":
