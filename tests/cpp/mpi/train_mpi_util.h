@@ -93,5 +93,23 @@ struct Dir {
   std::string operator/(const std::string& s) const { return (p / s).string(); }
 };
 
+// The largest difference between the tensors of two HF exports (model.safetensors of fp32
+// tensors with the same names), read by Debian's Python; +inf when it could not compare them.
+double max_abs_hf_diff(const std::string& a, const std::string& b) {
+  const CmdResult cmp = run_shell(std::string("/usr/bin/python3 -c \"") +
+      "import json,struct,sys\n"
+      "def load(p):\n"
+      " b=open(p+'/model.safetensors','rb').read(); n=struct.unpack('<Q',b[:8])[0]\n"
+      " h=json.loads(b[8:8+n]); o=8+n\n"
+      " return {k:struct.unpack('<%df'%((v['data_offsets'][1]-v['data_offsets'][0])//4),"
+      "b[o+v['data_offsets'][0]:o+v['data_offsets'][1]]) for k,v in h.items() if k!='__metadata__'}\n"
+      "a=load(sys.argv[1]); c=load(sys.argv[2])\n"
+      "assert a.keys()==c.keys()\n"
+      "print(max(abs(x-y) for k in a for x,y in zip(a[k],c[k])))\" " + a + " " + b);
+  EXPECT_EQ(cmp.code, 0) << cmp.out;
+  if (cmp.code != 0) return INFINITY;
+  return std::stod(cmp.out);
+}
+
 }  // namespace
 }  // namespace dsv3::test
