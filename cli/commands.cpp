@@ -208,7 +208,7 @@ int cmd_train(int argc, char** argv) {
                                   "Trains a model. Without --data or --train_data it uses the "
                                   "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
                                   "OUT/ckpt_*.dsv3; --resume OUT continues exactly. Under mpirun "
-                                  "or srun: data and expert parallel (--dp, --ep, --zero, ...),\n"
+                                  "or srun: data, expert and pipeline parallel (--dp, --ep, --zero, --pp, ...),\n"
                                   "sharded checkpoints OUT/ckpt_*.shards (docs/parallel.md).",
                                   groups, true)
                           .c_str());
