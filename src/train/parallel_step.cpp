@@ -93,13 +93,11 @@ std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayou
   ctx->dp = dist::make_group(g.dp, "dp");
   ctx->ep = dist::make_group(g.ep, "ep");
   ctx->edp = dist::make_group(g.edp, "edp");
-  if (l.pp > 1) {  // split is collective: every rank makes these calls in the same order
-    const dist::RankCoords& c = ctx->at;
+  if (l.pp > 1) {  // make_group is collective: every rank makes these calls in the same order
     ctx->pp = g.pp;
     ctx->pp_bounds = pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));
-    ctx->dpp = dist::make_group(world.split(c.tp, c.pp * l.dp + c.dp), "dp_pp");
-    ctx->edpp = dist::make_group(world.split(c.tp * l.ep + c.ep, c.pp * (l.dp / l.ep) + c.edp),
-                                 "edp_pp");
+    ctx->dpp = dist::make_group(g.dp_pp, "dp_pp");
+    ctx->edpp = dist::make_group(g.edp_pp, "edp_pp");
   }
   ctx->coll = std::make_unique<dist::Collectives>(ctx->world > 1 ? cfg.collective_timeout : 0);
   if (l.ep > 1) ctx->shard = {ctx->at.ep * (model.experts / l.ep), model.experts / l.ep};
