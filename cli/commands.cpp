@@ -180,6 +180,8 @@ int cmd_train(int argc, char** argv) {
       }
       validate(run);
       validate_parallel(run.parallel, run.distributed, run.model, world.size());
+      validate_pipeline_micros(run.parallel, run.distributed, world.size(), run.run.batch,
+                               run.run.grad_accum);
     });
   } catch (...) {
     dist::end_agreed_error("train");  // every rank got here: rank 0 says it, then all end
@@ -190,7 +192,7 @@ int cmd_train(int argc, char** argv) {
                                   "Trains a model. Without --data or --train_data it uses the "
                                   "built-in corpus (byte-level ids).\nWrites OUT/metrics.jsonl and "
                                   "OUT/ckpt_*.dsv3; --resume OUT continues exactly. Under mpirun "
-                                  "or srun: data and expert parallel (--dp, --ep, --zero, ...),\n"
+                                  "or srun: data, expert and pipeline parallel (--dp, --ep, --zero, --pp, ...),\n"
                                   "sharded checkpoints OUT/ckpt_*.shards (docs/parallel.md).",
                                   groups, true)
                           .c_str());

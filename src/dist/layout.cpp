@@ -67,13 +67,17 @@ ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& giv
   g.at = rank_coords(l, g.rank);
   const RankCoords& c = g.at;
   // Colors number the groups; keys order each group by its own dimension. Every rank makes the
-  // same five calls in the same order (split is collective).
+  // same calls in the same order (split is collective).
   const int tp_pp = c.pp * l.tp + c.tp;  // the (tp, pp) position dp/ep/edp groups share
   g.tp = world.split(c.pp * l.dp + c.dp, c.tp);
   g.pp = world.split(c.dp * l.tp + c.tp, c.pp);
   g.dp = world.split(tp_pp, c.dp);
   g.ep = world.split(tp_pp * (l.dp / l.ep) + c.edp, c.ep);
   g.edp = world.split(tp_pp * l.ep + c.ep, c.edp);
+  if (l.pp > 1) {
+    g.dp_pp = world.split(c.tp, c.pp * l.dp + c.dp);
+    g.edp_pp = world.split(c.tp * l.ep + c.ep, c.pp * (l.dp / l.ep) + c.edp);
+  }
   return g;
 }
 

@@ -207,6 +207,18 @@ ModelStats model_stats(const ModelConfig& c, int seq_len) {
   return s;
 }
 
+double block_fwd_flops_per_token(const ModelConfig& c, int l, int seq_len) {
+  return 2.0 * double(attn_params(c) + ffn_active(c, c.is_moe_layer(l))) + attn_core_flops(c, seq_len);
+}
+
+double tail_fwd_flops_per_token(const ModelConfig& c, int seq_len) {
+  const double head = 2.0 * double(c.vocab) * c.hidden;
+  const double mtp = 2.0 * double(2 * int64_t(c.hidden) * c.hidden + attn_params(c) +
+                                  ffn_active(c, c.experts > 0)) +
+                     attn_core_flops(c, seq_len) + head;
+  return head + c.mtp_depth * mtp;
+}
+
 }  // namespace dsv3
 
 namespace dsv3 {

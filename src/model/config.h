@@ -107,6 +107,10 @@ struct ModelStats {
   double fwd_flops_per_token = 0;
 };
 ModelStats model_stats(const ModelConfig& c, int seq_len);
+// Forward FLOPs per token of main block l, and of everything after the last block (final norm,
+// head, MTP modules): what a pipeline split balances (the embedding is a lookup).
+double block_fwd_flops_per_token(const ModelConfig& c, int l, int seq_len);
+double tail_fwd_flops_per_token(const ModelConfig& c, int seq_len);
 
 }  // namespace dsv3
 

@@ -48,6 +48,11 @@ const std::vector<FieldSpec>& dist_fields() {
       field("eplb_redundant", &D::eplb_redundant,
             "--eplb: redundant expert slots per MoE layer (0 = one per ep rank)", in_range(0, 1 << 20)),
       field("eplb_every", &D::eplb_every, "--eplb: steps between placements", in_range(1, 1 << 30)),
+      field("pp_layers", &D::pp_layers,
+            "--pp: layers per pipeline stage, e.g. 2,1,1 (empty = balanced by FLOPs, head and "
+            "MTP on the last stage)"),
+      choice("pp_schedule", &D::pp_schedule, "1f1b|dualpipe", "--pp: pipeline schedule",
+             pipe_schedule_name, parse_pipe_schedule),
       field("debug_slow_rank", &D::debug_slow_rank,
             "debug: this rank computes debug_slowdown times slower (-1 = none)", in_range(-1, 1 << 20)),
       field("debug_slowdown", &D::debug_slowdown, "debug: slowdown factor of debug_slow_rank", at_least(1)),

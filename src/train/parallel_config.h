@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/fields.h"
+#include "train/pipeline_schedule.h"
 
 namespace dsv3 {
 
@@ -28,6 +29,10 @@ struct DistConfig {
   bool eplb = false;       // rebalance expert placement with redundant replicas (EPLB)
   int eplb_redundant = 0;  // redundant expert slots per MoE layer (0: one per ep rank)
   int eplb_every = 10;     // steps between placements (loads are measured in between)
+  // Pipeline parallelism (--pp): the layers of each stage ("2,1,1"; empty: balanced by FLOPs)
+  // and the schedule.
+  std::string pp_layers;
+  PipeSchedule pp_schedule = PipeSchedule::OneFOneB;
   // Debug (documented in docs/parallel.md): rank debug_slow_rank computes debug_slowdown times
   // slower (it sleeps), to show --balance_microbatches; rank_fault makes a rank fail on purpose,
   // once per run directory: "kill:R@S" (SIGKILL at step S) or "stop:R@S" (SIGSTOP: a hang).

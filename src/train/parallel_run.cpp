@@ -104,6 +104,12 @@ void add_comm_metrics(nlohmann::json& rec, const StepComm& c, double step_s,
       purpose[dist::purpose_name(dist::Purpose(p))] = l.purpose_bytes[size_t(p)];
   rec["comm_purpose_bytes"] = purpose;
   rec["grad_wire_bytes"] = c.grad_wire_bytes;
+  if (c.pp_bubble_fraction >= 0) {  // pipeline parallelism: the bubble, measured and predicted
+    rec["pp_bubble_s"] = c.pp_idle_s;
+    rec["pp_bubble_fraction"] = c.pp_bubble_fraction;
+    rec["pp_bubble_formula"] = c.pp_bubble_formula;
+    rec["pp_send_bytes"] = c.pp_send_bytes;
+  }
   if (ctx.cfg.balance_microbatches || ctx.cfg.debug_slow_rank >= 0) {
     rec["rank_sequences"] = eng.plan().count;
     rec["rank_sec_per_seq"] = eng.rank_seconds();
@@ -113,7 +119,9 @@ void add_comm_metrics(nlohmann::json& rec, const StepComm& c, double step_s,
 std::string comm_console_text(const StepComm& c, double step_s) {
   return "comm " + human_bytes(c.ledger.total_bytes()) + ", exposed " +
          fmt("%.0f", 1000 * c.ledger.exposed_s) + " ms (" +
-         fmt("%.0f%%", 100 * c.ledger.exposed_s / std::max(step_s, 1e-9)) + ")";
+         fmt("%.0f%%", 100 * c.ledger.exposed_s / std::max(step_s, 1e-9)) + ")" +
+         (c.pp_bubble_fraction >= 0 ? ", bubble " + fmt("%.0f%%", 100 * c.pp_bubble_fraction)
+                                    : std::string());
 }
 
 EplbMonitor::EplbMonitor(ParallelContext& ctx, const ModelConfig& c, ExpertAllToAll* xc,

@@ -11,23 +11,55 @@
 #include "ops/elementwise.h"
 #include "ops/optimizer.h"
 #include "train/expert_parallel.h"
+#include "train/pipeline.h"
 
 namespace dsv3 {
 
 std::string ParallelContext::describe() const {
+  std::string stages;
+  for (size_t s = 0; s + 1 < pp_bounds.size(); s++)
+    stages += cat(s ? " | " : "", pp_bounds[s], pp_bounds[s + 1] - pp_bounds[s] > 1
+                                                     ? cat("-", pp_bounds[s + 1] - 1) : std::string());
   return cat(world, world == 1 ? " process" : " ranks", ": ", dist::describe(layout), ", zero ",
              cfg.zero, cfg.grad_compress != GradCompress::None
                            ? cat(", grad_compress ", grad_compress_name(cfg.grad_compress))
-                           : std::string());
+                           : std::string(),
+             stages.empty() ? std::string()
+                            : cat(", ", pipe_schedule_name(cfg.pp_schedule), " stages of layers ",
+                                  stages));
 }
 
+namespace {
+int split_seq_len(const ModelConfig& model, int seq_len) {
+  return seq_len > 0 ? seq_len : model.max_seq;
+}
+}  // namespace
+
 void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
-                       const ModelConfig& model, int world_size) {
+                       const ModelConfig& model, int world_size, int seq_len) {
   validate(cfg);
   const dist::ParallelLayout l = dist::resolve(given, world_size);
   dist::validate(l, world_size);
-  DSV3_CHECK(l.tp == 1 && l.pp == 1, "tensor and pipeline parallelism (--tp ", l.tp, ", --pp ",
-             l.pp, ") are not implemented yet: lay the ranks out with --dp and --ep");
+  if (l.tp > 1)
+    DSV3_CHECK(model.heads % l.tp == 0, "--tp ", l.tp, " splits the attention heads over ", l.tp,
+               " ranks, but the model has ", model.heads, " heads, not a multiple of ", l.tp,
+               " (choose a tp that divides ", model.heads, ")");
+  DSV3_CHECK(l.tp == 1, "tensor parallelism (--tp ", l.tp, ") is not implemented yet: lay the "
+             "ranks out with --dp, --ep and --pp");
+  if (l.pp > 1) {
+    pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));  // throws
+    DSV3_CHECK(cfg.zero < 2, "--zero 2 with --pp ", l.pp, " is not supported (ZeRO-2 reduces "
+               "gradients after every micro-batch, which serialises the pipeline): use --zero 1");
+    DSV3_CHECK(!cfg.balance_microbatches, "--balance_microbatches with --pp is not supported "
+               "(every stage of a pipeline runs the same micro-batches)");
+    DSV3_CHECK(cfg.pp_schedule == PipeSchedule::OneFOneB || l.pp % 2 == 0, "--pp_schedule "
+               "dualpipe runs two pipelines in opposite directions over the same stages and needs "
+               "an even --pp, not ", l.pp);
+  } else {
+    DSV3_CHECK(cfg.pp_layers.empty(), "--pp_layers ", cfg.pp_layers, " splits layers into "
+               "pipeline stages, but --pp is 1 (set --pp to the number of stages, or --pp_layers '' to "
+               "drop the split, e.g. resuming a pipeline's checkpoint on one process)");
+  }
   if (l.ep > 1)
     DSV3_CHECK(model.experts > 0 && model.experts % l.ep == 0, "--ep ", l.ep, " shards the routed "
                "experts over ", l.ep, " ranks, but the model has ", model.experts,
@@ -43,15 +75,24 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
   }
 }
 
+void validate_pipeline_micros(const dist::ParallelLayout& given, const DistConfig& cfg,
+                              int world_size, int batch, int grad_accum) {
+  const dist::ParallelLayout l = dist::resolve(given, world_size);
+  if (l.pp == 1 || cfg.pp_schedule != PipeSchedule::DualPipe || batch < 1 || l.dp < 1) return;
+  const long long G = cfg.global_batch > 0 ? cfg.global_batch : 1LL * batch * grad_accum * l.dp;
+  if (G % (1LL * l.dp * batch) != 0) return;  // even_plan says what to change
+  schedule_dualpipe(0, l.pp, int(G / l.dp / batch));  // throws naming the rule
+}
+
 std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayout& given,
                                                        const DistConfig& cfg,
-                                                       const ModelConfig& model) {
+                                                       const ModelConfig& model, int seq_len) {
   auto ctx = std::make_unique<ParallelContext>();
   const dist::Comm& world = dist::world();
   ctx->world = world.size();
   ctx->rank = world.rank();
   ctx->cfg = cfg;
-  validate_parallel(given, cfg, model, ctx->world);
+  validate_parallel(given, cfg, model, ctx->world, seq_len);
   ctx->layout = dist::resolve(given, ctx->world);
   const dist::ParallelLayout& l = ctx->layout;
   const dist::ParallelGroups g = dist::make_parallel_groups(world, l);
@@ -60,6 +101,12 @@ std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayou
   ctx->dp = dist::make_group(g.dp, "dp");
   ctx->ep = dist::make_group(g.ep, "ep");
   ctx->edp = dist::make_group(g.edp, "edp");
+  if (l.pp > 1) {  // make_group is collective: every rank makes these calls in the same order
+    ctx->pp = g.pp;
+    ctx->pp_bounds = pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));
+    ctx->dpp = dist::make_group(g.dp_pp, "dp_pp");
+    ctx->edpp = dist::make_group(g.edp_pp, "edp_pp");
+  }
   ctx->coll = std::make_unique<dist::Collectives>(ctx->world > 1 ? cfg.collective_timeout : 0);
   if (l.ep > 1) ctx->shard = {ctx->at.ep * (model.experts / l.ep), model.experts / l.ep};
   return ctx;
@@ -75,7 +122,8 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
   if (!ctx.distributed()) return;
   DSV3_CHECK(w.device() == Device::CPU, "distributed training runs on the CPU for now (the "
              "communicator moves host buffers); drop --device cuda or run one process");
-  sync_ = std::make_unique<GradSync>(w.table(), c, ctx.dp, w.table().sharded() ? &ctx.edp : nullptr,
+  sync_ = std::make_unique<GradSync>(w.table(), c, ctx.dense_grads(),
+                                     w.table().sharded() ? &ctx.expert_grads() : nullptr,
                                      *ctx.coll, ctx.cfg, w.device());
   if (ctx.cfg.zero > 0) {
     grads_ = Buffer(w.device(), DType::F32, w.table().total);
@@ -95,10 +143,17 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
   }
   if (ctx.layout.ep > 1)
     experts_ = std::make_unique<ExpertAllToAll>(*ctx.coll, ctx.ep, c, w.dtype(), w.device());
+  if (ctx.layout.pp > 1)
+    pipe_ = std::make_unique<PipelineStage>(w, ctx.pp, ctx.pp_bounds, ctx.cfg.pp_schedule);
   rank_sec_.assign(size_t(ctx.layout.dp), 0.0);
 }
 
 ParallelStep::~ParallelStep() = default;
+
+void ParallelStep::set_plan(BatchPlan p) {
+  if (pipe_) pipe_->check_micros(p.micro);
+  plan_ = std::move(p);
+}
 
 void ParallelStep::attach(Workspace& ws) { ws.set_expert_exchange(experts_.get()); }
 
@@ -182,22 +237,8 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
   const int A = int(share.size());
   double compute = 0;
   int rows = 0;
-  for (int a = 0; a < A; a++) {
-    const double t0 = now_seconds(), e0 = led.exposed_s;
-    const MicroBatch mb = micro(a);
-    sync_->begin_micro(a, A, grads());
-    const LossReport r = forward_backward(w_, ws, l, grad_view(), mb,
-                                          float(g.loss_scale * share[size_t(a)]),
-                                          [&](int k) { sync_->part_done(k); });
-    sync_->end_micro();
-    double dt = (now_seconds() - t0) - (led.exposed_s - e0);
-    if (ctx_.rank == ctx_.cfg.debug_slow_rank && ctx_.cfg.debug_slowdown > 1) {
-      // debug: this rank is a slower machine (docs/parallel.md "Balancing micro-batches")
-      std::this_thread::sleep_for(std::chrono::duration<double>((ctx_.cfg.debug_slowdown - 1) * dt));
-      dt *= ctx_.cfg.debug_slowdown;
-    }
-    compute += dt;
-    rows += mb.d.B;
+  // adds micro-batch a's report (this rank's part of it) to the step's
+  const auto add = [&](int a, const LossReport& r) {
     const double w = share[size_t(a)];
     g.loss.loss += w * r.loss;
     g.loss.mtp_loss += w * r.mtp_loss;
@@ -217,26 +258,63 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
       g.loss.moe[i].balance_loss += w * r.moe[i].balance_loss;
       g.loss.moe[i].entropy += w * r.moe[i].entropy;
     }
+  };
+  if (pipe_) {  // every stage runs its part of every micro-batch in the schedule's order
+    std::vector<float> scale(static_cast<size_t>(A));
+    for (int a = 0; a < A; a++) scale[size_t(a)] = float(g.loss_scale * share[size_t(a)]);
+    PipelineStage::Hooks hooks;
+    hooks.before_backward = [&](int a) { sync_->begin_micro(a, A, grads()); };
+    hooks.after_backward = [&](int) {
+      sync_->part_done(c_.layers + 2);  // the stage's gradients of this micro-batch are final
+      sync_->end_micro();
+    };
+    const double e0 = led.exposed_s;
+    const std::vector<LossReport> reps =
+        pipe_->run(ws.config(), experts_.get(), l, grad_view(), micro, scale, hooks);
+    for (int a = 0; a < A; a++) add(a, reps[size_t(a)]), rows += plan_.rows(ctx_.at.dp, a);
+    compute = pipe_->stats().compute_s - (led.exposed_s - e0);
+  }
+  for (int a = 0; a < A && !pipe_; a++) {
+    const double t0 = now_seconds(), e0 = led.exposed_s;
+    const MicroBatch mb = micro(a);
+    sync_->begin_micro(a, A, grads());
+    const LossReport r = forward_backward(w_, ws, l, grad_view(), mb,
+                                          float(g.loss_scale * share[size_t(a)]),
+                                          [&](int k) { sync_->part_done(k); });
+    sync_->end_micro();
+    double dt = (now_seconds() - t0) - (led.exposed_s - e0);
+    if (ctx_.rank == ctx_.cfg.debug_slow_rank && ctx_.cfg.debug_slowdown > 1) {
+      // debug: this rank is a slower machine (docs/parallel.md "Balancing micro-batches")
+      std::this_thread::sleep_for(std::chrono::duration<double>((ctx_.cfg.debug_slowdown - 1) * dt));
+      dt *= ctx_.cfg.debug_slowdown;
+    }
+    compute += dt;
+    rows += mb.d.B;
+    add(a, r);
   }
   sync_->finish();
   const double sumsq = single_ ? sum_squares(ex, single_->grads(), sync_->own_spans_flat())
                                : sum_squares(ex, sync_->shard_grads(), sync_->own_spans_shard());
   // One all-reduce of everything the step reports: global loss, norm, loads; per-rank times.
   const size_t M = g.loss.moe.size(), E = size_t(c_.experts), DP = size_t(ctx_.layout.dp);
-  const size_t kd = 6 + 2 * M + M * E + DP;  // the distillation loss, last
-  std::vector<double> v(kd + 1, 0.0);
+  const size_t kd = 6 + 2 * M + M * E + DP;  // the distillation loss, then the pipeline's times
+  std::vector<double> v(kd + 3, 0.0);
   v[kd] = g.loss.distill_loss;
+  const bool stage_head = ctx_.at.dp == 0 && ctx_.at.tp == 0;  // one rank per stage reports
+  if (pipe_ && stage_head) v[kd + 1] = pipe_->stats().idle_s, v[kd + 2] = pipe_->stats().wall_s;
   v[0] = g.loss.loss, v[1] = g.loss.mtp_loss, v[2] = g.loss.balance_loss, v[3] = g.loss.total;
   v[4] = double(g.loss.targets), v[5] = sumsq;
   for (size_t i = 0; i < M; i++) {
     v[6 + 2 * i] = g.loss.moe[i].balance_loss, v[7 + 2 * i] = g.loss.moe[i].entropy;
     for (size_t e = 0; e < E; e++) v[6 + 2 * M + i * E + e] = double(g.loss.moe[i].loads[e]);
   }
-  v[6 + 2 * M + M * E + size_t(ctx_.at.dp)] = rows > 0 ? compute / rows : 0;
+  if (ctx_.at.pp == 0 && ctx_.at.tp == 0)  // every stage and tp rank ran the same rows
+    v[6 + 2 * M + M * E + size_t(ctx_.at.dp)] = rows > 0 ? compute / rows : 0;
   coll.run(coll.all_reduce(ctx_.world_group, dist::Purpose::Stats, v.data(), v.size(), DType::F64));
   g.loss.loss = v[0], g.loss.mtp_loss = v[1], g.loss.balance_loss = v[2], g.loss.total = v[3];
   g.loss.targets = int64_t(v[4]);
   g.loss.distill_loss = v[kd];
+  pp_idle_ = v[kd + 1], pp_wall_ = v[kd + 2];
   for (size_t i = 0; i < M; i++) {
     g.loss.moe[i].balance_loss = v[6 + 2 * i], g.loss.moe[i].entropy = v[7 + 2 * i];
     for (size_t e = 0; e < E; e++) g.loss.moe[i].loads[e] = int64_t(v[6 + 2 * M + i * E + e]);
@@ -324,6 +402,13 @@ StepComm ParallelStep::last_comm() const {
   if (!ctx_.distributed()) return c;
   c.ledger = ctx_.coll->ledger();
   c.grad_wire_bytes = sync_->grad_wire_bytes();
+  if (pipe_) {
+    const int P = ctx_.layout.pp, M = pipe_->stats().micros;
+    c.pp_idle_s = pp_idle_ / P;
+    c.pp_bubble_fraction = pp_wall_ > 0 ? pp_idle_ / pp_wall_ : 0;
+    c.pp_bubble_formula = ideal_bubble_fraction(pipe_->schedule(), P, M);
+    c.pp_send_bytes = pipe_->stats().sent_bytes;
+  }
   return c;
 }
 

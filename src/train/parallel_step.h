@@ -28,6 +28,7 @@
 namespace dsv3 {
 
 class ExpertAllToAll;
+class PipelineStage;
 struct ShardData;
 
 // This process's place in the run: the layout (resolved against the world), its groups, the
@@ -40,18 +41,31 @@ struct ParallelContext {
   ExpertShard shard;  // the routed experts this rank holds
   std::unique_ptr<dist::Collectives> coll;
   dist::Group world_group, dp, ep, edp;
+  // Pipeline parallelism (pp > 1): the pp group (stage = its rank), each stage's first layer
+  // (pipeline_split; stages + 1 entries), and the gradient groups: every stage holds the whole
+  // parameter table, so gradients are reduced over dp x pp (dense) and edp x pp (experts).
+  dist::Comm pp;
+  std::vector<int> pp_bounds;
+  dist::Group dpp, edpp;
+  dist::Group& dense_grads() { return layout.pp > 1 ? dpp : dp; }
+  dist::Group& expert_grads() { return layout.pp > 1 ? edpp : edp; }
   bool distributed() const { return world > 1; }
   bool root() const { return rank == 0; }
   std::string describe() const;  // "4 ranks: dp 4 x tp 1 x pp 1, ep 2, zero 1"
 };
 // Checks the layout against the world size and the model without communicating (errors name
 // what to change): what make_parallel_context checks before it splits the world.
+// seq_len: the training sequence length (the pipeline split balances FLOPs at it; 0: max_seq).
 void validate_parallel(const dist::ParallelLayout& layout, const DistConfig& cfg,
-                       const ModelConfig& model, int world_size);
+                       const ModelConfig& model, int world_size, int seq_len = 0);
+// The pipeline schedule against the micro-batches per step that --global_batch (or batch x
+// grad_accum x dp), --batch and the layout give each rank (DualPipe: even, >= 2 pp).
+void validate_pipeline_micros(const dist::ParallelLayout& layout, const DistConfig& cfg,
+                              int world_size, int batch, int grad_accum);
 // Collective over the world: the context of this rank.
 std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayout& layout,
                                                        const DistConfig& cfg,
-                                                       const ModelConfig& model);
+                                                       const ModelConfig& model, int seq_len = 0);
 
 // Reads tensor values by name from a checkpoint of either kind (single file or sharded).
 struct CheckpointReader {
@@ -65,6 +79,10 @@ struct StepComm {
   dist::CommLedger ledger;
   double grad_wire_bytes = 0;  // the gradient reduction's share (compressed or not)
   double compute_s = 0;        // forward + backward + optimizer, without exposed communication
+  // Pipeline parallelism: the mean over stages of the time blocked on a neighbour, and of its
+  // share of the pipeline's wall time (the bubble; -1 without pp), the schedule's share on equal
+  // stages (ideal_bubble_fraction; 1F1B (P-1)/(M+P-1)), and the activation bytes this rank sent.
+  double pp_idle_s = 0, pp_bubble_fraction = -1, pp_bubble_formula = 0, pp_send_bytes = 0;
 };
 
 class ParallelStep {
@@ -85,7 +103,8 @@ class ParallelStep {
   void set_updates(int64_t n);
   // The batch plan of the next step (which sequences of the global batch this rank runs).
   const BatchPlan& plan() const { return plan_; }
-  void set_plan(BatchPlan p) { plan_ = std::move(p); }
+  // (Throws when the pipeline schedule cannot run the plan's micro-batches.)
+  void set_plan(BatchPlan p);
 
   // Parameters from fp32 values in the whole model's table layout (a fresh initialisation).
   void load_full(const std::vector<float>& full);
@@ -122,6 +141,8 @@ class ParallelStep {
   std::unique_ptr<TrainState> single_;  // one process, or zero 0
   std::unique_ptr<GradSync> sync_;
   std::unique_ptr<ExpertAllToAll> experts_;
+  std::unique_ptr<PipelineStage> pipe_;
+  double pp_idle_ = 0, pp_wall_ = 0;  // last step, summed over stages
   // zero 1/2
   Buffer grads_;         // fp32, the whole table: what backward accumulates into
   ModelParams grad_view_;

@@ -141,7 +141,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   const ModelConfig& c = spec.model;
   const RunConfig& rc = spec.run;
   // The layout, this rank's groups and experts (P1-P3); a world of one is the plain loop.
-  const auto par = make_parallel_context(spec.parallel, spec.distributed, c);
+  const auto par = make_parallel_context(spec.parallel, spec.distributed, c, rc.dims().T);
   const bool root = par->root(), distributed = par->distributed();
   const Device device = parse_device(rc.device);
   DSV3_CHECK(backend::available(device), "device ", rc.device, " requested but ",

@@ -350,6 +350,8 @@ TEST(DistSettings, BadLayoutsAndFaultsAreRefusedByName) {
   EXPECT_TRUE(has(check({0, 1, 1, 3}, 3), "not a multiple of 3"));
   EXPECT_TRUE(has(check({0, 1, 1, 3}, 4), "ep (3) must divide dp (4)"));
   EXPECT_TRUE(has(check({0, 2, 1, 1}, 4), "not implemented yet"));
+  EXPECT_EQ(check({0, 1, 2, 1}, 4), "");  // dp 2 x pp 2 (the debug model has 2 layers)
+  EXPECT_TRUE(has(check({0, 1, 3, 1}, 3), "more pipeline stages than the model's 2 layers"));
   cfg.zero = 3;
   EXPECT_TRUE(has(check({0, 1, 1, 1}, 2), "zero must be 0, 1 or 2"));
   EXPECT_EQ(parse_rank_fault("kill:1@5").kind, RankFault::Kill);

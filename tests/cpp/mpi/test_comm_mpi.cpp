@@ -411,6 +411,12 @@ TEST(CommGroups, EveryParallelLayoutOfTheWorld) {
           expect_group(g.dp, "dp", [&](auto o) { return o.tp == c.tp && o.pp == c.pp; });
           expect_group(g.ep, "ep", [&](auto o) { return o.tp == c.tp && o.pp == c.pp && o.edp == c.edp; });
           expect_group(g.edp, "edp", [&](auto o) { return o.tp == c.tp && o.pp == c.pp && o.ep == c.ep; });
+          if (pp > 1) {  // a pipeline's gradient groups (its stages hold the whole table)
+            expect_group(g.dp_pp, "dp_pp", [&](auto o) { return o.tp == c.tp; });
+            expect_group(g.edp_pp, "edp_pp", [&](auto o) { return o.tp == c.tp && o.ep == c.ep; });
+          } else {
+            EXPECT_FALSE(g.dp_pp) << dist::describe(l);
+          }
           EXPECT_EQ(g.tp.size(), tp);
           EXPECT_EQ(g.pp.size(), pp);
           EXPECT_EQ(g.dp.size(), dp);

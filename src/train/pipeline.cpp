@@ -1,0 +1,212 @@
+#include "train/pipeline.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+#include "core/timer.h"
+
+namespace dsv3 {
+
+struct PipelineStage::Slot {
+  std::unique_ptr<Workspace> ws;
+  std::unique_ptr<Pass> pass;
+};
+
+// A message on its way: a copy of the tensor, so the workspace may be rewritten at once (waiting
+// for the send before reusing a buffer can deadlock DualPipe's two directions: each rank's
+// send completes only when the other posts a receive it reaches after its own wait).
+struct PipelineStage::Outgoing {
+  std::vector<std::byte> bytes;
+  dist::Request req;
+};
+
+void PipelineStage::send(const Tensor& t, int peer, int tag) {
+  for (auto it = out_.begin(); it != out_.end();) it = it->req.test() ? out_.erase(it) : std::next(it);
+  Outgoing& o = out_.emplace_back();
+  o.bytes.resize(t.bytes());
+  backend::copy({w_.device()}, Tensor(o.bytes.data(), t.numel, t.dtype), t);
+  o.req = pp_.isend(o.bytes.data(), t.numel, t.dtype, peer, tag);
+  stats_.sent_bytes += double(t.bytes());
+}
+
+struct PipelineStage::Lane {
+  int dir = 0, stage = 0, l0 = 0, l1 = 0;
+  bool first = false, last = false;
+  int from = -1, to = -1;  // the pp ranks its forward input comes from and its output goes to
+  int micro0 = 0;          // the step's index of its micro-batch 0
+  std::vector<bool> mine_moe;  // which MoE layers (LossReport::moe order) it runs
+  WorkspaceConfig cfg;
+  std::vector<std::unique_ptr<Slot>> slots;  // one per micro-batch in flight
+  Slot& slot(int m) { return *slots[size_t(m) % slots.size()]; }
+};
+
+PipelineStage::PipelineStage(const ModelWeights& w, dist::Comm pp, std::vector<int> bounds,
+                             PipeSchedule s)
+    : w_(w), pp_(std::move(pp)), bounds_(std::move(bounds)), schedule_(s) {
+  rank_ = pp_.rank();
+  const int P = stages();
+  DSV3_CHECK(pp_.size() == P, "internal: ", P, " stage boundaries for a pipeline group of ",
+             pp_.size());
+  DSV3_CHECK(s == PipeSchedule::OneFOneB || P % 2 == 0, "--pp_schedule dualpipe needs an even "
+             "--pp (two directions over the same stages), not ", P);
+  const ModelConfig& c = w.config();
+  const int dirs = s == PipeSchedule::DualPipe ? 2 : 1;
+  for (int d = 0; d < dirs; d++) {
+    auto lane = std::make_unique<Lane>();
+    Lane& l = *lane;
+    l.dir = d;
+    l.stage = d == 0 ? rank_ : P - 1 - rank_;
+    l.l0 = bounds_[size_t(l.stage)], l.l1 = bounds_[size_t(l.stage + 1)];
+    l.first = l.stage == 0, l.last = l.stage == P - 1;
+    const int down = rank_ + 1 < P ? rank_ + 1 : -1, up = rank_ > 0 ? rank_ - 1 : -1;
+    l.from = d == 0 ? up : down;
+    l.to = d == 0 ? down : up;
+    for (int i = 0; i < c.layers; i++)
+      if (c.is_moe_layer(i)) l.mine_moe.push_back(i >= l.l0 && i < l.l1);
+    if (c.experts > 0)
+      for (int k = 1; k <= c.mtp_depth; k++) l.mine_moe.push_back(l.last);
+    lanes_.push_back(std::move(lane));
+  }
+}
+
+PipelineStage::~PipelineStage() = default;
+
+void PipelineStage::check_micros(int M) const {
+  if (schedule_ == PipeSchedule::DualPipe) schedule_dualpipe(rank_, stages(), M);  // throws
+  DSV3_CHECK(M >= 1 && 2 * M <= 32767, "a pipeline step runs 1 to 16383 micro-batches, not ", M);
+}
+
+void PipelineStage::recv(const Tensor& t, int peer, int tag) {
+  const double t0 = now_seconds();
+  pp_.recv(t.data, t.numel, t.dtype, peer, tag);
+  stats_.idle_s += now_seconds() - t0;
+}
+
+void PipelineStage::forward(Lane& lane, int m) {
+  Slot& s = lane.slot(m);
+  const ModelConfig& c = w_.config();
+  const int a = lane.micro0 + m;  // the step's micro-batch
+  const MicroBatch mb = (*micro_)(a);
+  s.pass = std::make_unique<Pass>(w_, *s.ws, *loss_, mb.d, grads_, (*scale_)[size_t(a)]);
+  Pass& p = *s.pass;
+  load_batch(p, mb, /*mtp=*/true);
+  const size_t NC = size_t(mb.d.N()) * c.hidden;
+  if (lane.first) embed_forward(p);
+  else recv(s.ws->resid[size_t(lane.l0)].slice(0, NC), lane.from, 2 * a);
+  blocks_forward(p, lane.l0, lane.l1);
+  LossReport& r = reports_[size_t(a)];
+  r = {};
+  if (lane.last) {
+    r.targets = p.targets;
+    r.loss = head_loss(p, {});
+    r.mtp_loss = mtp_forward(p, {});
+    r.total = r.loss + p.loss.mtp_weight * r.mtp_loss;
+    if (p.soft) {
+      r.distill_loss = p.distill_loss;
+      r.total += p.soft->alpha * (r.distill_loss - r.loss);
+    }
+  } else {
+    send(s.ws->resid[size_t(lane.l1)].slice(0, NC), lane.to, 2 * a);
+  }
+  r.moe = moe_stats(p);
+  for (size_t i = 0; i < r.moe.size(); i++) {
+    if (i < lane.mine_moe.size() && lane.mine_moe[i]) {
+      r.balance_loss += r.moe[i].balance_loss;
+      continue;
+    }
+    r.moe[i].balance_loss = r.moe[i].entropy = 0;  // another stage's layer: its numbers count
+    std::fill(r.moe[i].loads.begin(), r.moe[i].loads.end(), 0);
+  }
+  r.total += r.balance_loss;
+}
+
+void PipelineStage::backward(Lane& lane, int m) {
+  Slot& s = lane.slot(m);
+  const int a = lane.micro0 + m;
+  DSV3_CHECK(s.pass, "internal: backward of micro-batch ", a, " before its forward");
+  Pass& p = *s.pass;
+  const size_t NC = size_t(p.d.N()) * w_.config().hidden;
+  if (lane.last) mtp_backward(p);
+  else recv(s.ws->dres.slice(0, NC), lane.to, 2 * a + 1);
+  blocks_backward(p, lane.l0, lane.l1);
+  if (lane.first) {
+    embed_backward(p);
+  } else {
+    send(s.ws->dres.slice(0, NC), lane.from, 2 * a + 1);
+  }
+}
+
+std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertExchange* experts,
+                                           const TrainingLossConfig& loss,
+                                           const ModelParams& grads, const MicroFn& micro,
+                                           const std::vector<float>& scale, const Hooks& hooks) {
+  const int M = int(scale.size()), P = stages();
+  check_micros(M);
+  const double t0 = now_seconds();
+  stats_ = {};
+  stats_.micros = M;
+  // The step's ops on this rank as (lane, F/B of the lane's micro-batch m).
+  std::vector<std::pair<int, PipeOp>> ops;
+  const bool dual = schedule_ == PipeSchedule::DualPipe;
+  if (!dual) {
+    for (const PipeOp& op : schedule_1f1b(rank_, P, M)) ops.push_back({0, op});
+  } else {
+    for (const DualOp& op : schedule_dualpipe(rank_, P, M)) switch (op.kind) {
+        case DualOp::F: ops.push_back({op.dir, {false, op.micro}}); break;
+        case DualOp::B:
+        case DualOp::BInput: ops.push_back({op.dir, {true, op.micro}}); break;
+        case DualOp::W: break;  // the backward computed the weight gradient already
+        case DualOp::FAndB:
+          ops.push_back({op.dir, {false, op.micro}});
+          ops.push_back({op.bdir, {true, op.bmicro}});
+          break;
+      }
+  }
+  // one workspace per micro-batch in flight, for the lane's layers
+  for (auto& lp : lanes_) {
+    Lane& l = *lp;
+    l.micro0 = dual ? l.dir * (M / 2) : 0;
+    WorkspaceConfig wc = whole;
+    wc.layer_begin = l.l0, wc.layer_end = l.l1;
+    wc.embed = l.first, wc.head = l.last;
+    wc.backward = true, wc.cuda_graphs = false;
+    const size_t want = size_t(dual ? inflight_dualpipe(rank_, P, M, l.dir)
+                                    : inflight_1f1b(l.stage, P, M));
+    const bool same = wc.max.B == l.cfg.max.B && wc.max.T == l.cfg.max.T &&
+                      wc.recompute == l.cfg.recompute && wc.soft_targets == l.cfg.soft_targets;
+    if (!same || l.slots.size() != want) l.slots.clear();
+    l.cfg = wc;
+    while (l.slots.size() < want) {
+      auto s = std::make_unique<Slot>();
+      s->ws = std::make_unique<Workspace>(w_.config(), w_.dtype(), w_.device(), wc);
+      l.slots.push_back(std::move(s));
+    }
+    for (auto& s : l.slots) s->ws->set_expert_exchange(experts);
+  }
+  loss_ = &loss, grads_ = &grads, micro_ = &micro, scale_ = &scale;
+  reports_.assign(size_t(M), LossReport{});
+  int backwards = 0;
+  for (const auto& [lane, op] : ops) {
+    const double c0 = now_seconds(), i0 = stats_.idle_s;
+    if (op.backward) {
+      const int k = backwards++;
+      if (hooks.before_backward) hooks.before_backward(k);
+      backward(*lanes_[size_t(lane)], op.micro);
+      if (hooks.after_backward) hooks.after_backward(k);
+    } else {
+      forward(*lanes_[size_t(lane)], op.micro);
+    }
+    stats_.compute_s += (now_seconds() - c0) - (stats_.idle_s - i0);
+  }
+  const double w0 = now_seconds();
+  for (Outgoing& o : out_) o.req.wait();
+  out_.clear();
+  for (auto& l : lanes_)
+    for (auto& s : l->slots) s->pass.reset();
+  stats_.idle_s += now_seconds() - w0;
+  stats_.wall_s = now_seconds() - t0;
+  loss_ = nullptr, grads_ = nullptr, micro_ = nullptr, scale_ = nullptr;
+  return reports_;
+}
+
+}  // namespace dsv3

@@ -1,0 +1,92 @@
+// One pipeline stage of a training step (P5): the model's layer-range passes (model.h) run on
+// this rank's blocks [bounds[s], bounds[s+1]), the embedding on the first stage, the final norm,
+// head and MTP modules on the last, in the order of the schedule (pipeline_schedule.h).
+// Activations go forward and their gradients backward between neighbouring stages with
+// send/recv on the pp group; model code never communicates.
+//
+// Each in-flight micro-batch has its own workspace (1F1B: P - s of them on stage s), restricted
+// to the stage's layers. DualPipe runs two such stages per rank, one per direction; its F&B ops
+// run the forward and then the backward (no overlap on the CPU), and its W ops are empty: the
+// model's backward computes weight gradients with input gradients, so a postponed W is already
+// done (docs/decisions.md). The weights are the whole model on every stage (docs/decisions.md,
+// "Distributed II"): a stage reads only its part, its gradients are zero elsewhere, and the
+// gradient reduction over dp x pp (train/parallel_step.h) sums the stages' parts. The MTP
+// modules on the last stage read the embedding stage 0 trains: both add to the one embedding
+// gradient, so the two copies stay equal.
+#pragma once
+#include <functional>
+#include <list>
+#include <memory>
+#include <vector>
+
+#include "dist/comm.h"
+#include "model/model.h"
+#include "train/pipeline_schedule.h"
+#include "train/step.h"
+
+namespace dsv3 {
+
+// What one step's pipeline cost this stage. idle_s: blocked waiting for a neighbour (the
+// bubble, plus any imbalance between stages); compute_s: running its F and B.
+struct PipeStepStats {
+  double wall_s = 0, idle_s = 0, compute_s = 0;
+  double sent_bytes = 0;
+  int micros = 0;
+};
+
+class PipelineStage {
+ public:
+  // bounds: stages + 1 layer boundaries (pipeline_split); pp: this rank's pipeline group, its
+  // rank this rank's stage (1F1B) or stages r and P-1-r (DualPipe's two directions).
+  PipelineStage(const ModelWeights& w, dist::Comm pp, std::vector<int> bounds, PipeSchedule s);
+  ~PipelineStage();
+
+  int rank() const { return rank_; }
+  int stages() const { return int(bounds_.size()) - 1; }
+  PipeSchedule schedule() const { return schedule_; }
+  // Throws unless the schedule can run M micro-batches per step (DualPipe: M even, >= 2P).
+  void check_micros(int M) const;
+
+  // Around each backward on this rank, numbered 0, 1, ... in the order they run (the gradient
+  // reduction's hooks: it reduces after the last).
+  struct Hooks {
+    std::function<void(int)> before_backward, after_backward;
+  };
+  // F and B of micro-batches 0..scale.size()-1 (micro(a) asked for before F(a); its gradient
+  // scaled by scale[a]) in the schedule's order; gradients add into grads. DualPipe sends the
+  // first half of the micro-batches down from rank 0 and the second half up from rank P-1.
+  // Returns this rank's part of each micro-batch's report: the losses and targets where it runs
+  // the last stage, the router statistics of the MoE layers it runs (zero elsewhere), so summing
+  // over the ranks of a pipeline gives the whole model's report.
+  std::vector<LossReport> run(const WorkspaceConfig& whole, ExpertExchange* experts,
+                              const TrainingLossConfig& loss, const ModelParams& grads,
+                              const MicroFn& micro, const std::vector<float>& scale,
+                              const Hooks& hooks);
+  const PipeStepStats& stats() const { return stats_; }
+
+ private:
+  struct Slot;
+  struct Lane;  // one direction's stage on this rank
+  struct Outgoing;
+  void forward(Lane& lane, int m);
+  void backward(Lane& lane, int m);
+  void recv(const Tensor& t, int peer, int tag);
+  void send(const Tensor& t, int peer, int tag);  // nonblocking, from a copy
+
+  const ModelWeights& w_;
+  dist::Comm pp_;
+  std::vector<int> bounds_;
+  PipeSchedule schedule_;
+  int rank_ = 0;
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  std::vector<LossReport> reports_;
+  std::list<Outgoing> out_;  // sends in flight
+  PipeStepStats stats_;
+  // set for the duration of run()
+  const TrainingLossConfig* loss_ = nullptr;
+  const ModelParams* grads_ = nullptr;
+  const MicroFn* micro_ = nullptr;
+  const std::vector<float>* scale_ = nullptr;
+};
+
+}  // namespace dsv3

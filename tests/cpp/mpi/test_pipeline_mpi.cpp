@@ -1,0 +1,106 @@
+// Pipeline parallelism and mixed layouts of `dsv3 train` under mpirun (ctest pipeline_mpi.*,
+// label mpi): per-step losses of pp2 and pp4 (uneven stages) under 1F1B and DualPipe, and
+// dp2 x pp2 with experts, against one process, checkpoints moved between a pipeline and one process, and the bad
+// layouts. The debug model with 5 layers (1 dense + 4 MoE, MTP depth 1), 8 steps of a global
+// batch of 8 sequences of 32 tokens in micro-batches of 2: 4 micro-batches per pipeline step.
+//
+// Tolerance 1e-4 relative on the per-step loss, as test_train_mpi: a stage runs the same layer
+// code on the same rows; what differs is the sum of the stages' gradient parts across ranks
+// (exact: each element has one nonzero part, except the embedding's two, stage 0's lookup and
+// the MTP module's) and, with dp or ep, the order of the data-parallel sums: fp32 rounding.
+#include <gtest/gtest.h>
+
+#include "mpi/train_mpi_util.h"
+
+namespace dsv3::test {
+namespace {
+
+const std::string kPipe = " --layers 5 --steps 8";
+
+TEST(PipelineMpi, PipelinesTrainLikeOneProcess) {
+  Dir d("pipe");
+  ASSERT_EQ(train(0, kPipe + " --out " + d / "one").code, 0);
+  const auto one = steps_of(d / "one");
+  ASSERT_EQ(one.size(), 8u);
+  struct Layout {
+    int np, pp, M;  // M: micro-batches per step on each rank
+    const char* args;
+    const char* name;
+  };
+  const auto check = [&](const Layout& l, const std::vector<json>& ref) {
+    const CmdResult r = train(l.np, kPipe + " " + l.args + " --out " + d / l.name);
+    ASSERT_EQ(r.code, 0) << l.name << "\n" << r.out;
+    const bool dual = std::string(l.args).find("dualpipe") != std::string::npos;
+    EXPECT_NE(r.out.find(dual ? "dualpipe stages of layers" : "1f1b stages of layers"),
+              std::string::npos) << r.out;
+    const auto m = steps_of(d / l.name);
+    EXPECT_LT(max_rel_loss_diff(m, ref), 1e-4) << l.name;
+    // the bubble is measured every step beside the schedule's share on equal stages
+    for (const json& s : m) {
+      ASSERT_TRUE(s.contains("pp_bubble_fraction")) << l.name;
+      EXPECT_GE(s["pp_bubble_fraction"].get<double>(), 0.0);
+      EXPECT_LT(s["pp_bubble_fraction"].get<double>(), 1.0);
+      const double f = s["pp_bubble_formula"].get<double>();
+      if (!dual) EXPECT_NEAR(f, double(l.pp - 1) / (l.M + l.pp - 1), 1e-12) << l.name;
+      else EXPECT_LT(f, double(l.pp - 1) / (l.M + l.pp - 1)) << l.name;  // below 1F1B's
+      EXPECT_GT(s["pp_send_bytes"].get<double>(), 0.0);
+    }
+  };
+  for (const Layout& l : {Layout{2, 2, 4, "--pp 2", "pp2"},
+                          Layout{4, 4, 4, "--pp 4 --pp_layers 2,1,1,1", "pp4"},
+                          Layout{4, 2, 2, "--pp 2 --ep 2 --zero 1", "dp2_pp2_ep2"},
+                          Layout{2, 2, 4, "--pp 2 --pp_schedule dualpipe", "pp2_dual"}})
+    check(l, one);
+  // DualPipe on 4 stages needs M >= 8: micro-batches of one sequence, against one process so
+  ASSERT_EQ(train(0, kPipe + " --batch 1 --out " + d / "one_b1").code, 0);
+  check({4, 4, 8, "--batch 1 --pp 4 --pp_layers 2,1,1,1 --pp_schedule dualpipe", "pp4_dual"},
+        steps_of(d / "one_b1"));
+}
+
+TEST(PipelineMpi, CheckpointsMoveBetweenAPipelineAndOneProcess) {
+  Dir d("pipe_ckpt");
+  ASSERT_EQ(train(0, kPipe + " --out " + d / "one").code, 0);
+  const auto one = steps_of(d / "one");
+  // pp 2 saves at step 4; one process goes on to 8 (a resume keeps the saved layout flags
+  // unless given)
+  CmdResult r = train(2, kPipe + " --steps 4 --pp 2 --save_every 4 --out " + d / "to_one");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = train(0, kPipe + " --pp 1 --resume " + d / "to_one" + " --out " + d / "to_one");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("resuming at step 4"), std::string::npos) << r.out;
+  EXPECT_LT(max_rel_loss_diff(steps_of(d / "to_one"), one), 1e-4);
+  // one process saves at step 4; pp 2 (uneven 4,1) goes on to 8
+  ASSERT_EQ(train(0, kPipe + " --steps 4 --save_every 4 --out " + d / "to_pp").code, 0);
+  r = train(2, kPipe + " --pp 2 --pp_layers 4,1 --resume " + d / "to_pp" + " --out " + d / "to_pp");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_LT(max_rel_loss_diff(steps_of(d / "to_pp"), one), 1e-4);
+  // HF export of the pipeline's sharded checkpoint equals the one-process export within drift
+  ASSERT_EQ(run_cli("export --model " + d / "to_pp" + " --format hf --out " + d / "pp_hf").code, 0);
+  ASSERT_EQ(run_cli("export --model " + d / "one" + " --format hf --out " + d / "one_hf").code, 0);
+  EXPECT_LT(max_abs_hf_diff(d / "pp_hf", d / "one_hf"), 1e-4);
+}
+
+TEST(PipelineMpi, BadLayoutsFailOnceWithoutHanging) {
+  Dir d("pipe_bad");
+  auto once = [](const CmdResult& r, const std::string& msg) {
+    EXPECT_NE(r.code, 0) << r.out;
+    EXPECT_EQ(count(r.out, msg), 1u) << "expected one '" << msg << "' in:\n" << r.out;
+  };
+  // the debug model has 2 layers and 2 heads
+  once(train(3, "--steps 2 --pp 3 --global_batch 6 --out " + d / "a"),
+       "--pp 3 is more pipeline stages than the model's 2 layers");
+  once(train(2, "--steps 2 --pp 2 --pp_layers 2,0 --out " + d / "b"),
+       "stage 1 gets 0 layers; every stage needs at least one");
+  once(train(2, "--steps 2 --dp 1 --pp 2 --tp 2 --out " + d / "c"),
+       "needs dp * tp * pp = 4 ranks, but the world has 2");
+  once(train(3, "--steps 2 --tp 3 --global_batch 6 --out " + d / "e"),
+       "the model has 2 heads, not a multiple of 3");
+  once(train(2, "--steps 2 --pp 2 --pp_layers 1,2 --out " + d / "f"),
+       "adds up to 3 layers, but the model has 2");
+  once(train(2, "--steps 2 --pp 2 --pp_schedule dualpipe --global_batch 2 --out " + d / "g"),
+       "DualPipe needs an even number of micro-batches per step, at least 2 x pp = 4, not 1");
+  for (const char* x : {"a", "b", "c", "e", "f", "g"}) EXPECT_FALSE(fs::exists(d / x + "/metrics.jsonl")) << x;
+}
+
+}  // namespace
+}  // namespace dsv3::test
