@@ -13,11 +13,11 @@
 
 namespace dsv3 {
 
-const char* pipe_schedule_name(PipeSchedule s) {
+const char* plan_schedule_name(PlanSchedule s) {
   switch (s) {
-    case PipeSchedule::None: return "none";
-    case PipeSchedule::OneFOneB: return "1f1b";
-    case PipeSchedule::DualPipe: return "dualpipe";
+    case PlanSchedule::None: return "none";
+    case PlanSchedule::OneFOneB: return "1f1b";
+    case PlanSchedule::DualPipe: return "dualpipe";
   }
   return "?";
 }
@@ -69,7 +69,7 @@ std::string PlanLayout::text() const {
   char buf[256];
   std::snprintf(buf, sizeof buf, "dp %d (ep %d) x tp %d x pp %d%s%s, zero %d, recompute %s, "
                 "micro-batch %d x %d",
-                dp, ep, tp, pp, pp > 1 ? " " : "", pp > 1 ? pipe_schedule_name(schedule) : "",
+                dp, ep, tp, pp, pp > 1 ? " " : "", pp > 1 ? plan_schedule_name(schedule) : "",
                 zero, recompute_name(recompute), micro_batch, micro_batches);
   return buf;
 }
@@ -287,7 +287,7 @@ PlanRow predict(Model& m, const PlanLayout& l) {
   const double bw_tp = link(l.tp), bw_ep = link(1LL * l.tp * l.ep), bw_dp = link(1LL * l.tp * l.dp);
   const double bw_pp = link(1LL * l.tp * l.dp * 2);
   const std::vector<Stage>& st = m.stages_of(l.pp);
-  const bool dual = l.schedule == PipeSchedule::DualPipe;
+  const bool dual = l.schedule == PlanSchedule::DualPipe;
 
   struct StageTime { double F, B, W, tp_f, tp_b, ep_f, ep_b, pp_f, pp_b; };
   auto stage_time = [&](int s) {
@@ -498,12 +498,12 @@ Plan make_plan(const ModelConfig& c, const PlanConfig& p) {
           for (int b = 1; b <= G / dp; b *= 2) {
             if ((p.batch && b != p.batch) || (G / dp) % b) continue;
             const int mb = int(G / dp / b);
-            for (PipeSchedule s : {PipeSchedule::None, PipeSchedule::OneFOneB, PipeSchedule::DualPipe}) {
-              if ((pp == 1) != (s == PipeSchedule::None)) continue;
-              if (p.schedule != "any" && (pp == 1 || p.schedule != pipe_schedule_name(s))) continue;
+            for (PlanSchedule s : {PlanSchedule::None, PlanSchedule::OneFOneB, PlanSchedule::DualPipe}) {
+              if ((pp == 1) != (s == PlanSchedule::None)) continue;
+              if (p.schedule != "any" && (pp == 1 || p.schedule != plan_schedule_name(s))) continue;
               // DualPipe's reference implementation needs an even pp and at least 2 pp
               // micro-batches (half enter from each end)
-              if (s == PipeSchedule::DualPipe && (pp % 2 || mb < 2 * pp || mb % 2)) continue;
+              if (s == PlanSchedule::DualPipe && (pp % 2 || mb < 2 * pp || mb % 2)) continue;
               for (Recompute r : recs) {
                 const PlanLayout l{dp, tp, pp, ep, zero, r, b, mb, s};
                 PlanRow row = predict(m, l);
@@ -580,7 +580,7 @@ nlohmann::json plan_json(const ModelConfig& c, const PlanConfig& p, const Plan& 
     rows.push_back({{"layout", {{"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp}, {"ep", l.ep},
                                 {"zero", l.zero}, {"recompute", recompute_name(l.recompute)},
                                 {"micro_batch", l.micro_batch}, {"micro_batches", l.micro_batches},
-                                {"schedule", pipe_schedule_name(l.schedule)}, {"text", l.text()}}},
+                                {"schedule", plan_schedule_name(l.schedule)}, {"text", l.text()}}},
                     {"memory_bytes", {{"weights", r.memory.weights}, {"grads", r.memory.grads},
                                       {"optimizer", r.memory.optimizer},
                                       {"activations", r.memory.activations},

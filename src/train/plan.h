@@ -19,8 +19,8 @@
 
 namespace dsv3 {
 
-enum class PipeSchedule : uint8_t { None, OneFOneB, DualPipe };  // None: pp 1
-const char* pipe_schedule_name(PipeSchedule s);
+enum class PlanSchedule : uint8_t { None, OneFOneB, DualPipe };  // None: pp 1
+const char* plan_schedule_name(PlanSchedule s);
 
 // `dsv3 plan` settings. The layout fields constrain the search (0 / "any": enumerate).
 struct PlanConfig {
@@ -47,7 +47,7 @@ struct PlanLayout {
   Recompute recompute = Recompute::None;
   int micro_batch = 1;        // sequences per micro-batch (--batch)
   int micro_batches = 1;      // per pipeline and step: global_batch / (dp x micro_batch)
-  PipeSchedule schedule = PipeSchedule::None;
+  PlanSchedule schedule = PlanSchedule::None;
   std::string text() const;   // "dp 128 (ep 64) x tp 1 x pp 16 dualpipe, zero 1, ..."
 };
 

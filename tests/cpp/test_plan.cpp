@@ -34,14 +34,14 @@ TEST(Plan, ReproducesDeepSeekV3Cost) {
   const double published = 2.664e6;
   EXPECT_GT(best.gpu_hours, published / 2) << best.layout.text();
   EXPECT_LT(best.gpu_hours, published * 2) << best.layout.text();
-  PlanLayout theirs{128, 1, 16, 64, 1, Recompute::Block, 1, 120, PipeSchedule::DualPipe};
+  PlanLayout theirs{128, 1, 16, 64, 1, Recompute::Block, 1, 120, PlanSchedule::DualPipe};
   const PlanRow r = predict_layout(c, p, theirs);
   EXPECT_TRUE(r.fits) << r.reasons;
   EXPECT_GT(r.gpu_hours, published / 2) << r.reasons;
   EXPECT_LT(r.gpu_hours, published * 2) << r.reasons;
   // DualPipe's smaller bubble and hidden all-to-all make it faster than 1F1B on that layout
   PlanLayout onef = theirs;
-  onef.schedule = PipeSchedule::OneFOneB;
+  onef.schedule = PlanSchedule::OneFOneB;
   EXPECT_LT(r.time.step, predict_layout(c, p, onef).time.step);
 }
 
@@ -52,15 +52,15 @@ TEST(Plan, ComputeIsTheModelsFlops) {
   PlanConfig p;
   p.gpus = 1, p.gpu = "h100", p.tokens = 1e9, p.seq_len = 256, p.global_batch = 16;
   const PlanRow r = predict_layout(c, p, PlanLayout{1, 1, 1, 1, 0, Recompute::None, 8, 2,
-                                                    PipeSchedule::None});
+                                                    PlanSchedule::None});
   const Hardware& h = find_hardware("h100");
   const double flops = 16.0 * 256 * model_stats(c, 256).train_flops_per_token;
   EXPECT_NEAR(r.time.compute, flops / (h.peak_bf16 * h.efficiency), 1e-9 * r.time.compute);
   // recomputation only adds time
   const PlanRow sel = predict_layout(c, p, PlanLayout{1, 1, 1, 1, 0, Recompute::Selective, 8, 2,
-                                                      PipeSchedule::None});
+                                                      PlanSchedule::None});
   const PlanRow blk = predict_layout(c, p, PlanLayout{1, 1, 1, 1, 0, Recompute::Block, 8, 2,
-                                                      PipeSchedule::None});
+                                                      PlanSchedule::None});
   EXPECT_GT(sel.time.compute, r.time.compute);
   EXPECT_GT(blk.time.compute, sel.time.compute);
   EXPECT_LT(blk.memory.activations, sel.memory.activations);
@@ -74,10 +74,10 @@ TEST(Plan, BubbleFormulas) {
   PlanConfig p;
   p.gpus = 8, p.gpu = "h200", p.tokens = 1e9, p.seq_len = 1024, p.global_batch = 64;
   const PlanRow r = predict_layout(c, p, PlanLayout{2, 1, 4, 1, 1, Recompute::None, 1, 32,
-                                                    PipeSchedule::OneFOneB});
+                                                    PlanSchedule::OneFOneB});
   EXPECT_NEAR(r.time.bubble, 3.0 / 32 * (r.time.compute + r.time.pp), 1e-9 * r.time.bubble);
   const PlanRow d = predict_layout(c, p, PlanLayout{2, 1, 4, 1, 1, Recompute::None, 1, 32,
-                                                    PipeSchedule::DualPipe});
+                                                    PlanSchedule::DualPipe});
   // F&B = F+B (transfers hidden), B = 2F, W = F: (pp/2-1)(3F + 2F - 3F) = (pp/2-1) 2F per
   // micro-batch's F of the device's two stages, i.e. (pp/2-1) x 2/3 x compute / m
   EXPECT_NEAR(d.time.bubble, 1.0 * 2.0 / 3.0 * d.time.compute / 32, 1e-6 * d.time.bubble);
