@@ -22,7 +22,7 @@ std::string trim(const std::string& s) {
   const size_t a = s.find_first_not_of(" \t\r"), b = s.find_last_not_of(" \t\r");
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
-bool has_key(const PipelineStage& s, const std::string& k) {
+bool has_key(const StagesFileStage& s, const std::string& k) {
   return std::any_of(s.keys.begin(), s.keys.end(), [&](const auto& kv) { return kv.first == k; });
 }
 }  // namespace
@@ -42,7 +42,7 @@ PipelineSpec read_pipeline(const std::string& path) {
     if (line.front() == '[') {
       DSV3_CHECK(line.back() == ']' && line.rfind("[stage ", 0) == 0, where, "a section is "
                  "[stage NAME], got '", line, "'");
-      PipelineStage s;
+      StagesFileStage s;
       s.name = trim(line.substr(7, line.size() - 8));
       s.line = no;
       DSV3_CHECK(!s.name.empty() && s.name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") ==
@@ -63,7 +63,7 @@ PipelineSpec read_pipeline(const std::string& path) {
       p.out = value;
       continue;
     }
-    PipelineStage& s = p.stages.back();
+    StagesFileStage& s = p.stages.back();
     if (key == "command") {
       DSV3_CHECK(value == "train" || value == "finetune", where, "command must be train or "
                  "finetune (got '", value, "')");
@@ -84,7 +84,7 @@ PipelineSpec read_pipeline(const std::string& path) {
 }
 
 std::vector<std::string> stage_arguments(const PipelineSpec& p, size_t i, bool resume) {
-  const PipelineStage& s = p.stages[i];
+  const StagesFileStage& s = p.stages[i];
   const std::string dir = (std::filesystem::path(p.out) / s.name).string();
   std::vector<std::string> a = {s.command};
   const bool train = s.command == "train";
@@ -114,7 +114,7 @@ int run_pipeline(const PipelineSpec& p, const std::string& self) {
   const size_t n = p.stages.size();
   const double t0 = now_seconds();
   for (size_t i = 0; i < n; i++) {
-    const PipelineStage& s = p.stages[i];
+    const StagesFileStage& s = p.stages[i];
     const auto dir = std::filesystem::path(p.out) / s.name;
     const auto done = dir / "STAGE_DONE";
     if (std::filesystem::exists(done)) {

@@ -25,14 +25,14 @@
 
 namespace dsv3 {
 
-struct PipelineStage {
+struct StagesFileStage {
   std::string name, command;
   std::vector<std::pair<std::string, std::string>> keys;  // flags, in file order
   int line = 0;                                           // of its [stage] header
 };
 struct PipelineSpec {
   std::string out;
-  std::vector<PipelineStage> stages;
+  std::vector<StagesFileStage> stages;
 };
 // Parses the file; errors name file:line.
 PipelineSpec read_pipeline(const std::string& path);
