@@ -17,10 +17,10 @@ struct CmdResult {
   std::string out;  // stdout + stderr
 };
 
-inline CmdResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(DSV3_BIN) + " " + args + " 2>&1";
+// A shell command line, output and exit status (128 + signal when killed).
+inline CmdResult run_shell(const std::string& cmd) {
   CmdResult r{0, ""};
-  std::FILE* p = popen(cmd.c_str(), "r");
+  std::FILE* p = popen((cmd + " 2>&1").c_str(), "r");
   if (!p) return {-1, "popen failed"};
   char buf[4096];
   size_t n;
@@ -28,6 +28,10 @@ inline CmdResult run_cli(const std::string& args) {
   const int status = pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+inline CmdResult run_cli(const std::string& args) {
+  return run_shell(std::string(DSV3_BIN) + " " + args);
 }
 
 // Records of one kind ("train" or "eval") from a metrics.jsonl file.

@@ -42,18 +42,6 @@ std::string q(const fs::path& p) {
   return s;
 }
 
-// A shell command line (run_cli always starts with the dsv3 binary).
-CmdResult run_shell(const std::string& cmd) {
-  CmdResult r{0, ""};
-  std::FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
 TEST(CuratePipeline, DefaultRunWritesCuratedRejectsSummaryAndReport) {
   const auto dir = temp_dir("curate_default");

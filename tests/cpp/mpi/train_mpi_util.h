@@ -34,17 +34,6 @@ std::string mpirun(int np) {
          DSV3_MPIEXEC + " -np " + std::to_string(np) + " --oversubscribe" + root + " ";
 }
 
-CmdResult run_shell(const std::string& cmd) {
-  CmdResult r{0, ""};
-  std::FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
 // `dsv3 train` on np ranks (np 0: one process, no mpirun).
 CmdResult train(int np, const std::string& args) {
