@@ -176,6 +176,52 @@ void Collectives::wait(Pending& op) {
   finish(op);
 }
 
+void Collectives::wait_p2p(Request& r, int peer, const std::string& what) {
+  if (timeout_ <= 0 || !side_) return r.wait();
+  waiting_p2p_ = &what;
+  const double t0 = now_seconds();
+  int spins = 0;
+  while (!r.test()) {  // the same polling as wait(): answers queries, backs off when idle
+    serve_queries();
+    const double waited = now_seconds() - t0;
+    if (waited > timeout_) {
+      r.abandon();  // its destructor would wait for the peer that did not come
+      time_out_p2p(peer, what, waited);
+    }
+    if (++spins > 200)
+      std::this_thread::sleep_for(std::chrono::microseconds(spins > 2000 ? 1000 : 50));
+  }
+  waiting_p2p_ = nullptr;
+}
+
+// Asks the one peer what it is blocked in (a collective, another point-to-point operation, or
+// nothing it can say: busy computing, stopped or dead) and throws with its answer.
+void Collectives::time_out_p2p(int peer, const std::string& what, double waited) {
+  const auto q = pack("", kQueryBytes);
+  Request sent = side_.isend(q.data(), q.size(), DType::U8, peer, kQueryTag);
+  const double grace = std::clamp(timeout_ / 4, 1.0, 10.0), t0 = now_seconds();
+  std::string answer;
+  while (answer.empty() && now_seconds() - t0 < grace) {
+    serve_queries();
+    int src = -1;
+    if (side_.probe(kReplyTag, &src)) {
+      std::vector<uint8_t> b(kReplyBytes);
+      side_.recv(b.data(), b.size(), DType::U8, src, kReplyTag);
+      if (src != peer) continue;  // a late answer to an earlier question
+      const std::string text = unpack(b);
+      answer = text.substr(text.find('\n') + 1);
+      continue;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  sent.abandon();
+  waiting_p2p_ = nullptr;
+  fail(what, " timed out after ", int(waited), " s (--collective_timeout ", timeout_, ") on rank ",
+       world().rank(), ": rank ", peer,
+       answer.empty() ? " did not answer (stopped, dead or busy outside communication)"
+                      : " is blocked in " + answer);
+}
+
 // Answers every query waiting on the side channel: how many operations this rank started on the
 // asked group, and what it is blocked in.
 void Collectives::serve_queries() {
@@ -190,6 +236,8 @@ void Collectives::serve_queries() {
     std::string in = "nothing";
     if (waiting_)
       in = cat(coll_name(waiting_->kind), " #", waiting_->seq, " of group ", waiting_->group->name);
+    else if (waiting_p2p_)
+      in = *waiting_p2p_;
     const auto r = pack(cat(started, "\n", in), kReplyBytes);
     side_.send(r.data(), r.size(), DType::U8, src, kReplyTag);  // small: sent eagerly
   }

@@ -99,6 +99,11 @@ class Collectives {
   bool test(Pending& op);
   // Blocking shorthand: start and wait.
   void run(Pending op) { wait(op); }
+  // Completes a point-to-point send or receive with peer (a world rank) under the same watchdog:
+  // after the timeout it asks the peer what it is blocked in and throws an Error that starts
+  // with `what` ("pipeline: receiving micro-batch 3's activation from pp rank 1"). Its time is
+  // not booked as collective time (the pipeline measures its own idle time).
+  void wait_p2p(Request& r, int peer, const std::string& what);
 
   CommLedger& ledger() { return ledger_; }
   double timeout() const { return timeout_; }
@@ -108,12 +113,14 @@ class Collectives {
   void finish(Pending& op);
   void serve_queries();
   [[noreturn]] void time_out(const Pending& op, double waited);
+  [[noreturn]] void time_out_p2p(int peer, const std::string& what, double waited);
 
   double timeout_;
   CommLedger ledger_;
   Comm side_;  // the watchdog's channel: a duplicate of the world
   std::vector<Group*> groups_;  // every group an operation was started on (to answer queries)
   const Pending* waiting_ = nullptr;  // what this rank is blocked in (answers say so)
+  const std::string* waiting_p2p_ = nullptr;  // or this point-to-point operation
 };
 
 }  // namespace dsv3::dist

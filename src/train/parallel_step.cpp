@@ -102,10 +102,10 @@ std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayou
   ctx->ep = dist::make_group(g.ep, "ep");
   ctx->edp = dist::make_group(g.edp, "edp");
   if (l.pp > 1) {  // make_group is collective: every rank makes these calls in the same order
-    ctx->pp = g.pp;
     ctx->pp_bounds = pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));
     ctx->dpp = dist::make_group(g.dp_pp, "dp_pp");
     ctx->edpp = dist::make_group(g.edp_pp, "edp_pp");
+    ctx->pp = dist::make_group(g.pp, "pp");
   }
   ctx->coll = std::make_unique<dist::Collectives>(ctx->world > 1 ? cfg.collective_timeout : 0);
   if (l.ep > 1) ctx->shard = {ctx->at.ep * (model.experts / l.ep), model.experts / l.ep};
@@ -144,7 +144,8 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
   if (ctx.layout.ep > 1)
     experts_ = std::make_unique<ExpertAllToAll>(*ctx.coll, ctx.ep, c, w.dtype(), w.device());
   if (ctx.layout.pp > 1)
-    pipe_ = std::make_unique<PipelineStage>(w, ctx.pp, ctx.pp_bounds, ctx.cfg.pp_schedule);
+    pipe_ = std::make_unique<PipelineStage>(w, ctx.pp, *ctx.coll, ctx.pp_bounds,
+                                            ctx.cfg.pp_schedule);
   rank_sec_.assign(size_t(ctx.layout.dp), 0.0);
 }
 

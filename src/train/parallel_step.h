@@ -44,7 +44,7 @@ struct ParallelContext {
   // Pipeline parallelism (pp > 1): the pp group (stage = its rank), each stage's first layer
   // (pipeline_split; stages + 1 entries), and the gradient groups: every stage holds the whole
   // parameter table, so gradients are reduced over dp x pp (dense) and edp x pp (experts).
-  dist::Comm pp;
+  dist::Group pp;
   std::vector<int> pp_bounds;
   dist::Group dpp, edpp;
   dist::Group& dense_grads() { return layout.pp > 1 ? dpp : dp; }

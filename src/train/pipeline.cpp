@@ -18,7 +18,15 @@ struct PipelineStage::Slot {
 struct PipelineStage::Outgoing {
   std::vector<std::byte> bytes;
   dist::Request req;
+  int peer = 0, tag = 0;
 };
+
+// Tags: 2a carries micro-batch a's activation forward, 2a + 1 its gradient backward.
+std::string PipelineStage::describe(bool sending, int peer, int tag) const {
+  return cat("pipeline: ", sending ? "sending" : "receiving", " micro-batch ", tag / 2, "'s ",
+             tag % 2 ? "gradient" : "activation", sending ? " to" : " from", " stage rank ",
+             peer, " (world rank ", pp_world_[size_t(peer)], ")");
+}
 
 void PipelineStage::send(const Tensor& t, int peer, int tag) {
   for (auto it = out_.begin(); it != out_.end();) it = it->req.test() ? out_.erase(it) : std::next(it);
@@ -26,6 +34,7 @@ void PipelineStage::send(const Tensor& t, int peer, int tag) {
   o.bytes.resize(t.bytes());
   backend::copy({w_.device()}, Tensor(o.bytes.data(), t.numel, t.dtype), t);
   o.req = pp_.isend(o.bytes.data(), t.numel, t.dtype, peer, tag);
+  o.peer = peer, o.tag = tag;
   stats_.sent_bytes += double(t.bytes());
 }
 
@@ -40,9 +49,10 @@ struct PipelineStage::Lane {
   Slot& slot(int m) { return *slots[size_t(m) % slots.size()]; }
 };
 
-PipelineStage::PipelineStage(const ModelWeights& w, dist::Comm pp, std::vector<int> bounds,
-                             PipeSchedule s)
-    : w_(w), pp_(std::move(pp)), bounds_(std::move(bounds)), schedule_(s) {
+PipelineStage::PipelineStage(const ModelWeights& w, const dist::Group& pp,
+                             dist::Collectives& coll, std::vector<int> bounds, PipeSchedule s)
+    : w_(w), pp_(pp.comm), pp_world_(pp.world_ranks), coll_(coll), bounds_(std::move(bounds)),
+      schedule_(s) {
   rank_ = pp_.rank();
   const int P = stages();
   DSV3_CHECK(pp_.size() == P, "internal: ", P, " stage boundaries for a pipeline group of ",
@@ -78,7 +88,8 @@ void PipelineStage::check_micros(int M) const {
 
 void PipelineStage::recv(const Tensor& t, int peer, int tag) {
   const double t0 = now_seconds();
-  pp_.recv(t.data, t.numel, t.dtype, peer, tag);
+  dist::Request r = pp_.irecv(t.data, t.numel, t.dtype, peer, tag);
+  coll_.wait_p2p(r, pp_world_[size_t(peer)], describe(false, peer, tag));
   stats_.idle_s += now_seconds() - t0;
 }
 
@@ -185,6 +196,20 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
   }
   loss_ = &loss, grads_ = &grads, micro_ = &micro, scale_ = &scale;
   reports_.assign(size_t(M), LossReport{});
+  try {
+    run_ops(ops, hooks);
+  } catch (...) {
+    // A rank giving up must not hang on its way out in a send no stage will receive; the
+    // copies stay allocated (MPI may still read them) until this stage is destroyed.
+    for (Outgoing& o : out_) o.req.abandon();
+    throw;
+  }
+  stats_.wall_s = now_seconds() - t0;
+  loss_ = nullptr, grads_ = nullptr, micro_ = nullptr, scale_ = nullptr;
+  return reports_;
+}
+
+void PipelineStage::run_ops(const std::vector<std::pair<int, PipeOp>>& ops, const Hooks& hooks) {
   int backwards = 0;
   for (const auto& [lane, op] : ops) {
     const double c0 = now_seconds(), i0 = stats_.idle_s;
@@ -199,14 +224,12 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
     stats_.compute_s += (now_seconds() - c0) - (stats_.idle_s - i0);
   }
   const double w0 = now_seconds();
-  for (Outgoing& o : out_) o.req.wait();
+  for (Outgoing& o : out_)
+    coll_.wait_p2p(o.req, pp_world_[size_t(o.peer)], describe(true, o.peer, o.tag));
   out_.clear();
   for (auto& l : lanes_)
     for (auto& s : l->slots) s->pass.reset();
   stats_.idle_s += now_seconds() - w0;
-  stats_.wall_s = now_seconds() - t0;
-  loss_ = nullptr, grads_ = nullptr, micro_ = nullptr, scale_ = nullptr;
-  return reports_;
 }
 
 }  // namespace dsv3

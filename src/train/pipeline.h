@@ -19,6 +19,7 @@
 #include <memory>
 #include <vector>
 
+#include "dist/collectives.h"
 #include "dist/comm.h"
 #include "model/model.h"
 #include "train/pipeline_schedule.h"
@@ -37,8 +38,10 @@ struct PipeStepStats {
 class PipelineStage {
  public:
   // bounds: stages + 1 layer boundaries (pipeline_split); pp: this rank's pipeline group, its
-  // rank this rank's stage (1F1B) or stages r and P-1-r (DualPipe's two directions).
-  PipelineStage(const ModelWeights& w, dist::Comm pp, std::vector<int> bounds, PipeSchedule s);
+  // rank this rank's stage (1F1B) or stages r and P-1-r (DualPipe's two directions). Waits for
+  // neighbours go through coll's watchdog: a stage that stops turns into an Error naming it.
+  PipelineStage(const ModelWeights& w, const dist::Group& pp, dist::Collectives& coll,
+                std::vector<int> bounds, PipeSchedule s);
   ~PipelineStage();
 
   int rank() const { return rank_; }
@@ -68,13 +71,17 @@ class PipelineStage {
   struct Slot;
   struct Lane;  // one direction's stage on this rank
   struct Outgoing;
+  void run_ops(const std::vector<std::pair<int, PipeOp>>& ops, const Hooks& hooks);
   void forward(Lane& lane, int m);
   void backward(Lane& lane, int m);
   void recv(const Tensor& t, int peer, int tag);
   void send(const Tensor& t, int peer, int tag);  // nonblocking, from a copy
+  std::string describe(bool sending, int peer, int tag) const;  // for the watchdog's errors
 
   const ModelWeights& w_;
   dist::Comm pp_;
+  std::vector<int> pp_world_;  // world rank of each pp rank
+  dist::Collectives& coll_;
   std::vector<int> bounds_;
   PipeSchedule schedule_;
   int rank_ = 0;

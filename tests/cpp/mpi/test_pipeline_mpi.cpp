@@ -10,6 +10,7 @@
 // the MTP module's) and, with dp or ep, the order of the data-parallel sums: fp32 rounding.
 #include <gtest/gtest.h>
 
+#include "core/timer.h"
 #include "mpi/train_mpi_util.h"
 
 namespace dsv3::test {
@@ -100,6 +101,21 @@ TEST(PipelineMpi, BadLayoutsFailOnceWithoutHanging) {
   once(train(2, "--steps 2 --pp 2 --pp_schedule dualpipe --global_batch 2 --out " + d / "g"),
        "DualPipe needs an even number of micro-batches per step, at least 2 x pp = 4, not 1");
   for (const char* x : {"a", "b", "c", "e", "f", "g"}) EXPECT_FALSE(fs::exists(d / x + "/metrics.jsonl")) << x;
+}
+
+// A stage that stops (SIGSTOP at step 3) leaves its neighbour blocked in a receive: the
+// watchdog turns that into an error naming the operation and the silent rank, within the
+// timeout, instead of a hang until the job's wall-clock limit.
+TEST(PipelineMpi, AStoppedStageIsNamedWithinTheTimeout) {
+  Dir d("pipe_hang");
+  const double t0 = now_seconds();
+  const CmdResult r = train(2, "--steps 6 --pp 2 --rank_fault stop:1@3 --collective_timeout 3 "
+                               "--out " + d / "run");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("pipeline: receiving micro-batch"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("timed out after 3 s"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rank 1 did not answer"), std::string::npos) << r.out;
+  EXPECT_LT(now_seconds() - t0, 60.0) << "the watchdog took too long";
 }
 
 }  // namespace
