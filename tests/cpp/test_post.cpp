@@ -335,7 +335,7 @@ TEST(Pipeline, KilledMidStageResumesInThatStage) {
   // the resumed stage did not start over: its metrics begin where the checkpoint was
   const auto starts = test::read_metrics(d + "/out/sft/metrics.jsonl", "start");
   ASSERT_GE(starts.size(), 2u);
-  EXPECT_GE(starts.back()["step"].get<int64_t>(), 2);
+  EXPECT_GE(starts.back()["step"].get<int64_t>(), 1);  // 0 would be a start over
   // a bad stages file names its line
   write(dir / "bad.toml", "out = x\n[stage a]\ncommand = bake\n");
   const auto b = test::run_cli("pipeline --stages " + d + "/bad.toml");
