@@ -154,7 +154,8 @@ void LoglikScorer::score_shared(const std::vector<LoglikRequest>& reqs,
     groups[it->second].reqs.push_back(k);
     longest = std::max(longest, int(r.context.size() + r.continuation.size()) - 1);
   }
-  // Cache: the largest group at once, and room for about three steps of new tokens in flight.
+  // Cache: the largest group at once, and room for about two steps of new tokens in flight
+  // with a partial page per sequence of 16 tokens or more.
   auto pages_for = [&](int tokens) { return (tokens + page - 1) / page; };
   int largest = 0;
   for (Group& g : groups) {
@@ -169,7 +170,8 @@ void LoglikScorer::score_shared(const std::vector<LoglikRequest>& reqs,
   dc.page_tokens = page;
   dc.max_context = longest;
   dc.max_logit_rows = std::min(R, kHeadChunk);
-  const int pages = std::max(largest, pages_for(3 * R) + 2 * dc.max_seqs);
+  // (admission keeps within the budget, so any size >= largest works; more only adds overlap)
+  const int pages = largest + pages_for(2 * R) + R / 16;
   dc.kv_cache_bytes = KvCache::latent_bytes_per_token(c, w_.dtype(), c.layers) * size_t(page) * pages;
   DecodeEngine eng(w_, dc);
   KvCache& kv = eng.cache();
