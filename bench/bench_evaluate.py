@@ -10,9 +10,18 @@ contexts and choices (the peer reads dsv3's --samples file) on the same number o
 Model loading is outside both timings. The peer also reports the largest difference of its
 log-likelihoods from dsv3's, and its acc/acc_norm, which must equal dsv3's.
 
+dsv3 runs twice: as it runs by default (each context once into the KV cache, the choices scored
+over it: --share_context true) and the harness's way (one row per request: --share_context
+false), so the gain of sharing the context is visible beside the peer. The peer runs at every
+batch size of --peer-batch (the default includes one batch holding every request, what the
+harness's --batch_size auto picks for a model this small) and its best is compared. The load
+average before and after is printed: the machine is shared; with --repeat N every configuration
+runs N times round-robin and reports its best and median.
+
     bench/setup_peer_venv.sh                     # once: torch + transformers (.venv-peer)
     python3 bench/bench_evaluate.py              # tiny, 200 items, 2 threads
     python3 bench/bench_evaluate.py --items 500 --peer-batch 1,16,64 --json
+    python3 bench/bench_evaluate.py --items 50 --repeat 3 --threads 1   # a busy machine
 
 Any python3 runs this script (the peer runs in the venv).
 """
@@ -59,9 +68,10 @@ def main():
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-tokens", type=int, default=4096, help="dsv3 evaluate --batch_tokens")
-    ap.add_argument("--peer-batch", default="1,16", help="peer batch sizes to run (its best is compared)")
+    ap.add_argument("--peer-batch", default="1,16,64,256", help="peer batch sizes to run (its best is compared)")
     ap.add_argument("--peer-python", default=os.path.join(REPO, ".venv-peer", "bin", "python"))
     ap.add_argument("--work", default=None, help="keep the model and task here")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration, interleaved (best reported)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="dsv3_bench_eval_")
@@ -76,30 +86,65 @@ def main():
     make_task(task, a.items, 1)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     samples = os.path.join(work, "samples.jsonl")
-    d = run_json([a.dsv3, "evaluate", "--model", hf, "--tasks", task, "--samples", samples,
-                  "--batch_tokens", str(a.batch_tokens), "--json"], env)["results"]["nextsent"]
-    rows = [{"impl": "dsv3 evaluate", "batch": "%d tokens" % a.batch_tokens, "items_per_second": d["items_per_second"],
-             "seconds": d["seconds"], "acc": d["acc"], "acc_norm": d["acc_norm"]}]
+    samples_rows = os.path.join(work, "samples_rows.jsonl")
+    load_before = os.getloadavg()
+    # Every configuration runs --repeat times, round-robin (dsv3, dsv3 rows, peer at each
+    # batch, then again), so a change of load hits all of them alike; each row reports its
+    # best and median run.
+    configs = [("dsv3", "true"), ("dsv3", "false")]
     if not os.path.exists(a.peer_python):
         print("peer: skipped (run bench/setup_peer_venv.sh or pass --peer-python)", file=sys.stderr)
     else:
-        for b in a.peer_batch.split(","):
-            p = run_json([a.peer_python, os.path.join(REPO, "bench", "peer_hf_loglik.py"), "--model", hf,
-                          "--samples", samples, "--batch", b, "--threads", str(a.threads)], env)
-            rows.append({"impl": "transformers " + p["transformers"] + " (torch " + p["torch"] + ")",
-                         "batch": "%s rows" % b, "items_per_second": p["items_per_second"], "seconds": p["seconds"],
-                         "acc": p["acc"], "acc_norm": p["acc_norm"], "max_abs_ll_diff": p["max_abs_ll_diff_vs_dsv3"]})
-    best_peer = max((r["items_per_second"] for r in rows[1:]), default=None)
+        configs += [("peer", b) for b in a.peer_batch.split(",")]
+    runs = {c: [] for c in configs}
+    for _ in range(a.repeat):
+        for c in configs:
+            if c[0] == "dsv3":
+                share = c[1]
+                d = run_json([a.dsv3, "evaluate", "--model", hf, "--tasks", task,
+                              "--samples", samples if share == "true" else samples_rows,
+                              "--batch_tokens", str(a.batch_tokens), "--share_context", share, "--json"], env)
+                d = d["results"]["nextsent"]
+                runs[c].append({"impl": "dsv3 evaluate" + ("" if share == "true" else " (one row per request)"),
+                                "batch": "%d tokens" % a.batch_tokens, "items_per_second": d["items_per_second"],
+                                "acc": d["acc"], "acc_norm": d["acc_norm"], "tokens_run": d["tokens_run"]})
+            else:
+                p = run_json([a.peer_python, os.path.join(REPO, "bench", "peer_hf_loglik.py"), "--model", hf,
+                              "--samples", samples, "--batch", c[1], "--threads", str(a.threads)], env)
+                runs[c].append({"impl": "transformers " + p["transformers"] + " (torch " + p["torch"] + ")",
+                                "batch": "%s rows" % c[1], "items_per_second": p["items_per_second"],
+                                "acc": p["acc"], "acc_norm": p["acc_norm"],
+                                "max_abs_ll_diff": p["max_abs_ll_diff_vs_dsv3"]})
+    rows = []
+    for c in configs:
+        rates = sorted(r["items_per_second"] for r in runs[c])
+        row = dict(runs[c][-1])
+        row["items_per_second"] = rates[-1]
+        row["items_per_second_median"] = rates[(len(rates) - 1) // 2]  # the lower median
+        row["runs"] = len(rates)
+        if "max_abs_ll_diff" in row:
+            row["max_abs_ll_diff"] = max(r["max_abs_ll_diff"] for r in runs[c])
+        rows.append(row)
+    ll_a = [json.loads(l)["loglik"] for l in open(samples, encoding="utf-8")]
+    ll_b = [json.loads(l)["loglik"] for l in open(samples_rows, encoding="utf-8")]
+    rows[0]["max_abs_ll_diff_vs_rows"] = max(abs(x - y) for p, q in zip(ll_a, ll_b) for x, y in zip(p, q))
+    best_peer = max((r["items_per_second"] for r in rows[2:]), default=None)
     out = {"preset": a.preset, "items": a.items, "threads": a.threads, "rows": rows,
+           "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "speedup_vs_best_peer": rows[0]["items_per_second"] / best_peer if best_peer else None}
     if a.json:
         print(json.dumps(out))
     else:
         print("%s, %d items x 4 endings, %d threads" % (a.preset, a.items, a.threads))
         for r in rows:
-            print("  %-44s %-12s %8.2f items/s  acc %.4f acc_norm %.4f%s" % (
-                r["impl"], r["batch"], r["items_per_second"], r["acc"], r["acc_norm"],
+            print("  %-44s %-12s %8.2f items/s (median %.2f of %d)  acc %.4f acc_norm %.4f%s" % (
+                r["impl"], r["batch"], r["items_per_second"], r["items_per_second_median"], r["runs"],
+                r["acc"], r["acc_norm"],
                 "  max|ll diff| %.2e" % r["max_abs_ll_diff"] if "max_abs_ll_diff" in r else ""))
+        print("  dsv3 shared context vs one row per request: max|ll diff| %.2e, tokens run %d vs %d"
+              % (rows[0]["max_abs_ll_diff_vs_rows"], rows[0]["tokens_run"], rows[1]["tokens_run"]))
+        print("  load average before %s, after %s" % (" ".join("%.2f" % x for x in load_before),
+                                                    " ".join("%.2f" % x for x in out["load_average_after"])))
         if best_peer:
             print("  dsv3 / best peer: %.1fx" % out["speedup_vs_best_peer"])
 

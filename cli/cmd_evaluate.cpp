@@ -10,6 +10,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/quantized.h"
 #include "commands.h"
+#include "core/profile.h"
 #include "core/check.h"
 #include "core/io.h"
 #include "core/text_lines.h"
@@ -216,6 +217,7 @@ int cmd_evaluate(int argc, char** argv) {
       highest = tiers[i].name;
     }
   }
+  if (profile::enabled()) std::fprintf(stderr, "%s", profile::report().c_str());  // DSV3_PROFILE=1
   nlohmann::json indicators;
   if (!o.indicators.empty()) indicators = run_indicators(*weights, codec, prompts, toxic, o, results, !a->json);
 

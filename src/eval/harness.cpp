@@ -34,8 +34,11 @@ const std::vector<FieldSpec>& evaluate_fields() {
       field("samples", &E::samples, "write per-item records (JSONL) to this file"),
       field("out", &E::out, "write the results JSON to this file"),
       field("tokenizer", &E::tokenizer, "tokenizer file (default: the one beside the model, else bytes)"),
-      field("batch_tokens", &E::batch_tokens, "log-likelihood micro-batch size in tokens (rows x length)",
-            in_range(1, 1 << 22)),
+      field("batch_tokens", &E::batch_tokens, "log-likelihood: tokens per forward (rows x padded "
+            "length, or new tokens per step with share_context)", in_range(1, 1 << 22)),
+      field("share_context", &E::share_context, "log-likelihood: run each context once and score "
+            "its choices over the KV cache (CPU, dense attention; false: one full forward per "
+            "choice, as the harness)"),
       field("max_gen_tokens", &E::max_gen_tokens, "generation tasks: longest answer in tokens", in_range(1, 1 << 20)),
       field("gen_batch", &E::gen_batch, "generation tasks: sequences decoded together", in_range(1, 4096)),
       field("fewshot_seed", &E::fewshot_seed, "seed of the few-shot draw", at_least(0)),
@@ -179,7 +182,10 @@ void run_choice(const ModelWeights& w, const TextCodec& codec, const TaskFile& t
     }
   }
   first[n] = reqs.size();
-  LoglikScorer scorer(w, cfg.batch_tokens);
+  LoglikConfig lc;
+  lc.batch_tokens = cfg.batch_tokens;
+  lc.share_context = cfg.share_context;
+  LoglikScorer scorer(w, lc);
   const auto ll = scorer.score(reqs, [&](size_t d, size_t tot) {
     if (progress) progress("requests", d, tot);
   });
@@ -201,6 +207,8 @@ void run_choice(const ModelWeights& w, const TextCodec& codec, const TaskFile& t
   put_mean(r.metrics, "acc_norm", acc_norm);
   r.metrics["requests"] = reqs.size();
   r.metrics["forwards"] = scorer.forwards();
+  r.metrics["tokens_run"] = scorer.tokens();
+  r.metrics["shared_context"] = scorer.shares_context();
 }
 
 void run_generation(const ModelWeights* w, const TextCodec& codec, const TaskFile& t, size_t n,

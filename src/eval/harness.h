@@ -41,7 +41,8 @@ struct EvaluateConfig {
   std::string samples;      // per-item records (JSONL) to this file; "" = none
   std::string out;          // results JSON to this file; "" = none (--json prints it)
   std::string tokenizer;    // "" = the one beside the model, else byte-level ids
-  int batch_tokens = 4096;  // log-likelihood micro-batch: rows x padded length
+  int batch_tokens = 4096;  // log-likelihood: new tokens per forward (eval/loglik.h)
+  bool share_context = true;  // log-likelihood: each context once, choices over the KV cache
   int max_gen_tokens = 128; // generation tasks: longest answer
   int gen_batch = 32;       // generation: sequences decoded together
   long long fewshot_seed = 1234;

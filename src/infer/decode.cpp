@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "model/arena.h"
 #include "ops/elementwise.h"
+#include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/gemm.h"
 #include "ops/latent_attention.h"
@@ -102,6 +103,7 @@ struct DecodeEngine::Impl {
   Tensor moe_loads, moe_stats;
   Tensor e, cat;                  // MTP: (R, C), (R, 2C)
   Tensor head_x, head_xn, logits; // (S*, C), (S*, C), (S*, V) accum; S* = max logit rows
+  Tensor targets, losses;         // (S*) i32, (S*) accum: step_logprobs
   int max_logit_rows;
 
   Impl(const ModelWeights& w_, const DecodeConfig& cfg, int ctx_)
@@ -164,6 +166,8 @@ struct DecodeEngine::Impl {
     head_x = ar.take(t, size_t(max_logit_rows) * C);
     head_xn = ar.take(t, size_t(max_logit_rows) * C);
     logits = ar.take(acc, size_t(max_logit_rows) * c.vocab);
+    targets = ar.take(DType::I32, size_t(max_logit_rows));
+    losses = ar.take(acc, size_t(max_logit_rows));
   }
 
   template <typename V>
@@ -270,6 +274,40 @@ struct DecodeEngine::Impl {
       convert(Exec{}, dst, stage.view());
     }
   }
+
+  // log p(tg[i]) at rows[i] (indices into src), through norm_w and the head, max_logit_rows
+  // rows at a time, to host fp32.
+  void head_logprobs(const Tensor& src, const std::vector<int32_t>& rows,
+                     std::span<const int32_t> tg, const Tensor& norm_w, float* host) {
+    const int C = c.hidden, V = c.vocab;
+    DSV3_CHECK(tg.size() == rows.size(), "decode step has ", rows.size(), " logit rows and ",
+               tg.size(), " targets");
+    for (int32_t id : tg)
+      DSV3_CHECK(id >= 0 && id < V, "target id ", id, " outside the vocabulary (", V, ")");
+    const Exec host_ex{};
+    for (size_t r0 = 0; r0 < rows.size(); r0 += size_t(max_logit_rows)) {
+      const int n = int(std::min(rows.size() - r0, size_t(max_logit_rows)));
+      upload(logit_rows, std::vector<int32_t>(rows.begin() + std::ptrdiff_t(r0),
+                                              rows.begin() + std::ptrdiff_t(r0) + n));
+      upload(targets, std::vector<int32_t>(tg.begin() + std::ptrdiff_t(r0),
+                                           tg.begin() + std::ptrdiff_t(r0) + n));
+      moe_gather(ex, head_x, src, logit_rows, n, C);
+      rmsnorm_forward(ex, head_xn, rstd, head_x, norm_w, {n, C, C, C}, float(c.rms_eps));
+      const Tensor lg = logits.slice(0, size_t(n) * V), ls = losses.slice(0, size_t(n));
+      linear_forward(ex, lg, head_xn, w.params().head, n, C, V);
+      cross_entropy_forward(ex, ls, lg, targets.slice(0, size_t(n)), n, V);  // -log p(target)
+      float* out = host + r0;
+      const Tensor dst = host_tensor(out, size_t(n));
+      if (ls.device == Device::CPU) {
+        convert(host_ex, dst, ls);
+      } else {
+        Buffer stage(Device::CPU, ls.dtype, ls.numel);
+        backend::copy(ex, stage.view(), ls);
+        convert(host_ex, dst, stage.view());
+      }
+      for (int i = 0; i < n; i++) out[i] = -out[i];
+    }
+  }
 };
 
 DecodeEngine::DecodeEngine(const ModelWeights& w, const DecodeConfig& cfg) : w_(w), cfg_(cfg) {
@@ -295,6 +333,17 @@ DecodeEngine::~DecodeEngine() = default;
 size_t DecodeEngine::workspace_bytes() const { return impl_->mem.view().bytes(); }
 
 void DecodeEngine::step(std::span<SeqStep> in, float* logits) {
+  const std::vector<int32_t> rows = run_main(in);
+  impl_->head(impl_->hidden, rows, w_.params().norm, logits);
+}
+
+void DecodeEngine::step_logprobs(std::span<SeqStep> in, std::span<const int32_t> targets,
+                                 float* logprobs) {
+  const std::vector<int32_t> rows = run_main(in);
+  impl_->head_logprobs(impl_->hidden, rows, targets, w_.params().norm, logprobs);
+}
+
+std::vector<int32_t> DecodeEngine::run_main(std::span<SeqStep> in) {
   Impl& m = *impl_;
   const ModelConfig& c = w_.config();
   DSV3_CHECK(int(in.size()) <= cfg_.max_seqs, "decode step of ", in.size(), " sequences, at most ",
@@ -317,14 +366,14 @@ void DecodeEngine::step(std::span<SeqStep> in, float* logits) {
     ids.insert(ids.end(), s.tokens.begin(), s.tokens.end());
   }
   DSV3_CHECK(L.rows <= cfg_.max_rows, "decode step of ", L.rows, " tokens, at most ", cfg_.max_rows);
-  if (L.rows == 0) return;
+  if (L.rows == 0) return {};
   m.upload(m.ids, ids);
   m.upload_layout(L);
   const int C = c.hidden;
   embedding_forward(m.ex, m.hidden, m.ids, w_.params().embed, L.rows, C);
   for (int l = 0; l < c.layers; l++) m.block(w_.params().blocks[l], l, m.hidden, *cache_, L);
   for (SeqStep& s : in) s.seq->length += int(s.tokens.size());
-  m.head(m.hidden, logit_rows, w_.params().norm, logits);
+  return logit_rows;
 }
 
 void DecodeEngine::mtp_step(std::span<const MtpStep> in, float* logits) {

@@ -70,11 +70,19 @@ class DecodeEngine {
 
   // logits: host (sum of logit_rows, V) fp32, in the order of `in`.
   void step(std::span<SeqStep> in, float* logits);
+  // The same step, returning for each logit row log p(target) = log_softmax(logits)[target]
+  // instead of its logits: targets and logprobs (host fp32) hold sum of logit_rows entries, in
+  // the order of `in`; any number of rows (the head runs max_logit_rows at a time). Scoring
+  // (eval/loglik.h) without moving (rows, V) logits to the host; the log-softmax is the
+  // training loss's op (ops/cross_entropy.h).
+  void step_logprobs(std::span<SeqStep> in, std::span<const int32_t> targets, float* logprobs);
   // logits: host (in.size(), V) fp32. Needs DecodeConfig::mtp.
   void mtp_step(std::span<const MtpStep> in, float* logits);
 
  private:
   struct Impl;
+  // The main model over the step's new tokens; returns the rows whose logits were asked for.
+  std::vector<int32_t> run_main(std::span<SeqStep> in);
   const ModelWeights& w_;
   DecodeConfig cfg_;
   int max_ctx_ = 0;

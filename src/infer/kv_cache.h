@@ -20,9 +20,10 @@ namespace dsv3 {
 // One sequence's view of the cache.
 struct SeqCache {
   std::vector<int32_t> pages;  // page ids, in token order
+  int borrowed = 0;            // leading pages shared with the sequence it was forked from
   int length = 0;              // tokens cached (the main model's layers)
   int mtp_length = 0;          // positions cached in the MTP module's layer (speculative decoding)
-  int reserved = 0;            // pages reserved for it (allocated or not)
+  int reserved = 0;            // pages reserved for it (allocated or not), its own only
 };
 
 class KvCache {
@@ -58,7 +59,15 @@ class KvCache {
   bool reserve(SeqCache& s, int tokens);
   // Allocates pages so that s can hold `tokens` tokens (within its reservation).
   void ensure(SeqCache& s, int tokens);
-  // Returns every page and reservation of s; s is empty afterwards.
+  // Starts the empty `child` as a copy of parent's parent.length cached tokens without
+  // recomputing them (prefix sharing: the choices of one context in eval/loglik.h): it borrows
+  // parent's full pages and gets its own copy of the partial last page, every layer. Reserves
+  // child's own pages for `tokens` tokens in all; false, changing nothing, when the budget
+  // cannot cover them now. Borrowed pages are full, so neither side ever writes them again;
+  // parent may grow, but not be released while a child borrows from it (checked).
+  bool fork(const SeqCache& parent, SeqCache& child, int tokens);
+  // Returns every page and reservation of s (its borrowed pages go back to their lender's
+  // account); s is empty afterwards.
   void release(SeqCache& s);
   // Cache row (slot) of token position pos of s.
   int32_t slot(const SeqCache& s, int pos) const {
@@ -70,6 +79,7 @@ class KvCache {
   int width_, page_, pages_, layers_;
   int reserved_ = 0;
   std::vector<int32_t> free_;  // free page ids (a stack: recently freed pages are reused first)
+  std::vector<int32_t> borrowers_;  // per page: forked sequences borrowing it
   Buffer data_;                // (layers, pages, page_tokens, width)
 };
 

@@ -1,4 +1,7 @@
 // Fused softmax cross-entropy over the vocabulary; the backward may overwrite the logits.
+// Without it GCC keeps the clamps of exp_nonpos as branches and the softmax loops scalar (see
+// swiglu.cpp); no value depends on FP flags here.
+#pragma GCC optimize("no-trapping-math")
 #include "ops/cross_entropy.h"
 
 #include <algorithm>

@@ -7,6 +7,9 @@
 // covers blocks of kItemRows rows. Items run in parallel (single-threaded GEMMs), each in a fixed
 // order, so results do not depend on the thread count; with one item (batch-1 decode) the GEMMs
 // get every thread.
+// Without it GCC keeps the clamps of exp_nonpos as branches and the softmax loops scalar (see
+// swiglu.cpp); no value depends on FP flags here.
+#pragma GCC optimize("no-trapping-math")
 #include "ops/latent_attention.h"
 
 #include <algorithm>

@@ -1,4 +1,7 @@
 // SwiGLU on a fused [gate | up] row: out = silu(g) * u, silu(g) = g * sigmoid(g).
+// GCC keeps the clamps of sigmoid_fast as branches (so the loops stay scalar, ~10x slower) unless
+// it may assume that comparisons do not trap; no value changes, nothing here reads FP flags.
+#pragma GCC optimize("no-trapping-math")
 #include "ops/swiglu.h"
 
 #include <cmath>

@@ -131,15 +131,24 @@ TEST(EvalBleu, Tokenizer13aAndCorpusBleuMatchSacrebleu) {
 }
 
 // Many rows per forward give each request what a forward of that row alone gives.
+ModelWeights& loglik_test_model() {
+  static ModelWeights* w = [] {
+    ModelConfig c = preset("debug");
+    c.vocab = 64;
+    c.max_seq = 32;
+    const ParamTable pt = build_param_table(c);
+    std::vector<float> p(pt.total);
+    init_params(c, pt, p.data(), 5);
+    auto* m = new ModelWeights(c, DType::F32);
+    m->load(p);
+    return m;
+  }();
+  return *w;
+}
+
 TEST(EvalLoglik, BatchedEqualsOneRowForwards) {
-  ModelConfig c = preset("debug");
-  c.vocab = 64;
-  c.max_seq = 32;
-  const ParamTable pt = build_param_table(c);
-  std::vector<float> p(pt.total);
-  init_params(c, pt, p.data(), 5);
-  ModelWeights w(c, DType::F32);
-  w.load(p);
+  const ModelWeights& w = loglik_test_model();
+  const ModelConfig& c = w.config();
   std::vector<LoglikRequest> reqs;
   Rng rng(3);
   for (int i = 0; i < 9; i++) {
@@ -149,7 +158,12 @@ TEST(EvalLoglik, BatchedEqualsOneRowForwards) {
     reqs.push_back(r);
   }
   reqs[0].context.assign(40, 7);  // longer than max_seq + 1 with its continuation: cut from the left
-  LoglikScorer big(w, 4096), small(w, 30);
+  LoglikConfig rows;  // the harness's way: one row per request
+  rows.share_context = false;
+  rows.batch_tokens = 4096;
+  LoglikScorer big(w, rows);
+  rows.batch_tokens = 30;
+  LoglikScorer small(w, rows);
   const auto a = big.score(reqs), b = small.score(reqs);
   EXPECT_EQ(big.forwards(), 1);
   EXPECT_GT(small.forwards(), 3);
@@ -172,6 +186,51 @@ TEST(EvalLoglik, BatchedEqualsOneRowForwards) {
     EXPECT_NEAR(a[i], want, 1e-4) << i;
     EXPECT_NEAR(b[i], want, 1e-4) << i;
     EXPECT_LT(a[i], 0);
+  }
+}
+
+// The shared-context path (each context once into the KV cache, its continuations forked from
+// it) gives what the rows path gives: contexts shared by 1-4 requests, one-token contexts and
+// continuations, contexts over several pages, a request too long for the model (it takes the
+// rows path, cut from the left), and steps so small that prefills and continuations are cut.
+TEST(EvalLoglik, SharedContextEqualsRows) {
+  const ModelWeights& w = loglik_test_model();
+  Rng rng(4);
+  std::vector<LoglikRequest> reqs;
+  for (int g = 0; g < 7; g++) {
+    std::vector<int32_t> ctx(g == 0 ? 1 : 1 + rng.below(24));
+    for (auto& t : ctx) t = int32_t(rng.below(64));
+    for (int k = 0, n = 1 + g % 4; k < n; k++) {
+      LoglikRequest r;
+      r.context = ctx;
+      for (int i = 0, m = k == 0 ? 1 : 1 + int(rng.below(8)); i < m; i++)
+        r.continuation.push_back(int32_t(rng.below(64)));
+      reqs.push_back(r);
+    }
+  }
+  reqs[3].context.assign(30, 9);  // 30 + its continuation > max_seq + 1
+  reqs[3].continuation.assign(5, 2);
+  LoglikConfig rows;
+  rows.share_context = false;
+  const auto want = LoglikScorer(w, rows).score(reqs);
+  for (int batch : {4096, 7}) {
+    LoglikConfig sc;
+    sc.batch_tokens = batch;
+    sc.page_tokens = 4;
+    LoglikScorer s(w, sc);
+    ASSERT_TRUE(s.shares_context());
+    size_t last = 0;
+    const auto got = s.score(reqs, [&](size_t d, size_t n) {
+      EXPECT_GE(d, last);
+      EXPECT_EQ(n, reqs.size());
+      last = d;
+    });
+    EXPECT_EQ(last, reqs.size());
+    // fp32 absorbed MLA over the cache vs fp32 training forward: ~1e-6 relative per logit
+    for (size_t i = 0; i < reqs.size(); i++) EXPECT_NEAR(got[i], want[i], 1e-4) << batch << " " << i;
+    if (batch == 7) {
+      EXPECT_GT(s.forwards(), 10);
+    }
   }
 }
 

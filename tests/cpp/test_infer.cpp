@@ -691,5 +691,123 @@ TEST(KvCache, ReservationsAndPages) {
   EXPECT_THROW(KvCache(c, DType::F32, Device::CPU, 2, 0, 4), Error);
 }
 
+// A fork borrows the parent's full pages, owns a copy of its partial page (every layer) and the
+// pages it grows into; the budget counts only owned pages; a lender cannot be released first.
+TEST(KvCache, ForkBorrowsFullPagesAndCopiesThePartialOne) {
+  const ModelConfig c = preset("debug");
+  KvCache kv(c, DType::F32, Device::CPU, 2, 8, 4);
+  SeqCache p, a, b, big;
+  EXPECT_TRUE(kv.reserve(p, 10));  // 3 pages
+  kv.ensure(p, 10);
+  p.length = 10;
+  const int W = kv.width();
+  for (int l = 0; l < 2; l++) {  // row value = layer * 1000 + position
+    float* d = kv.layer(l).as<float>();
+    for (int t = 0; t < 10; t++)
+      for (int j = 0; j < W; j++) d[size_t(kv.slot(p, t)) * W + j] = float(l * 1000 + t);
+  }
+  EXPECT_TRUE(kv.fork(p, a, 13));  // 2 borrowed + copy of the partial + 1 more: 2 own pages
+  EXPECT_EQ(a.borrowed, 2);
+  EXPECT_EQ(a.reserved, 2);
+  EXPECT_EQ(a.length, 10);
+  ASSERT_EQ(a.pages.size(), 3u);
+  EXPECT_EQ(a.pages[0], p.pages[0]);
+  EXPECT_EQ(a.pages[1], p.pages[1]);
+  EXPECT_NE(a.pages[2], p.pages[2]);
+  for (int l = 0; l < 2; l++)
+    for (int t = 0; t < 10; t++)
+      EXPECT_EQ(kv.layer(l).as<float>()[size_t(kv.slot(a, t)) * W + W - 1], float(l * 1000 + t));
+  EXPECT_FALSE(kv.fork(p, big, 10 + 4 * 4));  // 4 own pages: only 3 unreserved
+  EXPECT_TRUE(big.pages.empty() && big.reserved == 0);
+  EXPECT_EQ(kv.pages_unreserved(), 3);
+  kv.ensure(a, 13);
+  EXPECT_EQ(a.pages.size(), 4u);
+  EXPECT_THROW(kv.ensure(a, 17), Error);  // beyond its reservation
+  EXPECT_TRUE(kv.fork(p, b, 10));
+  EXPECT_THROW(kv.release(p), Error);  // a and b borrow from it
+  kv.release(a);
+  kv.release(b);
+  kv.release(p);
+  EXPECT_EQ(kv.pages_free(), 8);
+  EXPECT_EQ(kv.pages_unreserved(), 8);
+}
+
+// Continuations forked from one cached prefix score what each whole sequence scores through
+// the training forward: step_logprobs = log_softmax(logits)[target] (the head in chunks of
+// max_logit_rows), borrowed pages read right, children of different lengths in one step, one
+// cut across two steps.
+TEST(DecodeEngine, ForkedContinuationsScoreLikeWholeSequences) {
+  const ModelConfig c = engine_config(kVariants[0]);
+  ModelWeights w(c, DType::F32);
+  w.load(init_weights(c, 5));
+  DecodeConfig dc;
+  dc.max_rows = 16;
+  dc.max_seqs = 4;
+  dc.max_logit_rows = 5;
+  dc.page_tokens = 4;
+  dc.kv_cache_bytes = KvCache::latent_bytes_per_token(c, DType::F32, c.layers) * 4 * 20;
+  DecodeEngine eng(w, dc);
+  Rng rng(9);
+  std::vector<int32_t> context(10);  // the parent caches 9: 2 full pages and 1 token
+  for (auto& t : context) t = int32_t(rng.below(c.vocab));
+  const int lens[3] = {1, 6, 11};
+  std::vector<std::vector<int32_t>> conts(3), inputs(3);
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < lens[k]; i++) {
+      inputs[k].push_back(i == 0 ? context.back() : conts[k].back());  // the token before
+      conts[k].push_back(int32_t(rng.below(c.vocab)));
+    }
+  SeqCache parent;
+  ASSERT_TRUE(eng.cache().reserve(parent, 9));
+  std::vector<SeqStep> in = {{&parent, std::span<const int32_t>(context).first(9), 0}};
+  eng.step_logprobs(in, {}, nullptr);
+  std::vector<SeqCache> kids(3);
+  for (int k = 0; k < 3; k++) ASSERT_TRUE(eng.cache().fork(parent, kids[k], 9 + lens[k]));
+  std::vector<double> got(3, 0.0);
+  std::vector<int> fed(3, 0);
+  int steps = 0;
+  while (fed[0] < lens[0] || fed[1] < lens[1] || fed[2] < lens[2]) {  // 1 + 6 + 9 rows, then 2
+    in.clear();
+    std::vector<int32_t> targets;
+    int rows = 0;
+    for (int k = 0; k < 3; k++) {
+      const int n = std::min(lens[k] - fed[k], dc.max_rows - rows);
+      if (n <= 0) continue;
+      in.push_back({&kids[k], std::span<const int32_t>(inputs[k]).subspan(size_t(fed[k]), size_t(n)), n});
+      targets.insert(targets.end(), conts[k].begin() + fed[k], conts[k].begin() + fed[k] + n);
+      rows += n;
+    }
+    std::vector<float> lp(targets.size());
+    eng.step_logprobs(in, targets, lp.data());
+    size_t at = 0;
+    for (const SeqStep& s : in) {
+      const size_t k = size_t(s.seq - kids.data());
+      for (int i = 0; i < s.logit_rows; i++) got[k] += lp[at++];
+      fed[k] += s.logit_rows;
+    }
+    steps++;
+  }
+  EXPECT_EQ(steps, 2);
+  for (int k = 0; k < 3; k++) {
+    std::vector<int32_t> whole = context;
+    whole.insert(whole.end(), conts[k].begin(), conts[k].end() - 1);
+    const auto lg = recompute_logits(w, whole);
+    double want = 0;
+    for (int i = 0; i < lens[k]; i++) {
+      const float* row = lg.data() + size_t(9 + i) * c.vocab;
+      double mx = row[0], sum = 0;
+      for (int j = 0; j < c.vocab; j++) mx = std::max(mx, double(row[j]));
+      for (int j = 0; j < c.vocab; j++) sum += std::exp(double(row[j]) - mx);
+      want += double(row[conts[k][size_t(i)]]) - mx - std::log(sum);
+    }
+    // fp32 cache path vs fp32 training path: ~1e-6 relative per logit (CachedLogitsEqual-
+    // RecomputeFp32), summed over up to 11 tokens of |log p| ~ 5
+    EXPECT_NEAR(got[size_t(k)], want, 2e-4 + 1e-5 * std::fabs(want)) << k;
+  }
+  for (auto& s : kids) eng.cache().release(s);
+  eng.cache().release(parent);
+  EXPECT_EQ(eng.cache().pages_free(), eng.cache().pages());
+}
+
 }  // namespace
 }  // namespace dsv3
