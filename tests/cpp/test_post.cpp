@@ -349,10 +349,11 @@ TEST(Pipeline, KilledMidStageResumesInThatStage) {
   EXPECT_NE(r.out.find("resuming "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("--model " + d + "/out/sft"), std::string::npos) << r.out;  // dpo from sft
   EXPECT_TRUE(std::filesystem::exists(dir / "out" / "dpo" / "STAGE_DONE"));
-  // the resumed stage did not start over: its metrics begin where the checkpoint was
+  // the resumed stage did not start over: its metrics begin where the checkpoint was (step 1 or
+  // later: the kill may come right after the first save on a loaded machine)
   const auto starts = test::read_metrics(d + "/out/sft/metrics.jsonl", "start");
   ASSERT_GE(starts.size(), 2u);
-  EXPECT_GE(starts.back()["step"].get<int64_t>(), 2);
+  EXPECT_GE(starts.back()["step"].get<int64_t>(), 1);
   // a bad stages file names its line
   write(dir / "bad.toml", "out = x\n[stage a]\ncommand = bake\n");
   const auto b = test::run_cli("pipeline --stages " + d + "/bad.toml");
