@@ -91,7 +91,8 @@ const std::vector<FieldSpec>& grpo_fields() {
       field("group", &G::group, "completions sampled per prompt (G)", in_range(2, 1024)),
       field("max_tokens", &G::max_tokens, "tokens per completion", in_range(1, 1 << 16)),
       field("temperature", &G::temperature, "sampling temperature of the completions", above(0)),
-      field("clip", &G::clip, "epsilon of the clipped ratio", in_range_open_lo(0, 1)),
+      field("clip_ratio", &G::clip_ratio, "epsilon of the clipped ratio (--clip is the gradient-norm clip)",
+            in_range_open_lo(0, 1)),
       field("kl_beta", &G::kl_beta, "weight of the KL to the starting weights", at_least(0)),
       field("reward_answer", &G::reward_answer, "reward when the completion's first number "
                                                 "equals the prompt's \"answer\"", at_least(0)),

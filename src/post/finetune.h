@@ -56,7 +56,7 @@ struct GrpoConfig {
   int group = 4;               // G completions per prompt
   int max_tokens = 16;         // per completion
   double temperature = 1.0;
-  double clip = 0.2;           // epsilon of the clipped ratio
+  double clip_ratio = 0.2;     // epsilon of the clipped ratio (not --clip: the optimizer's)
   double kl_beta = 0.04;       // weight of the KL to the reference (k3 estimator)
   // The reward: a declared rule, never code from the data (post/reward.h).
   double reward_answer = 1.0;  // the first number of the completion equals the line's "answer"

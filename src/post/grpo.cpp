@@ -243,7 +243,7 @@ void run_grpo(FinetuneSession& s) {
       std::vector<CompletionLogprobs> lp(static_cast<size_t>(G));
       for (int i = 0; i < G; i++)
         lp[size_t(i)] = {cur[size_t(i)], cur[size_t(i)], rf[size_t(i)], adv[size_t(i)]};
-      const GrpoTerms t = grpo_objective(lp, gc.clip, gc.kl_beta);
+      const GrpoTerms t = grpo_objective(lp, gc.clip_ratio, gc.kl_beta);
       kl += t.kl / P;
       clipped += t.clipped / P;
       loss += t.loss / P;
