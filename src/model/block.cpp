@@ -90,10 +90,12 @@ void block_forward(const BlockCtx& k, const Tensor& y, const Tensor& x, const Bl
   const Tensor h1 = a.h1.slice(0, size_t(N) * C), out = y.slice(0, size_t(N) * C);
   rmsnorm_forward(k.ex, a.xn1, a.rstd1, x, w.in_norm, {N, C, C, C}, eps);
   mla_forward(k.ex, h1, a.xn1, w.attn, a.attn, k.c, k.d, k.rope);
+  tp_sum(k.tp, k.ex, h1);  // o_proj is row-parallel: each tp rank holds its heads' share
   add_inplace(k.ex, h1, x);
   rmsnorm_forward(k.ex, a.xn2, a.rstd2, h1, w.post_norm, {N, C, C, C}, eps);
   if (w.moe) moe_forward(k.ex, out, a.xn2, w.moe_p, a.moe, st, k.c, k.loss, k.d, k.experts);
   else ffn_forward(k.ex, out, a.xn2, w.dense, a.dense, N, C);
+  tp_sum(k.tp, k.ex, out);  // down_proj row-parallel: shared + routed partial sums, one reduce
   add_inplace(k.ex, out, h1);
 }
 
@@ -112,9 +114,11 @@ void block_backward(const BlockCtx& k, const Tensor& dres, const Tensor& x, cons
   backend::zero(k.ex, dxn2);
   if (w.moe)
     moe_backward(k.ex, dxn2, dy, a.xn2, w.moe_p, g.moe_p, a.moe, s.moe, s.ffn, dbalance, k.c,
-                 k.loss, k.d, k.experts);
-  else
+                 k.loss, k.d, k.experts, k.tp);
+  else {
     ffn_backward(k.ex, dxn2, dy, a.xn2, w.dense, g.dense, a.dense, s.ffn, N, C);
+    tp_sum(k.tp, k.ex, dxn2);  // gate/up column-parallel: each rank's input gradient is partial
+  }
   rmsnorm_backward(k.ex, dh1, g.post_norm, dxn2, a.h1, w.post_norm, a.rstd2, {N, C, C, C});
   // attention half: dx = dh1 + d(mla(rmsnorm(x)))/dx
   if (selective) {
@@ -123,7 +127,7 @@ void block_backward(const BlockCtx& k, const Tensor& dres, const Tensor& x, cons
   }
   backend::copy(k.ex, dy, dh1);
   backend::zero(k.ex, dxn1);
-  mla_backward(k.ex, dxn1, dh1, a.xn1, w.attn, g.attn, a.attn, s.attn, k.c, k.d, k.rope);
+  mla_backward(k.ex, dxn1, dh1, a.xn1, w.attn, g.attn, a.attn, s.attn, k.c, k.d, k.rope, k.tp);
   rmsnorm_backward(k.ex, dy, g.in_norm, dxn1, x, w.in_norm, a.rstd1, {N, C, C, C});
 }
 

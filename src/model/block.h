@@ -6,6 +6,7 @@
 #include "model/ffn.h"
 #include "model/mla.h"
 #include "model/moe_layer.h"
+#include "model/tensor_parallel.h"
 
 namespace dsv3 {
 
@@ -59,6 +60,7 @@ struct BlockCtx {  // what every block call needs besides its own tensors
   const RopeTables& rope;
   Recompute recompute;
   ExpertExchange* experts = nullptr;  // expert parallelism (moe_layer.h); null: all local
+  TensorParallel* tp = nullptr;       // tensor parallelism (tensor_parallel.h); null: whole
 };
 
 // y (N,C) = block(x), overwriting y. MoE blocks write their router statistics to st.

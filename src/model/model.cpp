@@ -73,7 +73,7 @@ double weighted_loss(const Pass& p, const Tensor& losses, const std::vector<doub
 
 void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
   const ModelConfig& c = p.w.config();
-  const int B = p.d.B, T = p.d.T, N = p.d.N();
+  const int B = p.d.B, T = p.d.T, N = p.d.N(), V = full_vocab(c, p.ws.tensor_parallel());
   DSV3_CHECK(mb.tokens, "micro-batch without tokens (internal error)");
   DSV3_CHECK(!(mb.loss_weights && mb.ce_coef), "a micro-batch takes loss weights or CE "
              "coefficients, not both (internal error)");
@@ -85,8 +85,8 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) {
       const int32_t x = mb.tokens[size_t(b) * (T + 1) + t], y = mb.tokens[size_t(b) * (T + 1) + t + 1];
-      DSV3_CHECK(x >= 0 && x < c.vocab, "token id ", x, " outside the vocabulary (", c.vocab, ")");
-      DSV3_CHECK(y < c.vocab, "token id ", y, " outside the vocabulary (", c.vocab, ")");
+      DSV3_CHECK(x >= 0 && x < V, "token id ", x, " outside the vocabulary (", V, ")");
+      DSV3_CHECK(y < V, "token id ", y, " outside the vocabulary (", V, ")");
       const int n = b * T + t;
       in[n] = x;
       tg[n] = y;
@@ -146,8 +146,8 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
 }
 
 void embed_forward(const Pass& p) {
-  embedding_forward(p.ex(), p.ws.resid[0], p.ws.inputs, p.w.params().embed, p.d.N(),
-                    p.w.config().hidden);
+  embed_lookup(p.ex(), p.ws.tensor_parallel(), p.ws.resid[0], p.ws.inputs, p.w.params().embed,
+               p.d.N(), p.w.config().hidden, p.w.config().vocab);
 }
 
 void blocks_forward(const Pass& p, int l0, int l1) {
@@ -169,6 +169,7 @@ double head_loss(const Pass& p, const ForwardOptions& opt) {
             p.ws.targets,         p.ws.row_scale,    dres,
             opt.logits};
   io.soft = p.soft;
+  io.tp = p.ws.tensor_parallel();
   head_forward_backward(p.ex(), c, p.w.params().head, bwd ? p.g->head : Tensor{}, io, p.ws.head,
                         p.d, bwd);
   if (p.soft) p.distill_loss = weighted_loss(p, p.ws.head.kd_losses, p.row_weight, p.weight_sum, nullptr);
@@ -228,7 +229,8 @@ void blocks_backward(const Pass& p, int l0, int l1) {
 }
 
 void embed_backward(const Pass& p) {
-  embedding_backward(p.ex(), p.g->embed, p.ws.dres, p.ws.inputs, p.d.N(), p.w.config().hidden);
+  embed_lookup_backward(p.ex(), p.ws.tensor_parallel(), p.g->embed, p.ws.dres, p.ws.inputs,
+                        p.d.N(), p.w.config().hidden, p.w.config().vocab);
 }
 
 std::vector<MoeLayerStats> moe_stats(const Pass& p) {

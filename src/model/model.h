@@ -102,7 +102,8 @@ struct Pass {
 
   Exec ex() const { return {w.device()}; }
   BlockCtx block_ctx() const {
-    return {exec_, w.config(), loss, d, ws.rope, ws.config().recompute, ws.expert_exchange()};
+    return {exec_,   w.config(),          loss, d, ws.rope, ws.config().recompute,
+            ws.expert_exchange(), ws.tensor_parallel()};
   }
   Pass(const ModelWeights& w_, Workspace& ws_, const TrainingLossConfig& l, Dims d_,
        const ModelParams* g_ = nullptr, float scale = 1);

@@ -65,6 +65,9 @@ class Workspace {
   // ranks (set from outside model code; null: the weights hold every expert).
   void set_expert_exchange(ExpertExchange* x) { experts_ = x; }
   ExpertExchange* expert_exchange() const { return experts_; }
+  // Tensor parallelism: the hook its partial sums go through (null: the weights are whole).
+  void set_tensor_parallel(TensorParallel* tp) { tp_ = tp; }
+  TensorParallel* tensor_parallel() const { return tp_; }
 
   BlockActs& block_acts(int l) { return blocks[block_index(l)]; }
   const BlockActs& block_acts(int l) const { return blocks[block_index(l)]; }
@@ -85,6 +88,7 @@ class Workspace {
   int layer_end_ = 0;
   Buffer mem_;
   ExpertExchange* experts_ = nullptr;
+  TensorParallel* tp_ = nullptr;
 };
 
 }  // namespace dsv3
