@@ -33,14 +33,16 @@ void embed_lookup_backward(const Exec& ex, TensorParallel* tp, const Tensor& dta
 void check_tensor_parallel(const ModelConfig& c, int tp) {
   if (tp <= 1) return;
   const auto divides = [&](const char* what, int n, const char* why) {
-    DSV3_CHECK(n % tp == 0, "--tp ", tp, " splits ", why, " over ", tp, " ranks, but the model's ",
-               what, " is ", n, ", not a multiple of ", tp, " (choose a tp that divides ", n, ")");
+    DSV3_CHECK(n % tp == 0, "--tp ", tp, " splits ", why, " over ", tp, " ranks, but the model has ",
+               n, " ", what, ", not a multiple of ", tp, " (choose a tp that divides ", n, ")");
   };
   divides("heads", c.heads, "the attention heads");
-  divides("vocab", c.vocab, "the vocabulary (embedding, head and cross-entropy)");
-  if (c.dense_layers > 0) divides("dense_inter", c.dense_inter, "the dense FFN's intermediate dim");
+  divides("vocabulary entries (vocab)", c.vocab, "the vocabulary (embedding, head and cross-entropy)");
+  if (c.dense_layers > 0)
+    divides("dense FFN units (dense_inter)", c.dense_inter, "the dense FFN's intermediate dim");
   if (c.experts > 0)
-    divides("moe_inter", c.moe_inter, "every expert's intermediate dim (routed and shared)");
+    divides("units per expert (moe_inter)", c.moe_inter,
+            "every expert's intermediate dim (routed and shared)");
   DSV3_CHECK(c.attention != AttentionKind::Lsh, "--tp ", tp, " with --attention lsh is not "
              "supported (the LSH rotations are drawn for all heads at once): use dense or window "
              "attention, or --tp 1");

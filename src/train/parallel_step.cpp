@@ -293,7 +293,7 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
     };
     const double e0 = led.exposed_s;
     const std::vector<LossReport> reps =
-        pipe_->run(ws.config(), experts_.get(), l, grad_view(), micro, scale, hooks);
+        pipe_->run(ws.config(), experts_.get(), tp_.get(), l, grad_view(), micro, scale, hooks);
     for (int a = 0; a < A; a++) add(a, reps[size_t(a)]), rows += plan_.rows(ctx_.at.dp, a);
     compute = pipe_->stats().compute_s - (led.exposed_s - e0);
   }
