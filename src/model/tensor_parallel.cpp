@@ -30,6 +30,35 @@ void embed_lookup_backward(const Exec& ex, TensorParallel* tp, const Tensor& dta
   embedding_shard_backward(ex, dtable, dout, ids, tp->rank() * V, V, N, C);
 }
 
+namespace {
+// One block: forward o_proj's and down_proj's outputs (N x C each); backward the FFN's input
+// gradient (N x C; MoE also the gate weights' (N x K) fp32), and the MLA's latent gradients
+// (dqan, dckvn, d[c_kv | k_pe]) or, without q_lora, q_proj's share of the input gradient.
+void add_block(TpElements& e, const ModelConfig& c, double N, bool moe, int forwards) {
+  const double C = c.hidden;
+  e.act += forwards * 2 * N * C;
+  e.act += N * C + N * (c.kv_lora + c.kv_lora + c.qk_rope) + N * (c.q_lora > 0 ? c.q_lora : C);
+  if (moe) e.f32 += N * c.topk;
+}
+}  // namespace
+
+TpElements tp_pass_elements(const ModelConfig& c, double N, int l0, int l1, bool embed, bool head,
+                            bool recompute_blocks) {
+  TpElements e;
+  const double C = c.hidden;
+  if (embed) e.act += N * C;  // the lookup's rows, each from the rank holding its token
+  for (int l = l0; l < l1; l++) add_block(e, c, N, c.is_moe_layer(l), recompute_blocks ? 2 : 1);
+  if (!head) return e;
+  // main head: row max, sum of exponentials and target logit (3 N fp32); backward its dxn
+  e.f32 += 3 * N, e.act += N * C;
+  for (int k = 1; k <= c.mtp_depth; k++) {  // each MTP module: embed, block, head
+    e.act += N * C;
+    add_block(e, c, N, c.experts > 0, 1);
+    e.f32 += 3 * N, e.act += N * C;
+  }
+  return e;
+}
+
 void check_tensor_parallel(const ModelConfig& c, int tp) {
   if (tp <= 1) return;
   const auto divides = [&](const char* what, int n, const char* why) {

@@ -47,6 +47,21 @@ void embed_lookup(const Exec& ex, TensorParallel* tp, const Tensor& out, const T
 void embed_lookup_backward(const Exec& ex, TensorParallel* tp, const Tensor& dtable,
                            const Tensor& dout, const Tensor& ids, int N, int C, int V);
 
+// What one tp rank all-reduces over its tp group in one training pass (forward + backward) of
+// N rows through blocks [l0, l1), the embedding (embed) and the head with the MTP modules
+// (head), where the reductions above sit: `act` elements of the compute dtype (hidden rows and
+// MLA latents), `f32` of fp32 (the cross-entropy's row statistics, the gate weights'
+// gradients). A ring all-reduce of S bytes sends 2 (tp-1)/tp S from each rank
+// (dist/collectives.h). The planner (train/plan.cpp) and bench/bench_tp.py use this count;
+// tests/cpp/mpi/test_tensor_mpi.cpp checks it against the bytes a run books.
+struct TpElements {
+  double act = 0, f32 = 0;
+};
+// recompute_blocks: Recompute::Block (each main block's forward, and its two reductions, run
+// again inside backward).
+TpElements tp_pass_elements(const ModelConfig& c, double N, int l0, int l1, bool embed, bool head,
+                            bool recompute_blocks);
+
 // Throws Error naming the dimension that tp does not divide (heads, vocab, dense_inter,
 // moe_inter) and the unsupported features (LSH attention's per-head rotations).
 void check_tensor_parallel(const ModelConfig& c, int tp);
