@@ -134,6 +134,8 @@ void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tens
                   const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
                   const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,
                   const TrainingLossConfig& l, Dims d, ExpertExchange* ep = nullptr,
-                  TensorParallel* tp = nullptr);
+                  TensorParallel* tp = nullptr, bool sp_rows = false);
+// sp_rows (sequence parallelism): dx stays the experts' partial sum (the block reduce-scatters
+// it) and the router adds its part on this rank's rows only, so the sum counts it once.
 
 }  // namespace dsv3

@@ -32,6 +32,14 @@ class TensorParallel {
   // t becomes the element-wise sum (max) over the group's ranks, the same bits on every rank.
   virtual void all_reduce_sum(const Exec& ex, const Tensor& t) = 0;
   virtual void all_reduce_max(const Exec& ex, const Tensor& t) = 0;
+  // Sequence parallelism: `full` holds size() blocks of full.numel / size(); all_gather fills
+  // every block from its rank's (this rank's own block is the input, in place); reduce_scatter
+  // writes the sum over ranks of block rank() of `full` into `own`.
+  virtual void all_gather(const Exec& ex, const Tensor& full) = 0;
+  virtual void reduce_scatter(const Exec& ex, const Tensor& full, const Tensor& own) = 0;
+  // --sp: the residual stream between the main blocks holds this rank's N / size() rows
+  // (rows [rank n, (rank+1) n)); see block_forward.
+  bool sequence_parallel = false;
 };
 // No-ops without a hook (one process, or tp 1).
 void tp_sum(TensorParallel* tp, const Exec& ex, const Tensor& t);

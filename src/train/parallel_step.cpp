@@ -42,6 +42,10 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
   const dist::ParallelLayout l = dist::resolve(given, world_size);
   dist::validate(l, world_size);
   check_tensor_parallel(model, l.tp);
+  DSV3_CHECK(!cfg.sp || l.tp > 1, "--sp splits the rows of the residual stream over the tensor-"
+             "parallel ranks: it needs --tp > 1 (now ", l.tp, ")");
+  DSV3_CHECK(!cfg.sp || l.pp == 1, "--sp with --pp ", l.pp, " is not supported yet (the stages "
+             "pass whole rows): drop --sp or --pp");
   if (l.pp > 1) {
     pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));  // throws
     DSV3_CHECK(cfg.zero < 2, "--zero 2 with --pp ", l.pp, " is not supported (ZeRO-2 reduces "
@@ -143,7 +147,10 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
     experts_ = std::make_unique<ExpertAllToAll>(*ctx.coll, ctx.ep, c, w.dtype(), w.device());
   if (ctx.layout.pp > 1)
     pipe_ = std::make_unique<PipelineStage>(w, ctx.pp, ctx.pp_bounds, ctx.cfg.pp_schedule);
-  if (ctx.layout.tp > 1) tp_ = std::make_unique<TpComm>(*ctx.coll, ctx.tp);
+  if (ctx.layout.tp > 1) {
+    tp_ = std::make_unique<TpComm>(*ctx.coll, ctx.tp);
+    tp_->sequence_parallel = ctx.cfg.sp;
+  }
   rank_sec_.assign(size_t(ctx.layout.dp), 0.0);
   const std::vector<ParamSpan>& flat = sync_->own_spans_flat();
   for (size_t i = 0; i < flat.size(); i++) {

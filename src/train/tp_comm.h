@@ -15,6 +15,8 @@ class TpComm : public TensorParallel {
   int size() const override { return tp_.size(); }
   void all_reduce_sum(const Exec& ex, const Tensor& t) override;
   void all_reduce_max(const Exec& ex, const Tensor& t) override;
+  void all_gather(const Exec& ex, const Tensor& full) override;
+  void reduce_scatter(const Exec& ex, const Tensor& full, const Tensor& own) override;
 
  private:
   void reduce(const Exec& ex, const Tensor& t, dist::ReduceOp op);

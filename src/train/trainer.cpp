@@ -223,6 +223,10 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   wc.recompute = rc.recompute;
   wc.cuda_graphs = rc.cuda_graphs;
   wc.soft_targets = !spec.compress.teacher.empty();
+  wc.sequence_parallel = spec.distributed.sp;
+  DSV3_CHECK(!spec.distributed.sp || d.N() % par->layout.tp == 0, "--sp splits the ", d.N(),
+             " rows of a micro-batch (batch x seq_len) over ", par->layout.tp, " tp ranks: "
+             "choose a batch or seq_len that makes it a multiple of ", par->layout.tp);
   gemm_allow_tf32(spec.precision.tf32);
   Workspace ws(lc, dtype, device, wc);
   eng.attach(ws);

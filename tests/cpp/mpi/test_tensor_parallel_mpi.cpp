@@ -1,4 +1,4 @@
-// Tensor parallelism's model passes under `mpirun -np 2` (ctest tensor_parallel_mpi, label mpi):
+// Tensor (and sequence) parallelism's model passes under `mpirun -np 2` (ctest tensor_parallel_mpi, label mpi):
 // every rank runs the whole model in one process (the oracle) and its tp slice of the same
 // weights with the real hook (train/tp_comm.h) over the two ranks, then compares: the loss, the
 // MTP loss, every token's log-probability (the vocabulary-parallel cross-entropy's output: the
@@ -33,12 +33,13 @@ struct Result {
 };
 
 Result run(const ModelConfig& c, const std::vector<float>& params, const std::vector<int32_t>& tokens,
-           Dims d, TensorParallel* tp, Recompute recompute) {
+           Dims d, TensorParallel* tp, Recompute recompute, bool sp = false) {
   ModelWeights w(c, DType::F32);
   w.load(params);
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = recompute;
+  wc.sequence_parallel = sp;
   Workspace ws(c, DType::F32, Device::CPU, wc);
   ws.set_tensor_parallel(tp);
   Buffer g(Device::CPU, DType::F32, w.table().total);
@@ -58,7 +59,7 @@ Result run(const ModelConfig& c, const std::vector<float>& params, const std::ve
   return r;
 }
 
-void check_layout(ModelConfig c, Recompute recompute, const char* what) {
+void check_layout(ModelConfig c, Recompute recompute, const char* what, bool sp = false) {
   SCOPED_TRACE(what);
   const dist::Comm& world = dist::world();
   const int tp = world.size(), rank = world.rank();
@@ -82,13 +83,17 @@ void check_layout(ModelConfig c, Recompute recompute, const char* what) {
   dist::Collectives coll(60);
   dist::Group group = dist::make_group(world, "tp");
   TpComm hook(coll, group);
-  const Result par = run(lc, mine, tokens, d, &hook, recompute);
+  hook.sequence_parallel = sp;
+  const Result par = run(lc, mine, tokens, d, &hook, recompute, sp);
 
   EXPECT_NEAR(par.rep.loss, one.rep.loss, 1e-5 * one.rep.loss);
   EXPECT_NEAR(par.rep.mtp_loss, one.rep.mtp_loss, 1e-5 * one.rep.mtp_loss);
   EXPECT_NEAR(par.rep.balance_loss, one.rep.balance_loss, 1e-5 * one.rep.balance_loss + 1e-12);
   for (int n = 0; n < d.N(); n++) EXPECT_NEAR(par.logprobs[n], one.logprobs[n], 2e-5) << n;
   EXPECT_GT(coll.ledger().purpose_bytes[size_t(dist::Purpose::Tensor)], 0.0);
+  // sequence parallelism moves rows with reduce-scatter and all-gather (and only then)
+  EXPECT_EQ(coll.ledger().calls[size_t(dist::Coll::ReduceScatter)] > 0, sp);
+  EXPECT_EQ(coll.ledger().calls[size_t(dist::Coll::AllGather)] > 0, sp);
   int checked = 0;
   for (const ParamInfo& p : local.list) {
     if (!p.trainable()) continue;
@@ -124,6 +129,22 @@ TEST(TensorParallel, PlainQueryProjectionAndSoftmaxRouter) {
 
 TEST(TensorParallel, BlockRecompute) {
   check_layout(preset("debug"), Recompute::Block, "block recompute");
+}
+
+// --sp: norms and residuals on N / tp rows per rank, all-gather / reduce-scatter around the
+// split layers; the same oracle and tolerances.
+TEST(TensorParallel, SequenceParallelMatchesOneProcess) {
+  check_layout(preset("debug"), Recompute::None, "sp", true);
+}
+
+TEST(TensorParallel, SequenceParallelPlainQuerySelectiveAndBlockRecompute) {
+  ModelConfig c = preset("debug");
+  c.q_lora = 0;
+  c.router = RouterKind::Softmax;
+  c.norm_topk = false;
+  c.mtp_depth = 2;
+  check_layout(c, Recompute::Selective, "sp, q_lora 0, softmax router, MTP 2, selective", true);
+  check_layout(preset("debug"), Recompute::Block, "sp, block recompute", true);
 }
 
 TEST(TensorParallel, BadSplitsAreNamed) {
