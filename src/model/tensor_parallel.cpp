@@ -34,27 +34,37 @@ namespace {
 // One block: forward o_proj's and down_proj's outputs (N x C each); backward the FFN's input
 // gradient (N x C; MoE also the gate weights' (N x K) fp32), and the MLA's latent gradients
 // (dqan, dckvn, d[c_kv | k_pe]) or, without q_lora, q_proj's share of the input gradient.
-void add_block(TpElements& e, const ModelConfig& c, double N, bool moe, int forwards) {
+// (all-reduces count 2, reduce-scatters and all-gathers 1: see TpElements)
+// Without sp: forward the two N x C all-reduces; with sp an all-gather of the normed rows before
+// attention and the FFN and a reduce-scatter of their outputs (4 x N C once), and backward an
+// all-gather of dy and of dh1, a reduce-scatter of the FFN's input gradient and the two norm
+// weights' all-reduced gradients (2 C).
+void add_block(TpElements& e, const ModelConfig& c, double N, bool moe, int forwards, bool sp) {
   const double C = c.hidden;
-  e.act += forwards * 2 * N * C;
-  e.act += N * C + N * (c.kv_lora + c.kv_lora + c.qk_rope) + N * (c.q_lora > 0 ? c.q_lora : C);
-  if (moe) e.f32 += N * c.topk;
+  e.act += forwards * 4 * N * C;
+  e.act += sp ? 3 * N * C + 2 * 2 * C : 2 * N * C;
+  e.act += 2 * (N * (c.kv_lora + c.kv_lora + c.qk_rope) + N * (c.q_lora > 0 ? c.q_lora : C));
+  if (moe) e.f32 += 2 * N * c.topk;
 }
 }  // namespace
 
 TpElements tp_pass_elements(const ModelConfig& c, double N, int l0, int l1, bool embed, bool head,
-                            bool recompute_blocks) {
+                            bool recompute_blocks, bool sp) {
   TpElements e;
   const double C = c.hidden;
-  if (embed) e.act += N * C;  // the lookup's rows, each from the rank holding its token
-  for (int l = l0; l < l1; l++) add_block(e, c, N, c.is_moe_layer(l), recompute_blocks ? 2 : 1);
+  // the lookup's rows, each from the rank holding its token: all-reduced, or reduce-scattered
+  // forward and the gradient's rows all-gathered backward
+  if (embed) e.act += 2 * N * C;
+  for (int l = l0; l < l1; l++)
+    add_block(e, c, N, c.is_moe_layer(l), recompute_blocks ? 2 : 1, sp);
   if (!head) return e;
-  // main head: row max, sum of exponentials and target logit (3 N fp32); backward its dxn
-  e.f32 += 3 * N, e.act += N * C;
-  for (int k = 1; k <= c.mtp_depth; k++) {  // each MTP module: embed, block, head
-    e.act += N * C;
-    add_block(e, c, N, c.experts > 0, 1);
-    e.f32 += 3 * N, e.act += N * C;
+  // main head: row max, sum of exponentials and target logit (3 N fp32); backward its dxn;
+  // with sp the last block's rows gathered first
+  e.f32 += 2 * 3 * N, e.act += 2 * N * C + (sp ? N * C : 0);
+  for (int k = 1; k <= c.mtp_depth; k++) {  // each MTP module: embed, block, head (all rows)
+    e.act += 2 * N * C;
+    add_block(e, c, N, c.experts > 0, 1, false);
+    e.f32 += 2 * 3 * N, e.act += 2 * N * C;
   }
   return e;
 }

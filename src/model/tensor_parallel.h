@@ -59,16 +59,19 @@ void embed_lookup_backward(const Exec& ex, TensorParallel* tp, const Tensor& dta
 // N rows through blocks [l0, l1), the embedding (embed) and the head with the MTP modules
 // (head), where the reductions above sit: `act` elements of the compute dtype (hidden rows and
 // MLA latents), `f32` of fp32 (the cross-entropy's row statistics, the gate weights'
-// gradients). A ring all-reduce of S bytes sends 2 (tp-1)/tp S from each rank
-// (dist/collectives.h). The planner (train/plan.cpp) and bench/bench_tp.py use this count;
-// tests/cpp/mpi/test_tensor_mpi.cpp checks it against the bytes a run books.
+// gradients), weighted so that the bytes a rank sends are (tp-1)/tp (act b + 4 f32): a ring
+// all-reduce sends 2 (tp-1)/tp of its bytes (counted twice here), a reduce-scatter or all-gather
+// (tp-1)/tp of the whole buffer (once) (dist/collectives.h). The planner (train/plan.cpp) and
+// bench/bench_tp.py use this count; tests/cpp/mpi/test_tensor_mpi.cpp checks it against the
+// bytes runs book.
 struct TpElements {
   double act = 0, f32 = 0;
 };
-// recompute_blocks: Recompute::Block (each main block's forward, and its two reductions, run
-// again inside backward).
+// recompute_blocks: Recompute::Block (each main block's forward, and its reductions, run again
+// inside backward). sp: sequence parallelism (the main blocks, embedding and head gather and
+// scatter rows; the MTP modules run as without it).
 TpElements tp_pass_elements(const ModelConfig& c, double N, int l0, int l1, bool embed, bool head,
-                            bool recompute_blocks);
+                            bool recompute_blocks, bool sp = false);
 
 // Throws Error naming the dimension that tp does not divide (heads, vocab, dense_inter,
 // moe_inter) and the unsupported features (LSH attention's per-head rotations).

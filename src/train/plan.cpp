@@ -303,13 +303,13 @@ PlanRow predict(Model& m, const PlanLayout& l) {
     const auto bytes = [&](const TpElements& e) { return e.act * cb + e.f32 * 4; };
     const TpElements fwd_only = [&] {
       TpElements e;
-      e.act = N * C * ((g.embed ? 1 : 0) + 2 * g.blocks);
+      e.act = 2 * N * C * ((g.embed ? 1 : 0) + 2 * g.blocks);
       return e;
     }();
     const TpElements all = tp_pass_elements(c, N, g.begin, g.end, g.embed, g.head,
                                             l.recompute == Recompute::Block);
-    t.tp_f = 2 * ring_share(l.tp) * bytes(fwd_only) / bw_tp;
-    t.tp_b = std::max(0.0, 2 * ring_share(l.tp) * bytes(all) / bw_tp - t.tp_f);
+    t.tp_f = ring_share(l.tp) * bytes(fwd_only) / bw_tp;
+    t.tp_b = std::max(0.0, ring_share(l.tp) * bytes(all) / bw_tp - t.tp_f);
     // EP (docs/parallel.md): per MoE layer dispatch + combine forward and the same backward of
     // the rows going to other ranks, K per token, (ep-1)/ep of them leave; every tp rank routes
     // all N tokens (the router is replicated and each rank's experts hold its intermediate slice)

@@ -39,12 +39,14 @@ TEST(TensorMpi, TensorParallelLayoutsTrainLikeOneProcess) {
     EXPECT_NEAR(m.back()["grad_norm"].get<double>(), one.back()["grad_norm"].get<double>(),
                 1e-4 * one.back()["grad_norm"].get<double>()) << l.name;
   }
-  // tp 2's traffic is the formula's (model/tensor_parallel.h): 4 micro-batches of N = 2 x 32
-  // rows, fp32, each ring all-reduce sending 2 (tp-1)/tp = 1 x its bytes
+  // tp 2's traffic is the formula's (model/tensor_parallel.h), with and without --sp: 4
+  // micro-batches of N = 2 x 32 rows, fp32, (tp-1)/tp = 1/2
   const ModelConfig c = preset("debug");
-  const TpElements e = tp_pass_elements(c, 64, 0, c.layers, true, true, false);
-  for (const json& s : steps_of(d / "tp2"))
-    EXPECT_EQ(s["comm_purpose_bytes"]["tensor"].get<double>(), 4 * 4 * (e.act + e.f32));
+  for (const bool sp : {false, true}) {
+    const TpElements e = tp_pass_elements(c, 64, 0, c.layers, true, true, false, sp);
+    for (const json& s : steps_of(d / (sp ? "tp2_sp" : "tp2")))
+      EXPECT_EQ(s["comm_purpose_bytes"]["tensor"].get<double>(), 4 * 0.5 * 4 * (e.act + e.f32)) << sp;
+  }
 }
 
 TEST(TensorMpi, CheckpointsMoveBetweenTensorParallelAndOneProcess) {
