@@ -49,6 +49,7 @@ const char* purpose_name(Purpose p) {
     case Purpose::Params: return "params";
     case Purpose::Experts: return "experts";
     case Purpose::Stats: return "stats";
+    case Purpose::Tensor: return "tensor";
   }
   return "?";
 }

@@ -32,9 +32,9 @@ constexpr int kCollKinds = 5;
 const char* coll_name(Coll k);  // "all_reduce", "reduce_scatter", ...
 
 // What an operation is for, for the metrics: gradient reduction, parameter all-gather (ZeRO),
-// expert dispatch/combine, step statistics.
-enum class Purpose : uint8_t { Grads, Params, Experts, Stats };
-constexpr int kPurposes = 4;
+// expert dispatch/combine, step statistics, tensor parallelism's activation reductions.
+enum class Purpose : uint8_t { Grads, Params, Experts, Stats, Tensor };
+constexpr int kPurposes = 5;
 const char* purpose_name(Purpose p);
 
 // This rank's traffic and communication time since the last clear().

@@ -6,6 +6,7 @@
 #include "model/ffn.h"
 #include "model/mla.h"
 #include "model/moe_layer.h"
+#include "model/tensor_parallel.h"
 
 namespace dsv3 {
 
@@ -59,9 +60,17 @@ struct BlockCtx {  // what every block call needs besides its own tensors
   const RopeTables& rope;
   Recompute recompute;
   ExpertExchange* experts = nullptr;  // expert parallelism (moe_layer.h); null: all local
+  TensorParallel* tp = nullptr;       // tensor parallelism (tensor_parallel.h); null: whole
+  // Sequence parallelism (tp->sequence_parallel, main blocks): x, y and dres hold this rank's
+  // N / tp rows; sp_rows (N,C) is the gathered/partial rows' scratch, sp_normg (C) accum the
+  // norm weights' gradient before it is summed over tp (each rank normalises its own rows).
+  bool sp = false;
+  Tensor sp_rows, sp_normg;
 };
 
-// y (N,C) = block(x), overwriting y. MoE blocks write their router statistics to st.
+// y (N,C) = block(x), overwriting y. Under k.sp x and y are this rank's rows (N / tp): the norms
+// and residual adds run on them, the normed rows are all-gathered before attention and the FFN,
+// whose partial outputs are reduce-scattered back (Megatron's sequence parallelism). MoE blocks write their router statistics to st.
 void block_forward(const BlockCtx& k, const Tensor& y, const Tensor& x, const BlockParams& w,
                    const BlockActs& a, const MoeStatsOut& st);
 // dres: on entry dL/dy, on return dL/dx. g +=. dbalance: the factor of this block's balance loss

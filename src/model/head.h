@@ -12,6 +12,7 @@
 namespace dsv3 {
 
 struct Exec;
+class TensorParallel;  // model/tensor_parallel.h
 struct SoftTargets;  // model/model.h
 constexpr int kHeadChunk = 256;  // rows of logits alive at once
 
@@ -23,6 +24,7 @@ struct HeadActs {
   Tensor dxn;        // (N,C)
   Tensor t_logits;   // (kHeadChunk, V) accum: a teacher's logits (distillation)
   Tensor kd_losses;  // (N) accum: the distillation loss of each row
+  Tensor tp_stats;   // (3, kHeadChunk) accum: the vocabulary-parallel CE's row reductions
 };
 // soft: room for distillation targets (ops/distill.h).
 void alloc_head_acts(HeadActs& a, Arena& ar, const ModelConfig& c, DType t, Dims d, bool backward,
@@ -37,6 +39,10 @@ struct HeadIo {
   Tensor dx;           // (N,C) += gradient w.r.t. x (backward)
   float* logits_out = nullptr;  // optional host (N, V) fp32
   const SoftTargets* soft = nullptr;  // distillation: a teacher's logits as a second target
+  // Tensor parallelism: head_w is this rank's vocabulary rows (c.vocab of them, from rank *
+  // c.vocab); the cross-entropy reduces over tp (ops/vocab_parallel.h) and the input gradient is
+  // summed. Neither logits_out nor soft targets (both need every logit on one rank).
+  TensorParallel* tp = nullptr;
 };
 
 // Fills a.losses (and a.kd_losses with soft targets); with backward also dx +=, norm_g +=,

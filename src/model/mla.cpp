@@ -153,7 +153,8 @@ void mla_recompute(const Exec& ex, const Tensor& x, const AttnParams& w, const A
 
 void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Tensor& x,
                   const AttnParams& w, const AttnParams& g, const AttnActs& a,
-                  const AttnScratch& s, const ModelConfig& c, Dims d, const RopeTables& rope) {
+                  const AttnScratch& s, const ModelConfig& c, Dims d, const RopeTables& rope,
+                  TensorParallel* tp) {
   const int N = d.N(), C = c.hidden, H = c.heads, kvw = c.kv_lora + c.qk_rope;
   const int kvbw = c.qk_nope + c.v_head;
   const Tensor dao = s.dao.slice(0, rows(d, H * c.v_head));
@@ -171,18 +172,28 @@ void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Te
   // latent path: kvb = kv_b(rmsnorm(c_kv))
   const Tensor dckvn = s.dckvn.slice(0, rows(d, c.kv_lora));
   linear_backward(ex, dckvn, g.kv_b, s.dkvb, a.ckvn, w.kv_b, N, c.kv_lora, H * kvbw, Write::Overwrite);
+  tp_sum(tp, ex, dckvn);                         // this rank's heads' share of the latent's
+  tp_sum(tp, ex, s.dkv.slice(0, rows(d, kvw)));  // and of k_pe's (its latent part is zero here)
   rmsnorm_backward(ex, s.dkv, g.kv_a_norm, dckvn, a.kv, w.kv_a_norm, a.kv_rstd,
                    {N, c.kv_lora, kvw, c.kv_lora});
+  // q_proj (no q_lora) is column-parallel on x itself: under tp its share of dx is summed before
+  // the replicated kv_a_proj adds its (whole) part
+  const bool partial_dx = tp && tp->size() > 1 && c.q_lora == 0;
+  if (partial_dx) {
+    linear_backward(ex, dx, g.q_proj, dq, x, w.q_proj, N, C, c.q_dim());
+    tp_sum(tp, ex, dx.slice(0, rows(d, C)));
+  }
   linear_backward(ex, dx, g.kv_a, s.dkv, x, w.kv_a, N, C, kvw);
   // query path
   if (c.q_lora > 0) {
     const Tensor dqan = s.dqan.slice(0, rows(d, c.q_lora)), dqa = s.dqa.slice(0, rows(d, c.q_lora));
     linear_backward(ex, dqan, g.q_b, dq, a.qan, w.q_b, N, c.q_lora, c.q_dim(), Write::Overwrite);
+    tp_sum(tp, ex, dqan);
     backend::zero(ex, dqa);
     rmsnorm_backward(ex, dqa, g.q_a_norm, dqan, a.qa, w.q_a_norm, a.qa_rstd,
                      {N, c.q_lora, c.q_lora, c.q_lora});
     linear_backward(ex, dx, g.q_a, dqa, x, w.q_a, N, C, c.q_lora);
-  } else {
+  } else if (!partial_dx) {
     linear_backward(ex, dx, g.q_proj, dq, x, w.q_proj, N, C, c.q_dim());
   }
 }

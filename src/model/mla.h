@@ -6,6 +6,7 @@
 #include "model/arena.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "model/tensor_parallel.h"
 
 namespace dsv3 {
 
@@ -65,8 +66,14 @@ void mla_forward(const Exec& ex, const Tensor& out, const Tensor& x, const AttnP
 void mla_recompute(const Exec& ex, const Tensor& x, const AttnParams& w, const AttnActs& a,
                    const ModelConfig& c, Dims d, const RopeTables& rope);
 // dx += d/dx, g (gradients bound like the weights) +=.
+// tp: tensor parallelism (c holds this rank's heads; dout is whole). The latent down-projections
+// and their norms are replicated, so the gradients reaching them from this rank's heads (dqan,
+// the latent's and k_pe's) are summed over tp first: they, dx and the replicated weights'
+// gradients are then whole and identical on every rank. Without q_lora the column-parallel
+// q_proj's share of dx is summed instead; dx must then be zero on entry.
 void mla_backward(const Exec& ex, const Tensor& dx, const Tensor& dout, const Tensor& x,
                   const AttnParams& w, const AttnParams& g, const AttnActs& a,
-                  const AttnScratch& s, const ModelConfig& c, Dims d, const RopeTables& rope);
+                  const AttnScratch& s, const ModelConfig& c, Dims d, const RopeTables& rope,
+                  TensorParallel* tp = nullptr);
 
 }  // namespace dsv3

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "ops/embedding.h"
+#include "ops/vocab_parallel.h"
 
 namespace dsv3 {
 
@@ -69,15 +70,31 @@ double weighted_loss(const Pass& p, const Tensor& losses, const std::vector<doub
   return weight_sum > 0 ? sum / weight_sum : 0.0;
 }
 
+// Sequence parallelism (--sp): the residual stream between the main blocks holds this rank's
+// N / tp rows (block.h); the embedding reduce-scatters into them and the head gathers them.
+TensorParallel* seq_parallel(const Pass& p) {
+  TensorParallel* tp = p.ws.tensor_parallel();
+  return tp && tp->sequence_parallel && tp->size() > 1 ? tp : nullptr;
+}
+// The head's (and the MTP modules') input: every row, gathered under sequence parallelism.
+Tensor head_input(const Pass& p) {
+  const ModelConfig& c = p.w.config();
+  return seq_parallel(p) ? p.ws.sp_final : p.ws.resid[c.layers];
+}
+
 }  // namespace
 
 void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
   const ModelConfig& c = p.w.config();
-  const int B = p.d.B, T = p.d.T, N = p.d.N();
+  const int B = p.d.B, T = p.d.T, N = p.d.N(), V = full_vocab(c, p.ws.tensor_parallel());
   DSV3_CHECK(mb.tokens, "micro-batch without tokens (internal error)");
   DSV3_CHECK(!(mb.loss_weights && mb.ce_coef), "a micro-batch takes loss weights or CE "
              "coefficients, not both (internal error)");
   DSV3_CHECK(mb.d.B == B && mb.d.T == T, "micro-batch dims differ from the pass (internal error)");
+  if (TensorParallel* sp = seq_parallel(p))
+    DSV3_CHECK(N % sp->size() == 0, "--sp splits the ", N, " rows of a micro-batch (batch x "
+               "seq_len) over ", sp->size(), " tp ranks: choose a batch or seq_len that makes it a "
+               "multiple of ", sp->size());
   std::vector<int32_t> in(N), tg(N);
   p.row_weight.assign(N, 0.0);
   p.targets = 0;
@@ -85,8 +102,8 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) {
       const int32_t x = mb.tokens[size_t(b) * (T + 1) + t], y = mb.tokens[size_t(b) * (T + 1) + t + 1];
-      DSV3_CHECK(x >= 0 && x < c.vocab, "token id ", x, " outside the vocabulary (", c.vocab, ")");
-      DSV3_CHECK(y < c.vocab, "token id ", y, " outside the vocabulary (", c.vocab, ")");
+      DSV3_CHECK(x >= 0 && x < V, "token id ", x, " outside the vocabulary (", V, ")");
+      DSV3_CHECK(y < V, "token id ", y, " outside the vocabulary (", V, ")");
       const int n = b * T + t;
       in[n] = x;
       tg[n] = y;
@@ -146,8 +163,16 @@ void load_batch(Pass& p, const MicroBatch& mb, bool mtp) {
 }
 
 void embed_forward(const Pass& p) {
-  embedding_forward(p.ex(), p.ws.resid[0], p.ws.inputs, p.w.params().embed, p.d.N(),
-                    p.w.config().hidden);
+  if (TensorParallel* sp = seq_parallel(p)) {  // every row's lookup, reduce-scattered to this rank's
+    const int N = p.d.N(), C = p.w.config().hidden, V = p.w.config().vocab;
+    const size_t NC = size_t(N) * C;
+    const Tensor full = p.ws.sp_rows.slice(0, NC);
+    embedding_shard_forward(p.ex(), full, p.ws.inputs, p.w.params().embed, sp->rank() * V, V, N, C);
+    sp->reduce_scatter(p.ex(), full, p.ws.resid[0].slice(0, NC / sp->size()));
+    return;
+  }
+  embed_lookup(p.ex(), p.ws.tensor_parallel(), p.ws.resid[0], p.ws.inputs, p.w.params().embed,
+               p.d.N(), p.w.config().hidden, p.w.config().vocab);
 }
 
 void blocks_forward(const Pass& p, int l0, int l1) {
@@ -165,10 +190,16 @@ double head_loss(const Pass& p, const ForwardOptions& opt) {
   const bool bwd = p.g != nullptr;
   const Tensor dres = bwd ? p.ws.dres.slice(0, NC) : Tensor{};
   if (bwd) backend::zero(p.ex(), dres);
-  HeadIo io{p.ws.resid[c.layers], p.w.params().norm, bwd ? p.g->norm : Tensor{},
+  if (TensorParallel* sp = seq_parallel(p)) {  // every row of the last block's output
+    const size_t nC = NC / sp->size();
+    backend::copy(p.ex(), p.ws.sp_final.slice(sp->rank() * nC, nC), p.ws.resid[c.layers].slice(0, nC));
+    sp->all_gather(p.ex(), p.ws.sp_final.slice(0, NC));
+  }
+  HeadIo io{head_input(p), p.w.params().norm, bwd ? p.g->norm : Tensor{},
             p.ws.targets,         p.ws.row_scale,    dres,
             opt.logits};
   io.soft = p.soft;
+  io.tp = p.ws.tensor_parallel();
   head_forward_backward(p.ex(), c, p.w.params().head, bwd ? p.g->head : Tensor{}, io, p.ws.head,
                         p.d, bwd);
   if (p.soft) p.distill_loss = weighted_loss(p, p.ws.head.kd_losses, p.row_weight, p.weight_sum, nullptr);
@@ -180,7 +211,7 @@ MtpIo mtp_io(const Pass& p, int k, const ForwardOptions& opt) {
   const ModelConfig& c = p.w.config();
   const bool bwd = p.g != nullptr;
   MtpIo io;
-  io.hprev = k == 1 ? p.ws.resid[c.layers] : p.ws.mtp[k - 2].hout;
+  io.hprev = k == 1 ? head_input(p) : p.ws.mtp[k - 2].hout;
   if (bwd) io.dprev = k == 1 ? p.ws.dres : p.ws.mtp[k - 2].dres;
   io.embed_w = p.w.params().embed;
   io.head_w = p.w.params().head;
@@ -192,7 +223,8 @@ MtpIo mtp_io(const Pass& p, int k, const ForwardOptions& opt) {
 
 double mtp_forward(const Pass& p, const ForwardOptions& opt) {
   const int D = int(p.mtp_weight_sum.size());
-  const BlockCtx bk = p.block_ctx();
+  BlockCtx bk = p.block_ctx();
+  bk.sp = false;  // the MTP modules run on every row (the head's gathered input)
   double total = 0;
   for (int k = 1; k <= D; k++) {
     const int mi = p.ws.moe_index_of_mtp(k);
@@ -206,10 +238,15 @@ double mtp_forward(const Pass& p, const ForwardOptions& opt) {
 
 void mtp_backward(const Pass& p) {
   const int D = int(p.mtp_weight_sum.size());
-  const BlockCtx bk = p.block_ctx();
+  BlockCtx bk = p.block_ctx();
+  bk.sp = false;
   for (int k = D; k >= 1; k--)
     mtp_backward(bk, p.w.params().mtp[k - 1], p.g->mtp[k - 1], mtp_io(p, k, {}), p.ws.mtp[k - 1],
                  p.ws.scratch, p.ws.mtp_scratch, p.grad_scale);
+  if (TensorParallel* sp = seq_parallel(p)) {  // the head's gradient is whole: keep this rank's rows
+    const size_t nC = size_t(p.d.N()) * p.w.config().hidden / sp->size(), r = size_t(sp->rank());
+    if (r > 0) backend::copy(p.ex(), p.ws.dres.slice(0, nC), p.ws.dres.slice(r * nC, nC));
+  }
 }
 
 void blocks_backward(const Pass& p, int l0, int l1) {
@@ -228,7 +265,17 @@ void blocks_backward(const Pass& p, int l0, int l1) {
 }
 
 void embed_backward(const Pass& p) {
-  embedding_backward(p.ex(), p.g->embed, p.ws.dres, p.ws.inputs, p.d.N(), p.w.config().hidden);
+  if (TensorParallel* sp = seq_parallel(p)) {  // every row's gradient, gathered
+    const int N = p.d.N(), C = p.w.config().hidden, V = p.w.config().vocab;
+    const size_t nC = size_t(N) * C / sp->size();
+    const Tensor full = p.ws.sp_rows.slice(0, size_t(N) * C);
+    backend::copy(p.ex(), full.slice(sp->rank() * nC, nC), p.ws.dres.slice(0, nC));
+    sp->all_gather(p.ex(), full);
+    embedding_shard_backward(p.ex(), p.g->embed, full, p.ws.inputs, sp->rank() * V, V, N, C);
+    return;
+  }
+  embed_lookup_backward(p.ex(), p.ws.tensor_parallel(), p.g->embed, p.ws.dres, p.ws.inputs,
+                        p.d.N(), p.w.config().hidden, p.w.config().vocab);
 }
 
 std::vector<MoeLayerStats> moe_stats(const Pass& p) {

@@ -102,7 +102,10 @@ struct Pass {
 
   Exec ex() const { return {w.device()}; }
   BlockCtx block_ctx() const {
-    return {exec_, w.config(), loss, d, ws.rope, ws.config().recompute, ws.expert_exchange()};
+    TensorParallel* tp = ws.tensor_parallel();
+    const bool sp = tp && tp->sequence_parallel && tp->size() > 1;
+    return {exec_,   w.config(),          loss, d, ws.rope, ws.config().recompute,
+            ws.expert_exchange(), tp, sp, ws.sp_rows, ws.sp_normg};
   }
   Pass(const ModelWeights& w_, Workspace& ws_, const TrainingLossConfig& l, Dims d_,
        const ModelParams* g_ = nullptr, float scale = 1);

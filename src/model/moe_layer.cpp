@@ -159,12 +159,14 @@ void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoePara
 void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tensor& x,
                   const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
                   const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,
-                  const TrainingLossConfig& l, Dims d, ExpertExchange* ep) {
+                  const TrainingLossConfig& l, Dims d, ExpertExchange* ep, TensorParallel* tp,
+                  bool sp_rows) {
   const int N = d.N(), C = c.hidden, E = c.experts, K = c.topk, D = w.inter;
   const size_t NK = size_t(N) * K;
   if (c.shared_experts > 0)
     ffn_backward(ex, dx, dy, x, w.shared, g.shared, a.shared, shared_scratch, N, C);
   moe_combine_backward(ex, s.doutp, s.dgates, dy, a.outp, a.gates, a.slot_of, N, K, C);
+  tp_sum(tp, ex, s.dgates.slice(0, NK));  // <dy, expert output>: each rank has its slice's part
   const Tensor dxp = s.dxp.slice(0, NK * C);
   if (all_local(w, c)) {
     const Tensor dact = s.expert.dact.slice(0, NK * D), dh13 = s.expert.dh13.slice(0, NK * 2 * D);
@@ -199,11 +201,19 @@ void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tens
     xc.return_replica_grads(ex, &a, g);
   }
   moe_scatter_add(ex, dx, dxp, a.slot_of, N, K, C);
+  if (!sp_rows) tp_sum(tp, ex, dx.slice(0, size_t(N) * C));  // the experts' partial input gradients
   const Tensor dlogits = s.dlogits.slice(0, size_t(N) * E);
   backend::zero(ex, dlogits);
   router_backward(ex, dlogits, s.dgates, dbalance, a.scores, a.idx, router_shape(c, l, d));
   const Tensor dl = as_dtype(ex, dlogits, x.dtype, s.dlogits_t);
-  linear_backward(ex, dx, g.gate, dl, x, w.gate, N, C, E);
+  if (sp_rows && tp && tp->size() > 1) {  // the weight's gradient from every row, dx on this rank's
+    const size_t n = size_t(N / tp->size()), r = size_t(tp->rank());
+    linear_backward(ex, Tensor{}, g.gate, dl, x, w.gate, N, C, E);
+    linear_backward(ex, dx.slice(r * n * C, n * C), Tensor{}, dl.slice(r * n * E, n * E),
+                    x.slice(r * n * C, n * C), w.gate, int(n), C, E);
+  } else {
+    linear_backward(ex, dx, g.gate, dl, x, w.gate, N, C, E);
+  }
 }
 
 }  // namespace dsv3

@@ -8,6 +8,7 @@
 
 #include "model/config.h"
 #include "model/ffn.h"
+#include "model/tensor_parallel.h"
 #include "ops/moe.h"
 
 namespace dsv3 {
@@ -124,9 +125,17 @@ void moe_forward(const Exec& ex, const Tensor& y, const Tensor& x, const MoePara
                  const TrainingLossConfig& l, Dims d, ExpertExchange* ep = nullptr);
 // dx +=, g +=; dbalance: the factor of this layer's balance loss in what is differentiated (the
 // pass's grad scale: loss scale / grad_accum).
+// tp: tensor parallelism, every expert's (routed and shared) intermediate dim split over the
+// ranks (c.moe_inter is this rank's part; the router is replicated). The forward's output is
+// then a partial sum (block_forward sums it); here the gate weights' gradients (N, K) and the
+// experts' share of dx are summed over tp before the router's backward, which is the same on
+// every rank and adds its whole part. dx must be zero on entry under tp.
 void moe_backward(const Exec& ex, const Tensor& dx, const Tensor& dy, const Tensor& x,
                   const MoeParams& w, const MoeParams& g, const MoeActs& a, const MoeScratch& s,
                   const FfnScratch& shared_scratch, double dbalance, const ModelConfig& c,
-                  const TrainingLossConfig& l, Dims d, ExpertExchange* ep = nullptr);
+                  const TrainingLossConfig& l, Dims d, ExpertExchange* ep = nullptr,
+                  TensorParallel* tp = nullptr, bool sp_rows = false);
+// sp_rows (sequence parallelism): dx stays the experts' partial sum (the block reduce-scatters
+// it) and the router adds its part on this rank's rows only, so the sum counts it once.
 
 }  // namespace dsv3

@@ -34,7 +34,7 @@ void mtp_forward(const BlockCtx& k, const MtpParams& w, const MtpParams* g, cons
                  const MtpActs& m, const MoeStatsOut& st) {
   const int N = k.d.N(), C = k.c.hidden;
   const float eps = float(k.c.rms_eps);
-  embedding_forward(k.ex, m.e, m.tok, io.embed_w, N, C);
+  embed_lookup(k.ex, k.tp, m.e, m.tok, io.embed_w, N, C, k.c.vocab);
   rmsnorm_forward(k.ex, m.cat, m.e_rstd, m.e, w.enorm, {N, C, C, 2 * C}, eps);
   rmsnorm_forward(k.ex, m.cat.slice(C), m.h_rstd, io.hprev, w.hnorm, {N, C, C, 2 * C}, eps);
   linear_forward(k.ex, m.hin, m.cat, w.eh_proj, N, 2 * C, C);
@@ -42,8 +42,9 @@ void mtp_forward(const BlockCtx& k, const MtpParams& w, const MtpParams* g, cons
   const bool backward = g != nullptr;
   const Tensor dres = backward ? m.dres.slice(0, size_t(N) * C) : Tensor{};
   if (backward) backend::zero(k.ex, dres);
-  const HeadIo h{m.hout, w.head_norm, backward ? g->head_norm : Tensor{}, m.tgt, m.row_scale, dres,
-                 io.logits_out};
+  HeadIo h{m.hout, w.head_norm, backward ? g->head_norm : Tensor{}, m.tgt, m.row_scale, dres,
+           io.logits_out};
+  h.tp = k.tp;
   head_forward_backward(k.ex, k.c, io.head_w, io.head_g, h, m.head, k.d, backward);
 }
 
@@ -56,7 +57,7 @@ void mtp_backward(const BlockCtx& k, const MtpParams& w, const MtpParams& g, con
   linear_backward(k.ex, dcat, g.eh_proj, m.dres, m.cat, w.eh_proj, N, 2 * C, C, Write::Overwrite);
   backend::zero(k.ex, de);
   rmsnorm_backward(k.ex, de, g.enorm, dcat, m.e, w.enorm, m.e_rstd, {N, C, C, 2 * C});
-  embedding_backward(k.ex, io.embed_g, de, m.tok, N, C);
+  embed_lookup_backward(k.ex, k.tp, io.embed_g, de, m.tok, N, C, k.c.vocab);
   rmsnorm_backward(k.ex, io.dprev, g.hnorm, dcat.slice(C), io.hprev, w.hnorm, m.h_rstd,
                    {N, C, C, 2 * C});
 }

@@ -66,6 +66,11 @@ void Workspace::layout(Arena& ar, const ModelConfig& c) {
     }
   }
   if (bwd) dres = ar.take(t, N * C);
+  if (wc_.sequence_parallel) {
+    sp_rows = ar.take(t, N * C);
+    sp_final = ar.take(t, N * C);
+    sp_normg = ar.take(acc, C);
+  }
   n_moe = 0;
   for (int l = 0; l < c.layers; l++) n_moe += c.is_moe_layer(l);
   if (c.experts > 0) n_moe += c.mtp_depth;

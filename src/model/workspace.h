@@ -26,6 +26,7 @@ struct WorkspaceConfig {
   // model pass as CUDA graphs (backend::GraphCache; the first pass of each shape runs eagerly).
   bool cuda_graphs = false;
   bool soft_targets = false;  // room for distillation targets at the main head (model.h)
+  bool sequence_parallel = false;  // room for --sp's gathered rows (BlockCtx::sp_rows)
 };
 
 class Workspace {
@@ -57,6 +58,9 @@ class Workspace {
   Tensor dres;                       // (N,C) gradient flowing down the residual stream
   std::vector<MtpActs> mtp;
   MtpScratch mtp_scratch;
+  // Sequence parallelism: (N,C) scratch of gathered or partial rows, the gathered input of the
+  // head and MTP modules (N,C), and one norm weight's gradient (C, accum)
+  Tensor sp_rows, sp_final, sp_normg;
   Tensor moe_loads, moe_stats;       // (n_moe, E) i64 and (n_moe, 2) f64: per MoE layer
   int n_moe = 0;                     // MoE layers: main ones in order, then the MTP blocks
   backend::GraphCache graphs;        // the passes' captured regions (config().cuda_graphs)
@@ -65,6 +69,9 @@ class Workspace {
   // ranks (set from outside model code; null: the weights hold every expert).
   void set_expert_exchange(ExpertExchange* x) { experts_ = x; }
   ExpertExchange* expert_exchange() const { return experts_; }
+  // Tensor parallelism: the hook its partial sums go through (null: the weights are whole).
+  void set_tensor_parallel(TensorParallel* tp) { tp_ = tp; }
+  TensorParallel* tensor_parallel() const { return tp_; }
 
   BlockActs& block_acts(int l) { return blocks[block_index(l)]; }
   const BlockActs& block_acts(int l) const { return blocks[block_index(l)]; }
@@ -85,6 +92,7 @@ class Workspace {
   int layer_end_ = 0;
   Buffer mem_;
   ExpertExchange* experts_ = nullptr;
+  TensorParallel* tp_ = nullptr;
 };
 
 }  // namespace dsv3

@@ -53,6 +53,8 @@ const std::vector<FieldSpec>& dist_fields() {
             "MTP on the last stage)"),
       choice("pp_schedule", &D::pp_schedule, "1f1b|dualpipe", "--pp: pipeline schedule",
              pipe_schedule_name, parse_pipe_schedule),
+      field("sp", &D::sp, "--tp > 1: sequence parallelism (norms and the residual stream split "
+            "over the tp ranks by rows; all-gather / reduce-scatter instead of all-reduce)"),
       field("debug_slow_rank", &D::debug_slow_rank,
             "debug: this rank computes debug_slowdown times slower (-1 = none)", in_range(-1, 1 << 20)),
       field("debug_slowdown", &D::debug_slowdown, "debug: slowdown factor of debug_slow_rank", at_least(1)),

@@ -33,6 +33,8 @@ struct DistConfig {
   // and the schedule.
   std::string pp_layers;
   PipeSchedule pp_schedule = PipeSchedule::OneFOneB;
+  // Sequence parallelism (--sp, with --tp > 1): norms and residuals on N / tp rows per rank.
+  bool sp = false;
   // Debug (documented in docs/parallel.md): rank debug_slow_rank computes debug_slowdown times
   // slower (it sleeps), to show --balance_microbatches; rank_fault makes a rank fail on purpose,
   // once per run directory: "kill:R@S" (SIGKILL at step S) or "stop:R@S" (SIGSTOP: a hang).

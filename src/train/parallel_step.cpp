@@ -12,6 +12,7 @@
 #include "ops/optimizer.h"
 #include "train/expert_parallel.h"
 #include "train/pipeline.h"
+#include "train/tp_comm.h"
 
 namespace dsv3 {
 
@@ -40,12 +41,11 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
   validate(cfg);
   const dist::ParallelLayout l = dist::resolve(given, world_size);
   dist::validate(l, world_size);
-  if (l.tp > 1)
-    DSV3_CHECK(model.heads % l.tp == 0, "--tp ", l.tp, " splits the attention heads over ", l.tp,
-               " ranks, but the model has ", model.heads, " heads, not a multiple of ", l.tp,
-               " (choose a tp that divides ", model.heads, ")");
-  DSV3_CHECK(l.tp == 1, "tensor parallelism (--tp ", l.tp, ") is not implemented yet: lay the "
-             "ranks out with --dp, --ep and --pp");
+  check_tensor_parallel(model, l.tp);
+  DSV3_CHECK(!cfg.sp || l.tp > 1, "--sp splits the rows of the residual stream over the tensor-"
+             "parallel ranks: it needs --tp > 1 (now ", l.tp, ")");
+  DSV3_CHECK(!cfg.sp || l.pp == 1, "--sp with --pp ", l.pp, " is not supported yet (the stages "
+             "pass whole rows): drop --sp or --pp");
   if (l.pp > 1) {
     pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));  // throws
     DSV3_CHECK(cfg.zero < 2, "--zero 2 with --pp ", l.pp, " is not supported (ZeRO-2 reduces "
@@ -101,6 +101,8 @@ std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayou
   ctx->dp = dist::make_group(g.dp, "dp");
   ctx->ep = dist::make_group(g.ep, "ep");
   ctx->edp = dist::make_group(g.edp, "edp");
+  ctx->model = model;
+  if (l.tp > 1) ctx->tp = dist::make_group(g.tp, "tp");
   if (l.pp > 1) {  // make_group is collective: every rank makes these calls in the same order
     ctx->pp_bounds = pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));
     ctx->dpp = dist::make_group(g.dp_pp, "dp_pp");
@@ -146,7 +148,19 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
   if (ctx.layout.pp > 1)
     pipe_ = std::make_unique<PipelineStage>(w, ctx.pp, *ctx.coll, ctx.pp_bounds,
                                             ctx.cfg.pp_schedule);
+  if (ctx.layout.tp > 1) {
+    tp_ = std::make_unique<TpComm>(*ctx.coll, ctx.tp);
+    tp_->sequence_parallel = ctx.cfg.sp;
+  }
   rank_sec_.assign(size_t(ctx.layout.dp), 0.0);
+  const std::vector<ParamSpan>& flat = sync_->own_spans_flat();
+  for (size_t i = 0; i < flat.size(); i++) {
+    const auto it = std::upper_bound(w.table().list.begin(), w.table().list.end(), flat[i].offset,
+                                     [](size_t a, const ParamInfo& p) { return a < p.offset; });
+    if (ctx.at.tp != 0 && tp_split_dim(std::prev(it)->name) < 0) continue;  // counted on tp 0
+    norm_flat_.push_back(flat[i]);
+    norm_shard_.push_back(sync_->own_spans_shard()[i]);
+  }
 }
 
 ParallelStep::~ParallelStep() = default;
@@ -156,7 +170,10 @@ void ParallelStep::set_plan(BatchPlan p) {
   plan_ = std::move(p);
 }
 
-void ParallelStep::attach(Workspace& ws) { ws.set_expert_exchange(experts_.get()); }
+void ParallelStep::attach(Workspace& ws) {
+  ws.set_expert_exchange(experts_.get());
+  ws.set_tensor_parallel(tp_.get());
+}
 
 LossScaler& ParallelStep::scaler() { return single_ ? single_->scaler() : scaler_; }
 int64_t ParallelStep::updates() const {
@@ -186,20 +203,33 @@ void ParallelStep::load_local(const std::vector<float>& local) {
 
 void ParallelStep::load_full(const std::vector<float>& full) {
   const ParamTable& t = w_.table();
-  if (!t.sharded() && full.size() == t.total) return load_local(full);
-  const ParamTable whole = build_param_table(c_);
+  const int tp = ctx_.layout.tp, rank = ctx_.at.tp;
+  if (!t.sharded() && tp == 1 && full.size() == t.total) return load_local(full);
+  const ParamTable whole = build_param_table(ctx_.model);
   DSV3_CHECK(full.size() == whole.total, "internal: initial values do not fit the model");
   std::vector<float> local(t.total, 0.0f);
-  for (const ParamInfo& p : t.list)
-    std::copy_n(full.data() + whole.at(p.name).offset, p.numel, local.data() + p.offset);
+  for (const ParamInfo& p : t.list) {  // this rank's experts and tensor-parallel slices
+    const float* src = full.data() + whole.at(p.name).offset;
+    for_each_tp_run(p, rank, tp, [&](size_t wb, size_t lb, size_t n) {
+      std::copy_n(src + wb, n, local.data() + p.offset + lb);
+    });
+  }
   load_local(local);
 }
 
 void ParallelStep::restore(const CheckpointReader& r) {
   const ParamTable& t = w_.table();
   const Exec ex{w_.device()};
+  const int tp = ctx_.layout.tp, rank = ctx_.at.tp;
+  // reads the part [lo, hi) of local tensor p (its tensor-parallel slice) into out
+  const auto read = [&](const std::string& array, const ParamInfo& p, size_t lo, size_t hi,
+                        float* out) {
+    for_each_tp_run(p, rank, tp, lo, hi, [&](size_t wb, size_t lb, size_t n) {
+      r.read(array, p.name, wb, n, out + (lb - lo));
+    });
+  };
   std::vector<float> local(t.total, 0.0f);
-  for (const ParamInfo& p : t.list) r.read("params", p.name, 0, p.numel, local.data() + p.offset);
+  for (const ParamInfo& p : t.list) read("params", p, 0, p.numel, local.data() + p.offset);
   load_local(local);
   const auto arrays = single_ ? single_->optimizer().state() : opt_->state();
   for (const auto& [name, tensor] : arrays) {
@@ -208,13 +238,13 @@ void ParallelStep::restore(const CheckpointReader& r) {
     std::vector<float> host(tensor.numel, 0.0f);
     if (single_) {
       for (const ParamInfo& p : t.list)
-        if (p.trainable()) r.read(name, p.name, 0, p.numel, host.data() + p.offset);
+        if (p.trainable()) read(name, p, 0, p.numel, host.data() + p.offset);
     } else {
       for (const GradSync::Piece& pc : sync_->own())
         for (const ParamInfo& p : t.list) {
           const size_t a = std::max(pc.flat, p.offset), b = std::min(pc.flat + pc.len, p.offset + p.numel);
           if (a < b && p.trainable())
-            r.read(name, p.name, a - p.offset, b - a, host.data() + pc.shard + (a - pc.flat));
+            read(name, p, a - p.offset, b - p.offset, host.data() + pc.shard + (a - pc.flat));
         }
     }
     backend::copy(ex, tensor, host_tensor(host));
@@ -271,7 +301,7 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
     };
     const double e0 = led.exposed_s;
     const std::vector<LossReport> reps =
-        pipe_->run(ws.config(), experts_.get(), l, grad_view(), micro, scale, hooks);
+        pipe_->run(ws.config(), experts_.get(), tp_.get(), l, grad_view(), micro, scale, hooks);
     for (int a = 0; a < A; a++) add(a, reps[size_t(a)]), rows += plan_.rows(ctx_.at.dp, a);
     compute = pipe_->stats().compute_s - (led.exposed_s - e0);
   }
@@ -294,8 +324,8 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
     add(a, r);
   }
   sync_->finish();
-  const double sumsq = single_ ? sum_squares(ex, single_->grads(), sync_->own_spans_flat())
-                               : sum_squares(ex, sync_->shard_grads(), sync_->own_spans_shard());
+  const double sumsq = single_ ? sum_squares(ex, single_->grads(), norm_flat_)
+                               : sum_squares(ex, sync_->shard_grads(), norm_shard_);
   // One all-reduce of everything the step reports: global loss, norm, loads; per-rank times.
   const size_t M = g.loss.moe.size(), E = size_t(c_.experts), DP = size_t(ctx_.layout.dp);
   const size_t kd = 6 + 2 * M + M * E + DP;  // the distillation loss, then the pipeline's times
@@ -304,11 +334,13 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
   const bool stage_head = ctx_.at.dp == 0 && ctx_.at.tp == 0;  // one rank per stage reports
   if (pipe_ && stage_head) v[kd + 1] = pipe_->stats().idle_s, v[kd + 2] = pipe_->stats().wall_s;
   v[0] = g.loss.loss, v[1] = g.loss.mtp_loss, v[2] = g.loss.balance_loss, v[3] = g.loss.total;
-  v[4] = double(g.loss.targets), v[5] = sumsq;
+  v[4] = double(g.loss.targets);
   for (size_t i = 0; i < M; i++) {
     v[6 + 2 * i] = g.loss.moe[i].balance_loss, v[7 + 2 * i] = g.loss.moe[i].entropy;
     for (size_t e = 0; e < E; e++) v[6 + 2 * M + i * E + e] = double(g.loss.moe[i].loads[e]);
   }
+  if (ctx_.at.tp != 0) std::fill(v.begin(), v.end(), 0.0);  // the tp ranks' reports are equal
+  v[5] = sumsq;
   if (ctx_.at.pp == 0 && ctx_.at.tp == 0)  // every stage and tp rank ran the same rows
     v[6 + 2 * M + M * E + size_t(ctx_.at.dp)] = rows > 0 ? compute / rows : 0;
   coll.run(coll.all_reduce(ctx_.world_group, dist::Purpose::Stats, v.data(), v.size(), DType::F64));
@@ -386,14 +418,19 @@ ShardData ParallelStep::snapshot() const {
     out.resize(old + n);
     backend::copy(ex, host_tensor(out.data() + old, n), src.slice(at, n));
   };
+  const int tp = ctx_.layout.tp, rank = ctx_.at.tp;
   for (const GradSync::Piece& pc : sync_->own())
     for (const ParamInfo& p : t.list) {
       const size_t a = std::max(pc.flat, p.offset), b = std::min(pc.flat + pc.len, p.offset + p.numel);
       if (a >= b) continue;
-      d.segments.push_back({p.name, a - p.offset, b - a});
-      const size_t at = single_ ? a : pc.shard + (a - pc.flat);  // zero 0: full-table arrays
-      take(0, params, at, b - a);
-      for (size_t k = 0; k < arrays.size(); k++) take(k + 1, arrays[k].second, at, b - a);
+      if (rank != 0 && tp_split_dim(p.name) < 0) continue;  // replicated: tp rank 0 writes it
+      // segments name ranges of the whole tensor: a tensor-parallel slice is one per row run
+      for_each_tp_run(p, rank, tp, a - p.offset, b - p.offset, [&](size_t wb, size_t lb, size_t n) {
+        d.segments.push_back({p.name, wb, n});
+        const size_t at = single_ ? p.offset + lb : pc.shard + (p.offset + lb - pc.flat);
+        take(0, params, at, n);
+        for (size_t k = 0; k < arrays.size(); k++) take(k + 1, arrays[k].second, at, n);
+      });
     }
   return d;
 }

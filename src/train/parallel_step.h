@@ -20,6 +20,7 @@
 
 #include "dist/collectives.h"
 #include "dist/layout.h"
+#include "model/tensor_parallel.h"
 #include "train/grad_sync.h"
 #include "train/parallel_config.h"
 #include "train/state.h"
@@ -29,6 +30,7 @@ namespace dsv3 {
 
 class ExpertAllToAll;
 class PipelineStage;
+class TpComm;
 struct ShardData;
 
 // This process's place in the run: the layout (resolved against the world), its groups, the
@@ -39,6 +41,12 @@ struct ParallelContext {
   int world = 1, rank = 0;
   DistConfig cfg;
   ExpertShard shard;  // the routed experts this rank holds
+  // The whole model, and (tp > 1) the tensor-parallel group: this rank's weights, workspace and
+  // optimizer are built from local_model() (model/tensor_parallel.h), its slices of every
+  // split tensor under the HF names.
+  ModelConfig model;
+  dist::Group tp;
+  ModelConfig local_model() const { return tensor_parallel_config(model, layout.tp); }
   std::unique_ptr<dist::Collectives> coll;
   dist::Group world_group, dp, ep, edp;
   // Pipeline parallelism (pp > 1): the pp group (stage = its rank), each stage's first layer
@@ -142,6 +150,10 @@ class ParallelStep {
   std::unique_ptr<GradSync> sync_;
   std::unique_ptr<ExpertAllToAll> experts_;
   std::unique_ptr<PipelineStage> pipe_;
+  std::unique_ptr<TpComm> tp_;
+  // The gradient norm's spans (own_spans_flat/_shard): under tp, the replicated tensors count on
+  // tp rank 0 only (their gradients are the same on every tp rank).
+  std::vector<ParamSpan> norm_flat_, norm_shard_;
   double pp_idle_ = 0, pp_wall_ = 0;  // last step, summed over stages
   // zero 1/2
   Buffer grads_;         // fp32, the whole table: what backward accumulates into

@@ -148,6 +148,7 @@ void PipelineStage::backward(Lane& lane, int m) {
 }
 
 std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertExchange* experts,
+                                           TensorParallel* tp,
                                            const TrainingLossConfig& loss,
                                            const ModelParams& grads, const MicroFn& micro,
                                            const std::vector<float>& scale, const Hooks& hooks) {
@@ -192,7 +193,7 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
       s->ws = std::make_unique<Workspace>(w_.config(), w_.dtype(), w_.device(), wc);
       l.slots.push_back(std::move(s));
     }
-    for (auto& s : l.slots) s->ws->set_expert_exchange(experts);
+    for (auto& s : l.slots) s->ws->set_expert_exchange(experts), s->ws->set_tensor_parallel(tp);
   }
   loss_ = &loss, grads_ = &grads, micro_ = &micro, scale_ = &scale;
   reports_.assign(size_t(M), LossReport{});

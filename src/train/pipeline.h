@@ -61,8 +61,9 @@ class PipelineStage {
   // Returns this rank's part of each micro-batch's report: the losses and targets where it runs
   // the last stage, the router statistics of the MoE layers it runs (zero elsewhere), so summing
   // over the ranks of a pipeline gives the whole model's report.
+  // experts, tp: the expert exchange and tensor-parallel hook of the stage's workspaces.
   std::vector<LossReport> run(const WorkspaceConfig& whole, ExpertExchange* experts,
-                              const TrainingLossConfig& loss, const ModelParams& grads,
+                              TensorParallel* tp, const TrainingLossConfig& loss, const ModelParams& grads,
                               const MicroFn& micro, const std::vector<float>& scale,
                               const Hooks& hooks);
   const PipeStepStats& stats() const { return stats_; }

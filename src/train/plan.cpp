@@ -9,6 +9,7 @@
 #include "core/check.h"
 #include "model/moe_layer.h"
 #include "model/params.h"
+#include "model/tensor_parallel.h"
 #include "model/workspace.h"
 
 namespace dsv3 {
@@ -99,11 +100,9 @@ struct LayerCosts {
 };
 
 bool tp_replicated(const std::string& n) {
-  // Megatron-style TP splits heads, FFNs and the vocabulary; the MLA latent down-projections
-  // (q_a, kv_a), the norms and the router stay whole on every tp rank (issue 11 item 1).
-  return n.find("norm") != std::string::npos || n.find("q_a_proj") != std::string::npos ||
-         n.find("kv_a_proj") != std::string::npos || n.find("mlp.gate.") != std::string::npos ||
-         n.find("e_score_correction_bias") != std::string::npos;
+  // tensor parallelism's own rule (model/tensor_parallel.h): heads, FFNs and the vocabulary are
+  // split; the MLA latent down-projections, the norms, the router and eh_proj stay whole
+  return tp_split_dim(n) < 0;
 }
 
 LayerCosts layer_costs(const ModelConfig& c, int T) {
@@ -298,14 +297,23 @@ PlanRow predict(Model& m, const PlanLayout& l) {
                       : l.recompute == Recompute::Block   ? g.recompute_block : 0.0;
     t.W = t.F;                              // weight gradients: the forward's GEMMs once more
     t.B = 2 * t.F + N * re / l.tp / rate;   // input + weight gradients (+ what is recomputed)
-    // TP (Megatron, sequence parallel): per block 2 all-reduces (or reduce-scatter + all-gather)
-    // of N x C forward and 2 backward; each sends 2 (tp-1)/tp x N C b
-    const double ar = 2 * ring_share(l.tp) * N * C * cb / bw_tp;
-    t.tp_f = 2 * g.blocks * ar;
-    t.tp_b = 2 * g.blocks * ar + (l.recompute == Recompute::Block ? t.tp_f : 0);
+    // TP: the all-reduces where model code puts them (tp_pass_elements: per block o_proj's and
+    // down_proj's N x C forward; backward the FFN's input gradient and the MLA latents'); each
+    // sends 2 (tp-1)/tp of its bytes. Forward is this stage's share without backward's parts.
+    const auto bytes = [&](const TpElements& e) { return e.act * cb + e.f32 * 4; };
+    const TpElements fwd_only = [&] {
+      TpElements e;
+      e.act = 2 * N * C * ((g.embed ? 1 : 0) + 2 * g.blocks);
+      return e;
+    }();
+    const TpElements all = tp_pass_elements(c, N, g.begin, g.end, g.embed, g.head,
+                                            l.recompute == Recompute::Block);
+    t.tp_f = ring_share(l.tp) * bytes(fwd_only) / bw_tp;
+    t.tp_b = std::max(0.0, ring_share(l.tp) * bytes(all) / bw_tp - t.tp_f);
     // EP (docs/parallel.md): per MoE layer dispatch + combine forward and the same backward of
-    // the rows going to other ranks, K per token, (ep-1)/ep of them leave; a tp rank routes N/tp
-    const double a2a = 2 * (N / l.tp) * c.topk * ring_share(l.ep) * C * cb / bw_ep;
+    // the rows going to other ranks, K per token, (ep-1)/ep of them leave; every tp rank routes
+    // all N tokens (the router is replicated and each rank's experts hold its intermediate slice)
+    const double a2a = 2 * N * c.topk * ring_share(l.ep) * C * cb / bw_ep;
     t.ep_f = g.moe * a2a;
     t.ep_b = g.moe * a2a + (l.recompute == Recompute::Block ? t.ep_f : 0);
     // PP: the N x C activation to the next stage forward, its gradient back (per tp rank N/tp)
@@ -365,7 +373,7 @@ PlanRow predict(Model& m, const PlanLayout& l) {
     double pd = 0, pe = 0, act = 0, kept = 0;
     for (int s : held) {
       pd += st[size_t(s)].split / l.tp + st[size_t(s)].repl;
-      pe += st[size_t(s)].expert / l.ep;
+      pe += st[size_t(s)].expert / l.ep / l.tp;  // each expert's intermediate dim split over tp
       Model::Acts a = m.activation_bytes(l.pp, s, l.micro_batch, l.recompute);
       if (l.ep > 1) {  // the exchange's own buffers, beside the workspace's (expert_parallel.h)
         const Model::Acts x = m.expert_side_bytes(l.micro_batch, l.ep);
@@ -384,7 +392,9 @@ PlanRow predict(Model& m, const PlanLayout& l) {
     // and the reduced gradient pieces (train/parallel_step.cpp, grad_sync.cpp)
     mem.grads = 4 * P;
     mem.optimizer = l.zero == 0 ? (master + 8) * P : (4 + 8 + 4) * shard;
-    mem.activations = act / l.tp;  // sequence parallel: activations split over tp
+    // sequence parallel's split of the activations over tp (dsv3's --tp does not split the N x C
+    // rows yet, docs/parallel.md: for it this is a lower bound)
+    mem.activations = act / l.tp;
     mem.in_flight = in_flight;
     mem.total = mem.weights + mem.grads + mem.optimizer + mem.activations;
     if (mem.total > row.memory.total) row.memory = mem;

@@ -93,6 +93,12 @@ void validate(const RunSpec& s) {
   DSV3_CHECK(s.distributed.zero == 0 || s.optimizer.kind == OptimizerKind::AdamW,
              "--optimizer ", optimizer_name(s.optimizer.kind), " needs whole tensors on one rank: "
              "use --zero 0 (replicated optimizer state) or --optimizer adamw");
+  // Tensor parallelism splits tensors over ranks the same way (model/tensor_parallel.h).
+  DSV3_CHECK(s.parallel.tp <= 1 || (s.optimizer.kind == OptimizerKind::AdamW &&
+                                    s.optimizer.grad_noise == 0),
+             "--tp ", s.parallel.tp, " splits tensors over ranks: --optimizer ",
+             optimizer_name(s.optimizer.kind), s.optimizer.grad_noise > 0 ? " with --grad_noise" : "",
+             " needs whole tensors on one rank (use --optimizer adamw without --grad_noise, or --tp 1)");
   DSV3_CHECK(s.distributed.zero == 0 || s.optimizer.grad_noise == 0,
              "--grad_noise with --zero ", s.distributed.zero, " is not supported (the noise is keyed by "
              "the position in the whole parameter table): use --zero 0");

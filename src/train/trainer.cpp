@@ -208,18 +208,27 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   }
 
   // ---- weights (this rank's experts), training state, workspace
-  ModelWeights weights(c, dtype, device, par->shard);
+  // (tensor parallelism: this rank's slices, model/tensor_parallel.h; c stays the whole model)
+  const ModelConfig lc = par->local_model();
+  DSV3_CHECK(par->layout.tp == 1 || (spec.compress.teacher.empty() && !spec.compress.qat),
+             "--tp ", par->layout.tp, " with distillation or --qat is not supported (both need "
+             "whole logits or whole weight rows on one rank): use --tp 1");
+  ModelWeights weights(lc, dtype, device, par->shard);
   AdamWConfig opt = spec.optimizer;
   opt.noise_seed = uint64_t(rc.seed) ^ 0x6e6f697365ull;  // gradient noise differs per run seed
-  ParallelStep eng(*par, weights, opt, spec.precision, c, spec.compress.qat);
+  ParallelStep eng(*par, weights, opt, spec.precision, lc, spec.compress.qat);
   eng.set_plan(even_plan(G, par->layout.dp, d.B));
   WorkspaceConfig wc;
   wc.max = d;
   wc.recompute = rc.recompute;
   wc.cuda_graphs = rc.cuda_graphs;
   wc.soft_targets = !spec.compress.teacher.empty();
+  wc.sequence_parallel = spec.distributed.sp;
+  DSV3_CHECK(!spec.distributed.sp || d.N() % par->layout.tp == 0, "--sp splits the ", d.N(),
+             " rows of a micro-batch (batch x seq_len) over ", par->layout.tp, " tp ranks: "
+             "choose a batch or seq_len that makes it a multiple of ", par->layout.tp);
   gemm_allow_tf32(spec.precision.tf32);
-  Workspace ws(c, dtype, device, wc);
+  Workspace ws(lc, dtype, device, wc);
   eng.attach(ws);
   std::unique_ptr<Teacher> teacher;  // distillation (I5): its own weights and workspace
   if (!spec.compress.teacher.empty()) {
@@ -572,9 +581,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   }
 
   if (rc.sample_tokens > 0 && spec.data.train_data.empty() && root) {  // known text encoding
-    if (weights.table().sharded()) {
-      std::fprintf(stderr, "(no sample: this rank holds only its experts; run dsv3 sample "
-                           "--model %s)\n", rc.out.c_str());
+    if (weights.table().sharded() || par->layout.tp > 1) {
+      std::fprintf(stderr, "(no sample: this rank holds only its experts or tensor slices; run "
+                           "dsv3 sample --model %s)\n", rc.out.c_str());
       return;
     }
     const TextCodec codec =

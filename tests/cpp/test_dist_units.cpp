@@ -349,7 +349,8 @@ TEST(DistSettings, BadLayoutsAndFaultsAreRefusedByName) {
   EXPECT_TRUE(has(check({4, 1, 1, 1}, 2), "needs dp * tp * pp = 4 ranks, but the world has 2"));
   EXPECT_TRUE(has(check({0, 1, 1, 3}, 3), "not a multiple of 3"));
   EXPECT_TRUE(has(check({0, 1, 1, 3}, 4), "ep (3) must divide dp (4)"));
-  EXPECT_TRUE(has(check({0, 2, 1, 1}, 4), "not implemented yet"));
+  EXPECT_EQ(check({0, 2, 1, 1}, 4), "");  // dp 2 x tp 2
+  EXPECT_TRUE(has(check({0, 4, 1, 1}, 4), "the model has 2 heads, not a multiple of 4"));
   EXPECT_EQ(check({0, 1, 2, 1}, 4), "");  // dp 2 x pp 2 (the debug model has 2 layers)
   EXPECT_TRUE(has(check({0, 1, 3, 1}, 3), "more pipeline stages than the model's 2 layers"));
   cfg.zero = 3;

@@ -16,6 +16,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
+#include "ops/vocab_parallel.h"
 #include "test_util.h"
 
 namespace dsv3 {
@@ -556,6 +557,60 @@ TEST(Linear, BackwardMatchesFiniteDifferencesDouble) {
   std::vector<double> y2 = y;
   linear_forward(ex, H(y2), H(x), H(w), N, in, out, Write::Accumulate);
   for (int i = 0; i < N * out; i++) EXPECT_NEAR(y2[i], 2 * y[i], 1e-12);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary-parallel cross-entropy and embedding (tensor parallelism): three shards of the
+// vocabulary, their reductions done here as the tp ranks do them, give the whole ops' results.
+
+TEST(VocabParallel, ShardsReproduceTheWholeCrossEntropyAndEmbedding) {
+  const int N = 6, P = 3, Vs = 4, V = P * Vs, C = 5;
+  const std::vector<int32_t> tg = {3, -1, 0, 11, 7, 4};
+  Vec x = random_vec(size_t(N) * V, 41, 3.0), row = random_vec(N, 42, 1.0);
+  Vec loss(N), dx(x.size());
+  cpu::cross_entropy_forward(loss.data(), x.data(), tg.data(), N, V);
+  cpu::cross_entropy_backward(dx.data(), x.data(), tg.data(), row.data(), N, V);
+  std::vector<Vec> shard(P, Vec(size_t(N) * Vs)), stats(P, Vec(3 * size_t(N)));
+  for (int r = 0; r < P; r++)
+    for (int n = 0; n < N; n++)
+      for (int j = 0; j < Vs; j++) shard[r][n * Vs + j] = x[n * V + r * Vs + j];
+  for (int r = 0; r < P; r++) cpu::ce_shard_max(stats[r].data(), shard[r].data(), N, Vs);
+  for (int n = 0; n < N; n++) {  // all-reduce max
+    double m = stats[0][n];
+    for (int r = 1; r < P; r++) m = std::max(m, stats[r][n]);
+    for (int r = 0; r < P; r++) stats[r][n] = m;
+  }
+  for (int r = 0; r < P; r++) cpu::ce_shard_sums(stats[r].data(), shard[r].data(), tg.data(), r * Vs, N, Vs);
+  for (int i = N; i < 3 * N; i++) {  // all-reduce sum of the exponentials and target logits
+    double s = 0;
+    for (int r = 0; r < P; r++) s += stats[r][i];
+    for (int r = 0; r < P; r++) stats[r][i] = s;
+  }
+  for (int r = 0; r < P; r++) {
+    Vec l(N, -1.0), d(size_t(N) * Vs, 9.0);
+    cpu::ce_shard_loss(l.data(), stats[r].data(), tg.data(), N);
+    for (int n = 0; n < N; n++) EXPECT_NEAR(l[n], loss[n], 1e-12) << r << " " << n;
+    cpu::ce_shard_backward(d.data(), shard[r].data(), stats[r].data(), tg.data(), row.data(),
+                           r * Vs, N, Vs);
+    for (int n = 0; n < N; n++)
+      for (int j = 0; j < Vs; j++) EXPECT_NEAR(d[n * Vs + j], dx[n * V + r * Vs + j], 1e-12);
+  }
+  // embedding: each shard's rows, zero elsewhere, sum to the whole lookup; the backward lands
+  // each token's gradient in its shard only
+  const std::vector<int32_t> ids = {0, 11, 4, 4, 7, 3};
+  Vec table = random_vec(size_t(V) * C, 43, 1.0), whole(size_t(N) * C), sum(size_t(N) * C, 0.0);
+  Vec dout = random_vec(size_t(N) * C, 44, 1.0), dwhole(size_t(V) * C, 0.0);
+  cpu::embedding_forward(whole.data(), ids.data(), table.data(), N, C);
+  cpu::embedding_backward(dwhole.data(), dout.data(), ids.data(), N, C);
+  for (int r = 0; r < P; r++) {
+    Vec out(size_t(N) * C), dt(size_t(Vs) * C, 0.0);
+    cpu::embedding_shard_forward(out.data(), ids.data(), table.data() + size_t(r) * Vs * C, r * Vs, Vs, N, C);
+    for (size_t i = 0; i < out.size(); i++) sum[i] += out[i];
+    cpu::embedding_shard_backward(dt.data(), dout.data(), ids.data(), r * Vs, Vs, N, C);
+    for (size_t i = 0; i < dt.size(); i++) EXPECT_EQ(dt[i], dwhole[size_t(r) * Vs * C + i]);
+  }
+  EXPECT_EQ(sum, whole);
 }
 
 }  // namespace
