@@ -13,7 +13,9 @@ Both use the same learning rate and schedule (Moonlight's RMS matching makes Ada
 Muon); --muon_lr overrides.
 
 Usage (Debian's /usr/bin/python3; 300 steps x 3 seeds x 2 optimizers takes tens of minutes):
-  /usr/bin/python3 bench/bench_muon.py [--dsv3 build/dsv3] [--steps 300] [--seeds 1,2,3]
+  /usr/bin/python3 bench/bench_muon.py [--dsv3 build/dsv3] [--steps 300] [--seeds 1,2,3] [--reuse]
+(--reuse keeps finished runs of the same command in --work: `--seeds 1` now, `--seeds 1,2,3
+--reuse` later runs only seeds 2 and 3.)
 """
 import argparse
 import json
@@ -30,18 +32,33 @@ sys.path.insert(0, HERE)
 from bench_attention import build_data  # noqa: E402
 
 
+def finished(out, cmd):
+    """True when `out` holds a finished run of exactly `cmd` (its metrics.jsonl)."""
+    try:
+        recs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+        with open(os.path.join(out, "bench_cmd.json")) as f:
+            same = json.load(f) == cmd
+    except (OSError, ValueError):
+        return False
+    steps = int(cmd[cmd.index("--steps") + 1])
+    return same and any(r["kind"] == "eval" and r["step"] == steps for r in recs)
+
+
 def run(args, opt, seed, tr, va):
     out = os.path.join(args.work, "%s_s%d" % (opt, seed))
-    subprocess.run(["rm", "-rf", out])
     lr = args.muon_lr if opt == "muon" and args.muon_lr else args.lr
     cmd = [args.dsv3, "train", "--preset", "tiny", "--vocab", "256", "--train_data", tr, "--val_data", va,
            "--batch", str(args.batch), "--seq_len", str(args.seq), "--steps", str(args.steps),
            "--eval_every", str(args.eval_every), "--eval_batches", str(args.eval_batches),
            "--seed", str(seed), "--optimizer", opt, "--lr", str(lr), "--warmup", str(args.warmup),
            "--save_every", "0", "--out", out]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError((p.stdout + p.stderr)[-2000:])
+    if not (args.reuse and finished(out, cmd)):
+        subprocess.run(["rm", "-rf", out])
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError((p.stdout + p.stderr)[-2000:])
+        with open(os.path.join(out, "bench_cmd.json"), "w") as f:
+            json.dump(cmd, f)
     recs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     elapsed, t = {}, 0.0
     for r in recs:
@@ -79,6 +96,8 @@ def main():
     ap.add_argument("--eval_every", type=int, default=25)
     ap.add_argument("--eval_batches", type=int, default=8)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "dsv3_bench_muon"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the runs in --work that finished with the same command (add seeds in pieces)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     tr, va = build_data(args.shared, args.work)
