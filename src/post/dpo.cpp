@@ -199,9 +199,7 @@ void run_dpo(FinetuneSession& s) {
     char line[200];
     std::snprintf(line, sizeof line, "dpo step %lld/%lld loss %.4f margin %.3f acc %.2f | %.2f steps/s",
                   (long long)(step + 1), (long long)r.steps, loss, margin, acc, double(done) / el);
-    s.progress().update(step + 1, line, double(r.steps - step - 1) * el / double(done));
-    if (r.save_every > 0 && (step + 1) % r.save_every == 0 && step + 1 < r.steps) s.save(step + 1, {});
-    if (r.eval_every > 0 && (step + 1) % r.eval_every == 0 && step + 1 < r.steps) evaluate(step + 1);
+    s.end_step(step, line, el, evaluate);
   }
   s.progress().finish();
   if (r.steps > s.start_step()) evaluate(r.steps);

@@ -206,6 +206,15 @@ StepResult FinetuneSession::update(int64_t step, int micro_batches, const MicroF
   return train_step(*state_, *ws_, spec_.loss, s, step, micro);
 }
 
+void FinetuneSession::end_step(int64_t step, const char* line, double elapsed_s,
+                               const std::function<void(int64_t)>& evaluate) {
+  const FinetuneConfig& r = spec_.run;
+  const double done = double(step + 1 - start_step_);
+  progress_->update(step + 1, line, double(r.steps - step - 1) * elapsed_s / done);
+  if (r.save_every > 0 && (step + 1) % r.save_every == 0 && step + 1 < r.steps) save(step + 1, {});
+  if (r.eval_every > 0 && (step + 1) % r.eval_every == 0 && step + 1 < r.steps) evaluate(step + 1);
+}
+
 void FinetuneSession::save(int64_t steps_done, const nlohmann::json& extra) {
   const FinetuneConfig& r = spec_.run;
   nlohmann::json train = {{"finetune", {{"method", finetune_method_name(r.method)},

@@ -4,6 +4,7 @@
 // progress line); each method is its own file (sft.cpp, dpo.cpp, grpo.cpp).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,6 +105,11 @@ class FinetuneSession {
   nlohmann::json resumed_extra() const { return resumed_extra_; }
   void log(const nlohmann::json& record);
   ProgressLine& progress() { return *progress_; }
+  // The end of loop step `step` (0-based), `elapsed_s` into this process's loop: the progress
+  // line with its ETA, then the periodic checkpoint and evaluation (none after the last step,
+  // which the method finishes itself).
+  void end_step(int64_t step, const char* line, double elapsed_s,
+                const std::function<void(int64_t)>& evaluate);
 
  private:
   FinetuneSpec spec_;

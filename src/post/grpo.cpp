@@ -260,7 +260,6 @@ void run_grpo(FinetuneSession& s) {
     train_s += now_seconds() - tt;
     samples += int64_t(P) * G;
     const double el = now_seconds() - t0;
-    const int64_t done = step + 1 - s.start_step();
     s.log({{"kind", "train"}, {"step", step + 1}, {"loss", loss}, {"reward", reward}, {"correct", correct},
            {"kl", kl}, {"length", len}, {"clipped", clipped}, {"lr", res.lr}, {"grad_norm", res.grad_norm},
            {"generated_tokens", gen_tokens}, {"generation_s", gen_s}, {"training_s", train_s},
@@ -269,9 +268,7 @@ void run_grpo(FinetuneSession& s) {
     std::snprintf(line, sizeof line, "grpo step %lld/%lld reward %.3f correct %.2f kl %.4f len %.1f | "
                   "%.1f samples/s, %.0f%% generating", (long long)(step + 1), (long long)r.steps, reward,
                   correct, kl, len, double(samples) / el, 100.0 * gen_s / std::max(1e-9, gen_s + train_s));
-    s.progress().update(step + 1, line, double(r.steps - step - 1) * el / double(done));
-    if (r.save_every > 0 && (step + 1) % r.save_every == 0 && step + 1 < r.steps) s.save(step + 1, {});
-    if (r.eval_every > 0 && (step + 1) % r.eval_every == 0 && step + 1 < r.steps) evaluate(step + 1);
+    s.end_step(step, line, el, evaluate);
   }
   s.progress().finish();
   if (r.steps > s.start_step()) {

@@ -97,9 +97,7 @@ void run_sft(FinetuneSession& s) {
     char line[160];
     std::snprintf(line, sizeof line, "sft step %lld/%lld loss %.4f lr %.2e | %.2f steps/s",
                   (long long)(step + 1), (long long)r.steps, res.loss.loss, res.lr, double(done) / el);
-    s.progress().update(step + 1, line, double(r.steps - step - 1) * el / double(done));
-    if (r.save_every > 0 && (step + 1) % r.save_every == 0 && step + 1 < r.steps) s.save(step + 1, {});
-    if (r.eval_every > 0 && (step + 1) % r.eval_every == 0 && step + 1 < r.steps) evaluate(step + 1);
+    s.end_step(step, line, el, evaluate);
   }
   s.progress().finish();
   if (r.steps > s.start_step()) evaluate(r.steps);
