@@ -23,6 +23,15 @@ runs N times round-robin and reports its best and median.
     python3 bench/bench_evaluate.py --items 500 --peer-batch 1,16,64 --json
     python3 bench/bench_evaluate.py --items 50 --repeat 3 --threads 1   # a busy machine
 
+Work and MFU: from the exported config.json, the bench counts each side's forward FLOPs (2 per
+multiply-add of the linear layers a token runs, activated experts only, and of causal attention
+as written in MLA's unabsorbed form; embedding lookups, norms and softmaxes not counted): dsv3's
+from the tokens it reports running through the layers and the continuation tokens it predicts
+(the head runs only there), the peer's from every position of every request row (padding not
+counted). Over torch.matmul's fp32 GEMM peak measured in the same run on the same threads, this
+gives each side's MFU and the ceiling: the speedup over the best peer if dsv3 ran at 100% of the
+peak with its present FLOPs per item.
+
 Any python3 runs this script (the peer runs in the venv).
 """
 import argparse
@@ -61,6 +70,47 @@ def make_task(path, n, seed):
             f.write(json.dumps({"ctx": sents[i], "endings": endings, "label": endings.index(sents[i + 1])}) + "\n")
 
 
+def forward_flops(cfg, rows_layers, rows_head, attn_pairs):
+    """FLOPs of a forward: rows_layers tokens through every block, rows_head rows through the
+    head, attn_pairs (query, key) pairs of causal attention per layer."""
+    C, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    nope, rope, vh = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    ql, kvl = cfg.get("q_lora_rank") or 0, cfg["kv_lora_rank"]
+    q = C * ql + ql * H * (nope + rope) if ql else C * H * (nope + rope)
+    attn = q + C * (kvl + rope) + kvl * H * (nope + vh) + H * vh * C
+    dense = 3 * C * cfg["intermediate_size"]
+    E, K = cfg.get("n_routed_experts") or 0, cfg.get("num_experts_per_tok") or 0
+    moe = C * E + (K + (cfg.get("n_shared_experts") or 0)) * 3 * C * cfg["moe_intermediate_size"]
+    L, k = cfg["num_hidden_layers"], min(cfg.get("first_k_dense_replace", 0), cfg["num_hidden_layers"])
+    per_token = L * attn + k * dense + (L - k) * (moe if E else dense)
+    macs = rows_layers * per_token + rows_head * C * cfg["vocab_size"] + L * attn_pairs * H * (nope + rope + vh)
+    return 2.0 * macs
+
+
+def work_per_item(cfg, samples, dsv3_tokens_run):
+    """(dsv3 FLOPs, peer FLOPs) per item, from the scored contexts and choices (byte-level ids,
+    the request split as the harness's _encode_pair: trailing spaces of the context move over)."""
+    d_head = d_pairs = p_rows = p_pairs = 0
+    items = 0
+    for line in open(samples, encoding="utf-8"):
+        it = json.loads(line)
+        items += 1
+        ctx = it["context"]
+        n = len(ctx) - len(ctx.rstrip())
+        for ch in it["choices"]:
+            c, q = (ctx[:-n], ctx[-n:] + " " + ch) if n else (ctx, " " + ch)
+            lc, lq = len(c.encode("utf-8")), len(q.encode("utf-8"))
+            L = lc + lq - 1  # the harness feeds context + continuation but its last token
+            p_rows += L
+            p_pairs += L * (L + 1) // 2
+            d_head += lq
+            d_pairs += sum(range(lc, L + 1))  # a continuation's rows attend to the context too
+        d_pairs += lc * (lc - 1) // 2  # the context but its last token, once per item
+    dsv3 = forward_flops(cfg, dsv3_tokens_run, d_head, d_pairs)
+    peer = forward_flops(cfg, p_rows, p_rows, p_pairs)
+    return dsv3 / items, peer / items
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dsv3", default=os.path.join(REPO, "build", "dsv3"))
@@ -72,6 +122,7 @@ def main():
     ap.add_argument("--peer-python", default=os.path.join(REPO, ".venv-peer", "bin", "python"))
     ap.add_argument("--work", default=None, help="keep the model and task here")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration, interleaved (best reported)")
+    ap.add_argument("--skip-peak", action="store_true", help="no GEMM peak (no MFU, no ceiling)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="dsv3_bench_eval_")
@@ -129,7 +180,25 @@ def main():
     ll_b = [json.loads(l)["loglik"] for l in open(samples_rows, encoding="utf-8")]
     rows[0]["max_abs_ll_diff_vs_rows"] = max(abs(x - y) for p, q in zip(ll_a, ll_b) for x, y in zip(p, q))
     best_peer = max((r["items_per_second"] for r in rows[2:]), default=None)
-    out = {"preset": a.preset, "items": a.items, "threads": a.threads, "rows": rows,
+    cfg = json.load(open(os.path.join(hf, "config.json")))
+    f_dsv3, f_peer = work_per_item(cfg, samples, rows[0]["tokens_run"])
+    peak = None
+    if not a.skip_peak and os.path.exists(a.peer_python):
+        pk = run_json([a.peer_python, os.path.join(REPO, "bench", "peer_deepseek.py"), "--gemm-peak",
+                       "--gemm-dtypes", "fp32", "--gemm-sizes", "1024,2048", "--threads", str(a.threads)], env)
+        peak = pk["fp32_gflops"]
+    for r in rows:
+        r["gflop_per_item"] = (f_peer if r["impl"].startswith("transformers") else f_dsv3) / 1e9
+        r["gflops"] = r["gflop_per_item"] * r["items_per_second"]
+        if peak:
+            r["mfu"] = r["gflops"] / peak
+    rows[1]["gflop_per_item"] = f_peer / 1e9  # one row per request: the peer's work (+ padding)
+    rows[1]["gflops"] = rows[1]["gflop_per_item"] * rows[1]["items_per_second"]
+    if peak:
+        rows[1]["mfu"] = rows[1]["gflops"] / peak
+    out = {"fp32_gemm_peak_gflops": peak,
+           "ceiling_speedup_vs_best_peer": peak * 1e9 / f_dsv3 / best_peer if peak and best_peer else None,
+           "preset": a.preset, "items": a.items, "threads": a.threads, "rows": rows,
            "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "speedup_vs_best_peer": rows[0]["items_per_second"] / best_peer if best_peer else None}
     if a.json:
@@ -137,8 +206,10 @@ def main():
     else:
         print("%s, %d items x 4 endings, %d threads" % (a.preset, a.items, a.threads))
         for r in rows:
-            print("  %-44s %-12s %8.2f items/s (median %.2f of %d)  acc %.4f acc_norm %.4f%s" % (
+            print("  %-44s %-12s %8.2f items/s (median %.2f of %d)  %.2f GFLOP/item %6.1f GFLOP/s%s"
+                  "  acc %.4f acc_norm %.4f%s" % (
                 r["impl"], r["batch"], r["items_per_second"], r["items_per_second_median"], r["runs"],
+                r["gflop_per_item"], r["gflops"], "  MFU %4.1f%%" % (100 * r["mfu"]) if "mfu" in r else "",
                 r["acc"], r["acc_norm"],
                 "  max|ll diff| %.2e" % r["max_abs_ll_diff"] if "max_abs_ll_diff" in r else ""))
         print("  dsv3 shared context vs one row per request: max|ll diff| %.2e, tokens run %d vs %d"
@@ -147,6 +218,9 @@ def main():
                                                     " ".join("%.2f" % x for x in out["load_average_after"])))
         if best_peer:
             print("  dsv3 / best peer: %.1fx" % out["speedup_vs_best_peer"])
+        if out["ceiling_speedup_vs_best_peer"]:
+            print("  fp32 GEMM peak (torch.matmul) %.1f GFLOP/s: dsv3 at 100%% of it would be %.1fx the best peer"
+                  % (peak, out["ceiling_speedup_vs_best_peer"]))
 
 
 if __name__ == "__main__":

@@ -460,6 +460,8 @@ def gemm_peak(args):
     cuda = args.device == "cuda"
     sizes = [8192] if cuda and args.gemm_sizes == [1536, 2048, 3072] else args.gemm_sizes
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name not in args.gemm_dtypes:
+            continue
         best, best_n = 0.0, 0
         for n in sizes:
             a = torch.randn(n, n, device=args.device).to(dt)
@@ -629,6 +631,8 @@ def main():
                     help="only measure the fp32 and bf16 torch.matmul peaks (GFLOP/s) and exit")
     ap.add_argument("--gemm-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1536, 2048, 3072])
     ap.add_argument("--gemm-reps", type=int, default=4)
+    ap.add_argument("--gemm-dtypes", type=lambda s: s.split(","), default=["fp32", "bf16"],
+                    help="which peaks (bf16 on a CPU without AVX512-BF16 takes minutes)")
     args = ap.parse_args()
     if args.gemm_peak:
         return gemm_peak(args)
