@@ -44,8 +44,6 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
   check_tensor_parallel(model, l.tp);
   DSV3_CHECK(!cfg.sp || l.tp > 1, "--sp splits the rows of the residual stream over the tensor-"
              "parallel ranks: it needs --tp > 1 (now ", l.tp, ")");
-  DSV3_CHECK(!cfg.sp || l.pp == 1, "--sp with --pp ", l.pp, " is not supported yet (the stages "
-             "pass whole rows): drop --sp or --pp");
   if (l.pp > 1) {
     pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));  // throws
     DSV3_CHECK(cfg.zero < 2, "--zero 2 with --pp ", l.pp, " is not supported (ZeRO-2 reduces "

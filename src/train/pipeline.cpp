@@ -38,6 +38,18 @@ void PipelineStage::send(const Tensor& t, int peer, int tag) {
   stats_.sent_bytes += double(t.bytes());
 }
 
+namespace {
+// The residual stream's elements a stage passes on for a micro-batch: N x C, or under --sp this
+// tp rank's N / tp rows (the blocks of every stage split rows the same way, so tp rank r of one
+// stage hands its rows to tp rank r of the next; the first stage's embedding reduce-scatters
+// them, the last stage's head gathers them).
+size_t stream_elems(const Pass& p) {
+  TensorParallel* tp = p.ws.tensor_parallel();
+  const size_t NC = size_t(p.d.N()) * p.w.config().hidden;
+  return tp && tp->sequence_parallel && tp->size() > 1 ? NC / size_t(tp->size()) : NC;
+}
+}  // namespace
+
 struct PipelineStage::Lane {
   int dir = 0, stage = 0, l0 = 0, l1 = 0;
   bool first = false, last = false;
@@ -95,13 +107,12 @@ void PipelineStage::recv(const Tensor& t, int peer, int tag) {
 
 void PipelineStage::forward(Lane& lane, int m) {
   Slot& s = lane.slot(m);
-  const ModelConfig& c = w_.config();
   const int a = lane.micro0 + m;  // the step's micro-batch
   const MicroBatch mb = (*micro_)(a);
   s.pass = std::make_unique<Pass>(w_, *s.ws, *loss_, mb.d, grads_, (*scale_)[size_t(a)]);
   Pass& p = *s.pass;
   load_batch(p, mb, /*mtp=*/true);
-  const size_t NC = size_t(mb.d.N()) * c.hidden;
+  const size_t NC = stream_elems(p);
   if (lane.first) embed_forward(p);
   else recv(s.ws->resid[size_t(lane.l0)].slice(0, NC), lane.from, 2 * a);
   blocks_forward(p, lane.l0, lane.l1);
@@ -136,7 +147,7 @@ void PipelineStage::backward(Lane& lane, int m) {
   const int a = lane.micro0 + m;
   DSV3_CHECK(s.pass, "internal: backward of micro-batch ", a, " before its forward");
   Pass& p = *s.pass;
-  const size_t NC = size_t(p.d.N()) * w_.config().hidden;
+  const size_t NC = stream_elems(p);
   if (lane.last) mtp_backward(p);
   else recv(s.ws->dres.slice(0, NC), lane.to, 2 * a + 1);
   blocks_backward(p, lane.l0, lane.l1);
