@@ -67,8 +67,11 @@ std::string eplb_console_text(const nlohmann::json& rec);
 // batches r, r + dp, ..., the sums are all-reduced over dp, so the result is one process's (the
 // same batches; the mean summed in another order). Under expert parallelism every rank runs
 // as many forward passes (padding with an uncounted repeat) since each needs its whole ep group.
-// Collective over dp; one process: evaluate() itself.
+// Collective over dp; one process: evaluate() itself. Under pipeline parallelism (pipe) each
+// batch is a pipeline forward (PipelineStage::forward_only: a stage holds only its layers) and
+// the last stage's sums are all-reduced over the world; collective over the world.
 EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
-                             const std::vector<int32_t>& tokens, Dims d, int max_batches);
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches,
+                             PipelineStage* pipe = nullptr);
 
 }  // namespace dsv3

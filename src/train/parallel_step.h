@@ -50,13 +50,13 @@ struct ParallelContext {
   std::unique_ptr<dist::Collectives> coll;
   dist::Group world_group, dp, ep, edp;
   // Pipeline parallelism (pp > 1): the pp group (stage = its rank), each stage's first layer
-  // (pipeline_split; stages + 1 entries), and the gradient groups: every stage holds the whole
-  // parameter table, so gradients are reduced over dp x pp (dense) and edp x pp (experts).
+  // (pipeline_split; stages + 1 entries), what this rank holds of the model (its stages' layers,
+  // pipeline_parts) and the groups over which the tensors that stage s and P-1-s both hold (the
+  // embedding; under DualPipe all) reduce their gradients (grad_sync.h).
   dist::Group pp;
   std::vector<int> pp_bounds;
-  dist::Group dpp, edpp;
-  dist::Group& dense_grads() { return layout.pp > 1 ? dpp : dp; }
-  dist::Group& expert_grads() { return layout.pp > 1 ? edpp : edp; }
+  StageParts parts;
+  dist::Group dp_mirror, edp_mirror;
   bool distributed() const { return world > 1; }
   bool root() const { return rank == 0; }
   std::string describe() const;  // "4 ranks: dp 4 x tp 1 x pp 1, ep 2, zero 1"
@@ -105,6 +105,8 @@ class ParallelStep {
   // The expert exchange (ep > 1; else null): EPLB places its replicas, which this step keeps
   // equal to their home experts after every update and load.
   ExpertAllToAll* experts() { return experts_.get(); }
+  // The pipeline stage (pp > 1; else null): validation runs its forward (evaluate_parallel).
+  PipelineStage* pipeline() { return pipe_.get(); }
 
   LossScaler& scaler();
   int64_t updates() const;

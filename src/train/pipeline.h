@@ -35,6 +35,14 @@ struct PipeStepStats {
   int micros = 0;
 };
 
+// What pipeline rank `rank` of bounds.size() - 1 stages holds of the model (its parameter table,
+// params.h StageParts): under 1F1B stage `rank`, under DualPipe stages rank and P-1-rank (so
+// rank P-1-rank holds the same: two copies of every parameter, as DeepSeek-V3 notes). The
+// embedding lives on the first stage and, when the model has MTP modules (they read it, as
+// DeepSeek-V3 shares it), on the last too.
+StageParts pipeline_parts(const ModelConfig& c, const std::vector<int>& bounds, int rank,
+                          PipeSchedule s);
+
 class PipelineStage {
  public:
   // bounds: stages + 1 layer boundaries (pipeline_split); pp: this rank's pipeline group, its
@@ -68,6 +76,15 @@ class PipelineStage {
                               const Hooks& hooks);
   const PipeStepStats& stats() const { return stats_; }
 
+  // Validation (no gradients): micro-batch mb through this rank's stage (under DualPipe the one
+  // of its first direction): the first stage embeds, every stage but the last sends its output
+  // on, the last computes the losses as model.h's forward() with default options does. Returns
+  // the loss, MTP loss and targets on the last stage, zeros elsewhere. Every rank of the pipeline
+  // calls it for the same micro-batches in the same order, then finish_forwards().
+  LossReport forward_only(const WorkspaceConfig& whole, ExpertExchange* experts,
+                          TensorParallel* tp, const MicroBatch& mb);
+  void finish_forwards();  // waits for the sends in flight
+
  private:
   struct Slot;
   struct Lane;  // one direction's stage on this rank
@@ -87,6 +104,8 @@ class PipelineStage {
   PipeSchedule schedule_;
   int rank_ = 0;
   std::vector<std::unique_ptr<Lane>> lanes_;
+  std::unique_ptr<Workspace> eval_ws_;  // forward_only's, for lane 0's layers
+  WorkspaceConfig eval_cfg_;
   std::vector<LossReport> reports_;
   std::list<Outgoing> out_;  // sends in flight
   PipeStepStats stats_;

@@ -213,7 +213,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   DSV3_CHECK(par->layout.tp == 1 || (spec.compress.teacher.empty() && !spec.compress.qat),
              "--tp ", par->layout.tp, " with distillation or --qat is not supported (both need "
              "whole logits or whole weight rows on one rank): use --tp 1");
-  ModelWeights weights(lc, dtype, device, par->shard);
+  ModelWeights weights(lc, dtype, device, par->shard, QuantScheme::None, par->parts);
   AdamWConfig opt = spec.optimizer;
   opt.noise_seed = uint64_t(rc.seed) ^ 0x6e6f697365ull;  // gradient noise differs per run seed
   ParallelStep eng(*par, weights, opt, spec.precision, lc, spec.compress.qat);
@@ -351,7 +351,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     std::string line = "eval step " + std::to_string(step) + ":";
     for (const ValSet& v : data.val_sets()) {
       // the dp ranks split the batches (the ep group runs each forward together); rank 0 reports
-      const EvalResult e = evaluate_parallel(*par, weights, ws, v.tokens, d, spec.eval.eval_batches);
+      const EvalResult e = evaluate_parallel(*par, weights, ws, v.tokens, d, spec.eval.eval_batches,
+                                              eng.pipeline());
       losses.push_back(e.loss);
       sum += e.loss * double(e.tokens), tokens += e.tokens;
       nlohmann::json rec = {{"kind", "eval"}, {"step", step}, {"domain", v.domain},
@@ -581,8 +582,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   }
 
   if (rc.sample_tokens > 0 && spec.data.train_data.empty() && root) {  // known text encoding
-    if (weights.table().sharded() || par->layout.tp > 1) {
-      std::fprintf(stderr, "(no sample: this rank holds only its experts or tensor slices; run "
+    if (weights.table().sharded() || par->layout.tp > 1 || !weights.table().parts.whole) {
+      std::fprintf(stderr, "(no sample: this rank holds only its experts, tensor slices or "
+                           "pipeline stages; run "
                            "dsv3 sample --model %s)\n", rc.out.c_str());
       return;
     }
