@@ -79,6 +79,35 @@ nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
                       {"ep", l.ep}, {"zero", ctx.cfg.zero}}}};
 }
 
+nlohmann::json rank_memory_json(ParallelContext& ctx, const RankMemory& mine) {
+  const double v[4] = {mine.params, mine.weights, mine.grads, mine.optimizer};
+  std::vector<double> all(4 * size_t(ctx.world));
+  ctx.coll->run(ctx.coll->all_gather(ctx.world_group, dist::Purpose::Stats, v, all.data(), 4,
+                                     DType::F64));
+  nlohmann::json out = nlohmann::json::array();
+  for (int r = 0; r < ctx.world; r++) {
+    const double* x = all.data() + 4 * size_t(r);
+    out.push_back({{"rank", r}, {"pp", dist::rank_coords(ctx.layout, r).pp},
+                   {"params", int64_t(x[0])}, {"weights_bytes", x[1]}, {"grads_bytes", x[2]},
+                   {"optimizer_bytes", x[3]}, {"total_bytes", x[1] + x[2] + x[3]}});
+  }
+  return out;
+}
+
+std::string rank_memory_text(const nlohmann::json& ranks, double whole_params) {
+  const nlohmann::json* top = nullptr;  // the rank holding the most
+  for (const nlohmann::json& r : ranks)
+    if (!top || r.at("total_bytes").get<double>() > top->at("total_bytes").get<double>()) top = &r;
+  if (!top) return "";
+  return "weights " + human_bytes(top->at("weights_bytes").get<double>()) + " + grads " +
+         human_bytes(top->at("grads_bytes").get<double>()) + " + optimizer " +
+         human_bytes(top->at("optimizer_bytes").get<double>()) + " = " +
+         human_bytes(top->at("total_bytes").get<double>()) + " on the fullest rank (" +
+         std::to_string(top->at("rank").get<int>()) + "), holding " +
+         fmt("%.0f%%", 100 * top->at("params").get<double>() / std::max(whole_params, 1.0)) +
+         " of the parameters";
+}
+
 void inject_rank_fault(const RankFault& f, const ParallelContext& ctx, int64_t step,
                        const std::string& run_dir) {
   if (f.kind == RankFault::None || f.rank != ctx.rank || f.step != step) return;

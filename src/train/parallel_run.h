@@ -25,6 +25,13 @@ Checkpoint sharded_checkpoint_state(const std::string& dir);
 nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
                               const ParallelContext& ctx, int64_t step);
 
+// Every rank's RankMemory (ParallelStep::memory), gathered over the world (collective):
+// [{"rank", "pp", "params", "weights_bytes", "grads_bytes", "optimizer_bytes", "total_bytes"}].
+nlohmann::json rank_memory_json(ParallelContext& ctx, const RankMemory& mine);
+// "weights 1.2 MB + grads 2.4 MB + optimizer 4.8 MB = 8.4 MB on the fullest rank (1), holding
+// 51% of the parameters" (whole_params: the whole model's table, elements)
+std::string rank_memory_text(const nlohmann::json& ranks, double whole_params);
+
 // --rank_fault: at the start of step `step` (1-based) the named rank kills (SIGKILL) or stops
 // (SIGSTOP) itself, once per run directory (remembered in OUT/.rank_fault_done, so a restarted
 // run gets past it).

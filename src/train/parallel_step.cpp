@@ -444,6 +444,22 @@ ShardData ParallelStep::snapshot() const {
   return d;
 }
 
+RankMemory ParallelStep::memory() const {
+  RankMemory m;
+  m.params = double(w_.table().total);
+  m.weights = double(w_.bytes());
+  const auto arrays = single_ ? single_->optimizer().state() : opt_->state();
+  for (const auto& a : arrays) m.optimizer += double(a.second.bytes());
+  if (single_) {
+    m.grads = double(single_->grads().bytes());
+    if (single_->master().data != w_.data().data) m.optimizer += double(single_->master().bytes());
+  } else {
+    m.grads = double(grads_.view().bytes() + (sync_->zero() > 0 ? sync_->shard_grads().bytes() : 0));
+    m.optimizer += double(master_.view().bytes());
+  }
+  return m;
+}
+
 StepComm ParallelStep::last_comm() const {
   StepComm c;
   if (!ctx_.distributed()) return c;

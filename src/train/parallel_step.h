@@ -82,6 +82,16 @@ struct CheckpointReader {
   std::function<bool(const std::string& array)> has;
 };
 
+// What this rank holds of the training state (M7), bytes: the compute-dtype weights (with the
+// fp32 routing biases), the fp32 gradients (the full-size buffer backward adds into, plus ZeRO's
+// reduced pieces), the optimizer (fp32 master weights where separate from the weights, and the
+// moments). params: elements of this rank's parameter table.
+struct RankMemory {
+  double weights = 0, grads = 0, optimizer = 0;
+  double params = 0;
+  double total() const { return weights + grads + optimizer; }
+};
+
 // What one step's communication cost this rank (O1).
 struct StepComm {
   dist::CommLedger ledger;
@@ -133,6 +143,7 @@ class ParallelStep {
   TrainState* single() { return single_.get(); }
   // Distributed: this rank's pieces of the parameters and optimizer state (a checkpoint shard).
   ShardData snapshot() const;
+  RankMemory memory() const;
   // The last step's communication (call after apply_update; the trainer adds compute time).
   StepComm last_comm() const;
   // Per dp rank, compute seconds per sequence of the last step (balancing, metrics).

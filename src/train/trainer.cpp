@@ -291,6 +291,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     eng.load_full(init);
   }
 
+  // what each rank holds of weights, gradients and optimizer state (collective)
+  const nlohmann::json rank_memory = rank_memory_json(*par, eng.memory());
   const ModelStats ms = model_stats(c, d.T);
   double peak = rc.peak_gflops > 0 ? rc.peak_gflops : root ? measure_gemm_peak_gflops(device, dtype) : 1;
   const double tokens_per_step = double(G) * d.T;
@@ -305,6 +307,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                  omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
                  peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
     if (distributed) std::fprintf(stderr, "  parallel: %s\n", par->describe().c_str());
+    std::fprintf(stderr, "  state: %s\n",
+                 rank_memory_text(rank_memory, double(build_param_table(c).total)).c_str());
     if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
     else if (!spec.compress.init_from.empty())
       std::fprintf(stderr, "  weights from %s\n", spec.compress.init_from.c_str());
@@ -323,7 +327,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   {  // where this process starts (a resumed run's records past its checkpoint were moved to
      // metrics_replayed.jsonl by the RunDirectory, so each step has one record)
     RunSpec copy = spec;
-    record({{"kind", "start"}, {"step", rs.steps_done}, {"settings", groups_to_json(run_groups(copy))}});
+    record({{"kind", "start"}, {"step", rs.steps_done}, {"settings", groups_to_json(run_groups(copy))},
+            {"rank_memory", rank_memory}});
   }
   ProgressLine progress(rc.steps);
   const auto say = [&](const std::string& line) {
