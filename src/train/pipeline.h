@@ -8,11 +8,11 @@
 // to the stage's layers. DualPipe runs two such stages per rank, one per direction; its F&B ops
 // run the forward and then the backward (no overlap on the CPU), and its W ops are empty: the
 // model's backward computes weight gradients with input gradients, so a postponed W is already
-// done (docs/decisions.md). The weights are the whole model on every stage (docs/decisions.md,
-// "Distributed II"): a stage reads only its part, its gradients are zero elsewhere, and the
-// gradient reduction over dp x pp (train/parallel_step.h) sums the stages' parts. The MTP
-// modules on the last stage read the embedding stage 0 trains: both add to the one embedding
-// gradient, so the two copies stay equal.
+// done (docs/decisions.md). A rank's weights hold only its stages' tensors (pipeline_parts,
+// docs/decisions.md "Distributed II"): gradients reduce over dp. The MTP modules on the last
+// stage read the embedding stage 0 trains, so the last stage holds a copy; the two copies'
+// gradients are summed over both stages (dp_mirror, train/grad_sync.h), so they stay equal.
+// Validation runs forward_only through the same stages.
 #pragma once
 #include <functional>
 #include <list>

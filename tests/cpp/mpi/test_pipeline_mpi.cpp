@@ -5,9 +5,9 @@
 // batch of 8 sequences of 32 tokens in micro-batches of 2: 4 micro-batches per pipeline step.
 //
 // Tolerance 1e-4 relative on the per-step loss, as test_train_mpi: a stage runs the same layer
-// code on the same rows; what differs is the sum of the stages' gradient parts across ranks
-// (exact: each element has one nonzero part, except the embedding's two, stage 0's lookup and
-// the MTP module's) and, with dp or ep, the order of the data-parallel sums: fp32 rounding.
+// code on the same rows on its own layers' weights; what differs is the sum of the embedding's
+// two gradients (stage 0's lookup and the last stage's MTP modules, over dp_mirror) and, with dp
+// or ep, the order of the data-parallel sums: fp32 rounding.
 #include <gtest/gtest.h>
 
 #include "core/timer.h"
