@@ -81,9 +81,9 @@ struct ParamTable {
 
 // Builds the table for a config. Layout: embedding, blocks 0..L-1, MTP modules (as HF layers
 // L..L+D-1), final norm, head. A pipeline rank's table (parts not whole) holds only its parts,
-// under the same names, ordered: embedding, MTP modules, final norm, head, its blocks. Within an FFN gate_proj and up_proj are adjacent so the pair is
-// one (2D, C) matrix for a single GEMM; within the experts of a layer, all experts' gate/up/down
-// follow each other in expert order. An expert shard (not whole) holds only its experts, placed
+// under the same names, ordered: embedding, MTP modules, final norm, head, its blocks. Within an
+// FFN gate_proj and up_proj are adjacent so the pair is one (2D, C) matrix for a single GEMM;
+// within the experts of a layer, all experts' gate/up/down follow each other in expert order. An expert shard (not whole) holds only its experts, placed
 // after the head, layer by layer in the same order (see ParamTable::experts_begin).
 ParamTable build_param_table(const ModelConfig& c, ExpertShard shard = {}, StageParts parts = {});
 

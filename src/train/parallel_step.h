@@ -169,7 +169,7 @@ class ParallelStep {
   std::vector<ParamSpan> norm_flat_, norm_shard_;
   double pp_idle_ = 0, pp_wall_ = 0;  // last step, summed over stages
   // zero 1/2
-  Buffer grads_;         // fp32, the whole table: what backward accumulates into
+  Buffer grads_;         // fp32, this rank's whole table: what backward accumulates into
   ModelParams grad_view_;
   Buffer master_;        // fp32, own pieces
   std::unique_ptr<AdamW> opt_;
