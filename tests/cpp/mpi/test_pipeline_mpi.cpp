@@ -86,7 +86,7 @@ TEST(PipelineMpi, CheckpointsMoveBetweenAPipelineAndOneProcess) {
 // Memory per rank (M7): a pp2 rank's parameter table is build_param_table over its stage (its
 // blocks, the embedding on both ends since MTP reads it, head and MTP on the last), element for
 // element as each rank reports it at startup, its weights, gradients and AdamW moments are that
-// table's size, and the losses stay one process's.
+// table's size, and the losses stay one process's; DualPipe's mirrored copies checkpoint once.
 TEST(PipelineMpi, AStageHoldsOnlyItsLayers) {
   Dir d("pipe_mem");
   const std::string args = " --layers 5 --steps 4 --pp_layers 3,2";
@@ -130,6 +130,17 @@ TEST(PipelineMpi, AStageHoldsOnlyItsLayers) {
     if (p.name.rfind("model.layers.", 0) == 0 && std::stoi(p.name.substr(13)) < c.layers)
       whole_blocks += p.numel;
   EXPECT_EQ(block_elems, whole_blocks);
+  // DualPipe's ranks r and P-1-r hold the same tensors (reduced over dp_mirror, each element one
+  // owner): dp2 x pp2 with ep2 and ZeRO-1 saves, one process resumes on the same trajectory
+  const std::string b1 = " --layers 5 --batch 1";
+  ASSERT_EQ(train(0, b1 + " --steps 4 --out " + d / "one_b1").code, 0);
+  CmdResult q = train(4, b1 + " --steps 2 --save_every 2 --pp 2 --ep 2 --zero 1 "
+                              "--pp_schedule dualpipe --out " + d / "dual");
+  ASSERT_EQ(q.code, 0) << q.out;
+  q = train(0, b1 + " --steps 4 --pp 1 --ep 1 --resume " + d / "dual" + " --out " + d / "dual");
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_NE(q.out.find("resuming at step 2"), std::string::npos) << q.out;
+  EXPECT_LT(max_rel_loss_diff(steps_of(d / "dual"), steps_of(d / "one_b1")), 1e-4);
 }
 
 TEST(PipelineMpi, BadLayoutsFailOnceWithoutHanging) {
