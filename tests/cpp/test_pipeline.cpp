@@ -12,6 +12,7 @@
 #include "core/check.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "train/parallel_step.h"
 #include "train/pipeline.h"
 #include "train/pipeline_schedule.h"
 
@@ -217,6 +218,17 @@ TEST(PipelineParts, EachRankHoldsItsStagesTensorsUnderTheirNames) {
         }
       }
   }
+}
+
+// EPLB places replicas for every MoE layer, which a pipeline rank no longer holds: refused.
+TEST(PipelineParts, EplbWithAPipelineIsRefused) {
+  ModelConfig c = preset("debug");
+  c.layers = 5;
+  DistConfig cfg;
+  cfg.eplb = true;
+  EXPECT_TRUE(has(error_of([&] { validate_parallel({2, 1, 2, 2}, cfg, c, 4, 32); }),
+                  "--eplb with --pp 2 is not supported"));
+  EXPECT_EQ(error_of([&] { validate_parallel({4, 1, 1, 2}, cfg, c, 4, 32); }), "");
 }
 
 }  // namespace
