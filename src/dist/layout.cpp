@@ -1,5 +1,7 @@
 #include "dist/layout.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 
 namespace dsv3::dist {
@@ -75,8 +77,9 @@ ParallelGroups make_parallel_groups(const Comm& world, const ParallelLayout& giv
   g.ep = world.split(tp_pp * (l.dp / l.ep) + c.edp, c.ep);
   g.edp = world.split(tp_pp * l.ep + c.ep, c.edp);
   if (l.pp > 1) {
-    g.dp_pp = world.split(c.tp, c.pp * l.dp + c.dp);
-    g.edp_pp = world.split(c.tp * l.ep + c.ep, c.pp * (l.dp / l.ep) + c.edp);
+    const int pair = std::min(c.pp, l.pp - 1 - c.pp);  // stages s and P-1-s
+    g.dp_mirror = world.split(pair * l.tp + c.tp, c.pp * l.dp + c.dp);
+    g.edp_mirror = world.split((pair * l.tp + c.tp) * l.ep + c.ep, c.pp * (l.dp / l.ep) + c.edp);
   }
   return g;
 }

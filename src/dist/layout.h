@@ -50,15 +50,16 @@ int rank_at(const ParallelLayout& layout, int dp, int tp, int pp);  // inverse o
 // The groups of one rank, each ordered by its index in that dimension:
 //   tp:  same dp, pp          dp:  same tp, pp
 //   pp:  same dp, tp          ep:  same tp, pp, edp    edp: same tp, pp, ep
-// and, with pp > 1 (null otherwise), the gradient groups of a pipeline whose stages hold the
-// whole parameter table (train/pipeline.h), ordered by (pp, dp) and (pp, edp):
-//   dp_pp: same tp            edp_pp: same tp, ep
+// and, with pp > 1 (null otherwise), the gradient groups of the tensors two pipeline ranks
+// both hold, pp rank s and its mirror P-1-s (the embedding on the first and last stage, which
+// MTP reads; under DualPipe every tensor: train/pipeline.h), ordered by (pp, dp) and (pp, edp):
+//   dp_mirror: same tp, pp in {s, P-1-s}    edp_mirror: same tp, ep, pp in {s, P-1-s}
 struct ParallelGroups {
   ParallelLayout layout;
   int rank = 0;  // in the world
   RankCoords at;
   Comm tp, pp, dp, ep, edp;
-  Comm dp_pp, edp_pp;
+  Comm dp_mirror, edp_mirror;
   std::string describe() const;  // "rank 3: dp 1 tp 1 pp 0 ep 1"
 };
 // Collective over world: resolves and validates the layout and splits world into every group.

@@ -16,6 +16,13 @@ const ParamInfo& ParamTable::at(const std::string& name) const {
   return *p;
 }
 
+bool StageParts::holds_block(int layer) const {
+  if (whole) return true;
+  for (const auto& [a, b] : blocks)
+    if (layer >= a && layer < b) return true;
+  return false;
+}
+
 namespace {
 
 struct Builder {
@@ -90,7 +97,7 @@ struct Builder {
 
 }  // namespace
 
-ParamTable build_param_table(const ModelConfig& c, ExpertShard shard) {
+ParamTable build_param_table(const ModelConfig& c, ExpertShard shard, StageParts parts) {
   Builder b;
   if (!shard.whole(c)) {
     DSV3_CHECK(c.experts > 0 && shard.first >= 0 && shard.count >= 1 &&
@@ -102,23 +109,45 @@ ParamTable build_param_table(const ModelConfig& c, ExpertShard shard) {
   }
   b.t.expert_first = shard.whole(c) ? 0 : shard.first;
   b.t.expert_count = shard.whole(c) ? c.experts : shard.count;
-  b.mat("model.embed_tokens.weight", c.vocab, c.hidden);
-  for (int l = 0; l < c.layers; l++) b.block(c, l, c.is_moe_layer(l));
-  for (int k = 1; k <= c.mtp_depth; k++) {
-    const int hf = c.layers + k - 1;
-    const std::string p = "model.layers." + std::to_string(hf);
-    b.vec(p + ".enorm.weight", c.hidden);
-    b.vec(p + ".hnorm.weight", c.hidden);
-    b.mat(p + ".eh_proj.weight", c.hidden, 2 * int64_t(c.hidden));
-    b.block(c, hf, c.experts > 0);
-    b.vec(p + ".shared_head.norm.weight", c.hidden);
+  b.t.parts = parts;
+  const auto embed = [&] { b.mat("model.embed_tokens.weight", c.vocab, c.hidden); };
+  const auto mtp = [&] {
+    for (int k = 1; k <= c.mtp_depth; k++) {
+      const int hf = c.layers + k - 1;
+      const std::string p = "model.layers." + std::to_string(hf);
+      b.vec(p + ".enorm.weight", c.hidden);
+      b.vec(p + ".hnorm.weight", c.hidden);
+      b.mat(p + ".eh_proj.weight", c.hidden, 2 * int64_t(c.hidden));
+      b.block(c, hf, c.experts > 0);
+      b.vec(p + ".shared_head.norm.weight", c.hidden);
+    }
+  };
+  const auto last = [&] {
+    mtp();
+    b.vec("model.norm.weight", c.hidden);
+    b.mat("lm_head.weight", c.vocab, c.hidden);
+  };
+  if (parts.whole) {
+    embed();
+    for (int l = 0; l < c.layers; l++) b.block(c, l, c.is_moe_layer(l));
+    last();
+  } else {
+    DSV3_CHECK(parts.embed || !parts.embed_shared, "internal: a shared embedding not held");
+    for (const auto& [a, e] : parts.blocks)
+      DSV3_CHECK(0 <= a && a < e && e <= c.layers, "internal: stage layers [", a, ", ", e,
+                 ") outside the model's ", c.layers);
+    if (parts.embed) embed();
+    if (parts.embed_shared) b.t.shared_end = b.t.total;
+    if (parts.last) last();
+    for (int l = 0; l < c.layers; l++)
+      if (parts.holds_block(l)) b.block(c, l, c.is_moe_layer(l));
   }
-  b.vec("model.norm.weight", c.hidden);
-  b.mat("lm_head.weight", c.vocab, c.hidden);
   b.t.total = (b.t.total + 15) / 16 * 16;
   b.t.experts_begin = b.t.total;
+  if (parts.mirrored) b.t.shared_end = b.t.total;
   for (const std::string& p : b.moe_layers) b.experts(p, c);
   b.t.total = (b.t.total + 15) / 16 * 16;
+  b.t.shared_experts_end = parts.mirrored ? b.t.total : b.t.experts_begin;
   return std::move(b.t);
 }
 

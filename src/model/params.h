@@ -40,6 +40,21 @@ struct ExpertShard {
   }
 };
 
+// The part of the model one pipeline rank holds (P5): its stages' blocks, the embedding on the
+// first stage, the final norm, head and MTP modules on the last. whole (the default): everything.
+// Some tensors live on two pipeline ranks, whose gradients are summed over both (grad_sync.h):
+// embed_shared, the embedding of the first and the last stage when MTP reads it there; mirrored,
+// every tensor of the table, which DualPipe's rank r holds as does rank P-1-r (each runs stages
+// r and P-1-r, one per direction).
+struct StageParts {
+  bool whole = true;
+  std::vector<std::pair<int, int>> blocks;  // layer ranges [first, end) of the main blocks
+  bool embed = false;  // model.embed_tokens
+  bool last = false;   // model.norm, lm_head and the MTP modules (HF layers L..L+D-1)
+  bool embed_shared = false, mirrored = false;
+  bool holds_block(int layer) const;
+};
+
 struct ParamTable {
   std::vector<ParamInfo> list;
   size_t total = 0;  // floats
@@ -52,6 +67,12 @@ struct ParamTable {
   // The whole model keeps the interleaved layout below and experts_begin == total.
   size_t experts_begin = 0;
   bool sharded() const { return experts_begin < total; }
+  // A pipeline rank's table (StageParts not whole) puts the tensors another pipeline rank also
+  // holds first: dense [0, shared_end) (the embedding, or everything when mirrored) and experts
+  // [experts_begin, shared_experts_end) (all when mirrored). Otherwise shared_end == 0 and
+  // shared_experts_end == experts_begin.
+  size_t shared_end = 0, shared_experts_end = 0;
+  StageParts parts;  // what the table holds
   std::unordered_map<std::string, size_t> index;  // name -> position in list
 
   const ParamInfo& at(const std::string& name) const;  // throws naming the missing tensor
@@ -59,11 +80,12 @@ struct ParamTable {
 };
 
 // Builds the table for a config. Layout: embedding, blocks 0..L-1, MTP modules (as HF layers
-// L..L+D-1), final norm, head. Within an FFN gate_proj and up_proj are adjacent so the pair is
-// one (2D, C) matrix for a single GEMM; within the experts of a layer, all experts' gate/up/down
-// follow each other in expert order. An expert shard (not whole) holds only its experts, placed
+// L..L+D-1), final norm, head. A pipeline rank's table (parts not whole) holds only its parts,
+// under the same names, ordered: embedding, MTP modules, final norm, head, its blocks. Within an
+// FFN gate_proj and up_proj are adjacent so the pair is one (2D, C) matrix for a single GEMM;
+// within the experts of a layer, all experts' gate/up/down follow each other in expert order. An expert shard (not whole) holds only its experts, placed
 // after the head, layer by layer in the same order (see ParamTable::experts_begin).
-ParamTable build_param_table(const ModelConfig& c, ExpertShard shard = {});
+ParamTable build_param_table(const ModelConfig& c, ExpertShard shard = {}, StageParts parts = {});
 
 // The trainable tensors as optimizer spans (offset, numel, decay), in table order.
 std::vector<ParamSpan> trainable_spans(const ParamTable& t);

@@ -10,10 +10,15 @@ ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& 
     const ParamInfo& i = t.at(name);
     return base.slice(i.offset, i.numel);
   };
+  // A pipeline rank's table (StageParts) holds part of the model: what it lacks stays empty
+  // (blocks and mtp keep their sizes, so layer indices stay global).
+  const StageParts& parts = t.parts;
   ModelParams w;
-  w.embed = at("model.embed_tokens.weight");
+  if (t.find("model.embed_tokens.weight")) w.embed = at("model.embed_tokens.weight");
+  w.blocks.resize(size_t(c.layers));
   for (int l = 0; l < c.layers; l++)
-    w.blocks.push_back(bind_block(t, base, buffers, l, c.is_moe_layer(l), c));
+    if (parts.holds_block(l)) w.blocks[size_t(l)] = bind_block(t, base, buffers, l, c.is_moe_layer(l), c);
+  if (!t.find("lm_head.weight")) return w;
   for (int k = 1; k <= c.mtp_depth; k++) {
     const int hf = c.layers + k - 1;
     const std::string p = "model.layers." + std::to_string(hf);
@@ -31,12 +36,13 @@ ModelParams bind_model(const ModelConfig& c, const ParamTable& t, const Tensor& 
 }
 
 ModelWeights::ModelWeights(const ModelConfig& c, DType dtype, Device device, ExpertShard shard,
-                           QuantScheme quant)
+                           QuantScheme quant, StageParts parts)
     : c_(c), quant_(quant) {
   validate(c_);
-  DSV3_CHECK(quant == QuantScheme::None || shard.whole(c),
-             "int8 weights hold every expert (one process); expert parallelism needs float weights");
-  table_ = quant == QuantScheme::None ? build_param_table(c, shard) : high_precision_table(c);
+  DSV3_CHECK(quant == QuantScheme::None || (shard.whole(c) && parts.whole),
+             "int8 weights hold every expert and layer (one process); expert and pipeline "
+             "parallelism need float weights");
+  table_ = quant == QuantScheme::None ? build_param_table(c, shard, parts) : high_precision_table(c);
   DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16 ||
                  dtype == DType::F64,
              "weights must be f32, bf16, f16 or f64, not ", dtype_name(dtype));

@@ -45,9 +45,11 @@ class ModelWeights {
  public:
   // dtype: the compute dtype (activations, and the weights that are not int8). shard: the routed
   // experts this process holds (expert parallelism); default all of them. quant: int8 linear
-  // layers (inference only, one process: not with a shard).
+  // layers (inference only, one process: not with a shard). parts: the layers a pipeline rank
+  // holds (params.h StageParts); default the whole model. Passes may only run over them.
   ModelWeights(const ModelConfig& c, DType dtype, Device device = Device::CPU,
-               ExpertShard shard = {}, QuantScheme quant = QuantScheme::None);
+               ExpertShard shard = {}, QuantScheme quant = QuantScheme::None,
+               StageParts parts = {});
   ModelWeights(const ModelWeights&) = delete;
   ModelWeights& operator=(const ModelWeights&) = delete;
 
@@ -67,13 +69,14 @@ class ModelWeights {
     return data_.view().bytes() + buffers_.view().bytes() + int8_.view().bytes();
   }
 
-  // Every tensor from fp32 values laid out by build_param_table(config()) (a checkpoint, an HF
-  // import, init); an int8 model quantises its linear layers on the way in.
+  // Every tensor from fp32 values laid out by table() (build_param_table(config()) for the whole
+  // model: a checkpoint, an HF import, init); an int8 model quantises its linear layers on the
+  // way in.
   void load(const std::vector<float>& host);
   // An int8 model's tensors as a quantised file holds them (same scheme).
   void load_quantized(const QuantizedParams& q);
-  // Every tensor as fp32 values in build_param_table(config()) layout (16-bit weights widen
-  // exactly, int8 ones dequantise).
+  // Every tensor as fp32 values in table() layout (16-bit weights widen exactly, int8 ones
+  // dequantise).
   std::vector<float> to_host() const;
   // After an optimizer step that rewrote master (fp32, table layout) and, for 16-bit weights,
   // the trainable tensors of data(): brings the fp32 routing biases up to date.

@@ -49,18 +49,23 @@ struct GradSync::Bucket {
 };
 
 GradSync::GradSync(const ParamTable& t, const ModelConfig& c, dist::Group& dp, dist::Group* edp,
-                   dist::Collectives& coll, const DistConfig& cfg, Device device)
+                   dist::Collectives& coll, const DistConfig& cfg, Device device,
+                   dist::Group* dp_mirror, dist::Group* edp_mirror)
     : t_(t), coll_(coll), cfg_(cfg), device_(device), zero_(cfg.zero) {
   DSV3_CHECK(!(cfg.grad_compress != GradCompress::None && cfg.zero == 2),
              "--grad_compress ", grad_compress_name(cfg.grad_compress), " works with --zero 0 "
              "or 1, not 2 (ZeRO-2 reduces every micro-batch: compress with --zero 1)");
-  if (t.sharded()) {
-    DSV3_CHECK(edp, "internal: an expert-shard table needs the edp group");
-    domains_.push_back({0, t.experts_begin, &dp});
-    domains_.push_back({t.experts_begin, t.total, edp});
-  } else {
-    domains_.push_back({0, t.total, &dp});
-  }
+  DSV3_CHECK(!t.sharded() || edp, "internal: an expert-shard table needs the edp group");
+  DSV3_CHECK(t.shared_end == 0 || dp_mirror, "internal: tensors shared with a mirror stage need dp_mirror");
+  DSV3_CHECK(t.shared_experts_end == t.experts_begin || edp_mirror,
+             "internal: experts shared with a mirror stage need edp_mirror");
+  const auto domain = [&](size_t a, size_t b, dist::Group* g) {
+    if (a < b) domains_.push_back({a, b, g});
+  };
+  domain(0, t.shared_end, dp_mirror);
+  domain(t.shared_end, t.experts_begin, &dp);
+  domain(t.experts_begin, t.shared_experts_end, edp_mirror);
+  domain(t.shared_experts_end, t.total, edp);
   // Per-tensor readiness, for the buckets' (a bucket is ready when its last tensor is).
   std::vector<std::pair<size_t, int>> ready;  // (end offset, part) in table order
   for (const ParamInfo& p : t.list) ready.push_back({p.offset + p.numel, ready_part(p.name, c.layers)});

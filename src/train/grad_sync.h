@@ -3,7 +3,13 @@
 // Domains. Without expert parallelism the whole buffer is one domain reduced over the dp group.
 // With it, the table of an expert shard puts the routed experts last (params.h), so the dense
 // range [0, experts_begin) is reduced over dp and the expert range [experts_begin, total) over
-// edp, the ranks that hold the same experts.
+// edp, the ranks that hold the same experts. A pipeline rank's table (params.h StageParts) holds
+// only its stages' tensors, so gradients reduce over dp/edp alone, except for the tensors that
+// pipeline rank s and P-1-s both hold (the embedding of the first and last stage, which the MTP
+// modules read; under DualPipe every tensor): they come first in the dense and the expert range
+// (ParamTable::shared_end) and reduce over dp_mirror / edp_mirror, the data-parallel ranks of
+// both stages. That sums both copies' gradients, so the copies stay equal, and every element
+// still has one owner (one piece) in its group: counted once in the norm, written once.
 //
 // Buckets. Each domain is cut into buckets of --bucket_mb from its end backwards (the order in
 // which backward finishes gradients). A bucket is ready when the backward parts of all its
@@ -48,9 +54,11 @@ class GradSync {
     size_t shard;      // where it lives in the shard buffers (ZeRO)
   };
 
-  // dp: the data-parallel group; edp: the expert-data-parallel group (expert-shard tables).
+  // dp: the data-parallel group; edp: the expert-data-parallel group (expert-shard tables);
+  // dp_mirror, edp_mirror: the groups of the tensors two pipeline ranks hold (ParamTable::shared_end).
   GradSync(const ParamTable& t, const ModelConfig& c, dist::Group& dp, dist::Group* edp,
-           dist::Collectives& coll, const DistConfig& cfg, Device device);
+           dist::Collectives& coll, const DistConfig& cfg, Device device,
+           dist::Group* dp_mirror = nullptr, dist::Group* edp_mirror = nullptr);
   ~GradSync();
 
   // One step: begin_micro(a) before micro-batch a's backward, part_done(k) after each backward

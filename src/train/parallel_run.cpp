@@ -11,6 +11,7 @@
 #include "dist/eplb.h"
 #include "model/params.h"
 #include "train/expert_parallel.h"
+#include "train/pipeline.h"
 
 namespace dsv3 {
 
@@ -76,6 +77,35 @@ nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
           {"train", train},
           {"layout", {{"world", ctx.world}, {"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp},
                       {"ep", l.ep}, {"zero", ctx.cfg.zero}}}};
+}
+
+nlohmann::json rank_memory_json(ParallelContext& ctx, const RankMemory& mine) {
+  const double v[4] = {mine.params, mine.weights, mine.grads, mine.optimizer};
+  std::vector<double> all(4 * size_t(ctx.world));
+  ctx.coll->run(ctx.coll->all_gather(ctx.world_group, dist::Purpose::Stats, v, all.data(), 4,
+                                     DType::F64));
+  nlohmann::json out = nlohmann::json::array();
+  for (int r = 0; r < ctx.world; r++) {
+    const double* x = all.data() + 4 * size_t(r);
+    out.push_back({{"rank", r}, {"pp", dist::rank_coords(ctx.layout, r).pp},
+                   {"params", int64_t(x[0])}, {"weights_bytes", x[1]}, {"grads_bytes", x[2]},
+                   {"optimizer_bytes", x[3]}, {"total_bytes", x[1] + x[2] + x[3]}});
+  }
+  return out;
+}
+
+std::string rank_memory_text(const nlohmann::json& ranks, double whole_params) {
+  const nlohmann::json* top = nullptr;  // the rank holding the most
+  for (const nlohmann::json& r : ranks)
+    if (!top || r.at("total_bytes").get<double>() > top->at("total_bytes").get<double>()) top = &r;
+  if (!top) return "";
+  return "weights " + human_bytes(top->at("weights_bytes").get<double>()) + " + grads " +
+         human_bytes(top->at("grads_bytes").get<double>()) + " + optimizer " +
+         human_bytes(top->at("optimizer_bytes").get<double>()) + " = " +
+         human_bytes(top->at("total_bytes").get<double>()) + " on the fullest rank (" +
+         std::to_string(top->at("rank").get<int>()) + "), holding " +
+         fmt("%.0f%%", 100 * top->at("params").get<double>() / std::max(whole_params, 1.0)) +
+         " of the parameters";
 }
 
 void inject_rank_fault(const RankFault& f, const ParallelContext& ctx, int64_t step,
@@ -166,8 +196,47 @@ nlohmann::json EplbMonitor::observe(int64_t steps_done, const std::vector<MoeLay
           {"applied", xc_ != nullptr}, {"layers", layers}};
 }
 
-EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
+namespace {
+// evaluate_part (eval/eval.h) with each batch a pipeline forward: rank dp of the data-parallel
+// group runs batches dp, dp + DP, ...; only the last stage's tp rank 0 reports.
+EvalResult evaluate_pipeline(ParallelContext& ctx, PipelineStage& pipe, Workspace& ws,
                              const std::vector<int32_t>& tokens, Dims d, int max_batches) {
+  DSV3_CHECK(tokens.size() >= size_t(d.T) + 1, "evaluation data has ", tokens.size(),
+             " tokens; one sequence of ", d.T, " needs ", d.T + 1, " (lower --seq_len)");
+  // the batches of eval.cpp's evaluate_part: B rows of T + 1 tokens, consecutive spans of B*T
+  const Dims e{int(std::min<size_t>(size_t(d.B), (tokens.size() - 1) / size_t(d.T))), d.T};
+  const size_t span = size_t(e.B) * e.T;
+  const int nb = eval_batches_of(tokens, d, max_batches), DP = ctx.layout.dp;
+  // every rank of an expert-parallel group runs as many passes (padding repeats batch 0)
+  const int passes = ctx.layout.ep > 1 ? (nb + DP - 1) / DP : 0;
+  std::vector<int32_t> batch(size_t(e.B) * (e.T + 1));
+  double v[4] = {0, 0, 0, 0};  // loss, MTP loss, targets, batches
+  int done = 0;
+  for (int i = ctx.at.dp; i < nb || done < passes; i += DP, done++) {
+    const bool counted = i < nb;
+    const size_t at = counted ? size_t(i) : 0;
+    for (int b = 0; b < e.B; b++)
+      std::copy_n(tokens.data() + at * span + size_t(b) * e.T, e.T + 1,
+                  batch.data() + size_t(b) * (e.T + 1));
+    const LossReport r = pipe.forward_only(ws.config(), ws.expert_exchange(),
+                                           ws.tensor_parallel(), {e, batch.data()});
+    if (!counted || ctx.at.pp != ctx.layout.pp - 1 || ctx.at.tp != 0) continue;
+    v[0] += r.loss, v[1] += r.mtp_loss, v[2] += double(r.targets), v[3] += 1;
+  }
+  pipe.finish_forwards();
+  ctx.coll->run(ctx.coll->all_reduce(ctx.world_group, dist::Purpose::Stats, v, 4, DType::F64));
+  EvalResult r;
+  r.batches = int(v[3]);
+  r.tokens = int64_t(v[2]);
+  if (r.batches > 0) r.loss = v[0] / r.batches, r.mtp_loss = v[1] / r.batches;
+  return r;
+}
+}  // namespace
+
+EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches,
+                             PipelineStage* pipe) {
+  if (pipe) return evaluate_pipeline(ctx, *pipe, ws, tokens, d, max_batches);
   if (!ctx.distributed() || ctx.layout.dp == 1) return evaluate(w, ws, tokens, d, max_batches);
   const int dp = ctx.layout.dp, nb = eval_batches_of(tokens, d, max_batches);
   const int passes = ctx.layout.ep > 1 ? (nb + dp - 1) / dp : 0;

@@ -25,6 +25,13 @@ Checkpoint sharded_checkpoint_state(const std::string& dir);
 nlohmann::json shard_manifest(const ModelConfig& c, const nlohmann::json& train,
                               const ParallelContext& ctx, int64_t step);
 
+// Every rank's RankMemory (ParallelStep::memory), gathered over the world (collective):
+// [{"rank", "pp", "params", "weights_bytes", "grads_bytes", "optimizer_bytes", "total_bytes"}].
+nlohmann::json rank_memory_json(ParallelContext& ctx, const RankMemory& mine);
+// "weights 1.2 MB + grads 2.4 MB + optimizer 4.8 MB = 8.4 MB on the fullest rank (1), holding
+// 51% of the parameters" (whole_params: the whole model's table, elements)
+std::string rank_memory_text(const nlohmann::json& ranks, double whole_params);
+
 // --rank_fault: at the start of step `step` (1-based) the named rank kills (SIGKILL) or stops
 // (SIGSTOP) itself, once per run directory (remembered in OUT/.rank_fault_done, so a restarted
 // run gets past it).
@@ -67,8 +74,11 @@ std::string eplb_console_text(const nlohmann::json& rec);
 // batches r, r + dp, ..., the sums are all-reduced over dp, so the result is one process's (the
 // same batches; the mean summed in another order). Under expert parallelism every rank runs
 // as many forward passes (padding with an uncounted repeat) since each needs its whole ep group.
-// Collective over dp; one process: evaluate() itself.
+// Collective over dp; one process: evaluate() itself. Under pipeline parallelism (pipe) each
+// batch is a pipeline forward (PipelineStage::forward_only: a stage holds only its layers) and
+// the last stage's sums are all-reduced over the world; collective over the world.
 EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Workspace& ws,
-                             const std::vector<int32_t>& tokens, Dims d, int max_batches);
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches,
+                             PipelineStage* pipe = nullptr);
 
 }  // namespace dsv3

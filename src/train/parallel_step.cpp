@@ -63,6 +63,9 @@ void validate_parallel(const dist::ParallelLayout& given, const DistConfig& cfg,
                "experts over ", l.ep, " ranks, but the model has ", model.experts,
                " routed experts, not a multiple of ", l.ep, " (choose an ep that divides ",
                model.experts, ")");
+  DSV3_CHECK(!cfg.eplb || l.pp == 1, "--eplb with --pp ", l.pp, " is not supported (a "
+             "pipeline rank holds only its stages' MoE layers; the replicas are placed for all): "
+             "drop --eplb or --pp");
   if (cfg.eplb && model.experts > 0) {
     const int r = eplb_redundant_slots(cfg, l.ep);
     DSV3_CHECK(l.ep > 1, "--eplb places replicas of heavy experts on the other ranks of an "
@@ -103,9 +106,10 @@ std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayou
   if (l.tp > 1) ctx->tp = dist::make_group(g.tp, "tp");
   if (l.pp > 1) {  // make_group is collective: every rank makes these calls in the same order
     ctx->pp_bounds = pipeline_split(model, l.pp, cfg.pp_layers, split_seq_len(model, seq_len));
-    ctx->dpp = dist::make_group(g.dp_pp, "dp_pp");
-    ctx->edpp = dist::make_group(g.edp_pp, "edp_pp");
+    ctx->dp_mirror = dist::make_group(g.dp_mirror, "dp_mirror");
+    ctx->edp_mirror = dist::make_group(g.edp_mirror, "edp_mirror");
     ctx->pp = dist::make_group(g.pp, "pp");
+    ctx->parts = pipeline_parts(model, ctx->pp_bounds, ctx->at.pp, cfg.pp_schedule);
   }
   ctx->coll = std::make_unique<dist::Collectives>(ctx->world > 1 ? cfg.collective_timeout : 0);
   if (l.ep > 1) ctx->shard = {ctx->at.ep * (model.experts / l.ep), model.experts / l.ep};
@@ -122,9 +126,12 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
   if (!ctx.distributed()) return;
   DSV3_CHECK(w.device() == Device::CPU, "distributed training runs on the CPU for now (the "
              "communicator moves host buffers); drop --device cuda or run one process");
-  sync_ = std::make_unique<GradSync>(w.table(), c, ctx.dense_grads(),
-                                     w.table().sharded() ? &ctx.expert_grads() : nullptr,
-                                     *ctx.coll, ctx.cfg, w.device());
+  DSV3_CHECK(ctx.layout.pp == 1 || !w.table().parts.whole, "internal: a pipeline rank's "
+             "weights must hold its stages' layers only (ParallelContext::parts)");
+  sync_ = std::make_unique<GradSync>(w.table(), c, ctx.dp, w.table().sharded() ? &ctx.edp : nullptr,
+                                     *ctx.coll, ctx.cfg, w.device(),
+                                     ctx.dp_mirror.comm ? &ctx.dp_mirror : nullptr,
+                                     ctx.edp_mirror.comm ? &ctx.edp_mirror : nullptr);
   if (ctx.cfg.zero > 0) {
     grads_ = Buffer(w.device(), DType::F32, w.table().total);
     grad_view_ = bind_model(c, w.table(), grads_.view());
@@ -202,7 +209,7 @@ void ParallelStep::load_local(const std::vector<float>& local) {
 void ParallelStep::load_full(const std::vector<float>& full) {
   const ParamTable& t = w_.table();
   const int tp = ctx_.layout.tp, rank = ctx_.at.tp;
-  if (!t.sharded() && tp == 1 && full.size() == t.total) return load_local(full);
+  if (!t.sharded() && t.parts.whole && tp == 1 && full.size() == t.total) return load_local(full);
   const ParamTable whole = build_param_table(ctx_.model);
   DSV3_CHECK(full.size() == whole.total, "internal: initial values do not fit the model");
   std::vector<float> local(t.total, 0.0f);
@@ -386,7 +393,9 @@ void ParallelStep::update_bias_sharded(const std::vector<MoeLayerStats>& moe, do
   const auto names = moe_layer_names(c_);
   Buffer loads(ex.device, DType::I64, size_t(c_.experts));
   for (size_t i = 0; i < moe.size(); i++) {
-    const ParamInfo& p = w_.table().at(routing_bias_name(c_, names[i]));
+    const ParamInfo* pi = w_.table().find(routing_bias_name(c_, names[i]));
+    if (!pi) continue;  // another pipeline stage's layer
+    const ParamInfo& p = *pi;
     const Tensor bias = w_.buffers() ? w_.buffers().slice(p.buffer_offset, p.numel)
                                      : w_.data().slice(p.offset, p.numel);
     backend::copy(ex, loads.view(), host_tensor(moe[i].loads));  // global loads: same everywhere
@@ -431,6 +440,22 @@ ShardData ParallelStep::snapshot() const {
       });
     }
   return d;
+}
+
+RankMemory ParallelStep::memory() const {
+  RankMemory m;
+  m.params = double(w_.table().total);
+  m.weights = double(w_.bytes());
+  const auto arrays = single_ ? single_->optimizer().state() : opt_->state();
+  for (const auto& a : arrays) m.optimizer += double(a.second.bytes());
+  if (single_) {
+    m.grads = double(single_->grads().bytes());
+    if (single_->master().data != w_.data().data) m.optimizer += double(single_->master().bytes());
+  } else {
+    m.grads = double(grads_.view().bytes() + (sync_->zero() > 0 ? sync_->shard_grads().bytes() : 0));
+    m.optimizer += double(master_.view().bytes());
+  }
+  return m;
 }
 
 StepComm ParallelStep::last_comm() const {

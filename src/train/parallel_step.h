@@ -50,13 +50,13 @@ struct ParallelContext {
   std::unique_ptr<dist::Collectives> coll;
   dist::Group world_group, dp, ep, edp;
   // Pipeline parallelism (pp > 1): the pp group (stage = its rank), each stage's first layer
-  // (pipeline_split; stages + 1 entries), and the gradient groups: every stage holds the whole
-  // parameter table, so gradients are reduced over dp x pp (dense) and edp x pp (experts).
+  // (pipeline_split; stages + 1 entries), what this rank holds of the model (its stages' layers,
+  // pipeline_parts) and the groups over which the tensors that stage s and P-1-s both hold (the
+  // embedding; under DualPipe all) reduce their gradients (grad_sync.h).
   dist::Group pp;
   std::vector<int> pp_bounds;
-  dist::Group dpp, edpp;
-  dist::Group& dense_grads() { return layout.pp > 1 ? dpp : dp; }
-  dist::Group& expert_grads() { return layout.pp > 1 ? edpp : edp; }
+  StageParts parts;
+  dist::Group dp_mirror, edp_mirror;
   bool distributed() const { return world > 1; }
   bool root() const { return rank == 0; }
   std::string describe() const;  // "4 ranks: dp 4 x tp 1 x pp 1, ep 2, zero 1"
@@ -82,6 +82,16 @@ struct CheckpointReader {
   std::function<bool(const std::string& array)> has;
 };
 
+// What this rank holds of the training state (M7), bytes: the compute-dtype weights (with the
+// fp32 routing biases), the fp32 gradients (the full-size buffer backward adds into, plus ZeRO's
+// reduced pieces), the optimizer (fp32 master weights where separate from the weights, and the
+// moments). params: elements of this rank's parameter table.
+struct RankMemory {
+  double weights = 0, grads = 0, optimizer = 0;
+  double params = 0;
+  double total() const { return weights + grads + optimizer; }
+};
+
 // What one step's communication cost this rank (O1).
 struct StepComm {
   dist::CommLedger ledger;
@@ -105,6 +115,8 @@ class ParallelStep {
   // The expert exchange (ep > 1; else null): EPLB places its replicas, which this step keeps
   // equal to their home experts after every update and load.
   ExpertAllToAll* experts() { return experts_.get(); }
+  // The pipeline stage (pp > 1; else null): validation runs its forward (evaluate_parallel).
+  PipelineStage* pipeline() { return pipe_.get(); }
 
   LossScaler& scaler();
   int64_t updates() const;
@@ -131,6 +143,7 @@ class ParallelStep {
   TrainState* single() { return single_.get(); }
   // Distributed: this rank's pieces of the parameters and optimizer state (a checkpoint shard).
   ShardData snapshot() const;
+  RankMemory memory() const;
   // The last step's communication (call after apply_update; the trainer adds compute time).
   StepComm last_comm() const;
   // Per dp rank, compute seconds per sequence of the last step (balancing, metrics).
@@ -156,7 +169,7 @@ class ParallelStep {
   std::vector<ParamSpan> norm_flat_, norm_shard_;
   double pp_idle_ = 0, pp_wall_ = 0;  // last step, summed over stages
   // zero 1/2
-  Buffer grads_;         // fp32, the whole table: what backward accumulates into
+  Buffer grads_;         // fp32, this rank's whole table: what backward accumulates into
   ModelParams grad_view_;
   Buffer master_;        // fp32, own pieces
   std::unique_ptr<AdamW> opt_;

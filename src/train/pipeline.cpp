@@ -7,6 +7,26 @@
 
 namespace dsv3 {
 
+StageParts pipeline_parts(const ModelConfig& c, const std::vector<int>& bounds, int rank,
+                          PipeSchedule s) {
+  const int P = int(bounds.size()) - 1;
+  DSV3_CHECK(P >= 1 && rank >= 0 && rank < P, "internal: pipeline rank ", rank, " of ", P);
+  StageParts parts;
+  if (P == 1) return parts;
+  parts.whole = false;
+  std::vector<int> stages{rank};
+  if (s == PipeSchedule::DualPipe) stages.push_back(P - 1 - rank);
+  std::sort(stages.begin(), stages.end());
+  for (int st : stages) {
+    parts.blocks.push_back({bounds[size_t(st)], bounds[size_t(st) + 1]});
+    parts.embed |= st == 0 || (st == P - 1 && c.mtp_depth > 0);
+    parts.last |= st == P - 1;
+  }
+  parts.mirrored = s == PipeSchedule::DualPipe;
+  parts.embed_shared = parts.mirrored ? parts.embed : (rank == 0 || rank == P - 1) && c.mtp_depth > 0;
+  return parts;
+}
+
 struct PipelineStage::Slot {
   std::unique_ptr<Workspace> ws;
   std::unique_ptr<Pass> pass;
@@ -23,9 +43,10 @@ struct PipelineStage::Outgoing {
 
 // Tags: 2a carries micro-batch a's activation forward, 2a + 1 its gradient backward.
 std::string PipelineStage::describe(bool sending, int peer, int tag) const {
-  return cat("pipeline: ", sending ? "sending" : "receiving", " micro-batch ", tag / 2, "'s ",
-             tag % 2 ? "gradient" : "activation", sending ? " to" : " from", " stage rank ",
-             peer, " (world rank ", pp_world_[size_t(peer)], ")");
+  const std::string what = tag == 32766 ? std::string("a validation batch's activation")
+                           : cat("micro-batch ", tag / 2, "'s ", tag % 2 ? "gradient" : "activation");
+  return cat("pipeline: ", sending ? "sending " : "receiving ", what, sending ? " to" : " from",
+             " stage rank ", peer, " (world rank ", pp_world_[size_t(peer)], ")");
 }
 
 void PipelineStage::send(const Tensor& t, int peer, int tag) {
@@ -219,6 +240,48 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
   stats_.wall_s = now_seconds() - t0;
   loss_ = nullptr, grads_ = nullptr, micro_ = nullptr, scale_ = nullptr;
   return reports_;
+}
+
+LossReport PipelineStage::forward_only(const WorkspaceConfig& whole, ExpertExchange* experts,
+                                       TensorParallel* tp, const MicroBatch& mb) {
+  constexpr int kTag = 32766;  // above every training tag (2a + 1 < 32766, check_micros)
+  const Lane& lane = *lanes_[0];
+  WorkspaceConfig wc = whole;
+  wc.layer_begin = lane.l0, wc.layer_end = lane.l1;
+  wc.embed = lane.first, wc.head = lane.last;
+  wc.backward = false, wc.cuda_graphs = false;
+  if (!eval_ws_ || wc.max.B != eval_cfg_.max.B || wc.max.T != eval_cfg_.max.T) {
+    eval_ws_ = std::make_unique<Workspace>(w_.config(), w_.dtype(), w_.device(), wc);
+    eval_cfg_ = wc;
+  }
+  eval_ws_->set_expert_exchange(experts), eval_ws_->set_tensor_parallel(tp);
+  const ForwardOptions opt;
+  Pass p(w_, *eval_ws_, TrainingLossConfig{}, mb.d);
+  load_batch(p, mb, opt.mtp);
+  const size_t NC = size_t(mb.d.N()) * w_.config().hidden;
+  try {
+    if (lane.first) embed_forward(p);
+    else recv(eval_ws_->resid[size_t(lane.l0)].slice(0, NC), lane.from, kTag);
+    blocks_forward(p, lane.l0, lane.l1);
+    LossReport r;
+    if (lane.last) {
+      r.targets = p.targets;
+      r.loss = head_loss(p, opt);
+      r.mtp_loss = mtp_forward(p, opt);
+    } else {
+      send(eval_ws_->resid[size_t(lane.l1)].slice(0, NC), lane.to, kTag);
+    }
+    return r;
+  } catch (...) {
+    for (Outgoing& o : out_) o.req.abandon();
+    throw;
+  }
+}
+
+void PipelineStage::finish_forwards() {
+  for (Outgoing& o : out_)
+    coll_.wait_p2p(o.req, pp_world_[size_t(o.peer)], describe(true, o.peer, o.tag));
+  out_.clear();
 }
 
 void PipelineStage::run_ops(const std::vector<std::pair<int, PipeOp>>& ops, const Hooks& hooks) {

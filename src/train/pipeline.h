@@ -8,11 +8,11 @@
 // to the stage's layers. DualPipe runs two such stages per rank, one per direction; its F&B ops
 // run the forward and then the backward (no overlap on the CPU), and its W ops are empty: the
 // model's backward computes weight gradients with input gradients, so a postponed W is already
-// done (docs/decisions.md). The weights are the whole model on every stage (docs/decisions.md,
-// "Distributed II"): a stage reads only its part, its gradients are zero elsewhere, and the
-// gradient reduction over dp x pp (train/parallel_step.h) sums the stages' parts. The MTP
-// modules on the last stage read the embedding stage 0 trains: both add to the one embedding
-// gradient, so the two copies stay equal.
+// done (docs/decisions.md). A rank's weights hold only its stages' tensors (pipeline_parts,
+// docs/decisions.md "Distributed II"): gradients reduce over dp. The MTP modules on the last
+// stage read the embedding stage 0 trains, so the last stage holds a copy; the two copies'
+// gradients are summed over both stages (dp_mirror, train/grad_sync.h), so they stay equal.
+// Validation runs forward_only through the same stages.
 #pragma once
 #include <functional>
 #include <list>
@@ -34,6 +34,14 @@ struct PipeStepStats {
   double sent_bytes = 0;
   int micros = 0;
 };
+
+// What pipeline rank `rank` of bounds.size() - 1 stages holds of the model (its parameter table,
+// params.h StageParts): under 1F1B stage `rank`, under DualPipe stages rank and P-1-rank (so
+// rank P-1-rank holds the same: two copies of every parameter, as DeepSeek-V3 notes). The
+// embedding lives on the first stage and, when the model has MTP modules (they read it, as
+// DeepSeek-V3 shares it), on the last too.
+StageParts pipeline_parts(const ModelConfig& c, const std::vector<int>& bounds, int rank,
+                          PipeSchedule s);
 
 class PipelineStage {
  public:
@@ -68,6 +76,15 @@ class PipelineStage {
                               const Hooks& hooks);
   const PipeStepStats& stats() const { return stats_; }
 
+  // Validation (no gradients): micro-batch mb through this rank's stage (under DualPipe the one
+  // of its first direction): the first stage embeds, every stage but the last sends its output
+  // on, the last computes the losses as model.h's forward() with default options does. Returns
+  // the loss, MTP loss and targets on the last stage, zeros elsewhere. Every rank of the pipeline
+  // calls it for the same micro-batches in the same order, then finish_forwards().
+  LossReport forward_only(const WorkspaceConfig& whole, ExpertExchange* experts,
+                          TensorParallel* tp, const MicroBatch& mb);
+  void finish_forwards();  // waits for the sends in flight
+
  private:
   struct Slot;
   struct Lane;  // one direction's stage on this rank
@@ -87,6 +104,8 @@ class PipelineStage {
   PipeSchedule schedule_;
   int rank_ = 0;
   std::vector<std::unique_ptr<Lane>> lanes_;
+  std::unique_ptr<Workspace> eval_ws_;  // forward_only's, for lane 0's layers
+  WorkspaceConfig eval_cfg_;
   std::vector<LossReport> reports_;
   std::list<Outgoing> out_;  // sends in flight
   PipeStepStats stats_;

@@ -53,7 +53,9 @@ void update_routing_bias(TrainState& st, const std::vector<MoeLayerStats>& moe, 
   const Exec ex = st.exec();
   Buffer loads(ex.device, DType::I64, c.experts);
   for (size_t i = 0; i < moe.size(); i++) {
-    const ParamInfo& p = st.weights().table().at(routing_bias_name(c, names[i]));
+    const ParamInfo* pi = st.weights().table().find(routing_bias_name(c, names[i]));
+    if (!pi) continue;  // another pipeline stage's layer
+    const ParamInfo& p = *pi;
     backend::copy(ex, loads.view(), host_tensor(moe[i].loads));  // the step's loads, summed
     routing_bias_update(ex, st.master().slice(p.offset, p.numel), loads.view(), gamma);
   }

@@ -213,7 +213,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   DSV3_CHECK(par->layout.tp == 1 || (spec.compress.teacher.empty() && !spec.compress.qat),
              "--tp ", par->layout.tp, " with distillation or --qat is not supported (both need "
              "whole logits or whole weight rows on one rank): use --tp 1");
-  ModelWeights weights(lc, dtype, device, par->shard);
+  ModelWeights weights(lc, dtype, device, par->shard, QuantScheme::None, par->parts);
   AdamWConfig opt = spec.optimizer;
   opt.noise_seed = uint64_t(rc.seed) ^ 0x6e6f697365ull;  // gradient noise differs per run seed
   ParallelStep eng(*par, weights, opt, spec.precision, lc, spec.compress.qat);
@@ -291,6 +291,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     eng.load_full(init);
   }
 
+  // what each rank holds of weights, gradients and optimizer state (collective)
+  const nlohmann::json rank_memory = rank_memory_json(*par, eng.memory());
   const ModelStats ms = model_stats(c, d.T);
   double peak = rc.peak_gflops > 0 ? rc.peak_gflops : root ? measure_gemm_peak_gflops(device, dtype) : 1;
   const double tokens_per_step = double(G) * d.T;
@@ -305,6 +307,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                  omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
                  peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
     if (distributed) std::fprintf(stderr, "  parallel: %s\n", par->describe().c_str());
+    std::fprintf(stderr, "  state: %s\n",
+                 rank_memory_text(rank_memory, double(build_param_table(c).total)).c_str());
     if (resume) std::fprintf(stderr, "  resuming at step %lld\n", (long long)rs.steps_done);
     else if (!spec.compress.init_from.empty())
       std::fprintf(stderr, "  weights from %s\n", spec.compress.init_from.c_str());
@@ -323,7 +327,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   {  // where this process starts (a resumed run's records past its checkpoint were moved to
      // metrics_replayed.jsonl by the RunDirectory, so each step has one record)
     RunSpec copy = spec;
-    record({{"kind", "start"}, {"step", rs.steps_done}, {"settings", groups_to_json(run_groups(copy))}});
+    record({{"kind", "start"}, {"step", rs.steps_done}, {"settings", groups_to_json(run_groups(copy))},
+            {"rank_memory", rank_memory}});
   }
   ProgressLine progress(rc.steps);
   const auto say = [&](const std::string& line) {
@@ -351,7 +356,8 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
     std::string line = "eval step " + std::to_string(step) + ":";
     for (const ValSet& v : data.val_sets()) {
       // the dp ranks split the batches (the ep group runs each forward together); rank 0 reports
-      const EvalResult e = evaluate_parallel(*par, weights, ws, v.tokens, d, spec.eval.eval_batches);
+      const EvalResult e = evaluate_parallel(*par, weights, ws, v.tokens, d, spec.eval.eval_batches,
+                                              eng.pipeline());
       losses.push_back(e.loss);
       sum += e.loss * double(e.tokens), tokens += e.tokens;
       nlohmann::json rec = {{"kind", "eval"}, {"step", step}, {"domain", v.domain},
@@ -581,8 +587,9 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
   }
 
   if (rc.sample_tokens > 0 && spec.data.train_data.empty() && root) {  // known text encoding
-    if (weights.table().sharded() || par->layout.tp > 1) {
-      std::fprintf(stderr, "(no sample: this rank holds only its experts or tensor slices; run "
+    if (weights.table().sharded() || par->layout.tp > 1 || !weights.table().parts.whole) {
+      std::fprintf(stderr, "(no sample: this rank holds only its experts, tensor slices or "
+                           "pipeline stages; run "
                            "dsv3 sample --model %s)\n", rc.out.c_str());
       return;
     }

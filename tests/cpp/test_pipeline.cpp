@@ -1,13 +1,19 @@
 // Pipeline schedules and stage splits without processes (pipeline_schedule.h): each schedule is
 // replayed on fake stages that record the (micro-batch, F/B) order they run; the replay checks
-// every dependency and the idle time per stage is compared with the schedule's formula.
+// every dependency and the idle time per stage is compared with the schedule's formula. And what
+// each pipeline rank's parameter table holds (pipeline_parts, build_param_table).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <functional>
+#include <map>
+#include <set>
 
 #include "core/check.h"
 #include "model/config.h"
+#include "model/params.h"
+#include "train/parallel_step.h"
+#include "train/pipeline.h"
 #include "train/pipeline_schedule.h"
 
 namespace dsv3::test {
@@ -162,6 +168,67 @@ TEST(PipelineSplit, BalancedByFlopsOrAsGivenAndEveryStageHoldsALayer) {
   EXPECT_TRUE(has(error_of([&] { pipeline_split(c, 2, "2,2", 32); }), "adds up to 4 layers"));
   EXPECT_TRUE(has(error_of([&] { pipeline_split(c, 3, "2,3", 32); }), "gives 2 stages, but --pp is 3"));
   EXPECT_FALSE(error_of([&] { pipeline_split(c, 2, "2,x", 32); }).empty());
+}
+
+// Every tensor of the whole model on the ranks that run it, under its name and size: 1F1B puts
+// each block on one stage, the embedding on the first and (MTP) the last, whose copies are the
+// shared range; DualPipe's ranks r and P-1-r hold the same tensors, all shared. With an expert
+// shard the experts stay after the dense tensors, shared ones first.
+TEST(PipelineParts, EachRankHoldsItsStagesTensorsUnderTheirNames) {
+  ModelConfig c = preset("debug");
+  c.layers = 5;
+  ASSERT_GT(c.mtp_depth, 0);
+  ASSERT_GT(c.experts, 0);
+  for (const ExpertShard shard : {ExpertShard{}, ExpertShard{0, c.experts / 2}}) {
+    const ParamTable whole = build_param_table(c, shard);
+    for (const PipeSchedule s : {PipeSchedule::OneFOneB, PipeSchedule::DualPipe})
+      for (int P : {2, 4}) {
+        const std::vector<int> bounds = pipeline_split(c, P, P == 4 ? "2,1,1,1" : "", 32);
+        std::map<std::string, int> holders;
+        std::vector<std::set<std::string>> names(static_cast<size_t>(P));
+        for (int r = 0; r < P; r++) {
+          const StageParts parts = pipeline_parts(c, bounds, r, s);
+          const ParamTable t = build_param_table(c, shard, parts);
+          const std::string at = cat(s == PipeSchedule::DualPipe ? "dualpipe" : "1f1b", " P ", P,
+                                     " rank ", r, shard.whole(c) ? "" : " (expert shard)");
+          EXPECT_FALSE(t.parts.whole) << at;
+          EXPECT_EQ(t.sharded(), !shard.whole(c)) << at;
+          for (const ParamInfo& p : t.list) {
+            ASSERT_TRUE(whole.find(p.name)) << at << ": " << p.name;
+            EXPECT_EQ(p.shape, whole.at(p.name).shape) << at << ": " << p.name;
+            holders[p.name]++;
+            names[size_t(r)].insert(p.name);
+            const bool expert = p.offset >= t.experts_begin;
+            const bool shared = expert ? p.offset < t.shared_experts_end : p.offset < t.shared_end;
+            // shared: another rank holds it too (the embedding with MTP; everything in DualPipe)
+            const bool want = s == PipeSchedule::DualPipe || p.name == "model.embed_tokens.weight";
+            EXPECT_EQ(shared, want) << at << ": " << p.name;
+          }
+          const bool first = r == 0 || (s == PipeSchedule::DualPipe && r == P - 1);
+          const bool last = r == P - 1 || (s == PipeSchedule::DualPipe && r == 0);
+          EXPECT_EQ(t.find("model.embed_tokens.weight") != nullptr, first || last) << at;
+          EXPECT_EQ(t.find("lm_head.weight") != nullptr, last) << at;
+        }
+        for (const ParamInfo& p : whole.list) {
+          const bool two = s == PipeSchedule::DualPipe || p.name == "model.embed_tokens.weight";
+          EXPECT_EQ(holders[p.name], two ? 2 : 1) << p.name << " P " << P;
+        }
+        if (s == PipeSchedule::DualPipe) {
+          for (int r = 0; r < P; r++) EXPECT_EQ(names[size_t(r)], names[size_t(P - 1 - r)]);
+        }
+      }
+  }
+}
+
+// EPLB places replicas for every MoE layer, which a pipeline rank no longer holds: refused.
+TEST(PipelineParts, EplbWithAPipelineIsRefused) {
+  ModelConfig c = preset("debug");
+  c.layers = 5;
+  DistConfig cfg;
+  cfg.eplb = true;
+  EXPECT_TRUE(has(error_of([&] { validate_parallel({2, 1, 2, 2}, cfg, c, 4, 32); }),
+                  "--eplb with --pp 2 is not supported"));
+  EXPECT_EQ(error_of([&] { validate_parallel({4, 1, 1, 2}, cfg, c, 4, 32); }), "");
 }
 
 }  // namespace

@@ -411,11 +411,15 @@ TEST(CommGroups, EveryParallelLayoutOfTheWorld) {
           expect_group(g.dp, "dp", [&](auto o) { return o.tp == c.tp && o.pp == c.pp; });
           expect_group(g.ep, "ep", [&](auto o) { return o.tp == c.tp && o.pp == c.pp && o.edp == c.edp; });
           expect_group(g.edp, "edp", [&](auto o) { return o.tp == c.tp && o.pp == c.pp && o.ep == c.ep; });
-          if (pp > 1) {  // a pipeline's gradient groups (its stages hold the whole table)
-            expect_group(g.dp_pp, "dp_pp", [&](auto o) { return o.tp == c.tp; });
-            expect_group(g.edp_pp, "edp_pp", [&](auto o) { return o.tp == c.tp && o.ep == c.ep; });
+          if (pp > 1) {  // pipeline ranks s and P-1-s: the tensors both hold (train/pipeline.h)
+            const auto pair = [&](const dist::RankCoords& o) {
+              return o.pp == c.pp || o.pp == pp - 1 - c.pp;
+            };
+            expect_group(g.dp_mirror, "dp_mirror", [&](auto o) { return o.tp == c.tp && pair(o); });
+            expect_group(g.edp_mirror, "edp_mirror",
+                         [&](auto o) { return o.tp == c.tp && o.ep == c.ep && pair(o); });
           } else {
-            EXPECT_FALSE(g.dp_pp) << dist::describe(l);
+            EXPECT_FALSE(g.dp_mirror) << dist::describe(l);
           }
           EXPECT_EQ(g.tp.size(), tp);
           EXPECT_EQ(g.pp.size(), pp);

@@ -5,13 +5,15 @@
 // batch of 8 sequences of 32 tokens in micro-batches of 2: 4 micro-batches per pipeline step.
 //
 // Tolerance 1e-4 relative on the per-step loss, as test_train_mpi: a stage runs the same layer
-// code on the same rows; what differs is the sum of the stages' gradient parts across ranks
-// (exact: each element has one nonzero part, except the embedding's two, stage 0's lookup and
-// the MTP module's) and, with dp or ep, the order of the data-parallel sums: fp32 rounding.
+// code on the same rows on its own layers' weights; what differs is the sum of the embedding's
+// two gradients (stage 0's lookup and the last stage's MTP modules, over dp_mirror) and, with dp
+// or ep, the order of the data-parallel sums: fp32 rounding.
 #include <gtest/gtest.h>
 
 #include "core/timer.h"
+#include "model/params.h"
 #include "mpi/train_mpi_util.h"
+#include "train/pipeline.h"
 
 namespace dsv3::test {
 namespace {
@@ -79,6 +81,66 @@ TEST(PipelineMpi, CheckpointsMoveBetweenAPipelineAndOneProcess) {
   ASSERT_EQ(run_cli("export --model " + d / "to_pp" + " --format hf --out " + d / "pp_hf").code, 0);
   ASSERT_EQ(run_cli("export --model " + d / "one" + " --format hf --out " + d / "one_hf").code, 0);
   EXPECT_LT(max_abs_hf_diff(d / "pp_hf", d / "one_hf"), 1e-4);
+}
+
+// Memory per rank (M7): a pp2 rank's parameter table is build_param_table over its stage (its
+// blocks, the embedding on both ends since MTP reads it, head and MTP on the last), element for
+// element as each rank reports it at startup, its weights, gradients and AdamW moments are that
+// table's size, and the losses stay one process's; DualPipe's mirrored copies checkpoint once.
+TEST(PipelineMpi, AStageHoldsOnlyItsLayers) {
+  Dir d("pipe_mem");
+  const std::string args = " --layers 5 --steps 4 --pp_layers 3,2";
+  ASSERT_EQ(train(0, args + " --pp_layers '' --out " + d / "one").code, 0);
+  const CmdResult r = train(2, args + " --pp 2 --out " + d / "pp2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_LT(max_rel_loss_diff(steps_of(d / "pp2"), steps_of(d / "one")), 1e-4);
+  EXPECT_NE(r.out.find("  state: weights "), std::string::npos) << r.out;
+  ModelConfig c = preset("debug");
+  c.layers = 5;
+  const std::vector<int> bounds{0, 3, 5};
+  const ParamTable whole = build_param_table(c);
+  const json start = read_metrics(d / "pp2/metrics.jsonl", "start").at(0);
+  ASSERT_EQ(start["rank_memory"].size(), 2u) << start.dump();
+  size_t block_elems = 0;  // the main blocks' elements over both ranks
+  for (int s = 0; s < 2; s++) {
+    const json& m = start["rank_memory"][size_t(s)];
+    const ParamTable t = build_param_table(c, {}, pipeline_parts(c, bounds, s, PipeSchedule::OneFOneB));
+    EXPECT_EQ(m["pp"].get<int>(), s);
+    EXPECT_EQ(m["params"].get<size_t>(), t.total) << "stage " << s;
+    EXPECT_LT(t.total, whole.total * 3 / 4) << "stage " << s;
+    // fp32 weights, fp32 gradients, AdamW's two moments (zero 0: the weights are the master)
+    EXPECT_EQ(m["weights_bytes"].get<double>(), 4.0 * double(t.total));
+    EXPECT_EQ(m["grads_bytes"].get<double>(), 4.0 * double(t.total));
+    EXPECT_EQ(m["optimizer_bytes"].get<double>(), 8.0 * double(t.total));
+    for (int l = 0; l < c.layers; l++) {
+      const bool mine = l >= bounds[size_t(s)] && l < bounds[size_t(s) + 1];
+      const std::string norm = "model.layers." + std::to_string(l) + ".input_layernorm.weight";
+      EXPECT_EQ(t.find(norm) != nullptr, mine) << "stage " << s << " layer " << l;
+    }
+    for (const ParamInfo& p : t.list) {
+      EXPECT_EQ(p.numel, whole.at(p.name).numel) << p.name;  // whole tensors under HF names
+      if (p.name.rfind("model.layers.", 0) == 0 && std::stoi(p.name.substr(13)) < c.layers)
+        block_elems += p.numel;
+    }
+    EXPECT_TRUE(t.find("model.embed_tokens.weight")) << "stage " << s << ": MTP reads it";
+    EXPECT_EQ(t.find("lm_head.weight") != nullptr, s == 1);
+  }
+  size_t whole_blocks = 0;  // each block on exactly one stage
+  for (const ParamInfo& p : whole.list)
+    if (p.name.rfind("model.layers.", 0) == 0 && std::stoi(p.name.substr(13)) < c.layers)
+      whole_blocks += p.numel;
+  EXPECT_EQ(block_elems, whole_blocks);
+  // DualPipe's ranks r and P-1-r hold the same tensors (reduced over dp_mirror, each element one
+  // owner): dp2 x pp2 with ep2 and ZeRO-1 saves, one process resumes on the same trajectory
+  const std::string b1 = " --layers 5 --batch 1";
+  ASSERT_EQ(train(0, b1 + " --steps 4 --out " + d / "one_b1").code, 0);
+  CmdResult q = train(4, b1 + " --steps 2 --save_every 2 --pp 2 --ep 2 --zero 1 "
+                              "--pp_schedule dualpipe --out " + d / "dual");
+  ASSERT_EQ(q.code, 0) << q.out;
+  q = train(0, b1 + " --steps 4 --pp 1 --ep 1 --resume " + d / "dual" + " --out " + d / "dual");
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_NE(q.out.find("resuming at step 2"), std::string::npos) << q.out;
+  EXPECT_LT(max_rel_loss_diff(steps_of(d / "dual"), steps_of(d / "one_b1")), 1e-4);
 }
 
 TEST(PipelineMpi, BadLayoutsFailOnceWithoutHanging) {
