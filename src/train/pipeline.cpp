@@ -258,7 +258,7 @@ LossReport PipelineStage::forward_only(const WorkspaceConfig& whole, ExpertExcha
   const ForwardOptions opt;
   Pass p(w_, *eval_ws_, TrainingLossConfig{}, mb.d);
   load_batch(p, mb, opt.mtp);
-  const size_t NC = size_t(mb.d.N()) * w_.config().hidden;
+  const size_t NC = stream_elems(p);
   try {
     if (lane.first) embed_forward(p);
     else recv(eval_ws_->resid[size_t(lane.l0)].slice(0, NC), lane.from, kTag);

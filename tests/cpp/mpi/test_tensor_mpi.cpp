@@ -41,6 +41,16 @@ TEST(TensorMpi, TensorParallelLayoutsTrainLikeOneProcess) {
     EXPECT_NEAR(m.back()["grad_norm"].get<double>(), one.back()["grad_norm"].get<double>(),
                 1e-4 * one.back()["grad_norm"].get<double>()) << l.name;
   }
+  // validation under --sp --pp runs as a pipeline forward that passes each tp rank's rows
+  ASSERT_EQ(train(0, kSteps + " --eval_every 8 --out " + d / "one_eval").code, 0);
+  const CmdResult r = train(4, kSteps + " --eval_every 8 --tp 2 --sp --pp 2 --out " + d / "sp_pp_eval");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto ev = [&](const char* run) {
+    const auto e = read_metrics((d / run + "/metrics.jsonl"), "eval");
+    return e.empty() ? -1.0 : e.back()["val_loss"].get<double>();
+  };
+  EXPECT_GT(ev("one_eval"), 0);
+  EXPECT_NEAR(ev("sp_pp_eval"), ev("one_eval"), 1e-4 * ev("one_eval"));
   // tp 2's traffic is the formula's (model/tensor_parallel.h), with and without --sp: 4
   // micro-batches of N = 2 x 32 rows, fp32, (tp-1)/tp = 1/2
   const ModelConfig c = preset("debug");
