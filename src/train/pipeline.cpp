@@ -210,12 +210,8 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
   for (auto& lp : lanes_) {
     Lane& l = *lp;
     l.micro0 = dual ? l.dir * (M / 2) : 0;
-    WorkspaceConfig wc = whole;
-    wc.layer_begin = l.l0, wc.layer_end = l.l1;
-    wc.embed = l.first, wc.head = l.last;
-    wc.backward = true, wc.cuda_graphs = false;
-    const size_t want = size_t(dual ? inflight_dualpipe(rank_, P, M, l.dir)
-                                    : inflight_1f1b(l.stage, P, M));
+    const WorkspaceConfig wc = lane_workspace(whole, l, true);
+    const size_t want = size_t(inflight(l, M));
     const bool same = wc.max.B == l.cfg.max.B && wc.max.T == l.cfg.max.T &&
                       wc.recompute == l.cfg.recompute && wc.soft_targets == l.cfg.soft_targets;
     if (!same || l.slots.size() != want) l.slots.clear();
@@ -242,14 +238,34 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
   return reports_;
 }
 
+WorkspaceConfig PipelineStage::lane_workspace(const WorkspaceConfig& whole, const Lane& l,
+                                              bool backward) {
+  WorkspaceConfig wc = whole;
+  wc.layer_begin = l.l0, wc.layer_end = l.l1;
+  wc.embed = l.first, wc.head = l.last;
+  wc.backward = backward, wc.cuda_graphs = false;
+  return wc;
+}
+
+int PipelineStage::inflight(const Lane& l, int M) const {
+  return schedule_ == PipeSchedule::DualPipe ? inflight_dualpipe(rank_, stages(), M, l.dir)
+                                             : inflight_1f1b(l.stage, stages(), M);
+}
+
+size_t PipelineStage::activation_bytes(const WorkspaceConfig& whole, int M) const {
+  size_t total = 0;
+  for (const auto& l : lanes_)
+    total += size_t(inflight(*l, M)) *
+             Workspace::measure_bytes(w_.config(), w_.dtype(), lane_workspace(whole, *l, true),
+                                      w_.device());
+  return total;
+}
+
 LossReport PipelineStage::forward_only(const WorkspaceConfig& whole, ExpertExchange* experts,
                                        TensorParallel* tp, const MicroBatch& mb) {
   constexpr int kTag = 32766;  // above every training tag (2a + 1 < 32766, check_micros)
   const Lane& lane = *lanes_[0];
-  WorkspaceConfig wc = whole;
-  wc.layer_begin = lane.l0, wc.layer_end = lane.l1;
-  wc.embed = lane.first, wc.head = lane.last;
-  wc.backward = false, wc.cuda_graphs = false;
+  const WorkspaceConfig wc = lane_workspace(whole, lane, false);
   if (!eval_ws_ || wc.max.B != eval_cfg_.max.B || wc.max.T != eval_cfg_.max.T) {
     eval_ws_ = std::make_unique<Workspace>(w_.config(), w_.dtype(), w_.device(), wc);
     eval_cfg_ = wc;

@@ -84,11 +84,15 @@ class PipelineStage {
   LossReport forward_only(const WorkspaceConfig& whole, ExpertExchange* experts,
                           TensorParallel* tp, const MicroBatch& mb);
   void finish_forwards();  // waits for the sends in flight
+  // What run() allocates for M micro-batches per step: every lane's in-flight workspaces.
+  size_t activation_bytes(const WorkspaceConfig& whole, int M) const;
 
  private:
   struct Slot;
   struct Lane;  // one direction's stage on this rank
   struct Outgoing;
+  static WorkspaceConfig lane_workspace(const WorkspaceConfig& whole, const Lane& l, bool backward);
+  int inflight(const Lane& l, int M) const;  // workspaces the lane keeps for M micro-batches
   void run_ops(const std::vector<std::pair<int, PipeOp>>& ops, const Hooks& hooks);
   void forward(Lane& lane, int m);
   void backward(Lane& lane, int m);

@@ -22,6 +22,7 @@
 #include "train/metrics.h"
 #include "train/run_dir.h"
 #include "train/parallel_run.h"
+#include "train/pipeline.h"
 #include "train/state.h"
 #include "train/step.h"
 #include "train/train_data.h"
@@ -228,8 +229,14 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
              " rows of a micro-batch (batch x seq_len) over ", par->layout.tp, " tp ranks: "
              "choose a batch or seq_len that makes it a multiple of ", par->layout.tp);
   gemm_allow_tf32(spec.precision.tf32);
-  Workspace ws(lc, dtype, device, wc);
+  // A pipeline rank's passes run in its stage's own workspaces (train/pipeline.h): this one
+  // only carries the settings and hooks, so it holds no layers.
+  const PipelineStage* const pipe = eng.pipeline();
+  WorkspaceConfig carrier = wc;
+  carrier.layer_begin = carrier.layer_end = 0, carrier.embed = carrier.head = false;
+  Workspace ws(lc, dtype, device, pipe ? carrier : wc);
   eng.attach(ws);
+  const size_t activation_bytes = pipe ? pipe->activation_bytes(wc, eng.plan().micro) : ws.bytes();
   std::unique_ptr<Teacher> teacher;  // distillation (I5): its own weights and workspace
   if (!spec.compress.teacher.empty()) {
     teacher = std::make_unique<Teacher>(spec.compress.teacher, c, dtype, device, d,
@@ -305,7 +312,7 @@ void run_training(const RunSpec& spec, const Checkpoint* resume) {
                  ms.params / 1e6, ms.active_params / 1e6, c.layers, c.experts, c.topk, c.mtp_depth,
                  data.describe().c_str(), G, d.T, tokens_per_step, d.B, eng.plan().micro, rc.steps,
                  omp_get_max_threads(), precision_name(spec.precision.precision), dtype_name(dtype),
-                 peak, recompute_name(rc.recompute), ws.bytes() / 1048576.0);
+                 peak, recompute_name(rc.recompute), activation_bytes / 1048576.0);
     if (distributed) std::fprintf(stderr, "  parallel: %s\n", par->describe().c_str());
     std::fprintf(stderr, "  state: %s\n",
                  rank_memory_text(rank_memory, double(build_param_table(c).total)).c_str());
