@@ -138,7 +138,9 @@ TEST(Eplb, OnHomesKeepsEveryExpertOnItsRankAndPlacesOnlyReplicas) {
   for (int r = 0; r < 4; r++)  // a rank never holds two copies of one expert
     for (int j = 4; j < 6; j++) {
       const int e = p.phy2log[size_t(r * 6 + j)];
-      if (e >= 0) EXPECT_EQ(std::count(p.phy2log.begin() + r * 6, p.phy2log.begin() + r * 6 + 6, e), 1);
+      if (e >= 0) {
+        EXPECT_EQ(std::count(p.phy2log.begin() + r * 6, p.phy2log.begin() + r * 6 + 6, e), 1);
+      }
     }
   EXPECT_GE(p.replicas[0], 2) << "the heaviest expert gets a replica";
   const double before = dist::imbalance(dist::rank_loads(dist::home_placement(16, 4), load));

@@ -62,7 +62,7 @@ double max_rel_loss_diff(const std::vector<json>& a, const std::vector<json>& b)
   return worst;
 }
 
-bool same_losses(const std::vector<json>& a, const std::vector<json>& b) {
+[[maybe_unused]] bool same_losses(const std::vector<json>& a, const std::vector<json>& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); i++)
     if (a[i]["loss"] != b[i]["loss"] || a[i]["grad_norm"] != b[i]["grad_norm"]) return false;
