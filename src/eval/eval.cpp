@@ -38,12 +38,18 @@ int eval_batches_of(const std::vector<int32_t>& tokens, Dims d, int max_batches)
 
 EvalResult evaluate_part(const ModelWeights& w, Workspace& ws, const std::vector<int32_t>& tokens,
                          Dims d, int max_batches, int part, int parts, int min_passes) {
+  const TrainingLossConfig loss;  // the losses as reported; balance settings do not matter here
+  return evaluate_part([&](const MicroBatch& mb) { return forward(w, ws, loss, mb); }, tokens, d,
+                       max_batches, part, parts, min_passes);
+}
+
+EvalResult evaluate_part(const EvalForward& run, const std::vector<int32_t>& tokens, Dims d,
+                         int max_batches, int part, int parts, int min_passes) {
   DSV3_CHECK(parts >= 1 && part >= 0 && part < parts, "internal: evaluation part ", part, " of ", parts);
   const Dims e = eval_dims(tokens, d);
   const size_t span = size_t(e.B) * e.T, nb = size_t(eval_batches_of(tokens, d, max_batches));
   EvalResult r;
   std::vector<int32_t> batch(size_t(e.B) * (e.T + 1));
-  const TrainingLossConfig loss;  // the losses as reported; balance settings do not matter here
   int passes = 0;
   for (size_t i = size_t(part); i < nb || passes < min_passes; i += size_t(parts), passes++) {
     const bool counted = i < nb;
@@ -51,7 +57,7 @@ EvalResult evaluate_part(const ModelWeights& w, Workspace& ws, const std::vector
     for (int b = 0; b < e.B; b++)
       std::copy_n(tokens.data() + at * span + size_t(b) * e.T, e.T + 1,
                   batch.data() + size_t(b) * (e.T + 1));
-    const LossReport l = forward(w, ws, loss, {e, batch.data()});
+    const LossReport l = run({e, batch.data()});
     if (!counted) continue;
     r.loss += l.loss;
     r.mtp_loss += l.mtp_loss;

@@ -2,6 +2,7 @@
 // batches every time, so numbers compare across runs and tools.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/fields.h"
@@ -34,6 +35,11 @@ EvalResult evaluate(const ModelWeights& w, Workspace& ws, const std::vector<int3
 // first batch without counting it (the ranks of an expert-parallel group must run as many).
 EvalResult evaluate_part(const ModelWeights& w, Workspace& ws, const std::vector<int32_t>& tokens,
                          Dims d, int max_batches, int part, int parts, int min_passes = 0);
+// The same with the forward pass given: `run` returns a batch's report (a pipeline stage's part
+// of it, train/pipeline.h).
+using EvalForward = std::function<LossReport(const MicroBatch&)>;
+EvalResult evaluate_part(const EvalForward& run, const std::vector<int32_t>& tokens, Dims d,
+                         int max_batches, int part, int parts, int min_passes = 0);
 // Batches evaluate() runs on these tokens: what evaluate_part's callers split.
 int eval_batches_of(const std::vector<int32_t>& tokens, Dims d, int max_batches);
 

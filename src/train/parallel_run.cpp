@@ -197,39 +197,32 @@ nlohmann::json EplbMonitor::observe(int64_t steps_done, const std::vector<MoeLay
 }
 
 namespace {
-// evaluate_part (eval/eval.h) with each batch a pipeline forward: rank dp of the data-parallel
-// group runs batches dp, dp + DP, ...; only the last stage's tp rank 0 reports.
-EvalResult evaluate_pipeline(ParallelContext& ctx, PipelineStage& pipe, Workspace& ws,
-                             const std::vector<int32_t>& tokens, Dims d, int max_batches) {
-  DSV3_CHECK(tokens.size() >= size_t(d.T) + 1, "evaluation data has ", tokens.size(),
-             " tokens; one sequence of ", d.T, " needs ", d.T + 1, " (lower --seq_len)");
-  // the batches of eval.cpp's evaluate_part: B rows of T + 1 tokens, consecutive spans of B*T
-  const Dims e{int(std::min<size_t>(size_t(d.B), (tokens.size() - 1) / size_t(d.T))), d.T};
-  const size_t span = size_t(e.B) * e.T;
-  const int nb = eval_batches_of(tokens, d, max_batches), DP = ctx.layout.dp;
-  // every rank of an expert-parallel group runs as many passes (padding repeats batch 0)
-  const int passes = ctx.layout.ep > 1 ? (nb + DP - 1) / DP : 0;
-  std::vector<int32_t> batch(size_t(e.B) * (e.T + 1));
-  double v[4] = {0, 0, 0, 0};  // loss, MTP loss, targets, batches
-  int done = 0;
-  for (int i = ctx.at.dp; i < nb || done < passes; i += DP, done++) {
-    const bool counted = i < nb;
-    const size_t at = counted ? size_t(i) : 0;
-    for (int b = 0; b < e.B; b++)
-      std::copy_n(tokens.data() + at * span + size_t(b) * e.T, e.T + 1,
-                  batch.data() + size_t(b) * (e.T + 1));
-    const LossReport r = pipe.forward_only(ws.config(), ws.expert_exchange(),
-                                           ws.tensor_parallel(), {e, batch.data()});
-    if (!counted || ctx.at.pp != ctx.layout.pp - 1 || ctx.at.tp != 0) continue;
-    v[0] += r.loss, v[1] += r.mtp_loss, v[2] += double(r.targets), v[3] += 1;
-  }
-  pipe.finish_forwards();
-  ctx.coll->run(ctx.coll->all_reduce(ctx.world_group, dist::Purpose::Stats, v, 4, DType::F64));
+// The evaluation parts (sums) of a group's ranks as one result (means over the batches).
+EvalResult mean_of_parts(ParallelContext& ctx, dist::Group& g, const EvalResult& part) {
+  double v[4] = {part.loss, part.mtp_loss, double(part.tokens), double(part.batches)};
+  ctx.coll->run(ctx.coll->all_reduce(g, dist::Purpose::Stats, v, 4, DType::F64));
   EvalResult r;
   r.batches = int(v[3]);
   r.tokens = int64_t(v[2]);
   if (r.batches > 0) r.loss = v[0] / r.batches, r.mtp_loss = v[1] / r.batches;
   return r;
+}
+
+// evaluate_part (eval/eval.h) with each batch a pipeline forward: rank dp of the data-parallel
+// group runs batches dp, dp + DP, ...; only the last stage's tp rank 0 reports.
+EvalResult evaluate_pipeline(ParallelContext& ctx, PipelineStage& pipe, Workspace& ws,
+                             const std::vector<int32_t>& tokens, Dims d, int max_batches) {
+  const int nb = eval_batches_of(tokens, d, max_batches), DP = ctx.layout.dp;
+  // every rank of an expert-parallel group runs as many passes (padding repeats batch 0)
+  const int passes = ctx.layout.ep > 1 ? (nb + DP - 1) / DP : 0;
+  EvalResult part = evaluate_part(
+      [&](const MicroBatch& mb) {
+        return pipe.forward_only(ws.config(), ws.expert_exchange(), ws.tensor_parallel(), mb);
+      },
+      tokens, d, max_batches, ctx.at.dp, DP, passes);
+  if (ctx.at.pp != ctx.layout.pp - 1 || ctx.at.tp != 0) part = {};  // one rank per pipeline reports
+  pipe.finish_forwards();
+  return mean_of_parts(ctx, ctx.world_group, part);
 }
 }  // namespace
 
@@ -241,13 +234,7 @@ EvalResult evaluate_parallel(ParallelContext& ctx, const ModelWeights& w, Worksp
   const int dp = ctx.layout.dp, nb = eval_batches_of(tokens, d, max_batches);
   const int passes = ctx.layout.ep > 1 ? (nb + dp - 1) / dp : 0;
   const EvalResult part = evaluate_part(w, ws, tokens, d, max_batches, ctx.at.dp, dp, passes);
-  double v[4] = {part.loss, part.mtp_loss, double(part.tokens), double(part.batches)};
-  ctx.coll->run(ctx.coll->all_reduce(ctx.dp, dist::Purpose::Stats, v, 4, DType::F64));
-  EvalResult r;
-  r.batches = int(v[3]);
-  r.tokens = int64_t(v[2]);
-  if (r.batches > 0) r.loss = v[0] / r.batches, r.mtp_loss = v[1] / r.batches;
-  return r;
+  return mean_of_parts(ctx, ctx.dp, part);
 }
 
 std::string eplb_console_text(const nlohmann::json& rec) {
