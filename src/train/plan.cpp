@@ -361,6 +361,10 @@ PlanRow predict(Model& m, const PlanLayout& l) {
   }
   // ---- memory: the device that needs the most
   double P_d = 0, P_e = 0;  // of the device with the most parameters (it reduces the most)
+  // Gradients reduce and ZeRO shards over the dp (experts: edp) ranks of a stage, and under
+  // DualPipe also over those of its mirror stage, which hold the same two stages
+  // (train/grad_sync.h: groups dp_mirror, edp_mirror).
+  const int n_dense = (dual ? 2 : 1) * l.dp, n_expert = (dual ? 2 : 1) * edp;
   const double master = cb < 4 ? 4 : 0;
   for (int d = 0; d < devices; d++) {
     std::vector<int> held = {d};
@@ -384,7 +388,7 @@ PlanRow predict(Model& m, const PlanLayout& l) {
       act += a.working, kept += a.kept / double(held.size());
     }
     act += (in_flight - double(held.size())) * kept;
-    const double P = pd + pe, shard = pd / l.dp + pe / edp;
+    const double P = pd + pe, shard = pd / n_dense + pe / n_expert;
     PlanMemory mem;
     mem.weights = cb * P;
     // the whole fp32 gradient buffer stays under ZeRO-1 and 2 (docs/parallel.md); the shard
@@ -404,23 +408,23 @@ PlanRow predict(Model& m, const PlanLayout& l) {
   // these against measured bytes): dense over dp, experts over edp
   double x_dp = 0;
   const double bucket = p.bucket_mb * kMiB;  // the last bucket's bytes (fp32)
-  if (l.dp > 1) {
+  if (n_dense > 1) {
     const double window = last_b;  // the last micro-batch's backward hides the buckets
     if (l.zero == 0) {
-      const double t = (2 * ring_share(l.dp) * 4 * P_d + 2 * ring_share(edp) * 4 * P_e) / bw_dp;
-      const double last = 2 * ring_share(l.dp) * bucket / bw_dp;
+      const double t = (2 * ring_share(n_dense) * 4 * P_d + 2 * ring_share(n_expert) * 4 * P_e) / bw_dp;
+      const double last = 2 * ring_share(n_dense) * bucket / bw_dp;
       x_dp = std::max(t - window, std::min(t, last));
     } else {
-      const double rs = (ring_share(l.dp) * 4 * P_d + ring_share(edp) * 4 * P_e) / bw_dp;
-      const double ag = (ring_share(l.dp) * cb * P_d + ring_share(edp) * cb * P_e) / bw_dp;
-      const double last = ring_share(l.dp) * bucket / bw_dp;
+      const double rs = (ring_share(n_dense) * 4 * P_d + ring_share(n_expert) * 4 * P_e) / bw_dp;
+      const double ag = (ring_share(n_dense) * cb * P_d + ring_share(n_expert) * cb * P_e) / bw_dp;
+      const double last = ring_share(n_dense) * bucket / bw_dp;
       const double one = std::max(rs - window, std::min(rs, last));
       x_dp = (l.zero == 2 ? mb : 1) * one + ag;  // the parameter all-gather follows the update
     }
   }
   // ---- the optimizer: AdamW streams master, gradient and two moments (read and write; the
   // compute copy written too), and the step zeroes and norms the whole gradient buffer
-  const double updated = l.zero == 0 ? P_d + P_e : P_d / l.dp + P_e / edp;
+  const double updated = l.zero == 0 ? P_d + P_e : P_d / n_dense + P_e / n_expert;
   const double opt = ((28 + (cb < 4 ? cb : 0)) * updated + 8 * (P_d + P_e)) / mem_bw;
   PlanTime& tm = row.time;
   tm.compute = compute, tm.bubble = bubble, tm.tp = tp, tm.ep = ep, tm.pp = pp, tm.dp = x_dp;
