@@ -83,8 +83,9 @@ struct ParamTable {
 // L..L+D-1), final norm, head. A pipeline rank's table (parts not whole) holds only its parts,
 // under the same names, ordered: embedding, MTP modules, final norm, head, its blocks. Within an
 // FFN gate_proj and up_proj are adjacent so the pair is one (2D, C) matrix for a single GEMM;
-// within the experts of a layer, all experts' gate/up/down follow each other in expert order. An expert shard (not whole) holds only its experts, placed
-// after the head, layer by layer in the same order (see ParamTable::experts_begin).
+// within the experts of a layer, all experts' gate/up/down follow each other in expert order.
+// An expert shard (not whole) holds only its experts, placed after every other tensor, layer by
+// layer in the same order (see ParamTable::experts_begin).
 ParamTable build_param_table(const ModelConfig& c, ExpertShard shard = {}, StageParts parts = {});
 
 // The trainable tensors as optimizer spans (offset, numel, decay), in table order.
