@@ -8,7 +8,8 @@
 #   sft        SFT_PROMPTS (56) sums with a demonstration ("a plus b is" / "c."), also GRPO prompts;
 #   grpo-only  the other 70 - SFT_PROMPTS (14): GRPO prompts without a demonstration (reward only).
 # Prints a table and writes $OUT/summary.json. A stage whose output exists is skipped (a rerun
-# resumes); the base model is shared by the seeds.
+# resumes); the base model is shared by the seeds. Stages are recognised by their output only:
+# after changing a knob, use a new OUT.
 #   scripts/grpo_arithmetic_demo.sh [OUT]      (env: DSV3, SEEDS, THREADS, PRETRAIN_STEPS,
 #       SFT_PROMPTS, SFT_STEPS, SFT_LR, GRPO_STEPS, GRPO_LR, GRPO_BATCH, GROUP, TEMPERATURE, KL_BETA)
 # Needs: a built dsv3 (build/dsv3), any python3 (data generation and the summary only).
@@ -98,12 +99,12 @@ for seed in $SEEDS; do
   evaluate_all "$OUT/grpo_$seed" "$OUT/grpo_$seed"
 done
 
-python3 - "$OUT" "$(( $(date +%s) - T0 ))" $SEEDS <<'PY'
+python3 - "$OUT" "$(( $(date +%s) - T0 ))" "$SFT_PROMPTS" $SEEDS <<'PY'
 import json, os, statistics, sys
-out, seconds, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, seconds, n_sft, seeds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 def last_eval(d):
     return [json.loads(l) for l in open(os.path.join(out, d, "metrics.jsonl")) if '"kind":"eval"' in l][-1]
-sets = [s for s in ("held", "sft", "grpo_only") if os.path.exists(os.path.join(out, "before_" + s))]
+sets = ["held", "sft"] + (["grpo_only"] if n_sft < 70 else [])
 def row(stage):
     return {s: last_eval(stage + "_" + s)["accuracy"] for s in sets}
 def stats(v):
