@@ -2,13 +2,16 @@
 # The issue-12 demonstration: a `tiny` model pretrained on the built-in corpus (which holds
 # "x plus y is z." lines, x and y below 50), then SFT on arithmetic chat, then GRPO with the
 # exact-answer reward. Exact-match accuracy (greedy, first number of the reply) before SFT, after
-# SFT and after GRPO, for each seed of the SFT + GRPO stages, on two prompt sets:
-#   held-out   30 single-digit sums "a plus b is" that neither SFT nor GRPO trains on;
-#   trained    the other 70 single-digit sums, the prompts of both SFT and GRPO.
+# SFT and after GRPO, for each seed of the SFT + GRPO stages, on three prompt sets drawn once
+# (fixed seed) from the 100 single-digit sums "a plus b is":
+#   held-out   30 sums that neither SFT nor GRPO trains on;
+#   sft        SFT_PROMPTS (56) sums with a demonstration ("a plus b is" / "c."), also GRPO prompts;
+#   grpo-only  the other 70 - SFT_PROMPTS (14): GRPO prompts without a demonstration (reward only).
 # Prints a table and writes $OUT/summary.json. A stage whose output exists is skipped (a rerun
-# resumes); the base model is shared by the seeds.
-#   scripts/grpo_arithmetic_demo.sh [OUT]      (env: DSV3, SEEDS, PRETRAIN_STEPS, SFT_STEPS,
-#                                               GRPO_STEPS, SFT_LR, GRPO_LR, THREADS)
+# resumes); the base model is shared by the seeds. Stages are recognised by their output only:
+# after changing a knob, use a new OUT.
+#   scripts/grpo_arithmetic_demo.sh [OUT]      (env: DSV3, SEEDS, THREADS, PRETRAIN_STEPS,
+#       SFT_PROMPTS, SFT_STEPS, SFT_LR, GRPO_STEPS, GRPO_LR, GRPO_BATCH, GROUP, TEMPERATURE, KL_BETA)
 # Needs: a built dsv3 (build/dsv3), any python3 (data generation and the summary only).
 # Results and what they show: docs/post_training.md ("Demonstration").
 set -euo pipefail
@@ -16,31 +19,41 @@ OUT=${1:-runs/grpo_demo}
 DSV3=${DSV3:-build/dsv3}
 SEEDS=${SEEDS:-"1 2 3"}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-200}
-SFT_STEPS=${SFT_STEPS:-200}
-GRPO_STEPS=${GRPO_STEPS:-40}
-SFT_LR=${SFT_LR:-2e-3}
-GRPO_LR=${GRPO_LR:-1e-4}
+SFT_PROMPTS=${SFT_PROMPTS:-56}
+SFT_STEPS=${SFT_STEPS:-400}
+SFT_LR=${SFT_LR:-1e-3}
+GRPO_STEPS=${GRPO_STEPS:-100}
+GRPO_LR=${GRPO_LR:-5e-5}
+GRPO_BATCH=${GRPO_BATCH:-8}
+GROUP=${GROUP:-8}
+TEMPERATURE=${TEMPERATURE:-1.0}
+KL_BETA=${KL_BETA:-0.04}
 export OMP_NUM_THREADS=${THREADS:-2}
 mkdir -p "$OUT"
 T0=$(date +%s)
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$SFT_PROMPTS" <<'PY'
 import json, os, random, sys
-out = sys.argv[1]
+out, n_sft = sys.argv[1], int(sys.argv[2])
+assert 1 <= n_sft <= 70, "SFT_PROMPTS must be in [1, 70]"
 r = random.Random(12)
 pairs = [(a, b) for a in range(10) for b in range(10)]
 r.shuffle(pairs)
 held, train = pairs[:30], pairs[30:]
+sft = train[:n_sft]
 def prompt(a, b):
     return json.dumps({"prompt": "%d plus %d is" % (a, b), "answer": a + b}) + "\n"
+# an evaluation set: one filler line, then the prompts (--eval_fraction holds out exactly them)
+def eval_set(ps):
+    return prompt(0, 0) + "".join(prompt(a, b) for a, b in ps)
 files = {
     "sft.jsonl": "".join(json.dumps({"messages": [{"role": "user", "content": "%d plus %d is" % (a, b)},
                                                   {"role": "assistant", "content": "%d." % (a + b)}]}) + "\n"
-                         for a, b in train),
+                         for a, b in sft),
     # GRPO trains on the first 70 lines; --eval_fraction 30.5/100 holds out exactly the last 30
     "grpo.jsonl": "".join(prompt(a, b) for a, b in train + held),
-    # the trained prompts as an evaluation set: one filler line, then the 70 (--eval_fraction 70.5/71)
-    "trained_eval.jsonl": prompt(0, 0) + "".join(prompt(a, b) for a, b in train),
+    "sft_eval.jsonl": eval_set(sft),
+    "grpo_only_eval.jsonl": eval_set(train[n_sft:]),
 }
 for name, text in files.items():  # renamed into place: a concurrent run never reads half a file
     with open(os.path.join(out, name + ".tmp"), "w") as f:
@@ -48,7 +61,10 @@ for name, text in files.items():  # renamed into place: a concurrent run never r
     os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
 PY
 HELD_FRACTION=0.305
-TRAINED_FRACTION=0.993
+# the eval fraction that holds out all but the filler line of an evaluation set of n prompts
+fraction() { python3 -c "print(($1 + 0.5) / ($1 + 1))"; }
+SFT_FRACTION=$(fraction "$SFT_PROMPTS")
+ONLY_FRACTION=$(fraction $((70 - SFT_PROMPTS)))
 
 if [ ! -e "$OUT/base/ckpt_$(printf %08d "$PRETRAIN_STEPS").dsv3" ]; then
   "$DSV3" train --preset tiny --vocab 256 --seq_len 64 --batch 8 --steps "$PRETRAIN_STEPS" \
@@ -56,57 +72,73 @@ if [ ! -e "$OUT/base/ckpt_$(printf %08d "$PRETRAIN_STEPS").dsv3" ]; then
 fi
 # a prompt is 28 bytes, a reply " 12.\n\n" at most 6
 gen="--seq_len 40 --max_tokens 6"
-# greedy accuracy of model $1 on the trained prompts, into $2 (0 steps = evaluation only)
-eval_trained() {
-  [ -e "$2/metrics.jsonl" ] || "$DSV3" finetune --method grpo --model "$1" --data "$OUT/trained_eval.jsonl" \
-    --eval_fraction $TRAINED_FRACTION --steps 0 --out "$2" $gen --batch 1 --group 2
+# greedy accuracy of model $1 on evaluation set $2 (fraction $3) into $4 (0 steps = evaluation only)
+evaluate() {
+  [ -e "$4/metrics.jsonl" ] || "$DSV3" finetune --method grpo --model "$1" --data "$OUT/$2" \
+    --eval_fraction "$3" --steps 0 --out "$4" $gen --batch 1 --group 2
 }
-[ -e "$OUT/before_held/metrics.jsonl" ] || "$DSV3" finetune --method grpo --model "$OUT/base" \
-  --data "$OUT/grpo.jsonl" --eval_fraction $HELD_FRACTION --steps 0 --out "$OUT/before_held" $gen --batch 1 --group 2
-eval_trained "$OUT/base" "$OUT/before_trained"
+# the three sets for model $1, into $2_held, $2_sft, $2_grpo_only
+evaluate_all() {
+  evaluate "$1" grpo.jsonl $HELD_FRACTION "$2_held"
+  evaluate "$1" sft_eval.jsonl "$SFT_FRACTION" "$2_sft"
+  [ "$SFT_PROMPTS" -eq 70 ] || evaluate "$1" grpo_only_eval.jsonl "$ONLY_FRACTION" "$2_grpo_only"
+}
+evaluate_all "$OUT/base" "$OUT/before"
 for seed in $SEEDS; do
   [ -e "$OUT/sft_$seed/ckpt_$(printf %08d "$SFT_STEPS").dsv3" ] || \
   "$DSV3" finetune --method sft --model "$OUT/base" --data "$OUT/sft.jsonl" --out "$OUT/sft_$seed" \
-    --steps "$SFT_STEPS" --batch 16 --seq_len 36 --lr "$SFT_LR" --warmup 10 --seed "$seed" --eval_fraction 0
-  eval_trained "$OUT/sft_$seed" "$OUT/sft_${seed}_trained"
-  # its first held-out evaluation (step 0) is the SFT model's, its last the GRPO model's
+    --steps "$SFT_STEPS" --batch 16 --seq_len 36 --lr "$SFT_LR" --schedule cosine --min_lr 1e-4 \
+    --warmup 10 --seed "$seed" --eval_fraction 0
+  evaluate_all "$OUT/sft_$seed" "$OUT/sft_$seed"
+  # its held-out evaluations (every 20 steps) are the learning curve; the first is the SFT model's
   [ -e "$OUT/grpo_$seed/ckpt_$(printf %08d "$GRPO_STEPS").dsv3" ] || \
   "$DSV3" finetune --method grpo --model "$OUT/sft_$seed" --data "$OUT/grpo.jsonl" \
-    --eval_fraction $HELD_FRACTION --out "$OUT/grpo_$seed" --steps "$GRPO_STEPS" --batch 4 --group 8 \
-    --temperature 1.0 --lr "$GRPO_LR" --warmup 0 --kl_beta 0.04 --seed "$seed" --eval_every 20 $gen
-  eval_trained "$OUT/grpo_$seed" "$OUT/grpo_${seed}_trained"
+    --eval_fraction $HELD_FRACTION --out "$OUT/grpo_$seed" --steps "$GRPO_STEPS" --batch "$GRPO_BATCH" \
+    --group "$GROUP" --temperature "$TEMPERATURE" --lr "$GRPO_LR" --warmup 0 --kl_beta "$KL_BETA" \
+    --seed "$seed" --eval_every 20 $gen
+  evaluate_all "$OUT/grpo_$seed" "$OUT/grpo_$seed"
 done
 
-python3 - "$OUT" "$(( $(date +%s) - T0 ))" $SEEDS <<'PY'
-import json, statistics, sys
-out, seconds, seeds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-def evals(d):
-    return [json.loads(l) for l in open(out + "/" + d + "/metrics.jsonl") if '"kind":"eval"' in l]
-summary = {"before": {"held_out": evals("before_held")[-1]["accuracy"],
-                      "trained": evals("before_trained")[-1]["accuracy"]},
-           "prompts": {"held_out": evals("before_held")[-1]["prompts"],
-                       "trained": evals("before_trained")[-1]["prompts"]},
-           "seconds": seconds, "seeds": []}
-for s in seeds:
-    h = evals("grpo_" + s)
-    summary["seeds"].append({"seed": int(s),
-        "after_sft": {"held_out": h[0]["accuracy"], "trained": evals("sft_%s_trained" % s)[-1]["accuracy"]},
-        "after_grpo": {"held_out": h[-1]["accuracy"], "trained": evals("grpo_%s_trained" % s)[-1]["accuracy"]}})
+python3 - "$OUT" "$(( $(date +%s) - T0 ))" "$SFT_PROMPTS" $SEEDS <<'PY'
+import json, os, statistics, sys
+out, seconds, n_sft, seeds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+def last_eval(d):
+    return [json.loads(l) for l in open(os.path.join(out, d, "metrics.jsonl")) if '"kind":"eval"' in l][-1]
+sets = ["held", "sft"] + (["grpo_only"] if n_sft < 70 else [])
+def row(stage):
+    return {s: last_eval(stage + "_" + s)["accuracy"] for s in sets}
+def stats(v):
+    return {"mean": statistics.mean(v), "stdev": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "min": min(v), "max": max(v)}
+summary = {"sets": sets, "prompts": {s: last_eval("before_" + s)["prompts"] for s in sets},
+           "before": row("before"), "seconds": seconds, "seeds": []}
+for seed in seeds:
+    curve = [(e["step"], e["accuracy"]) for e in
+             (json.loads(l) for l in open(os.path.join(out, "grpo_" + seed, "metrics.jsonl")))
+             if e["kind"] == "eval"]
+    summary["seeds"].append({"seed": int(seed), "after_sft": row("sft_" + seed),
+                             "after_grpo": row("grpo_" + seed), "grpo_held_curve": curve})
 for k in ("after_sft", "after_grpo"):
-    summary[k] = {}
-    for p in ("held_out", "trained"):
-        v = [r[k][p] for r in summary["seeds"]]
-        summary[k][p] = {"mean": statistics.mean(v), "min": min(v), "max": max(v),
-                         "stdev": statistics.stdev(v) if len(v) > 1 else 0.0}
-json.dump(summary, open(out + "/summary.json", "w"), indent=1)
-n = summary["prompts"]
-print("exact match, greedy: held-out (%d prompts) | trained (%d prompts)" % (n["held_out"], n["trained"]))
-print("  before SFT:          %.3f | %.3f" % (summary["before"]["held_out"], summary["before"]["trained"]))
+    summary[k] = {s: stats([r[k][s] for r in summary["seeds"]]) for s in sets}
+summary["grpo_minus_sft"] = {s: stats([r["after_grpo"][s] - r["after_sft"][s] for r in summary["seeds"]])
+                             for s in sets}
+summary["grpo_better_same_worse"] = {s: [sum(1 for r in summary["seeds"] if c(r["after_grpo"][s] - r["after_sft"][s]))
+                                         for c in (lambda d: d > 1e-9, lambda d: abs(d) <= 1e-9, lambda d: d < -1e-9)]
+                                     for s in sets}
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
+names = {"held": "held-out", "sft": "sft", "grpo_only": "grpo-only"}
+print("exact match, greedy, on " + ", ".join("%s (%d prompts)" % (names[s], summary["prompts"][s]) for s in sets))
+fmt = lambda d: " | ".join("%s %.3f" % (names[s], d[s]) for s in sets)
+print("  before SFT:      " + fmt(summary["before"]))
 for r in summary["seeds"]:
-    print("  seed %d: after SFT   %.3f | %.3f;  after GRPO %.3f | %.3f" % (r["seed"], r["after_sft"]["held_out"],
-          r["after_sft"]["trained"], r["after_grpo"]["held_out"], r["after_grpo"]["trained"]))
-for k in ("after_sft", "after_grpo"):
-    print("  %-10s mean +- stdev: held-out %.3f +- %.3f | trained %.3f +- %.3f" % (k, summary[k]["held_out"]["mean"],
-          summary[k]["held_out"]["stdev"], summary[k]["trained"]["mean"], summary[k]["trained"]["stdev"]))
+    print("  seed %d  SFT:     %s" % (r["seed"], fmt(r["after_sft"])))
+    print("          GRPO:    %s   (held-out during GRPO: %s)" % (fmt(r["after_grpo"]),
+          " ".join("%d:%.2f" % c for c in r["grpo_held_curve"])))
+for k, label in (("after_sft", "SFT"), ("after_grpo", "GRPO"), ("grpo_minus_sft", "GRPO - SFT")):
+    print("  %-11s mean +- stdev: %s" % (label, " | ".join("%s %+.3f +- %.3f" % (names[s], summary[k][s]["mean"],
+          summary[k][s]["stdev"]) if k == "grpo_minus_sft" else "%s %.3f +- %.3f" % (names[s],
+          summary[k][s]["mean"], summary[k][s]["stdev"]) for s in sets)))
+print("  GRPO vs SFT, seeds better/same/worse: " + ", ".join("%s %d/%d/%d" % ((names[s],) + tuple(
+      summary["grpo_better_same_worse"][s])) for s in sets))
 print("wall time of this invocation: %d s" % seconds)
 PY
