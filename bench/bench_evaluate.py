@@ -23,9 +23,9 @@ runs N times round-robin and reports its best and median.
     python3 bench/bench_evaluate.py --items 500 --peer-batch 1,16,64 --json
     python3 bench/bench_evaluate.py --items 50 --repeat 3 --threads 1   # a busy machine
 
-Work and MFU: from the exported config.json, the bench counts each side's forward FLOPs (2 per
-multiply-add of the linear layers a token runs, activated experts only, and of causal attention
-as written in MLA's unabsorbed form; embedding lookups, norms and softmaxes not counted): dsv3's
+Work and MFU: the bench counts each side's forward FLOPs (2 per multiply-add of the linear layers
+a token runs, activated experts only, as `dsv3 info` counts them, and of causal attention as
+written in MLA's unabsorbed form; embedding lookups, norms and softmaxes not counted): dsv3's
 from the tokens it reports running through the layers and the continuation tokens it predicts
 (the head runs only there), the peer's from every position of every request row (padding not
 counted). Over torch.matmul's fp32 GEMM peak measured in the same run on the same threads, this
@@ -70,24 +70,18 @@ def make_task(path, n, seed):
             f.write(json.dumps({"ctx": sents[i], "endings": endings, "label": endings.index(sents[i + 1])}) + "\n")
 
 
-def forward_flops(cfg, rows_layers, rows_head, attn_pairs):
+def forward_flops(info, rows_layers, rows_head, attn_pairs):
     """FLOPs of a forward: rows_layers tokens through every block, rows_head rows through the
-    head, attn_pairs (query, key) pairs of causal attention per layer."""
-    C, H = cfg["hidden_size"], cfg["num_attention_heads"]
-    nope, rope, vh = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
-    ql, kvl = cfg.get("q_lora_rank") or 0, cfg["kv_lora_rank"]
-    q = C * ql + ql * H * (nope + rope) if ql else C * H * (nope + rope)
-    attn = q + C * (kvl + rope) + kvl * H * (nope + vh) + H * vh * C
-    dense = 3 * C * cfg["intermediate_size"]
-    E, K = cfg.get("n_routed_experts") or 0, cfg.get("num_experts_per_tok") or 0
-    moe = C * E + (K + (cfg.get("n_shared_experts") or 0)) * 3 * C * cfg["moe_intermediate_size"]
-    L, k = cfg["num_hidden_layers"], min(cfg.get("first_k_dense_replace", 0), cfg["num_hidden_layers"])
-    per_token = L * attn + k * dense + (L - k) * (moe if E else dense)
-    macs = rows_layers * per_token + rows_head * C * cfg["vocab_size"] + L * attn_pairs * H * (nope + rope + vh)
+    head, attn_pairs (query, key) pairs of causal attention per layer. The linear layers' counts
+    are dsv3's own (`dsv3 info --json`: active_params, the main model without the embedding)."""
+    c = info["config"]
+    head = c["vocab"] * c["hidden"]
+    per_pair = c["layers"] * c["heads"] * (c["qk_nope"] + c["qk_rope"] + c["v_head"])
+    macs = rows_layers * (info["active_params"] - head) + rows_head * head + attn_pairs * per_pair
     return 2.0 * macs
 
 
-def work_per_item(cfg, samples, dsv3_tokens_run):
+def work_per_item(info, samples, dsv3_tokens_run):
     """(dsv3 FLOPs, peer FLOPs) per item, from the scored contexts and choices (byte-level ids,
     the request split as the harness's _encode_pair: trailing spaces of the context move over)."""
     d_head = d_pairs = p_rows = p_pairs = 0
@@ -106,8 +100,8 @@ def work_per_item(cfg, samples, dsv3_tokens_run):
             d_head += lq
             d_pairs += sum(range(lc, L + 1))  # a continuation's rows attend to the context too
         d_pairs += lc * (lc - 1) // 2  # the context but its last token, once per item
-    dsv3 = forward_flops(cfg, dsv3_tokens_run, d_head, d_pairs)
-    peer = forward_flops(cfg, p_rows, p_rows, p_pairs)
+    dsv3 = forward_flops(info, dsv3_tokens_run, d_head, d_pairs)
+    peer = forward_flops(info, p_rows, p_rows, p_pairs)
     return dsv3 / items, peer / items
 
 
@@ -180,8 +174,8 @@ def main():
     ll_b = [json.loads(l)["loglik"] for l in open(samples_rows, encoding="utf-8")]
     rows[0]["max_abs_ll_diff_vs_rows"] = max(abs(x - y) for p, q in zip(ll_a, ll_b) for x, y in zip(p, q))
     best_peer = max((r["items_per_second"] for r in rows[2:]), default=None)
-    cfg = json.load(open(os.path.join(hf, "config.json")))
-    f_dsv3, f_peer = work_per_item(cfg, samples, rows[0]["tokens_run"])
+    info = run_json([a.dsv3, "info", "--preset", a.preset, "--json"])
+    f_dsv3, f_peer = work_per_item(info, samples, rows[0]["tokens_run"])
     peak = None
     if not a.skip_peak and os.path.exists(a.peer_python):
         pk = run_json([a.peer_python, os.path.join(REPO, "bench", "peer_deepseek.py"), "--gemm-peak",

@@ -89,7 +89,6 @@ struct CheckpointReader {
 struct RankMemory {
   double weights = 0, grads = 0, optimizer = 0;
   double params = 0;
-  double total() const { return weights + grads + optimizer; }
 };
 
 // What one step's communication cost this rank (O1).

@@ -43,7 +43,7 @@ struct PipelineStage::Outgoing {
 
 // Tags: 2a carries micro-batch a's activation forward, 2a + 1 its gradient backward.
 std::string PipelineStage::describe(bool sending, int peer, int tag) const {
-  const std::string what = tag == 32766 ? std::string("a validation batch's activation")
+  const std::string what = tag == kEvalTag ? std::string("a validation batch's activation")
                            : cat("micro-batch ", tag / 2, "'s ", tag % 2 ? "gradient" : "activation");
   return cat("pipeline: ", sending ? "sending " : "receiving ", what, sending ? " to" : " from",
              " stage rank ", peer, " (world rank ", pp_world_[size_t(peer)], ")");
@@ -263,7 +263,6 @@ size_t PipelineStage::activation_bytes(const WorkspaceConfig& whole, int M) cons
 
 LossReport PipelineStage::forward_only(const WorkspaceConfig& whole, ExpertExchange* experts,
                                        TensorParallel* tp, const MicroBatch& mb) {
-  constexpr int kTag = 32766;  // above every training tag (2a + 1 < 32766, check_micros)
   const Lane& lane = *lanes_[0];
   const WorkspaceConfig wc = lane_workspace(whole, lane, false);
   if (!eval_ws_ || wc.max.B != eval_cfg_.max.B || wc.max.T != eval_cfg_.max.T) {
@@ -277,7 +276,7 @@ LossReport PipelineStage::forward_only(const WorkspaceConfig& whole, ExpertExcha
   const size_t NC = stream_elems(p);
   try {
     if (lane.first) embed_forward(p);
-    else recv(eval_ws_->resid[size_t(lane.l0)].slice(0, NC), lane.from, kTag);
+    else recv(eval_ws_->resid[size_t(lane.l0)].slice(0, NC), lane.from, kEvalTag);
     blocks_forward(p, lane.l0, lane.l1);
     LossReport r;
     if (lane.last) {
@@ -285,7 +284,7 @@ LossReport PipelineStage::forward_only(const WorkspaceConfig& whole, ExpertExcha
       r.loss = head_loss(p, opt);
       r.mtp_loss = mtp_forward(p, opt);
     } else {
-      send(eval_ws_->resid[size_t(lane.l1)].slice(0, NC), lane.to, kTag);
+      send(eval_ws_->resid[size_t(lane.l1)].slice(0, NC), lane.to, kEvalTag);
     }
     return r;
   } catch (...) {

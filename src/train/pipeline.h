@@ -91,6 +91,8 @@ class PipelineStage {
   struct Slot;
   struct Lane;  // one direction's stage on this rank
   struct Outgoing;
+  // forward_only's messages: above every training tag (2a + 1 < 32766, check_micros)
+  static constexpr int kEvalTag = 32766;
   static WorkspaceConfig lane_workspace(const WorkspaceConfig& whole, const Lane& l, bool backward);
   int inflight(const Lane& l, int M) const;  // workspaces the lane keeps for M micro-batches
   void run_ops(const std::vector<std::pair<int, PipeOp>>& ops, const Hooks& hooks);
