@@ -1,5 +1,5 @@
 """Pipeline parallelism on this machine (issue 11, BENCHMARKS.md): the measured bubble of 1F1B
-and DualPipe against their formulas.
+and DualPipe against their formulas, and DualPipe with its F&B overlap against without.
 
 For P = 2 and 4 stages and M = 4 and 8 micro-batches per step (DualPipe needs M >= 2P),
 `dsv3 train --pp P --pp_schedule S` runs the debug model with 4 layers (seq_len 64, micro-batches
@@ -7,7 +7,11 @@ of 1 sequence; `--preset tiny --seq_len 256` gives stages whose compute dwarfs a
 few steps; every step reports `pp_bubble_fraction` (mean over stages of the time blocked on a
 neighbour, over the pipeline's wall time) and `pp_bubble_formula` (the schedule's share on
 equal stages as training runs it: 1F1B (P-1)/(M+P-1); DualPipe from its replay with F = 1,
-B = 2, F&B = F + B, W = 0, since training here neither overlaps F with B nor splits W).
+B = 2, F&B = F + B, W = 0: on a CPU the overlapped F&B's two threads share the rank's cores, so
+the overlap hides a wait for a neighbour or an all-to-all, not compute, and W is not split).
+DualPipe runs twice: with its F&B ops overlapped on two threads (`--pp_overlap true`, the
+default; `overlap s` is the median time per step both threads computed at once) and one after
+the other (`--pp_overlap false`).
 The median over the steps after the first is printed beside the formula, with the step time of
 one process on the same global batch.
 
@@ -60,23 +64,27 @@ def main():
         sys.exit("build/dsv3 not found: build it first (cmake --build build)")
     print(f"Pipeline bubble, {a.preset} model with 4 layers, seq_len {a.seq_len}, micro-batch 1, "
           f"1 OpenMP thread per rank, {os.cpu_count()} cores, median of steps 2-{a.steps}")
-    print("| P | M | schedule | measured | formula | step s (pp) | step s (1 process) |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    print("| P | M | schedule | measured | formula | overlap s | step s (pp) | step s (1 process) |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for P in [int(x) for x in a.stages.split(",")]:
             for M in (4, 8):
                 common = ["--global_batch", str(M), "--steps", str(a.steps)]
                 one = train(1, common, os.path.join(tmp, f"one{P}_{M}"), a)
-                for sched in ("1f1b", "dualpipe"):
+                for sched, overlap in (("1f1b", None), ("dualpipe", "true"), ("dualpipe", "false")):
                     if sched == "dualpipe" and M < 2 * P:
                         continue
-                    pp = train(P, common + ["--pp", str(P), "--pp_schedule", sched],
-                               os.path.join(tmp, f"pp{P}_{M}_{sched}"), a)
+                    args = common + ["--pp", str(P), "--pp_schedule", sched]
+                    if overlap:
+                        args += ["--pp_overlap", overlap]
+                    pp = train(P, args, os.path.join(tmp, f"pp{P}_{M}_{sched}_{overlap}"), a)
                     frac = statistics.median(r["pp_bubble_fraction"] for r in pp)
                     formula = pp[0]["pp_bubble_formula"]
                     if sched == "1f1b":
                         assert abs(formula - (P - 1) / (M + P - 1)) < 1e-12
-                    print(f"| {P} | {M} | {sched} | {frac:.3f} | {formula:.3f} | "
+                    name = sched + {None: "", "true": " (overlap)", "false": " (serial)"}[overlap]
+                    ov = f"{statistics.median(r['pp_overlap_s'] for r in pp):.3f}" if overlap == "true" else "-"
+                    print(f"| {P} | {M} | {name} | {frac:.3f} | {formula:.3f} | {ov} | "
                           f"{statistics.median(r['step_s'] for r in pp):.3f} | "
                           f"{statistics.median(r['step_s'] for r in one):.3f} |", flush=True)
 

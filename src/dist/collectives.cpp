@@ -54,6 +54,14 @@ const char* purpose_name(Purpose p) {
   return "?";
 }
 
+CommLedger& CommLedger::operator+=(const CommLedger& o) {
+  for (int k = 0; k < kCollKinds; k++)
+    bytes[size_t(k)] += o.bytes[size_t(k)], calls[size_t(k)] += o.calls[size_t(k)];
+  for (int p = 0; p < kPurposes; p++) purpose_bytes[size_t(p)] += o.purpose_bytes[size_t(p)];
+  busy_s += o.busy_s, exposed_s += o.exposed_s;
+  return *this;
+}
+
 double CommLedger::total_bytes() const {
   double t = 0;
   for (double b : bytes) t += b;

@@ -45,6 +45,7 @@ struct CommLedger {
   double busy_s = 0;     // sum over operations of (observed completion - start)
   double exposed_s = 0;  // blocked in wait() or in a blocking call
   void clear() { *this = {}; }
+  CommLedger& operator+=(const CommLedger& o);  // another Collectives' traffic, added in
   double total_bytes() const;
   nlohmann::json to_json() const;  // {"all_reduce": bytes, ...} (kinds with calls only)
 };

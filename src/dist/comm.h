@@ -16,7 +16,9 @@
 //   Error, not a silent short read.
 // - Buffers are host memory: `stream` must be nullptr (device buffers go through NcclComm, whose
 //   stream is a cudaStream_t).
-// - Call from the thread that called init() (MPI_THREAD_FUNNELED).
+// - Call from the thread that called init(), unless concurrent_threads() says MPI allows two
+//   threads to communicate at once (MPI_THREAD_MULTIPLE); even then two threads never use one
+//   Comm for collectives at the same time (their order on every rank would be undefined).
 // A Comm of one rank never communicates: reductions, broadcast and barrier leave data as it is,
 // reduce_scatter/all_gather/all_to_all(v) copy send to recv, send/recv are an Error (no peer).
 #pragma once
@@ -153,6 +155,9 @@ void init(int* argc, char*** argv);
 void finalize();
 const Comm& world();  // calls init(nullptr, nullptr) if init() was not called
 const char* backend_name();  // "mpi" | "single"
+// Whether two threads may communicate at once (MPI granted MPI_THREAD_MULTIPLE; a world of one
+// has nothing to communicate and says true). DualPipe's overlapped F&B needs it.
+bool concurrent_threads();
 
 // Tests only: the piece size large operations are cut into (default 1 GiB; 0 restores it), so
 // small tests exercise the paths counts beyond INT_MAX take. Same value on every rank.

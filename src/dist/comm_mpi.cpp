@@ -57,6 +57,7 @@ struct Globals {
   Comm world;
   bool mpi_ours = false;  // we called MPI_Init, so we call MPI_Finalize
   bool finalized = false;
+  bool concurrent = true;  // MPI granted MPI_THREAD_MULTIPLE (or MPI is not used)
   MPI_Op half_ops[2][3] = {};  // [bf16, f16][Sum, Max, Min]
 } g;
 
@@ -502,16 +503,23 @@ void init(int* argc, char*** argv) {
   }
   const Where w{"init", 0, 1};
   if (!started) {
+    // MULTIPLE lets DualPipe run an F&B's forward and backward on two threads; an MPI that
+    // grants only FUNNELED still trains, one after the other (concurrent_threads()).
     int provided = 0;
-    check(w, MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    check(w, MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
     g.mpi_ours = true;
     if (provided < MPI_THREAD_FUNNELED)
       fail("dist::init: this MPI provides no thread support (MPI_THREAD_FUNNELED is needed)");
   }
+  int level = 0;
+  check(w, MPI_Query_thread(&level), "MPI_Query_thread");
+  g.concurrent = level >= MPI_THREAD_MULTIPLE;
   check(w, MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
   create_half_ops();
   g.world = Comm(wrap(MPI_COMM_WORLD, false, w));
 }
+
+bool concurrent_threads() { return g.concurrent; }
 
 void finalize() {
   if (!g.world || g.finalized) return;

@@ -48,6 +48,7 @@ const Comm& world() {
   return g_world;
 }
 const char* backend_name() { return "single"; }
+bool concurrent_threads() { return true; }
 
 int Comm::rank() const {
   active(impl_, "rank");

@@ -53,6 +53,10 @@ const std::vector<FieldSpec>& dist_fields() {
             "MTP on the last stage)"),
       choice("pp_schedule", &D::pp_schedule, "1f1b|dualpipe", "--pp: pipeline schedule",
              pipe_schedule_name, parse_pipe_schedule),
+      field("pp_overlap", &D::pp_overlap,
+            "--pp_schedule dualpipe: run each F&B's forward on a second thread beside its "
+            "backward, half the OpenMP threads each (DeepSeek-V3's overlap; false: one after "
+            "the other)"),
       field("sp", &D::sp, "--tp > 1: sequence parallelism (norms and the residual stream split "
             "over the tp ranks by rows; all-gather / reduce-scatter instead of all-reduce)"),
       field("debug_slow_rank", &D::debug_slow_rank,

@@ -33,6 +33,9 @@ struct DistConfig {
   // and the schedule.
   std::string pp_layers;
   PipeSchedule pp_schedule = PipeSchedule::OneFOneB;
+  // DualPipe: run each F&B's forward on a second thread beside its backward (needs an MPI with
+  // MPI_THREAD_MULTIPLE; without it, or false, one after the other).
+  bool pp_overlap = true;
   // Sequence parallelism (--sp, with --tp > 1): norms and residuals on N / tp rows per rank.
   bool sp = false;
   // Debug (documented in docs/parallel.md): rank debug_slow_rank computes debug_slowdown times

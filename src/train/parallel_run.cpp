@@ -139,6 +139,7 @@ void add_comm_metrics(nlohmann::json& rec, const StepComm& c, double step_s,
     rec["pp_bubble_fraction"] = c.pp_bubble_fraction;
     rec["pp_bubble_formula"] = c.pp_bubble_formula;
     rec["pp_send_bytes"] = c.pp_send_bytes;
+    if (ctx.pp_overlap()) rec["pp_overlap_s"] = c.pp_overlap_s;
   }
   if (ctx.cfg.balance_microbatches || ctx.cfg.debug_slow_rank >= 0) {
     rec["rank_sequences"] = eng.plan().count;

@@ -16,6 +16,18 @@
 
 namespace dsv3 {
 
+bool ParallelContext::pp_overlap() const {
+  return layout.pp > 1 && cfg.pp_schedule == PipeSchedule::DualPipe && cfg.pp_overlap &&
+         dist::concurrent_threads();
+}
+
+std::string ParallelContext::overlap_note() const {
+  if (layout.pp == 1 || cfg.pp_schedule != PipeSchedule::DualPipe) return "";
+  if (pp_overlap()) return ", F&B overlapped on 2 threads";
+  return cfg.pp_overlap ? ", F&B one after the other (this MPI has no MPI_THREAD_MULTIPLE)"
+                        : ", F&B one after the other (--pp_overlap false)";
+}
+
 std::string ParallelContext::describe() const {
   std::string stages;
   for (size_t s = 0; s + 1 < pp_bounds.size(); s++)
@@ -27,7 +39,7 @@ std::string ParallelContext::describe() const {
                            : std::string(),
              stages.empty() ? std::string()
                             : cat(", ", pipe_schedule_name(cfg.pp_schedule), " stages of layers ",
-                                  stages));
+                                  stages, overlap_note()));
 }
 
 namespace {
@@ -157,6 +169,9 @@ ParallelStep::ParallelStep(ParallelContext& ctx, ModelWeights& w, const AdamWCon
     tp_ = std::make_unique<TpComm>(*ctx.coll, ctx.tp);
     tp_->sequence_parallel = ctx.cfg.sp;
   }
+  if (ctx.pp_overlap())  // every rank of a pipeline job decides alike (same flags, same MPI)
+    pipe_->enable_overlap(ctx.coll->timeout(), experts_ ? &ctx.ep : nullptr,
+                          tp_ ? &ctx.tp : nullptr, ctx.cfg.sp);
   rank_sec_.assign(size_t(ctx.layout.dp), 0.0);
   const std::vector<ParamSpan>& flat = sync_->own_spans_flat();
   for (size_t i = 0; i < flat.size(); i++) {
@@ -307,8 +322,9 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
     const double e0 = led.exposed_s;
     const std::vector<LossReport> reps =
         pipe_->run(ws.config(), experts_.get(), tp_.get(), l, grad_view(), micro, scale, hooks);
+    led += pipe_->take_ledger();  // the overlap's own communicators (one per direction)
     for (int a = 0; a < A; a++) add(a, reps[size_t(a)]), rows += plan_.rows(ctx_.at.dp, a);
-    compute = pipe_->stats().compute_s - (led.exposed_s - e0);
+    compute = std::max(0.0, pipe_->stats().compute_s - (led.exposed_s - e0));
   }
   for (int a = 0; a < A && !pipe_; a++) {
     const double t0 = now_seconds(), e0 = led.exposed_s;
@@ -334,10 +350,13 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
   // One all-reduce of everything the step reports: global loss, norm, loads; per-rank times.
   const size_t M = g.loss.moe.size(), E = size_t(c_.experts), DP = size_t(ctx_.layout.dp);
   const size_t kd = 6 + 2 * M + M * E + DP;  // the distillation loss, then the pipeline's times
-  std::vector<double> v(kd + 3, 0.0);
+  std::vector<double> v(kd + 4, 0.0);
   v[kd] = g.loss.distill_loss;
   const bool stage_head = ctx_.at.dp == 0 && ctx_.at.tp == 0;  // one rank per stage reports
-  if (pipe_ && stage_head) v[kd + 1] = pipe_->stats().idle_s, v[kd + 2] = pipe_->stats().wall_s;
+  if (pipe_ && stage_head) {
+    v[kd + 1] = pipe_->stats().idle_s, v[kd + 2] = pipe_->stats().wall_s;
+    v[kd + 3] = pipe_->stats().overlap_s;
+  }
   v[0] = g.loss.loss, v[1] = g.loss.mtp_loss, v[2] = g.loss.balance_loss, v[3] = g.loss.total;
   v[4] = double(g.loss.targets);
   for (size_t i = 0; i < M; i++) {
@@ -352,7 +371,7 @@ Gradients ParallelStep::compute_gradients(Workspace& ws, const TrainingLossConfi
   g.loss.loss = v[0], g.loss.mtp_loss = v[1], g.loss.balance_loss = v[2], g.loss.total = v[3];
   g.loss.targets = int64_t(v[4]);
   g.loss.distill_loss = v[kd];
-  pp_idle_ = v[kd + 1], pp_wall_ = v[kd + 2];
+  pp_idle_ = v[kd + 1], pp_wall_ = v[kd + 2], pp_overlap_ = v[kd + 3];
   for (size_t i = 0; i < M; i++) {
     g.loss.moe[i].balance_loss = v[6 + 2 * i], g.loss.moe[i].entropy = v[7 + 2 * i];
     for (size_t e = 0; e < E; e++) g.loss.moe[i].loads[e] = int64_t(v[6 + 2 * M + i * E + e]);
@@ -469,6 +488,7 @@ StepComm ParallelStep::last_comm() const {
     c.pp_bubble_fraction = pp_wall_ > 0 ? pp_idle_ / pp_wall_ : 0;
     c.pp_bubble_formula = ideal_bubble_fraction(pipe_->schedule(), P, M);
     c.pp_send_bytes = pipe_->stats().sent_bytes;
+    c.pp_overlap_s = pp_overlap_ / P;
   }
   return c;
 }

@@ -60,6 +60,10 @@ struct ParallelContext {
   bool distributed() const { return world > 1; }
   bool root() const { return rank == 0; }
   std::string describe() const;  // "4 ranks: dp 4 x tp 1 x pp 1, ep 2, zero 1"
+  // DualPipe with --pp_overlap and an MPI that lets two threads communicate: F&B ops run their
+  // forward and backward at once (PipelineStage::enable_overlap).
+  bool pp_overlap() const;
+  std::string overlap_note() const;  // for describe(): how DualPipe's F&B ops run
 };
 // Checks the layout against the world size and the model without communicating (errors name
 // what to change): what make_parallel_context checks before it splits the world.
@@ -100,6 +104,9 @@ struct StepComm {
   // share of the pipeline's wall time (the bubble; -1 without pp), the schedule's share on equal
   // stages (ideal_bubble_fraction; 1F1B (P-1)/(M+P-1)), and the activation bytes this rank sent.
   double pp_idle_s = 0, pp_bubble_fraction = -1, pp_bubble_formula = 0, pp_send_bytes = 0;
+  // DualPipe's overlapped F&B ops: the mean over stages of the time both threads computed at
+  // once (what the overlap took off the step; 0 when F&B ops run one after the other).
+  double pp_overlap_s = 0;
 };
 
 class ParallelStep {
@@ -166,7 +173,7 @@ class ParallelStep {
   // The gradient norm's spans (own_spans_flat/_shard): under tp, the replicated tensors count on
   // tp rank 0 only (their gradients are the same on every tp rank).
   std::vector<ParamSpan> norm_flat_, norm_shard_;
-  double pp_idle_ = 0, pp_wall_ = 0;  // last step, summed over stages
+  double pp_idle_ = 0, pp_wall_ = 0, pp_overlap_ = 0;  // last step, summed over stages
   // zero 1/2
   Buffer grads_;         // fp32, this rank's whole table: what backward accumulates into
   ModelParams grad_view_;

@@ -1,9 +1,17 @@
 #include "train/pipeline.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <condition_variable>
+#include <exception>
+#include <thread>
+#include <utility>
 
 #include "core/check.h"
 #include "core/timer.h"
+#include "train/expert_parallel.h"
+#include "train/tp_comm.h"
 
 namespace dsv3 {
 
@@ -41,6 +49,68 @@ struct PipelineStage::Outgoing {
   int peer = 0, tag = 0;
 };
 
+// The spans [t0, t1] one thread spent blocked on a neighbour during an op (seconds of
+// now_seconds()), in order.
+struct PipelineStage::Clock {
+  std::vector<std::pair<double, double>> blocked;
+  double idle() const {
+    double t = 0;
+    for (const auto& [a, b] : blocked) t += b - a;
+    return t;
+  }
+};
+
+// The thread an overlapped F&B runs its forward on: one for the stage's life, so its OpenMP team
+// (libgomp keeps one per thread) is made once. post() hands it a job, wait() waits for the job
+// and rethrows what it threw.
+struct PipelineStage::Worker {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::function<void()> job;
+  std::exception_ptr error;
+  bool busy = false, quit = false;
+  std::thread th;
+
+  Worker() : th([this] { loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      quit = true;
+    }
+    cv.notify_all();
+    th.join();
+  }
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      cv.wait(lock, [&] { return quit || busy; });
+      if (!busy) return;  // quit with nothing to do
+      lock.unlock();
+      std::exception_ptr e;
+      try {
+        job();
+      } catch (...) {
+        e = std::current_exception();
+      }
+      lock.lock();
+      error = e, busy = false, job = nullptr;
+      cv.notify_all();
+    }
+  }
+  void post(std::function<void()> f) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      job = std::move(f), busy = true, error = nullptr;
+    }
+    cv.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return !busy; });
+    if (error) std::rethrow_exception(std::exchange(error, nullptr));
+  }
+};
+
 // Tags: 2a carries micro-batch a's activation forward, 2a + 1 its gradient backward.
 std::string PipelineStage::describe(bool sending, int peer, int tag) const {
   const std::string what = tag == kEvalTag ? std::string("a validation batch's activation")
@@ -50,6 +120,7 @@ std::string PipelineStage::describe(bool sending, int peer, int tag) const {
 }
 
 void PipelineStage::send(const Tensor& t, int peer, int tag) {
+  std::lock_guard<std::mutex> lock(out_mu_);
   for (auto it = out_.begin(); it != out_.end();) it = it->req.test() ? out_.erase(it) : std::next(it);
   Outgoing& o = out_.emplace_back();
   o.bytes.resize(t.bytes());
@@ -80,6 +151,13 @@ struct PipelineStage::Lane {
   WorkspaceConfig cfg;
   std::vector<std::unique_ptr<Slot>> slots;  // one per micro-batch in flight
   Slot& slot(int m) { return *slots[size_t(m) % slots.size()]; }
+  // enable_overlap: this direction's own communication (else the stage's watchdog and run()'s
+  // exchange and hook). ExpertAllToAll and TpComm hold their group by reference: a Lane never
+  // moves (lanes_ holds pointers).
+  std::unique_ptr<dist::Collectives> coll;
+  dist::Group ep, tp;
+  std::unique_ptr<ExpertAllToAll> experts;
+  std::unique_ptr<TpComm> tpc;
 };
 
 PipelineStage::PipelineStage(const ModelWeights& w, const dist::Group& pp,
@@ -114,19 +192,54 @@ PipelineStage::PipelineStage(const ModelWeights& w, const dist::Group& pp,
 
 PipelineStage::~PipelineStage() = default;
 
+void PipelineStage::enable_overlap(double collective_timeout, const dist::Group* ep,
+                                   const dist::Group* tp, bool sequence_parallel) {
+  DSV3_CHECK(schedule_ == PipeSchedule::DualPipe && !worker_,
+             "internal: F&B overlap is DualPipe's, enabled once");
+  DSV3_CHECK(dist::concurrent_threads(), "internal: F&B overlap needs MPI_THREAD_MULTIPLE");
+  const auto dup = [](const dist::Group& g, int d) {  // collective over g
+    return dist::make_group(g.comm.split(0, g.rank()), cat(g.name, " (direction ", d, ")"));
+  };
+  for (auto& lp : lanes_) {
+    Lane& l = *lp;
+    l.coll = std::make_unique<dist::Collectives>(collective_timeout);  // collective: world
+    if (ep && ep->size() > 1) {
+      l.ep = dup(*ep, l.dir);
+      l.experts = std::make_unique<ExpertAllToAll>(*l.coll, l.ep, w_.config(), w_.dtype(),
+                                                   w_.device());
+    }
+    if (tp && tp->size() > 1) {
+      l.tp = dup(*tp, l.dir);
+      l.tpc = std::make_unique<TpComm>(*l.coll, l.tp);
+      l.tpc->sequence_parallel = sequence_parallel;
+    }
+  }
+  worker_ = std::make_unique<Worker>();
+}
+
+dist::CommLedger PipelineStage::take_ledger() {
+  dist::CommLedger sum;
+  for (auto& l : lanes_)
+    if (l->coll) sum += l->coll->ledger(), l->coll->ledger().clear();
+  return sum;
+}
+
+dist::Collectives& PipelineStage::coll_of(Lane& l) { return l.coll ? *l.coll : coll_; }
+
 void PipelineStage::check_micros(int M) const {
   if (schedule_ == PipeSchedule::DualPipe) schedule_dualpipe(rank_, stages(), M);  // throws
   DSV3_CHECK(M >= 1 && 2 * M <= 32767, "a pipeline step runs 1 to 16383 micro-batches, not ", M);
 }
 
-void PipelineStage::recv(const Tensor& t, int peer, int tag) {
+void PipelineStage::recv(const Tensor& t, int peer, int tag, dist::Collectives& coll,
+                         Clock& clock) {
   const double t0 = now_seconds();
   dist::Request r = pp_.irecv(t.data, t.numel, t.dtype, peer, tag);
-  coll_.wait_p2p(r, pp_world_[size_t(peer)], describe(false, peer, tag));
-  stats_.idle_s += now_seconds() - t0;
+  coll.wait_p2p(r, pp_world_[size_t(peer)], describe(false, peer, tag));
+  clock.blocked.push_back({t0, now_seconds()});
 }
 
-void PipelineStage::forward(Lane& lane, int m) {
+void PipelineStage::forward(Lane& lane, int m, Clock& clock) {
   Slot& s = lane.slot(m);
   const int a = lane.micro0 + m;  // the step's micro-batch
   const MicroBatch mb = (*micro_)(a);
@@ -135,7 +248,7 @@ void PipelineStage::forward(Lane& lane, int m) {
   load_batch(p, mb, /*mtp=*/true);
   const size_t NC = stream_elems(p);
   if (lane.first) embed_forward(p);
-  else recv(s.ws->resid[size_t(lane.l0)].slice(0, NC), lane.from, 2 * a);
+  else recv(s.ws->resid[size_t(lane.l0)].slice(0, NC), lane.from, 2 * a, coll_of(lane), clock);
   blocks_forward(p, lane.l0, lane.l1);
   LossReport& r = reports_[size_t(a)];
   r = {};
@@ -163,14 +276,14 @@ void PipelineStage::forward(Lane& lane, int m) {
   r.total += r.balance_loss;
 }
 
-void PipelineStage::backward(Lane& lane, int m) {
+void PipelineStage::backward(Lane& lane, int m, Clock& clock) {
   Slot& s = lane.slot(m);
   const int a = lane.micro0 + m;
   DSV3_CHECK(s.pass, "internal: backward of micro-batch ", a, " before its forward");
   Pass& p = *s.pass;
   const size_t NC = stream_elems(p);
   if (lane.last) mtp_backward(p);
-  else recv(s.ws->dres.slice(0, NC), lane.to, 2 * a + 1);
+  else recv(s.ws->dres.slice(0, NC), lane.to, 2 * a + 1, coll_of(lane), clock);
   blocks_backward(p, lane.l0, lane.l1);
   if (lane.first) {
     embed_backward(p);
@@ -189,8 +302,8 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
   const double t0 = now_seconds();
   stats_ = {};
   stats_.micros = M;
-  // The step's ops on this rank as (lane, F/B of the lane's micro-batch m).
-  std::vector<std::pair<int, PipeOp>> ops;
+  // The step's ops on this rank: F or B of a lane's micro-batch m, or an overlapped F&B.
+  std::vector<Op> ops;
   const bool dual = schedule_ == PipeSchedule::DualPipe;
   if (!dual) {
     for (const PipeOp& op : schedule_1f1b(rank_, P, M)) ops.push_back({0, op});
@@ -201,8 +314,12 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
         case DualOp::BInput: ops.push_back({op.dir, {true, op.micro}}); break;
         case DualOp::W: break;  // the backward computed the weight gradient already
         case DualOp::FAndB:
-          ops.push_back({op.dir, {false, op.micro}});
-          ops.push_back({op.bdir, {true, op.bmicro}});
+          if (worker_) {
+            ops.push_back({op.dir, {false, op.micro}, op.bdir, op.bmicro});
+          } else {
+            ops.push_back({op.dir, {false, op.micro}});
+            ops.push_back({op.bdir, {true, op.bmicro}});
+          }
           break;
       }
   }
@@ -221,7 +338,10 @@ std::vector<LossReport> PipelineStage::run(const WorkspaceConfig& whole, ExpertE
       s->ws = std::make_unique<Workspace>(w_.config(), w_.dtype(), w_.device(), wc);
       l.slots.push_back(std::move(s));
     }
-    for (auto& s : l.slots) s->ws->set_expert_exchange(experts), s->ws->set_tensor_parallel(tp);
+    for (auto& s : l.slots) {
+      s->ws->set_expert_exchange(l.experts ? l.experts.get() : experts);
+      s->ws->set_tensor_parallel(l.tpc ? l.tpc.get() : tp);
+    }
   }
   loss_ = &loss, grads_ = &grads, micro_ = &micro, scale_ = &scale;
   reports_.assign(size_t(M), LossReport{});
@@ -275,8 +395,9 @@ LossReport PipelineStage::forward_only(const WorkspaceConfig& whole, ExpertExcha
   load_batch(p, mb, opt.mtp);
   const size_t NC = stream_elems(p);
   try {
+    Clock clock;
     if (lane.first) embed_forward(p);
-    else recv(eval_ws_->resid[size_t(lane.l0)].slice(0, NC), lane.from, kEvalTag);
+    else recv(eval_ws_->resid[size_t(lane.l0)].slice(0, NC), lane.from, kEvalTag, coll_, clock);
     blocks_forward(p, lane.l0, lane.l1);
     LossReport r;
     if (lane.last) {
@@ -299,18 +420,22 @@ void PipelineStage::finish_forwards() {
   out_.clear();
 }
 
-void PipelineStage::run_ops(const std::vector<std::pair<int, PipeOp>>& ops, const Hooks& hooks) {
+void PipelineStage::run_ops(const std::vector<Op>& ops, const Hooks& hooks) {
   int backwards = 0;
-  for (const auto& [lane, op] : ops) {
+  for (const Op& op : ops) {
     const double c0 = now_seconds(), i0 = stats_.idle_s;
-    if (op.backward) {
+    Clock clock;
+    if (op.blane >= 0) {
+      overlapped(op, backwards++, hooks);
+    } else if (op.op.backward) {
       const int k = backwards++;
       if (hooks.before_backward) hooks.before_backward(k);
-      backward(*lanes_[size_t(lane)], op.micro);
+      backward(*lanes_[size_t(op.lane)], op.op.micro, clock);
       if (hooks.after_backward) hooks.after_backward(k);
     } else {
-      forward(*lanes_[size_t(lane)], op.micro);
+      forward(*lanes_[size_t(op.lane)], op.op.micro, clock);
     }
+    stats_.idle_s += clock.idle();
     stats_.compute_s += (now_seconds() - c0) - (stats_.idle_s - i0);
   }
   const double w0 = now_seconds();
@@ -320,6 +445,73 @@ void PipelineStage::run_ops(const std::vector<std::pair<int, PipeOp>>& ops, cons
   for (auto& l : lanes_)
     for (auto& s : l->slots) s->pass.reset();
   stats_.idle_s += now_seconds() - w0;
+}
+
+namespace {
+using Spans = std::vector<std::pair<double, double>>;  // disjoint, in order
+
+// The length of the intersection of two span lists.
+double common(const Spans& a, const Spans& b) {
+  double t = 0;
+  for (size_t i = 0, j = 0; i < a.size() && j < b.size();) {
+    t += std::max(0.0, std::min(a[i].second, b[j].second) - std::max(a[i].first, b[j].first));
+    if (a[i].second < b[j].second) i++;
+    else j++;
+  }
+  return t;
+}
+
+// [t0, t1] without the spans (which lie inside it).
+Spans outside(const Spans& s, double t0, double t1) {
+  Spans r;
+  for (const auto& [a, b] : s) {
+    if (a > t0) r.push_back({t0, a});
+    t0 = std::max(t0, b);
+  }
+  if (t1 > t0) r.push_back({t0, t1});
+  return r;
+}
+}  // namespace
+
+// An F&B on two threads: the forward on the worker, the backward (and the gradient hooks) here,
+// each with half of this thread's OpenMP threads. Neither touches the other's lane: the two are
+// different directions, so different workspaces, layers and communicators. The rank idles when
+// neither thread computes (blocked on a neighbour, or done while the other is blocked).
+void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks) {
+  const int threads = omp_get_max_threads();
+  const int fwd_threads = std::max(1, threads / 2), bwd_threads = std::max(1, threads - fwd_threads);
+  Clock fc, bc;
+  double f_end = 0;
+  const double t0 = now_seconds();
+  worker_->post([&] {
+    omp_set_num_threads(fwd_threads);
+    forward(*lanes_[size_t(op.lane)], op.op.micro, fc);
+    f_end = now_seconds();
+  });
+  omp_set_num_threads(bwd_threads);
+  double b_end = 0;
+  try {
+    if (hooks.before_backward) hooks.before_backward(backward_no);
+    backward(*lanes_[size_t(op.blane)], op.bmicro, bc);
+    if (hooks.after_backward) hooks.after_backward(backward_no);
+    b_end = now_seconds();
+  } catch (...) {
+    omp_set_num_threads(threads);
+    try {  // the forward uses this stage's slots: it must end before the error unwinds them
+      worker_->wait();
+    } catch (...) {
+    }
+    throw;
+  }
+  omp_set_num_threads(threads);
+  worker_->wait();
+  const double t1 = now_seconds();
+  // a thread is idle while blocked and once done; it computes in the rest of [t0, its end]
+  Spans f_idle = fc.blocked, b_idle = bc.blocked;
+  f_idle.push_back({f_end, t1}), b_idle.push_back({b_end, t1});
+  stats_.idle_s += common(f_idle, b_idle);
+  stats_.overlap_s += common(outside(fc.blocked, t0, f_end), outside(bc.blocked, t0, b_end));
+  stats_.overlapped++;
 }
 
 }  // namespace dsv3

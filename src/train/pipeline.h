@@ -5,10 +5,12 @@
 // send/recv on the pp group; model code never communicates.
 //
 // Each in-flight micro-batch has its own workspace (1F1B: P - s of them on stage s), restricted
-// to the stage's layers. DualPipe runs two such stages per rank, one per direction; its F&B ops
-// run the forward and then the backward (no overlap on the CPU), and its W ops are empty: the
-// model's backward computes weight gradients with input gradients, so a postponed W is already
-// done (docs/decisions.md). A rank's weights hold only its stages' tensors (pipeline_parts,
+// to the stage's layers. DualPipe runs two such stages per rank, one per direction. Its F&B ops
+// run the forward of one direction on a second thread beside the backward of the other
+// (enable_overlap, DeepSeek-V3 section 3.2.1: one micro-batch's communication hides behind the
+// other's computation), or one after the other. Its W ops are empty: the model's backward
+// computes weight gradients with input gradients, so a postponed W is already done
+// (docs/decisions.md). A rank's weights hold only its stages' tensors (pipeline_parts,
 // docs/decisions.md "Distributed II"): gradients reduce over dp. The MTP modules on the last
 // stage read the embedding stage 0 trains, so the last stage holds a copy; the two copies'
 // gradients are summed over both stages (dp_mirror, train/grad_sync.h), so they stay equal.
@@ -17,6 +19,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "dist/collectives.h"
@@ -28,11 +31,13 @@
 namespace dsv3 {
 
 // What one step's pipeline cost this stage. idle_s: blocked waiting for a neighbour (the
-// bubble, plus any imbalance between stages); compute_s: running its F and B.
+// bubble, plus any imbalance between stages; during an overlapped F&B, the time neither thread
+// computed); compute_s: the rest of the wall time. overlap_s: the time an overlapped F&B's two
+// threads both computed (0 without overlap); overlapped: F&B ops that ran on two threads.
 struct PipeStepStats {
-  double wall_s = 0, idle_s = 0, compute_s = 0;
+  double wall_s = 0, idle_s = 0, compute_s = 0, overlap_s = 0;
   double sent_bytes = 0;
-  int micros = 0;
+  int micros = 0, overlapped = 0;
 };
 
 // What pipeline rank `rank` of bounds.size() - 1 stages holds of the model (its parameter table,
@@ -58,13 +63,30 @@ class PipelineStage {
   // Throws unless the schedule can run M micro-batches per step (DualPipe: M even, >= 2P).
   void check_micros(int M) const;
 
+  // DualPipe: from now on an F&B runs its forward on a second thread (this stage's, persistent)
+  // beside its backward, each with half of the caller's OpenMP threads. Each direction gets its
+  // own collectives watchdog, and over duplicates of ep and tp (null: not used) its own expert
+  // exchange and tensor-parallel hook, which run()'s `experts` and `tp` then stand aside for: a
+  // micro-batch's forward and backward run in one direction, so the expert rows its forward
+  // keeps stay with one exchange, and the two threads never share a communicator for
+  // collectives (ep and tp peers run the same schedule, so each direction's collectives come in
+  // the same order on every peer). Needs dist::concurrent_threads(). Collective over the world
+  // (it duplicates communicators): every rank calls it, in the same order, or none does.
+  void enable_overlap(double collective_timeout, const dist::Group* ep, const dist::Group* tp,
+                      bool sequence_parallel);
+  bool overlapping() const { return worker_ != nullptr; }
+  // The directions' own communication since the last call (enable_overlap; empty otherwise),
+  // for the step's ledger.
+  dist::CommLedger take_ledger();
+
   // Around each backward on this rank, numbered 0, 1, ... in the order they run (the gradient
   // reduction's hooks: it reduces after the last).
   struct Hooks {
     std::function<void(int)> before_backward, after_backward;
   };
-  // F and B of micro-batches 0..scale.size()-1 (micro(a) asked for before F(a); its gradient
-  // scaled by scale[a]) in the schedule's order; gradients add into grads. DualPipe sends the
+  // F and B of micro-batches 0..scale.size()-1 (micro(a) asked for before F(a), on the forward
+  // thread under overlap; its gradient scaled by scale[a]) in the schedule's order; gradients
+  // add into grads (only ever from the calling thread, as do the hooks). DualPipe sends the
   // first half of the micro-batches down from rank 0 and the second half up from rank P-1.
   // Returns this rank's part of each micro-batch's report: the losses and targets where it runs
   // the last stage, the router statistics of the MoE layers it runs (zero elsewhere), so summing
@@ -91,15 +113,25 @@ class PipelineStage {
   struct Slot;
   struct Lane;  // one direction's stage on this rank
   struct Outgoing;
+  struct Clock;   // one thread's blocked time during an op
+  struct Worker;  // the F&B forward's thread
   // forward_only's messages: above every training tag (2a + 1 < 32766, check_micros)
   static constexpr int kEvalTag = 32766;
   static WorkspaceConfig lane_workspace(const WorkspaceConfig& whole, const Lane& l, bool backward);
   int inflight(const Lane& l, int M) const;  // workspaces the lane keeps for M micro-batches
-  void run_ops(const std::vector<std::pair<int, PipeOp>>& ops, const Hooks& hooks);
-  void forward(Lane& lane, int m);
-  void backward(Lane& lane, int m);
-  void recv(const Tensor& t, int peer, int tag);
-  void send(const Tensor& t, int peer, int tag);  // nonblocking, from a copy
+  struct Op {  // one op of the step on this rank: F or B of a lane's micro-batch m, or an F&B
+    int lane = 0;
+    PipeOp op;
+    int blane = -1, bmicro = -1;  // an overlapped F&B's backward (op: its forward)
+  };
+  void run_ops(const std::vector<Op>& ops, const Hooks& hooks);
+  void overlapped(const Op& op, int backward_no, const Hooks& hooks);
+  void forward(Lane& lane, int m, Clock& clock);
+  void backward(Lane& lane, int m, Clock& clock);
+  // recv waits through the lane's watchdog (coll_ without one); its blocked time goes to clock
+  void recv(const Tensor& t, int peer, int tag, dist::Collectives& coll, Clock& clock);
+  void send(const Tensor& t, int peer, int tag);  // nonblocking, from a copy; thread-safe
+  dist::Collectives& coll_of(Lane& l);
   std::string describe(bool sending, int peer, int tag) const;  // for the watchdog's errors
 
   const ModelWeights& w_;
@@ -113,8 +145,10 @@ class PipelineStage {
   std::unique_ptr<Workspace> eval_ws_;  // forward_only's, for lane 0's layers
   WorkspaceConfig eval_cfg_;
   std::vector<LossReport> reports_;
+  std::mutex out_mu_;         // out_ and stats_.sent_bytes (both threads send)
   std::list<Outgoing> out_;  // sends in flight
   PipeStepStats stats_;
+  std::unique_ptr<Worker> worker_;  // enable_overlap
   // set for the duration of run()
   const TrainingLossConfig* loss_ = nullptr;
   const ModelParams* grads_ = nullptr;

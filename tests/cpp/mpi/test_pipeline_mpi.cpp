@@ -1,6 +1,7 @@
 // Pipeline parallelism and mixed layouts of `dsv3 train` under mpirun (ctest pipeline_mpi.*,
 // label mpi): per-step losses of pp2 and pp4 (uneven stages) under 1F1B and DualPipe, and
-// dp2 x pp2 with experts, against one process, checkpoints moved between a pipeline and one process, and the bad
+// dp2 x pp2 with experts under both, against one process; DualPipe's F&B overlap against the
+// same schedule without it; checkpoints moved between a pipeline and one process, and the bad
 // layouts. The debug model with 5 layers (1 dense + 4 MoE, MTP depth 1), 8 steps of a global
 // batch of 8 sequences of 32 tokens in micro-batches of 2: 4 micro-batches per pipeline step.
 //
@@ -56,8 +57,37 @@ TEST(PipelineMpi, PipelinesTrainLikeOneProcess) {
     check(l, one);
   // DualPipe on 4 stages needs M >= 8: micro-batches of one sequence, against one process so
   ASSERT_EQ(train(0, kPipe + " --batch 1 --out " + d / "one_b1").code, 0);
+  const auto one_b1 = steps_of(d / "one_b1");
   check({4, 4, 8, "--batch 1 --pp 4 --pp_layers 2,1,1,1 --pp_schedule dualpipe", "pp4_dual"},
-        steps_of(d / "one_b1"));
+        one_b1);
+  // the overlapped F&B's forward dispatches experts on its direction's own ep communicator
+  check({4, 2, 4, "--batch 1 --pp 2 --ep 2 --pp_schedule dualpipe", "dp2_pp2_ep2_dual"}, one_b1);
+}
+
+// An overlapped F&B runs the same forward and backward as one after the other, on other threads:
+// the same losses and gradient norms to the bit (each thread here has one OpenMP thread, as
+// without the overlap), and both threads did compute at once.
+TEST(PipelineMpi, DualPipeOverlapsAnFAndBWithoutChangingTheStep) {
+  Dir d("pipe_overlap");
+  const std::string args = kPipe + " --batch 1 --pp 2 --pp_schedule dualpipe";
+  const CmdResult on = train(2, args + " --out " + d / "on");
+  ASSERT_EQ(on.code, 0) << on.out;
+  EXPECT_NE(on.out.find("F&B overlapped on 2 threads"), std::string::npos) << on.out;
+  const CmdResult off = train(2, args + " --pp_overlap false --out " + d / "off");
+  ASSERT_EQ(off.code, 0) << off.out;
+  EXPECT_NE(off.out.find("F&B one after the other (--pp_overlap false)"), std::string::npos);
+  const auto a = steps_of(d / "on"), b = steps_of(d / "off");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), a.size());
+  double overlap = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>()) << i + 1;
+    overlap += a[i]["pp_overlap_s"].get<double>();
+    EXPECT_GE(a[i]["pp_overlap_s"].get<double>(), 0.0);
+    EXPECT_FALSE(b[i].contains("pp_overlap_s"));
+  }
+  EXPECT_GT(overlap, 0.0);  // M = 8 on 2 stages: five F&B ops per rank and step
 }
 
 TEST(PipelineMpi, CheckpointsMoveBetweenAPipelineAndOneProcess) {
@@ -169,15 +199,19 @@ TEST(PipelineMpi, BadLayoutsFailOnceWithoutHanging) {
 // watchdog turns that into an error naming the operation and the silent rank, within the
 // timeout, instead of a hang until the job's wall-clock limit.
 TEST(PipelineMpi, AStoppedStageIsNamedWithinTheTimeout) {
-  Dir d("pipe_hang");
-  const double t0 = now_seconds();
-  const CmdResult r = train(2, "--steps 6 --pp 2 --rank_fault stop:1@3 --collective_timeout 3 "
-                               "--out " + d / "run");
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.out.find("pipeline: receiving micro-batch"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("timed out after 3 s"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("rank 1 did not answer"), std::string::npos) << r.out;
-  EXPECT_LT(now_seconds() - t0, 60.0) << "the watchdog took too long";
+  // under DualPipe's overlap either thread may be the one waiting on the stopped stage
+  for (const std::string sched : {"1f1b", "dualpipe"}) {
+    Dir d("pipe_hang_" + sched);
+    const double t0 = now_seconds();
+    const CmdResult r = train(2, "--steps 6 --pp 2 --pp_schedule " + sched +
+                                     " --rank_fault stop:1@3 --collective_timeout 3 --out " +
+                                     d / "run");
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.out.find("pipeline: receiving micro-batch"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("timed out after 3 s"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("rank 1 did not answer"), std::string::npos) << r.out;
+    EXPECT_LT(now_seconds() - t0, 60.0) << sched << ": the watchdog took too long";
+  }
 }
 
 }  // namespace
