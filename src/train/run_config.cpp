@@ -155,6 +155,8 @@ void reject_inapplicable(const RunSpec& s, const std::vector<std::string>& set_k
        "--grad_compress topk"},
       {{"eplb_redundant", "eplb_every"}, [&] { return s.distributed.eplb; }, "--eplb true"},
       {{"eplb"}, [&] { return moe; }, "routed experts (--experts > 0)"},
+      {{"pp_overlap"}, [&] { return s.distributed.pp_schedule == PipeSchedule::DualPipe; },
+       "--pp_schedule dualpipe (its F&B ops)"},
       {{"debug_slowdown"}, [&] { return s.distributed.debug_slow_rank >= 0; },
        "--debug_slow_rank"},
   };

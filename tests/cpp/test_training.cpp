@@ -352,6 +352,7 @@ TEST(BadInput, ClearMessageAndNonZeroExit) {
       {"train --seq_warmup_start 32", "--seq_warmup_start does not apply"},
       {"train --preset debug --experts 0 --dense_layers 2 --balance_alpha 0.01", "--balance_alpha does not apply"},
       {"train --spike_window 10", "--spike_window does not apply"},
+      {"train --pp_overlap false", "--pp_overlap does not apply to this run: it needs --pp_schedule dualpipe"},
       {"train --precision bf17", "unknown precision 'bf17'"},
       {"train --recompute some", "unknown recompute mode 'some'"},
       {"train --loss_scale 1000 --precision fp16", "loss_scale must be a power of two"},
