@@ -55,8 +55,8 @@ const std::vector<FieldSpec>& dist_fields() {
              pipe_schedule_name, parse_pipe_schedule),
       field("pp_overlap", &D::pp_overlap,
             "--pp_schedule dualpipe: run each F&B's forward on a second thread beside its "
-            "backward, half the OpenMP threads each (DeepSeek-V3's overlap; false: one after "
-            "the other)"),
+            "backward, a third of the OpenMP threads to the forward (DeepSeek-V3's overlap; "
+            "false: one after the other)"),
       field("sp", &D::sp, "--tp > 1: sequence parallelism (norms and the residual stream split "
             "over the tp ranks by rows; all-gather / reduce-scatter instead of all-reduce)"),
       field("debug_slow_rank", &D::debug_slow_rank,

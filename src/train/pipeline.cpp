@@ -473,13 +473,18 @@ Spans outside(const Spans& s, double t0, double t1) {
 }
 }  // namespace
 
-// An F&B on two threads: the forward on the worker, the backward (and the gradient hooks) here,
-// each with half of this thread's OpenMP threads. Neither touches the other's lane: the two are
+// An F&B on two threads: the forward on the worker, the backward (and the gradient hooks) here.
+// This thread's OpenMP threads are split in proportion to the work, a third for the forward (a
+// backward costs about two forwards), so that with enough threads both halves end together and
+// the overlap costs no compute: with n threads the F&B takes max(n/f, 2n/(n-f)) forward-times
+// against 3 one after the other (n = 6: 3 either way). Each half gets at least one thread (with
+// one or two the halves time-share the cores). Neither touches the other's lane: the two are
 // different directions, so different workspaces, layers and communicators. The rank idles when
 // neither thread computes (blocked on a neighbour, or done while the other is blocked).
 void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks) {
   const int threads = omp_get_max_threads();
-  const int fwd_threads = std::max(1, threads / 2), bwd_threads = std::max(1, threads - fwd_threads);
+  const int fwd_threads = std::max(1, (threads + 1) / 3);
+  const int bwd_threads = std::max(1, threads - fwd_threads);
   Clock fc, bc;
   double f_end = 0;
   const double t0 = now_seconds();

@@ -64,7 +64,8 @@ class PipelineStage {
   void check_micros(int M) const;
 
   // DualPipe: from now on an F&B runs its forward on a second thread (this stage's, persistent)
-  // beside its backward, each with half of the caller's OpenMP threads. Each direction gets its
+  // beside its backward, with a third of the caller's OpenMP threads (the backward the rest; at
+  // least one each). Each direction gets its
   // own collectives watchdog, and over duplicates of ep and tp (null: not used) its own expert
   // exchange and tensor-parallel hook, which run()'s `experts` and `tp` then stand aside for: a
   // micro-batch's forward and backward run in one direction, so the expert rows its forward
