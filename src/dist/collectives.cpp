@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <thread>
 
 #include "core/check.h"
@@ -12,7 +13,7 @@ namespace dsv3::dist {
 
 namespace {
 constexpr int kQueryTag = 30001, kReplyTag = 30002;
-constexpr size_t kQueryBytes = 64, kReplyBytes = 160;
+constexpr size_t kQueryBytes = 64, kReplyBytes = 320;
 
 std::string list_ranks(const std::vector<int>& r) {
   std::string s;
@@ -85,6 +86,39 @@ Group make_group(const Comm& comm, const std::string& name) {
   return g;
 }
 
+namespace {
+// Every Collectives with a side channel, for the answers (serve_queries).
+struct Registry {
+  std::mutex mu;
+  std::vector<Collectives*> all;
+};
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+uint64_t load_started(const Group& g) {
+  return std::atomic_ref<uint64_t>(const_cast<uint64_t&>(g.started)).load(std::memory_order_relaxed);
+}
+void bump_started(Group& g) {
+  std::atomic_ref<uint64_t>(g.started).fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
+// Marks what a Collectives is blocked in for the duration of a wait, also on the way out of an
+// exception (an answer must never read a Pending or a string that is gone).
+struct Collectives::Waiting {
+  Collectives& c;
+  Waiting(Collectives& col, const Pending* op, const std::string* p2p) : c(col) {
+    std::lock_guard<std::mutex> lock(registry().mu);
+    c.waiting_ = op, c.waiting_p2p_ = p2p;
+  }
+  ~Waiting() {
+    std::lock_guard<std::mutex> lock(registry().mu);
+    c.waiting_ = nullptr, c.waiting_p2p_ = nullptr;
+  }
+};
+
 Pending::~Pending() {
   if (!done && std::uncaught_exceptions() > 0) req.abandon();
 }
@@ -92,6 +126,21 @@ Pending::~Pending() {
 Collectives::Collectives(double timeout_s) : timeout_(timeout_s) {
   DSV3_CHECK(timeout_s >= 0, "collective_timeout must be >= 0 (0 = off)");
   if (timeout_s > 0 && world().size() > 1) side_ = world().split(0, world().rank());
+  if (side_) {
+    std::lock_guard<std::mutex> lock(registry().mu);
+    registry().all.push_back(this);
+  }
+}
+
+Collectives::~Collectives() {
+  std::lock_guard<std::mutex> lock(registry().mu);
+  auto& all = registry().all;
+  all.erase(std::remove(all.begin(), all.end(), this), all.end());
+}
+
+void Collectives::check_abort(const std::string& what) const {
+  if (abort_ && abort_->load(std::memory_order_relaxed))
+    fail(what, " abandoned on rank ", world().rank(), ": the other thread of this rank failed");
 }
 
 Pending Collectives::start(Group& g, Coll k, Purpose p, double bytes, Request req) {
@@ -100,27 +149,30 @@ Pending Collectives::start(Group& g, Coll k, Purpose p, double bytes, Request re
   op.group = &g;
   op.kind = k;
   op.purpose = p;
-  op.seq = g.started;  // incremented by the caller before the MPI call
+  op.seq = g.started;  // incremented by the caller before the MPI call (this thread's write)
   op.t0 = now_seconds();
   op.done = false;
   ledger_.bytes[size_t(k)] += bytes;
   ledger_.calls[size_t(k)]++;
   ledger_.purpose_bytes[size_t(p)] += bytes;
-  if (std::find(groups_.begin(), groups_.end(), &g) == groups_.end()) groups_.push_back(&g);
+  if (std::find(groups_.begin(), groups_.end(), &g) == groups_.end()) {
+    std::lock_guard<std::mutex> lock(registry().mu);
+    groups_.push_back(&g);
+  }
   return op;
 }
 
 Pending Collectives::all_reduce(Group& g, Purpose p, void* data, size_t count, DType t,
                                 ReduceOp op) {
   const double n = g.size(), S = double(count) * dtype_size(t);
-  g.started++;
+  bump_started(g);
   return start(g, Coll::AllReduce, p, 2 * (n - 1) / n * S, g.comm.iall_reduce(data, count, t, op));
 }
 
 Pending Collectives::reduce_scatter(Group& g, Purpose p, const void* send, void* recv,
                                     size_t count, DType t) {
   const double n = g.size();
-  g.started++;
+  bump_started(g);
   return start(g, Coll::ReduceScatter, p, (n - 1) * double(count) * dtype_size(t),
                g.comm.ireduce_scatter(send, recv, count, t));
 }
@@ -128,7 +180,7 @@ Pending Collectives::reduce_scatter(Group& g, Purpose p, const void* send, void*
 Pending Collectives::all_gather(Group& g, Purpose p, const void* send, void* recv, size_t count,
                                 DType t) {
   const double n = g.size();
-  g.started++;
+  bump_started(g);
   return start(g, Coll::AllGather, p, (n - 1) * double(count) * dtype_size(t),
                g.comm.iall_gather(send, recv, count, t));
 }
@@ -136,7 +188,7 @@ Pending Collectives::all_gather(Group& g, Purpose p, const void* send, void* rec
 Pending Collectives::all_to_all(Group& g, Purpose p, const void* send, void* recv, size_t count,
                                 DType t) {
   const double n = g.size();
-  g.started++;
+  bump_started(g);
   return start(g, Coll::AllToAll, p, (n - 1) * double(count) * dtype_size(t),
                g.comm.iall_to_all(send, recv, count, t));
 }
@@ -146,7 +198,7 @@ Pending Collectives::all_to_allv(Group& g, Purpose p, const void* send, Pieces s
   double sent = 0;
   for (size_t q = 0; q < sp.counts.size(); q++)
     if (int(q) != g.rank()) sent += double(sp.counts[q]) * dtype_size(t);
-  g.started++;
+  bump_started(g);
   return start(g, Coll::AllToAll, p, sent, g.comm.iall_to_allv(send, sp, recv, rp, t));
 }
 
@@ -168,7 +220,7 @@ void Collectives::wait(Pending& op) {
   if (timeout_ <= 0 || !side_) {
     op.req.wait();
   } else {
-    waiting_ = &op;
+    const Waiting mark(*this, &op, nullptr);
     // Spin briefly (most operations finish within microseconds once every rank is there), then
     // back off so an idle rank does not take the core an oversubscribed neighbour computes on.
     int spins = 0;
@@ -176,18 +228,20 @@ void Collectives::wait(Pending& op) {
       serve_queries();
       const double waited = now_seconds() - t0;
       if (waited > timeout_) time_out(op, waited);
+      check_abort(cat(coll_name(op.kind), " #", op.seq, " of group ", op.group->name));
       if (++spins > 200)
         std::this_thread::sleep_for(std::chrono::microseconds(spins > 2000 ? 1000 : 50));
     }
-    waiting_ = nullptr;
   }
-  ledger_.exposed_s += now_seconds() - t0;
+  const double t1 = now_seconds();
+  ledger_.exposed_s += t1 - t0;
+  if (spans_) spans_->push_back({t0, t1});
   finish(op);
 }
 
 void Collectives::wait_p2p(Request& r, int peer, const std::string& what) {
   if (timeout_ <= 0 || !side_) return r.wait();
-  waiting_p2p_ = &what;
+  const Waiting mark(*this, nullptr, &what);
   const double t0 = now_seconds();
   int spins = 0;
   while (!r.test()) {  // the same polling as wait(): answers queries, backs off when idle
@@ -197,10 +251,13 @@ void Collectives::wait_p2p(Request& r, int peer, const std::string& what) {
       r.abandon();  // its destructor would wait for the peer that did not come
       time_out_p2p(peer, what, waited);
     }
+    if (abort_ && abort_->load(std::memory_order_relaxed)) {
+      r.abandon();
+      check_abort(what);
+    }
     if (++spins > 200)
       std::this_thread::sleep_for(std::chrono::microseconds(spins > 2000 ? 1000 : 50));
   }
-  waiting_p2p_ = nullptr;
 }
 
 // Asks the one peer what it is blocked in (a collective, another point-to-point operation, or
@@ -224,31 +281,39 @@ void Collectives::time_out_p2p(int peer, const std::string& what, double waited)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   sent.abandon();
-  waiting_p2p_ = nullptr;
   fail(what, " timed out after ", int(waited), " s (--collective_timeout ", timeout_, ") on rank ",
        world().rank(), ": rank ", peer,
        answer.empty() ? " did not answer (stopped, dead or busy outside communication)"
                       : " is blocked in " + answer);
 }
 
-// Answers every query waiting on the side channel: how many operations this rank started on the
-// asked group, and what it is blocked in.
+// Answers every query waiting on any registered side channel: how many operations this rank
+// started on the asked group, and what each of its Collectives is blocked in. A thread that
+// finds another one answering skips its turn (that one serves every channel).
 void Collectives::serve_queries() {
-  int src = -1;
-  while (side_.probe(kQueryTag, &src)) {
-    std::vector<uint8_t> q(kQueryBytes);
-    side_.recv(q.data(), q.size(), DType::U8, src, kQueryTag);
-    const std::string group = unpack(q);
-    long long started = -1;
-    for (const Group* g : groups_)
-      if (g->name == group) started = (long long)g->started;
-    std::string in = "nothing";
-    if (waiting_)
-      in = cat(coll_name(waiting_->kind), " #", waiting_->seq, " of group ", waiting_->group->name);
-    else if (waiting_p2p_)
-      in = *waiting_p2p_;
-    const auto r = pack(cat(started, "\n", in), kReplyBytes);
-    side_.send(r.data(), r.size(), DType::U8, src, kReplyTag);  // small: sent eagerly
+  Registry& reg = registry();
+  std::unique_lock<std::mutex> lock(reg.mu, std::try_to_lock);
+  if (!lock.owns_lock()) return;
+  for (Collectives* c : reg.all) {
+    int src = -1;
+    while (c->side_.probe(kQueryTag, &src)) {
+      std::vector<uint8_t> q(kQueryBytes);
+      c->side_.recv(q.data(), q.size(), DType::U8, src, kQueryTag);
+      const std::string group = unpack(q);
+      long long started = -1;
+      std::string in;
+      for (const Collectives* o : reg.all) {
+        for (const Group* g : o->groups_)
+          if (g->name == group) started = (long long)load_started(*g);
+        const std::string w = o->waiting_ ? cat(coll_name(o->waiting_->kind), " #", o->waiting_->seq,
+                                                " of group ", o->waiting_->group->name)
+                              : o->waiting_p2p_ ? *o->waiting_p2p_
+                                                : std::string();
+        if (!w.empty()) in += (in.empty() ? "" : " and in ") + w;
+      }
+      const auto r = pack(cat(started, "\n", in.empty() ? std::string("nothing") : in), kReplyBytes);
+      c->side_.send(r.data(), r.size(), DType::U8, src, kReplyTag);  // small: sent eagerly
+    }
   }
 }
 

@@ -14,11 +14,15 @@
 // every other member of the group, over a side channel (a duplicate of the world communicator),
 // how far it got on that group; a rank waiting in any collective answers while it polls. After a
 // short grace period it throws: "all_reduce #57 of group dp (grads) timed out after 30 s: rank 2
-// did not answer (stopped, dead or busy outside collectives); ranks 0, 1, 3 are in it".
+// did not answer (stopped, dead or busy outside collectives); ranks 0, 1, 3 are in it". A process
+// may hold several Collectives used by different threads (the pipeline's overlapped F&B): each
+// registers its channel, and any of them polling answers on all of them.
 #pragma once
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -55,7 +59,9 @@ struct Group {
   Comm comm;
   std::string name;              // "world", "dp", "ep", "edp"
   std::vector<int> world_ranks;
-  uint64_t started = 0;          // operations started on this group by this rank
+  // Operations started on this group by this rank: written by the one thread that uses the
+  // group, read by the watchdog's answers from any thread (atomically, both sides).
+  uint64_t started = 0;
   int size() const { return int(world_ranks.size()); }
   int rank() const { return comm.rank(); }
 };
@@ -82,6 +88,7 @@ class Collectives {
  public:
   // timeout_s: the watchdog's limit for one wait (0 = wait forever, without polling).
   explicit Collectives(double timeout_s);
+  ~Collectives();
   Collectives(const Collectives&) = delete;
   Collectives& operator=(const Collectives&) = delete;
 
@@ -109,10 +116,25 @@ class Collectives {
   CommLedger& ledger() { return ledger_; }
   double timeout() const { return timeout_; }
 
+  // For a thread that shares the rank with another one communicating at the same time (the
+  // pipeline's overlapped F&B, train/pipeline.h), each with its own Collectives: while set,
+  // wait() appends the span [start, end] (now_seconds()) it blocked to *spans, so the pipeline
+  // can book as exposed only the time neither thread computed; and every wait gives up with an
+  // Error once *abort is true (the other thread failed: waiting out the timeout would only delay
+  // its report). Set and read by the thread that uses this object.
+  void set_span_sink(std::vector<std::pair<double, double>>* spans) { spans_ = spans; }
+  void set_abort_flag(const std::atomic<bool>* abort) { abort_ = abort; }
+
+  // The watchdog's answers: every Collectives of the process with a side channel is registered,
+  // and a rank polling in any of them answers queries on all of their channels, naming what each
+  // of its threads is blocked in, so a thread blocked in one object does not leave a peer's
+  // question to another unanswered.
  private:
   Pending start(Group& g, Coll k, Purpose p, double bytes, Request req);
   void finish(Pending& op);
-  void serve_queries();
+  static void serve_queries();  // every registered object's channel
+  void check_abort(const std::string& what) const;
+  struct Waiting;  // marks what this object is blocked in, for the answers
   [[noreturn]] void time_out(const Pending& op, double waited);
   [[noreturn]] void time_out_p2p(int peer, const std::string& what, double waited);
 
@@ -120,8 +142,12 @@ class Collectives {
   CommLedger ledger_;
   Comm side_;  // the watchdog's channel: a duplicate of the world
   std::vector<Group*> groups_;  // every group an operation was started on (to answer queries)
-  const Pending* waiting_ = nullptr;  // what this rank is blocked in (answers say so)
-  const std::string* waiting_p2p_ = nullptr;  // or this point-to-point operation
+  // What this object is blocked in (answers say so): a collective or a point-to-point
+  // operation. groups_, waiting_ and waiting_p2p_ change under the registry's lock.
+  const Pending* waiting_ = nullptr;
+  const std::string* waiting_p2p_ = nullptr;
+  std::vector<std::pair<double, double>>* spans_ = nullptr;
+  const std::atomic<bool>* abort_ = nullptr;
 };
 
 }  // namespace dsv3::dist

@@ -18,7 +18,7 @@ namespace dsv3 {
 
 bool ParallelContext::pp_overlap() const {
   return layout.pp > 1 && cfg.pp_schedule == PipeSchedule::DualPipe && cfg.pp_overlap &&
-         dist::concurrent_threads();
+         concurrent_threads;
 }
 
 std::string ParallelContext::overlap_note() const {
@@ -111,6 +111,11 @@ std::unique_ptr<ParallelContext> make_parallel_context(const dist::ParallelLayou
   const dist::ParallelGroups g = dist::make_parallel_groups(world, l);
   ctx->at = g.at;
   ctx->world_group = dist::make_group(world, "world");
+  // whether MPI lets two threads communicate, agreed by every rank (the overlap's set-up is
+  // collective: a rank that skipped it would leave the others waiting)
+  int32_t concurrent = dist::concurrent_threads() ? 1 : 0;
+  world.all_reduce(&concurrent, 1, DType::I32, dist::ReduceOp::Min);
+  ctx->concurrent_threads = concurrent == 1;
   ctx->dp = dist::make_group(g.dp, "dp");
   ctx->ep = dist::make_group(g.ep, "ep");
   ctx->edp = dist::make_group(g.edp, "edp");

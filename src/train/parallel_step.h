@@ -57,6 +57,7 @@ struct ParallelContext {
   std::vector<int> pp_bounds;
   StageParts parts;
   dist::Group dp_mirror, edp_mirror;
+  bool concurrent_threads = true;  // every rank's MPI lets two threads communicate at once
   bool distributed() const { return world > 1; }
   bool root() const { return rank == 0; }
   std::string describe() const;  // "4 ranks: dp 4 x tp 1 x pp 1, ep 2, zero 1"
@@ -105,7 +106,8 @@ struct StepComm {
   // stages (ideal_bubble_fraction; 1F1B (P-1)/(M+P-1)), and the activation bytes this rank sent.
   double pp_idle_s = 0, pp_bubble_fraction = -1, pp_bubble_formula = 0, pp_send_bytes = 0;
   // DualPipe's overlapped F&B ops: the mean over stages of the time both threads computed at
-  // once (what the overlap took off the step; 0 when F&B ops run one after the other).
+  // once (on fewer cores than threads, time-sharing them; 0 when F&B ops run one after the
+  // other).
   double pp_overlap_s = 0;
 };
 

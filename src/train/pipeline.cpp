@@ -53,6 +53,7 @@ struct PipelineStage::Outgoing {
 // now_seconds()), in order.
 struct PipelineStage::Clock {
   std::vector<std::pair<double, double>> blocked;
+  std::vector<std::pair<double, double>> comm;  // in collectives (overlapped F&B only)
   double idle() const {
     double t = 0;
     for (const auto& [a, b] : blocked) t += b - a;
@@ -203,6 +204,7 @@ void PipelineStage::enable_overlap(double collective_timeout, const dist::Group*
   for (auto& lp : lanes_) {
     Lane& l = *lp;
     l.coll = std::make_unique<dist::Collectives>(collective_timeout);  // collective: world
+    l.coll->set_abort_flag(&abort_);
     if (ep && ep->size() > 1) {
       l.ep = dup(*ep, l.dir);
       l.experts = std::make_unique<ExpertAllToAll>(*l.coll, l.ep, w_.config(), w_.dtype(),
@@ -461,6 +463,19 @@ double common(const Spans& a, const Spans& b) {
   return t;
 }
 
+// Two span lists of one thread (disjoint: its waits follow each other) as one, in order.
+Spans merged(Spans a, const Spans& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  std::sort(a.begin(), a.end());
+  return a;
+}
+
+double length(const Spans& s) {
+  double t = 0;
+  for (const auto& [a, b] : s) t += b - a;
+  return t;
+}
+
 // [t0, t1] without the spans (which lie inside it).
 Spans outside(const Spans& s, double t0, double t1) {
   Spans r;
@@ -485,37 +500,70 @@ void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks
   const int threads = omp_get_max_threads();
   const int fwd_threads = std::max(1, (threads + 1) / 3);
   const int bwd_threads = std::max(1, threads - fwd_threads);
+  Lane &fl = *lanes_[size_t(op.lane)], &bl = *lanes_[size_t(op.blane)];
   Clock fc, bc;
   double f_end = 0;
+  abort_ = false;
+  std::atomic<int> first_failure{0};  // 1: the forward failed first, 2: the backward
+  const auto failed = [&](int who) {
+    int none = 0;
+    first_failure.compare_exchange_strong(none, who);
+    abort_ = true;
+  };
+  fl.coll->set_span_sink(&fc.comm), bl.coll->set_span_sink(&bc.comm);
   const double t0 = now_seconds();
   worker_->post([&] {
     omp_set_num_threads(fwd_threads);
-    forward(*lanes_[size_t(op.lane)], op.op.micro, fc);
+    try {
+      forward(fl, op.op.micro, fc);
+    } catch (...) {
+      failed(1);
+      throw;
+    }
     f_end = now_seconds();
   });
   omp_set_num_threads(bwd_threads);
   double b_end = 0;
   try {
     if (hooks.before_backward) hooks.before_backward(backward_no);
-    backward(*lanes_[size_t(op.blane)], op.bmicro, bc);
+    backward(bl, op.bmicro, bc);
     if (hooks.after_backward) hooks.after_backward(backward_no);
     b_end = now_seconds();
   } catch (...) {
+    failed(2);
     omp_set_num_threads(threads);
-    try {  // the forward uses this stage's slots: it must end before the error unwinds them
+    fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr);
+    // the forward uses this stage's slots: it must end (its waits give up, abort_) before the
+    // error unwinds them; the error reported is the half that failed first, not the other
+    // half's "abandoned"
+    std::exception_ptr fwd_error;
+    try {
       worker_->wait();
     } catch (...) {
+      fwd_error = std::current_exception();
     }
+    if (first_failure == 1 && fwd_error) std::rethrow_exception(fwd_error);
     throw;
   }
   omp_set_num_threads(threads);
+  fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr);
   worker_->wait();
   const double t1 = now_seconds();
-  // a thread is idle while blocked and once done; it computes in the rest of [t0, its end]
+  // A thread is idle while blocked on a neighbour and once done; it waits in communication
+  // while in a collective; it computes in the rest of [t0, its end]. The rank idles (the bubble)
+  // when neither computes nor communicates, and is exposed to communication when neither
+  // computes and one communicates: the directions' ledgers booked each thread's collective time
+  // whole, so they are corrected to that.
   Spans f_idle = fc.blocked, b_idle = bc.blocked;
   f_idle.push_back({f_end, t1}), b_idle.push_back({b_end, t1});
-  stats_.idle_s += common(f_idle, b_idle);
-  stats_.overlap_s += common(outside(fc.blocked, t0, f_end), outside(bc.blocked, t0, b_end));
+  const double idle = common(f_idle, b_idle);
+  const Spans f_wait = merged(f_idle, fc.comm), b_wait = merged(b_idle, bc.comm);
+  const double exposed = common(f_wait, b_wait) - idle;
+  fl.coll->ledger().exposed_s -= length(fc.comm);
+  bl.coll->ledger().exposed_s += exposed - length(bc.comm);
+  stats_.idle_s += idle;
+  stats_.overlap_s += common(outside(merged(fc.blocked, fc.comm), t0, f_end),
+                             outside(merged(bc.blocked, bc.comm), t0, b_end));
   stats_.overlapped++;
 }
 

@@ -16,6 +16,7 @@
 // gradients are summed over both stages (dp_mirror, train/grad_sync.h), so they stay equal.
 // Validation runs forward_only through the same stages.
 #pragma once
+#include <atomic>
 #include <functional>
 #include <list>
 #include <memory>
@@ -87,7 +88,10 @@ class PipelineStage {
   };
   // F and B of micro-batches 0..scale.size()-1 (micro(a) asked for before F(a), on the forward
   // thread under overlap; its gradient scaled by scale[a]) in the schedule's order; gradients
-  // add into grads (only ever from the calling thread, as do the hooks). DualPipe sends the
+  // add into grads. Under overlap both threads write gradients: the last stage's forward its
+  // head, final norm and MTP modules' (head_loss and mtp_forward run their backward at once),
+  // the other thread its own stage's; an F&B's halves are different stages, and the hooks run
+  // on the calling thread only. DualPipe sends the
   // first half of the micro-batches down from rank 0 and the second half up from rank P-1.
   // Returns this rank's part of each micro-batch's report: the losses and targets where it runs
   // the last stage, the router statistics of the MoE layers it runs (zero elsewhere), so summing
@@ -150,6 +154,9 @@ class PipelineStage {
   std::list<Outgoing> out_;  // sends in flight
   PipeStepStats stats_;
   std::unique_ptr<Worker> worker_;  // enable_overlap
+  // An overlapped F&B's half that fails sets it: the other half's waits (its direction's
+  // Collectives) then give up at once instead of at their own timeout.
+  std::atomic<bool> abort_{false};
   // set for the duration of run()
   const TrainingLossConfig* loss_ = nullptr;
   const ModelParams* grads_ = nullptr;

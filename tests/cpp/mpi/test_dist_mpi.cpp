@@ -408,6 +408,36 @@ TEST(Watchdog, NamesTheRankThatDidNotArrive) {
   W().barrier();
 }
 
+// A rank whose threads wait in different Collectives (the pipeline's overlapped F&B) answers a
+// peer's question to one of them from whichever thread polls, naming what it is blocked in.
+TEST(Watchdog, ARankAnswersFromWhicheverThreadPolls) {
+  ASSERT_TRUE(dist::concurrent_threads()) << "Open MPI without MPI_THREAD_MULTIPLE";
+  const int late = W().size() - 1;
+  dist::Group ga = dist::make_group(W().split(0, W().rank()), "a");
+  dist::Group gb = dist::make_group(W().split(0, W().rank()), "b");
+  dist::Collectives a(1.0), b(30.0);  // created in the same order everywhere (collective)
+  int32_t x = 1, y = 1;
+  if (W().rank() == late) {
+    // a second thread waits in b's all-reduce; this thread is busy and never polls a
+    std::thread t([&] { b.run(b.all_reduce(gb, dist::Purpose::Stats, &y, 1, DType::I32)); });
+    t.join();
+    a.run(a.all_reduce(ga, dist::Purpose::Stats, &x, 1, DType::I32));  // nothing left pending
+  } else {
+    std::string msg;
+    try {
+      a.run(a.all_reduce(ga, dist::Purpose::Stats, &x, 1, DType::I32));
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    EXPECT_NE(msg.find("all_reduce #1 of group a"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rank " + std::to_string(late) + " has started 0 operations on the "
+                       "group and is blocked in all_reduce #1 of group b"), std::string::npos)
+        << msg;
+    b.run(b.all_reduce(gb, dist::Purpose::Stats, &y, 1, DType::I32));  // lets it go
+  }
+  W().barrier();
+}
+
 }  // namespace
 }  // namespace dsv3::test
 
