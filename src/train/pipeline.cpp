@@ -532,7 +532,6 @@ void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks
   } catch (...) {
     failed(2);
     omp_set_num_threads(threads);
-    fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr);
     // the forward uses this stage's slots: it must end (its waits give up, abort_) before the
     // error unwinds them; the error reported is the half that failed first, not the other
     // half's "abandoned"
@@ -542,12 +541,19 @@ void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks
     } catch (...) {
       fwd_error = std::current_exception();
     }
+    fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr);  // the worker is done
     if (first_failure == 1 && fwd_error) std::rethrow_exception(fwd_error);
     throw;
   }
   omp_set_num_threads(threads);
-  fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr);
-  worker_->wait();
+  const auto unsink = [&] { fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr); };
+  try {
+    worker_->wait();
+  } catch (...) {
+    unsink();
+    throw;
+  }
+  unsink();  // only once the worker is done: its waits read the sink
   const double t1 = now_seconds();
   // A thread is idle while blocked on a neighbour and once done; it waits in communication
   // while in a collective; it computes in the rest of [t0, its end]. The rank idles (the bubble)
