@@ -10,8 +10,10 @@
 #              demonstration (reward only).
 # GRPO draws its prompts from all RANGE^2 - HELD non-held-out sums.
 #   RANGE=10 (default): 100 single-digit sums, HELD 30, SFT_PROMPTS 56, GRPO on 70 (14 grpo-only).
-#   RANGE=50: 2500 sums, HELD 100, SFT_PROMPTS 200, GRPO on 2400 (most of them never demonstrated,
-#             and a 100-step run draws each at most once: fresh prompts, as in RL with a checker).
+#   RANGE=20: 400 sums, HELD 100, SFT_PROMPTS 100, GRPO on 300 (200 never demonstrated), 2000
+#             pretraining steps, GRPO 200 steps at lr 1e-4.
+#   RANGE=50: 2500 sums, HELD 100, SFT_PROMPTS 200, GRPO on 2400, 2000 pretraining steps: SFT does
+#             not learn two-digit sums within this budget (held-out below 0.1), see the docs.
 # Prints a table and writes $OUT/summary.json. A stage whose output exists is skipped (a rerun
 # resumes); the base model is shared by the seeds. Stages are recognised by their output only:
 # after changing a knob, use a new OUT.
@@ -24,16 +26,21 @@ OUT=${1:-runs/grpo_demo}
 DSV3=${DSV3:-build/dsv3}
 SEEDS=${SEEDS:-"1 2 3"}
 RANGE=${RANGE:-10}
+# per range: held-out and demonstrated sums, SFT row length, pretraining and GRPO defaults
 case "$RANGE" in
-  10) HELD=${HELD:-30}; SFT_PROMPTS=${SFT_PROMPTS:-56}; SFT_SEQ=36 ;;
-  50) HELD=${HELD:-100}; SFT_PROMPTS=${SFT_PROMPTS:-200}; SFT_SEQ=38 ;;  # "User: 49 plus 49 is" ...
-  *) echo "RANGE must be 10 or 50 (the corpus's sums have operands below 50)" >&2; exit 2 ;;
+  10) d=(30 56 36 200 100 5e-5) ;;
+  20) d=(100 100 38 2000 200 1e-4) ;;  # "User: 19 plus 19 is" / "Assistant: 38." fits 38 tokens
+  50) d=(100 200 38 2000 100 5e-5) ;;
+  *) echo "RANGE must be 10, 20 or 50 (the corpus's sums have operands below 50)" >&2; exit 2 ;;
 esac
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-200}
+HELD=${HELD:-${d[0]}}
+SFT_PROMPTS=${SFT_PROMPTS:-${d[1]}}
+SFT_SEQ=${d[2]}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-${d[3]}}
 SFT_STEPS=${SFT_STEPS:-400}
 SFT_LR=${SFT_LR:-1e-3}
-GRPO_STEPS=${GRPO_STEPS:-100}
-GRPO_LR=${GRPO_LR:-5e-5}
+GRPO_STEPS=${GRPO_STEPS:-${d[4]}}
+GRPO_LR=${GRPO_LR:-${d[5]}}
 GRPO_BATCH=${GRPO_BATCH:-8}
 GROUP=${GROUP:-8}
 TEMPERATURE=${TEMPERATURE:-1.0}
