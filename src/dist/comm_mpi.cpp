@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "core/check.h"
 #include "dist/comm.h"
@@ -505,8 +507,16 @@ void init(int* argc, char*** argv) {
   if (!started) {
     // MULTIPLE lets DualPipe run an F&B's forward and backward on two threads; an MPI that
     // grants only FUNNELED still trains, one after the other (concurrent_threads()).
+    // DSV3_MPI_THREADS=funneled asks for FUNNELED only (an MPI or network layer that is slower
+    // or unavailable under MULTIPLE).
+    const char* want = std::getenv("DSV3_MPI_THREADS");
+    const std::string level = want ? want : "multiple";
+    if (level != "multiple" && level != "funneled")
+      fail("DSV3_MPI_THREADS must be multiple or funneled, not '", level, "'");
     int provided = 0;
-    check(w, MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
+    check(w, MPI_Init_thread(argc, argv, level == "multiple" ? MPI_THREAD_MULTIPLE
+                                                            : MPI_THREAD_FUNNELED, &provided),
+          "MPI_Init_thread");
     g.mpi_ours = true;
     if (provided < MPI_THREAD_FUNNELED)
       fail("dist::init: this MPI provides no thread support (MPI_THREAD_FUNNELED is needed)");

@@ -24,7 +24,8 @@ bool ParallelContext::pp_overlap() const {
 std::string ParallelContext::overlap_note() const {
   if (layout.pp == 1 || cfg.pp_schedule != PipeSchedule::DualPipe) return "";
   if (pp_overlap()) return ", F&B overlapped on 2 threads";
-  return cfg.pp_overlap ? ", F&B one after the other (this MPI has no MPI_THREAD_MULTIPLE)"
+  return cfg.pp_overlap ? ", F&B one after the other (MPI_THREAD_MULTIPLE not granted on every "
+                          "rank: DSV3_MPI_THREADS=funneled, or the MPI lacks it)"
                         : ", F&B one after the other (--pp_overlap false)";
 }
 

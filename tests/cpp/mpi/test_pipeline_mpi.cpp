@@ -76,9 +76,17 @@ TEST(PipelineMpi, DualPipeOverlapsAnFAndBWithoutChangingTheStep) {
   const CmdResult off = train(2, args + " --pp_overlap false --out " + d / "off");
   ASSERT_EQ(off.code, 0) << off.out;
   EXPECT_NE(off.out.find("F&B one after the other (--pp_overlap false)"), std::string::npos);
-  const auto a = steps_of(d / "on"), b = steps_of(d / "off");
+  // an MPI asked for FUNNELED only (DSV3_MPI_THREADS) trains the same, one after the other
+  const CmdResult fun = run_shell("DSV3_MPI_THREADS=funneled " + mpirun(2) + DSV3_BIN + " train" +
+                                  kBase + " " + args + " --out " + d / "funneled");
+  ASSERT_EQ(fun.code, 0) << fun.out;
+  EXPECT_NE(fun.out.find("F&B one after the other (MPI_THREAD_MULTIPLE not granted"),
+            std::string::npos) << fun.out;
+  const auto a = steps_of(d / "on"), b = steps_of(d / "off"), c = steps_of(d / "funneled");
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), a.size());
+  ASSERT_EQ(c.size(), a.size());
+  for (size_t i = 0; i < a.size(); i++) EXPECT_EQ(c[i]["loss"].get<double>(), b[i]["loss"].get<double>());
   double overlap = 0;
   for (size_t i = 0; i < a.size(); i++) {
     EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
