@@ -138,9 +138,8 @@ Collectives::~Collectives() {
   all.erase(std::remove(all.begin(), all.end(), this), all.end());
 }
 
-void Collectives::check_abort(const std::string& what) const {
-  if (abort_ && abort_->load(std::memory_order_relaxed))
-    fail(what, " abandoned on rank ", world().rank(), ": the other thread of this rank failed");
+void Collectives::abandon(const std::string& what) const {
+  fail(what, " abandoned on rank ", world().rank(), ": the other thread of this rank failed");
 }
 
 Pending Collectives::start(Group& g, Coll k, Purpose p, double bytes, Request req) {
@@ -228,7 +227,7 @@ void Collectives::wait(Pending& op) {
       serve_queries();
       const double waited = now_seconds() - t0;
       if (waited > timeout_) time_out(op, waited);
-      check_abort(cat(coll_name(op.kind), " #", op.seq, " of group ", op.group->name));
+      if (aborted()) abandon(cat(coll_name(op.kind), " #", op.seq, " of group ", op.group->name));
       if (++spins > 200)
         std::this_thread::sleep_for(std::chrono::microseconds(spins > 2000 ? 1000 : 50));
     }
@@ -251,9 +250,9 @@ void Collectives::wait_p2p(Request& r, int peer, const std::string& what) {
       r.abandon();  // its destructor would wait for the peer that did not come
       time_out_p2p(peer, what, waited);
     }
-    if (abort_ && abort_->load(std::memory_order_relaxed)) {
+    if (aborted()) {
       r.abandon();
-      check_abort(what);
+      abandon(what);
     }
     if (++spins > 200)
       std::this_thread::sleep_for(std::chrono::microseconds(spins > 2000 ? 1000 : 50));

@@ -133,7 +133,8 @@ class Collectives {
   Pending start(Group& g, Coll k, Purpose p, double bytes, Request req);
   void finish(Pending& op);
   static void serve_queries();  // every registered object's channel
-  void check_abort(const std::string& what) const;
+  bool aborted() const { return abort_ && abort_->load(std::memory_order_relaxed); }
+  [[noreturn]] void abandon(const std::string& what) const;  // after aborted()
   struct Waiting;  // marks what this object is blocked in, for the answers
   [[noreturn]] void time_out(const Pending& op, double waited);
   [[noreturn]] void time_out_p2p(int peer, const std::string& what, double waited);

@@ -49,16 +49,51 @@ struct PipelineStage::Outgoing {
   int peer = 0, tag = 0;
 };
 
+namespace {
+using Spans = std::vector<std::pair<double, double>>;  // disjoint, in order
+
+// The length of the intersection of two span lists.
+double common(const Spans& a, const Spans& b) {
+  double t = 0;
+  for (size_t i = 0, j = 0; i < a.size() && j < b.size();) {
+    t += std::max(0.0, std::min(a[i].second, b[j].second) - std::max(a[i].first, b[j].first));
+    if (a[i].second < b[j].second) i++;
+    else j++;
+  }
+  return t;
+}
+
+// Two span lists of one thread (disjoint: its waits follow each other) as one, in order.
+Spans merged(Spans a, const Spans& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  std::sort(a.begin(), a.end());
+  return a;
+}
+
+double length(const Spans& s) {
+  double t = 0;
+  for (const auto& [a, b] : s) t += b - a;
+  return t;
+}
+
+// [t0, t1] without the spans (which lie inside it).
+Spans outside(const Spans& s, double t0, double t1) {
+  Spans r;
+  for (const auto& [a, b] : s) {
+    if (a > t0) r.push_back({t0, a});
+    t0 = std::max(t0, b);
+  }
+  if (t1 > t0) r.push_back({t0, t1});
+  return r;
+}
+}  // namespace
+
 // The spans [t0, t1] one thread spent blocked on a neighbour during an op (seconds of
 // now_seconds()), in order.
 struct PipelineStage::Clock {
-  std::vector<std::pair<double, double>> blocked;
-  std::vector<std::pair<double, double>> comm;  // in collectives (overlapped F&B only)
-  double idle() const {
-    double t = 0;
-    for (const auto& [a, b] : blocked) t += b - a;
-    return t;
-  }
+  Spans blocked;
+  Spans comm;  // in collectives (overlapped F&B only)
+  double idle() const { return length(blocked); }
 };
 
 // The thread an overlapped F&B runs its forward on: one for the stage's life, so its OpenMP team
@@ -449,45 +484,6 @@ void PipelineStage::run_ops(const std::vector<Op>& ops, const Hooks& hooks) {
   stats_.idle_s += now_seconds() - w0;
 }
 
-namespace {
-using Spans = std::vector<std::pair<double, double>>;  // disjoint, in order
-
-// The length of the intersection of two span lists.
-double common(const Spans& a, const Spans& b) {
-  double t = 0;
-  for (size_t i = 0, j = 0; i < a.size() && j < b.size();) {
-    t += std::max(0.0, std::min(a[i].second, b[j].second) - std::max(a[i].first, b[j].first));
-    if (a[i].second < b[j].second) i++;
-    else j++;
-  }
-  return t;
-}
-
-// Two span lists of one thread (disjoint: its waits follow each other) as one, in order.
-Spans merged(Spans a, const Spans& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  std::sort(a.begin(), a.end());
-  return a;
-}
-
-double length(const Spans& s) {
-  double t = 0;
-  for (const auto& [a, b] : s) t += b - a;
-  return t;
-}
-
-// [t0, t1] without the spans (which lie inside it).
-Spans outside(const Spans& s, double t0, double t1) {
-  Spans r;
-  for (const auto& [a, b] : s) {
-    if (a > t0) r.push_back({t0, a});
-    t0 = std::max(t0, b);
-  }
-  if (t1 > t0) r.push_back({t0, t1});
-  return r;
-}
-}  // namespace
-
 // An F&B on two threads: the forward on the worker, the backward (and the gradient hooks) here.
 // This thread's OpenMP threads are split in proportion to the work, a third for the forward (a
 // backward costs about two forwards), so that with enough threads both halves end together and
@@ -511,6 +507,8 @@ void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks
     abort_ = true;
   };
   fl.coll->set_span_sink(&fc.comm), bl.coll->set_span_sink(&bc.comm);
+  // only once the worker is done: its waits read the sink
+  const auto unsink = [&] { fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr); };
   const double t0 = now_seconds();
   worker_->post([&] {
     omp_set_num_threads(fwd_threads);
@@ -541,19 +539,18 @@ void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks
     } catch (...) {
       fwd_error = std::current_exception();
     }
-    fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr);  // the worker is done
+    unsink();
     if (first_failure == 1 && fwd_error) std::rethrow_exception(fwd_error);
     throw;
   }
   omp_set_num_threads(threads);
-  const auto unsink = [&] { fl.coll->set_span_sink(nullptr), bl.coll->set_span_sink(nullptr); };
   try {
     worker_->wait();
   } catch (...) {
     unsink();
     throw;
   }
-  unsink();  // only once the worker is done: its waits read the sink
+  unsink();
   const double t1 = now_seconds();
   // A thread is idle while blocked on a neighbour and once done; it waits in communication
   // while in a collective; it computes in the rest of [t0, its end]. The rank idles (the bubble)
@@ -570,7 +567,6 @@ void PipelineStage::overlapped(const Op& op, int backward_no, const Hooks& hooks
   stats_.idle_s += idle;
   stats_.overlap_s += common(outside(merged(fc.blocked, fc.comm), t0, f_end),
                              outside(merged(bc.blocked, bc.comm), t0, b_end));
-  stats_.overlapped++;
 }
 
 }  // namespace dsv3

@@ -34,11 +34,11 @@ namespace dsv3 {
 // What one step's pipeline cost this stage. idle_s: blocked waiting for a neighbour (the
 // bubble, plus any imbalance between stages; during an overlapped F&B, the time neither thread
 // computed); compute_s: the rest of the wall time. overlap_s: the time an overlapped F&B's two
-// threads both computed (0 without overlap); overlapped: F&B ops that ran on two threads.
+// threads both computed (0 without overlap).
 struct PipeStepStats {
   double wall_s = 0, idle_s = 0, compute_s = 0, overlap_s = 0;
   double sent_bytes = 0;
-  int micros = 0, overlapped = 0;
+  int micros = 0;
 };
 
 // What pipeline rank `rank` of bounds.size() - 1 stages holds of the model (its parameter table,
@@ -76,7 +76,6 @@ class PipelineStage {
   // (it duplicates communicators): every rank calls it, in the same order, or none does.
   void enable_overlap(double collective_timeout, const dist::Group* ep, const dist::Group* tp,
                       bool sequence_parallel);
-  bool overlapping() const { return worker_ != nullptr; }
   // The directions' own communication since the last call (enable_overlap; empty otherwise),
   // for the step's ledger.
   dist::CommLedger take_ledger();

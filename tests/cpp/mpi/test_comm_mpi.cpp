@@ -29,15 +29,6 @@ using dist::Request;
 
 const Comm& W() { return dist::world(); }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Elements [begin, end) of b against want(i), reporting the first difference.

@@ -19,17 +19,6 @@ using dist::Comm;
 using dist::Pieces;
 using dist::ReduceOp;
 
-// Runs `f` and returns the Error's message ("" when nothing was thrown).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(CommSingle, WorldIsRankZeroOfOne) {
   const Comm& w = dist::world();
   EXPECT_EQ(w.rank(), 0);

@@ -18,6 +18,7 @@
 #include <thread>
 #include <tuple>
 
+#include "comm_test_util.h"
 #include "core/rng.h"
 #include "dist/collectives.h"
 #include "dist/compress.h"
@@ -393,12 +394,8 @@ TEST(Watchdog, NamesTheRankThatDidNotArrive) {
     std::this_thread::sleep_for(std::chrono::milliseconds(3500));
     coll.run(coll.all_reduce(g, dist::Purpose::Stats, &x, 1, DType::I32));
   } else {
-    std::string msg;
-    try {
-      coll.run(coll.all_reduce(g, dist::Purpose::Stats, &x, 1, DType::I32));
-    } catch (const Error& e) {
-      msg = e.what();
-    }
+    const std::string msg =
+        error_of([&] { coll.run(coll.all_reduce(g, dist::Purpose::Stats, &x, 1, DType::I32)); });
     EXPECT_NE(msg.find("all_reduce #1 of group test"), std::string::npos) << msg;
     EXPECT_NE(msg.find("rank " + std::to_string(late) + " did not arrive"), std::string::npos)
         << msg;
@@ -423,12 +420,8 @@ TEST(Watchdog, ARankAnswersFromWhicheverThreadPolls) {
     t.join();
     a.run(a.all_reduce(ga, dist::Purpose::Stats, &x, 1, DType::I32));  // nothing left pending
   } else {
-    std::string msg;
-    try {
-      a.run(a.all_reduce(ga, dist::Purpose::Stats, &x, 1, DType::I32));
-    } catch (const Error& e) {
-      msg = e.what();
-    }
+    const std::string msg =
+        error_of([&] { a.run(a.all_reduce(ga, dist::Purpose::Stats, &x, 1, DType::I32)); });
     EXPECT_NE(msg.find("all_reduce #1 of group a"), std::string::npos) << msg;
     EXPECT_NE(msg.find("rank " + std::to_string(late) + " has started 0 operations on the "
                        "group and is blocked in all_reduce #1 of group b"), std::string::npos)

@@ -77,8 +77,7 @@ TEST(PipelineMpi, DualPipeOverlapsAnFAndBWithoutChangingTheStep) {
   ASSERT_EQ(off.code, 0) << off.out;
   EXPECT_NE(off.out.find("F&B one after the other (--pp_overlap false)"), std::string::npos);
   // an MPI asked for FUNNELED only (DSV3_MPI_THREADS) trains the same, one after the other
-  const CmdResult fun = run_shell("DSV3_MPI_THREADS=funneled " + mpirun(2) + DSV3_BIN + " train" +
-                                  kBase + " " + args + " --out " + d / "funneled");
+  const CmdResult fun = train(2, args + " --out " + d / "funneled", "DSV3_MPI_THREADS=funneled ");
   ASSERT_EQ(fun.code, 0) << fun.out;
   EXPECT_NE(fun.out.find("F&B one after the other (MPI_THREAD_MULTIPLE not granted"),
             std::string::npos) << fun.out;

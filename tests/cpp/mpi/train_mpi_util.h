@@ -35,10 +35,10 @@ std::string mpirun(int np) {
 }
 
 
-// `dsv3 train` on np ranks (np 0: one process, no mpirun).
-CmdResult train(int np, const std::string& args) {
+// `dsv3 train` on np ranks (np 0: one process, no mpirun); env: "NAME=value " settings first.
+CmdResult train(int np, const std::string& args, const std::string& env = "") {
   const std::string bin = std::string(DSV3_BIN) + " train" + kBase + " " + args;
-  return run_shell(np == 0 ? "OMP_NUM_THREADS=1 " + bin : mpirun(np) + bin);
+  return run_shell(env + (np == 0 ? "OMP_NUM_THREADS=1 " + bin : mpirun(np) + bin));
 }
 
 // The last record of each step (a restarted run logs some steps twice).
