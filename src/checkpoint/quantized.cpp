@@ -77,7 +77,8 @@ void save_int8_model(const std::string& path, const ModelConfig& c, const Quanti
   });
 }
 
-Int8Model load_int8_model(const std::string& path) {
+namespace {
+Int8Model load_int8_model_checked(const std::string& path) {
   InFile f(path);
   const uint64_t size = f.size();
   auto looks_like = [&] {
@@ -119,6 +120,7 @@ Int8Model load_int8_model(const std::string& path) {
     fail(path, ": ", e.what());
   }
   DSV3_CHECK(m.params.scheme != QuantScheme::None, path, ": scheme 'none' in an int8 model");
+  DSV3_CHECK(!h.contains("source") || h["source"].is_string(), path, ": 'source' is not a string");
   m.source = h.value("source", std::string());
   uint64_t crc_stored = 0;
   DSV3_CHECK(get_u64(h["crc32"], &crc_stored) && crc_stored <= 0xffffffffu, path, ": bad crc32");
@@ -177,6 +179,18 @@ Int8Model load_int8_model(const std::string& path) {
              crc, "): the file is corrupt");
   check_quantized(m.config, m.params, path);
   return m;
+}
+}  // namespace
+
+Int8Model load_int8_model(const std::string& path) {
+  // Every header field is type-checked before use above; this is the backstop that keeps a
+  // check we missed a named rejection rather than an escaped nlohmann exception (found by
+  // fuzz_int8_model: a non-string 'source').
+  try {
+    return load_int8_model_checked(path);
+  } catch (const json::exception& e) {
+    fail(path, ": malformed header: ", e.what());
+  }
 }
 
 }  // namespace dsv3

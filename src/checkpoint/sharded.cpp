@@ -110,7 +110,10 @@ struct ShardedCheckpoint::Impl {
 
 ShardedCheckpoint::~ShardedCheckpoint() = default;
 
-ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) : dir_(dir), p_(std::make_unique<Impl>()) {
+// A function-try-block: the checks below name each malformed field; a JSON type error one of them
+// missed still leaves as a named rejection of this checkpoint, not an escaped nlohmann exception.
+ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) try
+    : dir_(dir), p_(std::make_unique<Impl>()) {
   const std::string mpath = (fs::path(dir) / "manifest.json").string();
   DSV3_CHECK(fs::exists(mpath), dir, " is an incomplete sharded checkpoint: it has no "
              "manifest.json (the save did not finish); resume from an earlier checkpoint");
@@ -119,11 +122,14 @@ ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) : dir_(dir), p_(std
   } catch (const json::parse_error& e) {
     fail(mpath, ": not valid JSON (error at byte ", e.byte, ")");
   }
-  DSV3_CHECK(manifest_.is_object() && manifest_.value("format", "") == kFormat, mpath,
-             ": not a dsv3 sharded checkpoint manifest");
-  DSV3_CHECK(manifest_.value("version", 0u) >= 1 && manifest_.value("version", 0u) <= kCkptShardVersion,
-             mpath, ": manifest version ", manifest_.value("version", 0u), " is not one this build "
-             "reads (", kCkptShardVersion, ")");
+  DSV3_CHECK(manifest_.is_object() && manifest_.contains("format") &&
+                 manifest_["format"] == kFormat,
+             mpath, ": not a dsv3 sharded checkpoint manifest");
+  uint64_t version = 0;
+  DSV3_CHECK(manifest_.contains("version") && get_u64(manifest_["version"], &version) &&
+                 version >= 1 && version <= kCkptShardVersion,
+             mpath, ": manifest version ", manifest_.value("version", json()).dump(),
+             " is not one this build reads (", kCkptShardVersion, ")");
   for (const char* k : {"model", "train", "shards", "layout"})
     DSV3_CHECK(manifest_.contains(k), mpath, ": manifest has no '", k, "'");
   fields_from_json(model_fields(), &config_, manifest_["model"], mpath + ": model config");
@@ -164,7 +170,10 @@ ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) : dir_(dir), p_(std
                    h.contains("elements") && get_u64(h["elements"], &sh.elements),
                path, ": shard header lacks arrays, segments or elements");
     DSV3_CHECK(h["arrays"].is_array() && h["segments"].is_array(), path, ": malformed header");
-    for (const auto& a : h["arrays"]) sh.arrays.push_back(a.get<std::string>());
+    for (const auto& a : h["arrays"]) {
+      DSV3_CHECK(a.is_string(), path, ": 'arrays' entries must be names");
+      sh.arrays.push_back(a.get<std::string>());
+    }
     sh.payload = align64(kFrameBytes + fr.header_len);
     const uint64_t expect = sh.payload + uint64_t(sh.arrays.size()) * align64(sh.elements * 4);
     DSV3_CHECK(f.size() == expect, path, ": file is ", f.size(), " bytes, its header describes ",
@@ -177,7 +186,11 @@ ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) : dir_(dir), p_(std
                      get_u64(s[2], &c) && s[3].is_array() && s[3].size() == sh.arrays.size(),
                  path, ": malformed segment");
       Impl::Entry e{size_t(b), size_t(c), si, at, {}};
-      for (const auto& x : s[3]) e.crc.push_back(x.get<uint32_t>());
+      for (const auto& x : s[3]) {
+        uint64_t crc = 0;
+        DSV3_CHECK(get_u64(x, &crc) && crc <= 0xffffffffu, path, ": malformed segment checksum");
+        e.crc.push_back(uint32_t(crc));
+      }
       at += size_t(c);
       p_->index[s[0].get<std::string>()].push_back(std::move(e));
     }
@@ -185,6 +198,8 @@ ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) : dir_(dir), p_(std
                sh.elements);
     p_->shards.push_back(std::move(sh));
   }
+} catch (const json::exception& e) {
+  fail(dir, ": malformed sharded checkpoint: ", e.what());
 }
 
 bool ShardedCheckpoint::has_array(const std::string& name) const {

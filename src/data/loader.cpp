@@ -556,7 +556,7 @@ json Loader::state() const {
 void Loader::restore(const json& j) {
   Impl& p = *p_;
   const char* where = "loader state";
-  DSV3_CHECK(j.is_object() && j.value("format", "") == "dsv3 loader state", where,
+  DSV3_CHECK(j.is_object() && j.contains("format") && j["format"] == "dsv3 loader state", where,
              ": not a dsv3 loader state (no \"format\": \"dsv3 loader state\")");
   DSV3_CHECK(j.contains("version") && j["version"] == 1, where, ": unsupported version ",
              j.contains("version") ? j["version"].dump() : "(none)");
@@ -583,8 +583,9 @@ void Loader::restore(const json& j) {
   for (size_t d = 0; d < D; d++) {
     const json& e = doms[d];
     const std::string dw = std::string(where) + ": domain '" + p.info[d].name + "'";
-    DSV3_CHECK(e.is_object() && e.value("name", "") == p.info[d].name, where, ": domain ", d,
-               " is ", e.is_object() ? e.value("name", "?") : "?", ", this run has '",
+    const bool named = e.is_object() && e.contains("name") && e["name"].is_string();
+    DSV3_CHECK(named && e["name"] == p.info[d].name, where, ": domain ", d, " is ",
+               named ? e["name"].get<std::string>() : "?", ", this run has '",
                p.info[d].name, "'");
     try {
       DSV3_CHECK(e.at("docs").get<uint64_t>() == p.info[d].docs &&

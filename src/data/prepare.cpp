@@ -243,17 +243,23 @@ nlohmann::json read_manifest(const std::string& dir_or_file, std::string* dir_ou
          kind.empty() ? "" : " (it looks like " + kind + ")",
          "; pass the directory dsv3 prepare wrote");
   }
-  DSV3_CHECK(m.is_object() && m.value("format", "") == "dsv3-prepared", p.string(),
+  DSV3_CHECK(m.is_object() && m.contains("format") && m["format"] == "dsv3-prepared", p.string(),
              ": not a dsv3 prepare manifest");
-  DSV3_CHECK(m.value("version", 0) == 1, p.string(), ": unsupported manifest version");
+  DSV3_CHECK(m.contains("version") && m["version"] == 1, p.string(),
+             ": unsupported manifest version");
   DSV3_CHECK(m.contains("domains") && m["domains"].is_array() && !m["domains"].empty(),
              p.string(), ": lists no domains");
   const fs::path dir = p.parent_path();
   for (const auto& d : m["domains"])
-    for (const char* split : {"train", "val"})
-      for (const auto& f : d.at(split))
+    for (const char* split : {"train", "val"}) {
+      DSV3_CHECK(d.is_object() && d.contains(split) && d[split].is_array(), p.string(),
+                 ": a domain has no '", split, "' shard list");
+      for (const auto& f : d[split]) {
+        DSV3_CHECK(f.is_string(), p.string(), ": shard names must be strings");
         DSV3_CHECK(fs::exists(dir / f.get<std::string>()), p.string(), ": shard ",
                    f.get<std::string>(), " is missing");
+      }
+    }
   if (dir_out) *dir_out = dir.string();
   return m;
 }
