@@ -217,6 +217,11 @@ void FinetuneSession::end_step(int64_t step, const char* line, double elapsed_s,
 
 void FinetuneSession::save(int64_t steps_done, const nlohmann::json& extra) {
   const FinetuneConfig& r = spec_.run;
+  if (steps_done == 0) {  // `--steps 0` evaluates --model: a copy of it would help nobody
+    std::fprintf(stderr, "%s: 0 steps trained: no checkpoint written (the model is --model's)\n",
+                 finetune_method_name(r.method));
+    return;
+  }
   nlohmann::json train = {{"finetune", {{"method", finetune_method_name(r.method)},
                                         {"steps_done", steps_done},
                                         {"updates", state_->optimizer().updates()},

@@ -294,6 +294,14 @@ TEST(FinetuneCli, SftResumesAndGrpoLogs) {
   for (const char* k : {"reward", "kl", "length", "generation_s", "training_s", "samples_per_s"})
     EXPECT_TRUE(m[1].contains(k)) << k;
   EXPECT_EQ(test::read_metrics(d + "/grpo/metrics.jsonl", "eval").size(), 2u);
+  // 0 steps evaluates --model and writes no copy of it
+  r = test::run_cli("finetune --method grpo --model " + d + "/sft --data " + d + "/prompts.jsonl --out " + d +
+                    "/eval_only --seq_len 48 --batch 2 --group 2 --max_tokens 4 --steps 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("no checkpoint written"), std::string::npos) << r.out;
+  EXPECT_EQ(test::read_metrics(d + "/eval_only/metrics.jsonl", "eval").size(), 1u);
+  for (const auto& e : std::filesystem::directory_iterator(dir / "eval_only"))
+    EXPECT_NE(e.path().extension(), ".dsv3") << e.path();
   std::filesystem::remove_all(dir);
 }
 
