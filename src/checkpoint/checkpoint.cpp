@@ -12,6 +12,7 @@
 #include "checkpoint/safetensors.h"
 #include "checkpoint/sharded.h"
 #include "core/check.h"
+#include "core/fields.h"
 #include "core/io.h"
 #include "model/params.h"
 
@@ -47,7 +48,6 @@ constexpr uint64_t kMaxHeader = 1ull << 30;         // 1 GiB of JSON is corrupt,
 constexpr size_t kChunk = size_t(64) << 20;         // bytes per read while checksumming
 const char* const kSectionNames[3] = {"params", "adam_m", "adam_v"};
 
-uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
 
 struct Section {
   const char* name;
@@ -64,12 +64,6 @@ std::vector<Section> layout(size_t n, int count) {
     off += uint64_t(n) * 4;
   }
   return s;
-}
-
-bool get_u64(const json& v, uint64_t* out) {
-  if (v.is_number_unsigned()) return *out = v.get<uint64_t>(), true;
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) return *out = uint64_t(v.get<int64_t>()), true;
-  return false;
 }
 
 std::string looks_like(const std::string& path) {
@@ -205,9 +199,9 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
   uint64_t n = 0, crc_stored = 0;
   // Sane before any arithmetic; whether the file holds them is the size check below, so a cut
   // file is reported as truncated wherever the cut is.
-  DSV3_CHECK(get_u64(h["n_params"], &n) && n <= (uint64_t(1) << 56), path, ": bad n_params ",
+  DSV3_CHECK(json_u64(h["n_params"], &n) && n <= (uint64_t(1) << 56), path, ": bad n_params ",
              quote_bytes(h["n_params"].dump(), 40));
-  DSV3_CHECK(get_u64(h["crc32"], &crc_stored) && crc_stored <= 0xffffffffu, path, ": bad crc32");
+  DSV3_CHECK(json_u64(h["crc32"], &crc_stored) && crc_stored <= 0xffffffffu, path, ": bad crc32");
 
   // Sections: params, optionally both Adam moments, each n floats, in order, 64-byte aligned.
   const json& sj = h["sections"];
@@ -225,7 +219,7 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
   for (int i = 0; i < count; i++) {
     const json& v = sj[kSectionNames[i]];
     Section s{kSectionNames[i]};
-    DSV3_CHECK(v.is_array() && v.size() == 2 && get_u64(v[0], &s.off) && get_u64(v[1], &s.len),
+    DSV3_CHECK(v.is_array() && v.size() == 2 && json_u64(v[0], &s.off) && json_u64(v[1], &s.len),
                path, ": section '", s.name, "' must be [offset, length]");
     DSV3_CHECK(s.len == n * 4, path, ": section '", s.name, "' holds ", s.len,
                " bytes, expected ", n * 4, " (n_params ", n, ")");
@@ -259,7 +253,7 @@ Checkpoint load_checkpoint(const std::string& path, bool load_optimizer) {
     uint64_t off = 0;
     bool same = e.is_object() && e.contains("name") && e["name"] == p.name &&
                 e.contains("shape") && e["shape"] == json(p.shape) && e.contains("offset") &&
-                get_u64(e["offset"], &off) && off == p.offset;
+                json_u64(e["offset"], &off) && off == p.offset;
     DSV3_CHECK(same, path, ": tensor layout differs from this build's at entry ", i, " (expected '",
                p.name, "' ", shape_str(p.shape), " at offset ", p.offset, ")");
   }

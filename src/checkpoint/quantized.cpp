@@ -4,6 +4,7 @@
 
 #include "checkpoint/hf.h"
 #include "core/check.h"
+#include "core/fields.h"
 #include "core/io.h"
 
 namespace dsv3 {
@@ -16,7 +17,6 @@ constexpr char kMagic[8] = {'D', 'S', 'V', '3', 'I', 'N', 'T', '8'};
 constexpr uint64_t kMaxHeader = 1ull << 30;
 constexpr size_t kChunk = size_t(64) << 20;
 
-uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
 
 json high_json(const ParamTable& t) {
   json a = json::array();
@@ -28,12 +28,6 @@ json int8_json(const QuantLayout& l) {
   for (const auto& u : l.units)
     a.push_back({{"name", u.name}, {"rows", u.rows}, {"cols", u.cols}, {"offset", u.offset}});
   return a;
-}
-
-bool get_u64(const json& v, uint64_t* out) {
-  if (v.is_number_unsigned()) return *out = v.get<uint64_t>(), true;
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) return *out = uint64_t(v.get<int64_t>()), true;
-  return false;
 }
 
 }  // namespace
@@ -123,7 +117,7 @@ Int8Model load_int8_model_checked(const std::string& path) {
   DSV3_CHECK(!h.contains("source") || h["source"].is_string(), path, ": 'source' is not a string");
   m.source = h.value("source", std::string());
   uint64_t crc_stored = 0;
-  DSV3_CHECK(get_u64(h["crc32"], &crc_stored) && crc_stored <= 0xffffffffu, path, ": bad crc32");
+  DSV3_CHECK(json_u64(h["crc32"], &crc_stored) && crc_stored <= 0xffffffffu, path, ": bad crc32");
 
   // Sizes first (a truncated file says so), then the layouts, which must be the ones this build
   // derives from the config (bounded first: a corrupt config must not make us build a table of
@@ -132,9 +126,9 @@ Int8Model load_int8_model_checked(const std::string& path) {
   uint64_t ho = 0, hl = 0, io = 0, il = 0;
   DSV3_CHECK(sj.is_object() && sj.size() == 2 && sj.contains("high") && sj.contains("int8") &&
                  sj["high"].is_array() && sj["high"].size() == 2 && sj["int8"].is_array() &&
-                 sj["int8"].size() == 2 && get_u64(sj["high"][0], &ho) &&
-                 get_u64(sj["high"][1], &hl) && get_u64(sj["int8"][0], &io) &&
-                 get_u64(sj["int8"][1], &il) && ho == 0 && hl % 4 == 0 && io == align64(hl) &&
+                 sj["int8"].size() == 2 && json_u64(sj["high"][0], &ho) &&
+                 json_u64(sj["high"][1], &hl) && json_u64(sj["int8"][0], &io) &&
+                 json_u64(sj["int8"][1], &il) && ho == 0 && hl % 4 == 0 && io == align64(hl) &&
                  il < (uint64_t(1) << 60) && hl < (uint64_t(1) << 60),
              path, ": 'sections' must be {\"high\": [0, length], \"int8\": [offset, length]}");
   const uint64_t payload_start = align64(kFrameBytes + frame.header_len);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
+#include "core/fields.h"
 
 namespace dsv3 {
 
@@ -23,18 +24,6 @@ size_t st_dtype_size(const std::string& d) {
       {"U64", 8}};
   auto it = sizes.find(d);
   return it == sizes.end() ? 0 : it->second;
-}
-
-bool get_u64(const nlohmann::json& v, uint64_t* out) {
-  if (v.is_number_unsigned()) {
-    *out = v.get<uint64_t>();
-    return true;
-  }
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) {
-    *out = uint64_t(v.get<int64_t>());
-    return true;
-  }
-  return false;
 }
 
 }  // namespace
@@ -104,7 +93,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : file_(path) {
     e.numel = 1;
     for (const auto& d : *sh) {
       uint64_t x;
-      DSV3_CHECK(get_u64(d, &x) && x <= (uint64_t(1) << 48), where,
+      DSV3_CHECK(json_u64(d, &x) && x <= (uint64_t(1) << 48), where,
                  ": shape entries must be integers in [0, 2^48] (got ",
                  d.is_number() ? d.dump() : std::string("a ") + d.type_name(), ")");
       DSV3_CHECK(!__builtin_mul_overflow(e.numel, x, &e.numel), where, ": shape overflows");
@@ -113,7 +102,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : file_(path) {
     auto off = v.find("data_offsets");
     DSV3_CHECK(off != v.end() && off->is_array() && off->size() == 2, where,
                ": 'data_offsets' must be [begin, end]");
-    DSV3_CHECK(get_u64((*off)[0], &e.begin) && get_u64((*off)[1], &e.end) && e.begin <= e.end,
+    DSV3_CHECK(json_u64((*off)[0], &e.begin) && json_u64((*off)[1], &e.end) && e.begin <= e.end,
                where, ": 'data_offsets' must be non-negative integers with begin <= end");
     uint64_t bytes;
     DSV3_CHECK(!__builtin_mul_overflow(e.numel, uint64_t(esize), &bytes), where,

@@ -8,6 +8,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "core/check.h"
+#include "core/fields.h"
 #include "core/io.h"
 #include "model/params.h"
 
@@ -20,13 +21,6 @@ namespace {
 constexpr char kMagic[8] = {'D', 'S', 'V', '3', 'S', 'H', 'R', 'D'};
 constexpr uint64_t kMaxHeader = 1ull << 30;
 constexpr const char* kFormat = "dsv3-sharded";
-uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
-
-bool get_u64(const json& v, uint64_t* out) {
-  if (v.is_number_unsigned()) return *out = v.get<uint64_t>(), true;
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) return *out = uint64_t(v.get<int64_t>()), true;
-  return false;
-}
 
 // "ckpt_00000100.shards" -> 100; else -1
 int64_t shards_step(const std::string& path) { return checkpoint_step(path, ".shards"); }
@@ -126,7 +120,7 @@ ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) try
                  manifest_["format"] == kFormat,
              mpath, ": not a dsv3 sharded checkpoint manifest");
   uint64_t version = 0;
-  DSV3_CHECK(manifest_.contains("version") && get_u64(manifest_["version"], &version) &&
+  DSV3_CHECK(manifest_.contains("version") && json_u64(manifest_["version"], &version) &&
                  version >= 1 && version <= kCkptShardVersion,
              mpath, ": manifest version ", manifest_.value("version", json()).dump(),
              " is not one this build reads (", kCkptShardVersion, ")");
@@ -167,7 +161,7 @@ ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) try
       fail(path, ": header is not valid JSON (error at byte ", e.byte, ")");
     }
     DSV3_CHECK(h.is_object() && h.contains("arrays") && h.contains("segments") &&
-                   h.contains("elements") && get_u64(h["elements"], &sh.elements),
+                   h.contains("elements") && json_u64(h["elements"], &sh.elements),
                path, ": shard header lacks arrays, segments or elements");
     DSV3_CHECK(h["arrays"].is_array() && h["segments"].is_array(), path, ": malformed header");
     for (const auto& a : h["arrays"]) {
@@ -182,13 +176,13 @@ ShardedCheckpoint::ShardedCheckpoint(const std::string& dir) try
     size_t at = 0;
     for (const auto& s : h["segments"]) {
       uint64_t b = 0, c = 0;
-      DSV3_CHECK(s.is_array() && s.size() == 4 && s[0].is_string() && get_u64(s[1], &b) &&
-                     get_u64(s[2], &c) && s[3].is_array() && s[3].size() == sh.arrays.size(),
+      DSV3_CHECK(s.is_array() && s.size() == 4 && s[0].is_string() && json_u64(s[1], &b) &&
+                     json_u64(s[2], &c) && s[3].is_array() && s[3].size() == sh.arrays.size(),
                  path, ": malformed segment");
       Impl::Entry e{size_t(b), size_t(c), si, at, {}};
       for (const auto& x : s[3]) {
         uint64_t crc = 0;
-        DSV3_CHECK(get_u64(x, &crc) && crc <= 0xffffffffu, path, ": malformed segment checksum");
+        DSV3_CHECK(json_u64(x, &crc) && crc <= 0xffffffffu, path, ": malformed segment checksum");
         e.crc.push_back(uint32_t(crc));
       }
       at += size_t(c);

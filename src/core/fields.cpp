@@ -135,4 +135,10 @@ void groups_from_json(const std::vector<FieldGroup>& groups, const nlohmann::jso
   }
 }
 
+bool json_u64(const nlohmann::json& v, uint64_t* out) {
+  if (v.is_number_unsigned()) return *out = v.get<uint64_t>(), true;
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) return *out = uint64_t(v.get<int64_t>()), true;
+  return false;
+}
+
 }  // namespace dsv3

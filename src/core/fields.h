@@ -126,6 +126,10 @@ nlohmann::json groups_to_json(const std::vector<FieldGroup>& groups);
 void groups_from_json(const std::vector<FieldGroup>& groups, const nlohmann::json& j,
                       const std::string& where);
 
+// A JSON non-negative integer as uint64; false for anything else (a float, a negative number, a
+// string): the headers of dsv3's binary formats store sizes and offsets this way.
+bool json_u64(const nlohmann::json& v, uint64_t* out);
+
 // Struct <-> JSON object with typed values; from_json rejects unknown keys and bad values.
 nlohmann::json fields_to_json(const std::vector<FieldSpec>& fields, const void* obj);
 void fields_from_json(const std::vector<FieldSpec>& fields, void* obj, const nlohmann::json& j,

@@ -68,6 +68,8 @@ struct FrameHeader {
   uint64_t header_len = 0;
 };
 constexpr uint64_t kFrameBytes = 24;
+// Payloads after the header start on 64-byte boundaries (cache-line and SIMD aligned when mapped).
+constexpr uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
 FrameHeader check_frame(const std::string& path, const unsigned char* head, uint64_t file_size,
                         uint32_t max_version, uint64_t max_header, const char* what);
 

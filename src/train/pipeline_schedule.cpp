@@ -20,7 +20,9 @@ PipeSchedule parse_pipe_schedule(const std::string& s) {
 }
 
 std::string to_string(const PipeOp& op) {
-  return (op.backward ? "B" : "F") + std::to_string(op.micro);
+  // appended, not `const char* + std::string`: GCC 12 warns (-Wrestrict) on that form's insert
+  std::string s(1, op.backward ? 'B' : 'F');
+  return s += std::to_string(op.micro);
 }
 
 int inflight_1f1b(int stage, int stages, int micros) {
