@@ -150,7 +150,9 @@ def predicted_bytes(c, dp, ep, zero, dtype_bytes=4, bucket_mb=25.0, micro=1):
 
 def stats_bytes(c, dp):
     moe_layers = (c["layers"] - c["dense_layers"] + c["mtp_depth"]) if c["experts"] else 0
-    n = 6 + 2 * moe_layers + moe_layers * c["experts"] + dp + 1  # + the distillation loss
+    # + the distillation loss, + the pipeline's idle, wall and overlap seconds (sent, as zeros,
+    # without --pp too: one layout of the vector)
+    n = 6 + 2 * moe_layers + moe_layers * c["experts"] + dp + 1 + 3
     return 2 * (dp - 1) / dp * 8 * n
 
 
