@@ -214,6 +214,19 @@ void tasks() {  // one file per layout of `dsv3 evaluate`, with a bad line each
   put("tasks", "seed_translation", "{\"source\": \"s\", \"reference\": [\"a\", \"b\"]}\n{\"source\": \"\", \"reference\": \"r\"}\n");
 }
 
+void request() {  // first byte: bit 0 chat, the rest the server's limits (fuzz_request.cpp)
+  put("request", "seed_completion",
+      std::string(1, char(0xF0)) + R"({"model": "dsv3", "prompt": "Hello", "max_tokens": 4, )"
+      R"("temperature": 0.7, "top_p": 0.9, "top_k": 5, "stop": ["\n", "."], "seed": 3, )"
+      R"("stream": true, "stream_options": {"include_usage": true}})");
+  put("request", "seed_ids", std::string(1, char(0x40)) + R"({"prompt": [[1, 2, 255]], "n": 1, "logprobs": 0})");
+  put("request", "seed_chat",
+      std::string(1, char(0xF1)) + R"({"messages": [{"role": "system", "content": "S"}, )"
+      R"({"role": "user", "content": [{"type": "text", "text": "A"}]}, {"role": "assistant", )"
+      R"("content": "B"}, {"role": "user", "content": "C"}], "max_completion_tokens": 3, )"
+      R"("min_p": 0.1, "repetition_penalty": 1.1, "tools": []})");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -231,6 +244,7 @@ int main(int argc, char** argv) {
     configs();
     jsonl();
     tasks();
+    request();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());
     return 1;

@@ -12,6 +12,7 @@
 #include "cli_util.h"
 #include "infer/chat.h"
 #include "infer/decode.h"
+#include "infer/request.h"
 #include "infer/sample.h"
 #include "infer/sampler.h"
 #include "infer/scheduler.h"
@@ -668,6 +669,63 @@ TEST(ChatTemplate, DeepSeekMarkersAndPlainDefault) {
   EXPECT_EQ(ds.ids.back(), codec.special_id(asst));  // one id, not its bytes
   EXPECT_EQ(ds.stop_ids, std::vector<int32_t>{codec.special_id(eos)});
   std::filesystem::remove_all(dir);
+}
+
+// The server's request parser alone: what a valid body becomes, and a 400 naming the field for
+// each malformed one (wrong JSON types included: they must never escape as nlohmann exceptions).
+TEST(CompletionRequest, ParsesValidBodiesAndNamesTheBadField) {
+  const TextCodec bytes;
+  const RequestLimits lim{64, 256, 0, 32};
+  auto parse = [&](const std::string& body, bool chat) {
+    return parse_completion_request(nlohmann::json::parse(body), chat, bytes, lim, 7);
+  };
+  auto bad = [&](const std::string& body, bool chat) {
+    try {
+      parse(body, chat);
+    } catch (const BadRequest& e) {
+      return e.param + ": " + e.message;
+    }
+    return std::string("accepted");
+  };
+  CompletionRequest r = parse(R"({"prompt": "Hi", "max_tokens": 5, "temperature": 0, "stop": ["x", "y"]})", false);
+  EXPECT_EQ(r.prompt, bytes_to_ids("Hi"));
+  EXPECT_EQ(r.max_tokens, 5);
+  EXPECT_EQ(r.sampling.temperature, 0.0);
+  EXPECT_EQ(r.sampling.seed, 7u);  // the server's default when the body sends none
+  EXPECT_EQ(r.stop, (std::vector<std::string>{"x", "y"}));
+  EXPECT_FALSE(r.model.has_value());
+  r = parse(R"({"model": "m", "prompt": [[1, 2, 3]], "seed": 9, "stream": true})", false);
+  EXPECT_EQ(r.prompt, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(r.model, std::optional<std::string>("m"));
+  EXPECT_EQ(r.sampling.seed, 9u);
+  EXPECT_TRUE(r.stream);
+  EXPECT_EQ(r.max_tokens, 16);  // OpenAI's default for completions
+  r = parse(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "A"},
+                                                          {"type": "text", "text": "B"}]}]})", true);
+  EXPECT_EQ(ids_to_bytes(r.prompt), "User: AB\n\nAssistant:");
+  EXPECT_EQ(r.max_tokens, 32);  // chat: as much as the limit and the context allow
+  // a completion's default of 16 stays within a smaller limit
+  r = parse_completion_request(nlohmann::json{{"prompt", "x"}}, false, bytes, {64, 256, 0, 8}, 1);
+  EXPECT_EQ(r.max_tokens, 8);
+
+  EXPECT_EQ(bad("[1]", false), ": the request body must be a JSON object");
+  EXPECT_EQ(bad(R"({"prompt": "x", "model": 5})", false), "model: model must be a string");
+  EXPECT_EQ(bad(R"({"prompt": 5})", false).rfind("prompt: prompt must be a string", 0), 0u);
+  EXPECT_EQ(bad(R"({"prompt": [1, 256]})", false).rfind("prompt: prompt token id 256", 0), 0u);
+  EXPECT_EQ(bad(R"({"prompt": "x", "max_tokens": 0})", false).rfind("max_tokens:", 0), 0u);
+  EXPECT_EQ(bad(R"({"prompt": "x", "max_tokens": 33})", false).rfind("max_tokens:", 0), 0u);
+  EXPECT_EQ(bad(R"({"prompt": "x", "temperature": "hot"})", false), "temperature: temperature must be a number");
+  EXPECT_EQ(bad(R"({"prompt": "x", "stop": [1]})", false).rfind("stop:", 0), 0u);
+  EXPECT_EQ(bad(R"({"prompt": "x", "stream_options": {"include_usage": 1}})", false).rfind("include_usage:", 0), 0u);
+  EXPECT_EQ(bad(R"({"prompt": "x", "n": 2})", false), "n: n is not supported by this server");
+  EXPECT_EQ(bad(R"({"prompt": "x", "seed": 1.5})", false), "seed: seed must be an integer");
+  EXPECT_EQ(bad(R"({"messages": []})", true), "messages: messages must be a non-empty array");
+  EXPECT_EQ(bad(R"({"messages": [{"role": 1}]})", true), "messages: each message needs a string role");
+  // a content part whose "type" is not a string: once an nlohmann type_error (HTTP 500)
+  EXPECT_EQ(bad(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "x"}]}]})", true)
+                .rfind("messages: message content parts", 0), 0u);
+  EXPECT_EQ(bad(R"({"messages": [{"role": "wizard", "content": "x"}]})", true).rfind("messages:", 0), 0u);
+  EXPECT_EQ(bad(R"({"prompt": ")" + std::string(70, 'x') + R"("})", false).rfind("prompt: the prompt has 70 tokens", 0), 0u);
 }
 
 TEST(KvCache, ReservationsAndPages) {

@@ -204,6 +204,11 @@ class ServerTest(unittest.TestCase):
         code, body = self.srv.curl("/v1/completions", "{not json")
         self.assertEqual(code, 400, body)
         self.assertIn("not valid JSON", json.loads(body)["error"]["message"])
+        # a wrong JSON type deep in a message is a 400 naming the field, never a 500
+        code, body = self.srv.curl("/v1/chat/completions", json.dumps(
+            {"messages": [{"role": "user", "content": [{"type": 5, "text": "x"}]}]}))
+        self.assertEqual(code, 400, body)
+        self.assertEqual(json.loads(body)["error"]["param"], "messages")
         code, body = self.srv.curl("/v1/completions", json.dumps({"prompt": "x" * 100000}))
         self.assertEqual(code, 413, body)
         code, body = self.srv.curl("/v1/nothing", "{}")
