@@ -14,14 +14,17 @@
 
 namespace dsv3::fuzz {
 
-// The readers take paths: the input goes to a per-process file, on tmpfs when there is one.
-inline std::string write_input(const uint8_t* data, size_t size, const std::string& name) {
+// The readers take paths: inputs go to per-process files, on tmpfs when there is one.
+inline std::string scratch_path(const std::string& name) {
   static const std::string dir = [] {
     std::error_code ec;
     return std::filesystem::is_directory("/dev/shm", ec) ? std::string("/dev/shm")
                                                          : std::filesystem::temp_directory_path().string();
   }();
-  const std::string path = dir + "/dsv3fuzz_" + std::to_string(::getpid()) + "_" + name;
+  return dir + "/dsv3fuzz_" + std::to_string(::getpid()) + "_" + name;
+}
+inline std::string write_input(const uint8_t* data, size_t size, const std::string& name) {
+  const std::string path = scratch_path(name);
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (!f) std::abort();  // the harness itself cannot run
   if (size && std::fwrite(data, 1, size, f) != size) std::abort();

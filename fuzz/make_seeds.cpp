@@ -13,6 +13,7 @@
 #include "checkpoint/hf.h"
 #include "checkpoint/quantized.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/sharded.h"
 #include "core/io.h"
 #include "core/rng.h"
 #include "data/shard.h"
@@ -70,6 +71,37 @@ void checkpoints() {
     save_int8_model(tmp("q.dsv3q"), c, quantize_params(c, q, p), "make_seeds");
     put("int8_model", std::string("seed_") + quant_scheme_name(q), slurp(tmp("q.dsv3q")));
   }
+}
+
+// A 2-rank sharded checkpoint of the tiny model: rank 0 holds the first half of every tensor,
+// rank 1 the rest, each with params and AdamW's moments; manifest first, then the two shards.
+void sharded() {
+  const ModelConfig c = tiny_model();
+  const ParamTable t = build_param_table(c);
+  const auto p = values(t.total, 1), m = values(t.total, 2), v = values(t.total, 3);
+  const std::string dir = tmp("ckpt.shards");
+  std::string input;
+  for (int rank = 0; rank < 2; rank++) {
+    ShardData d;
+    d.arrays = {"params", "adam_m", "adam_v"};
+    d.values.resize(3);
+    for (const ParamInfo& pi : t.list) {
+      const size_t half = pi.numel / 2, b = rank == 0 ? 0 : half, n = rank == 0 ? half : pi.numel - half;
+      if (n == 0) continue;
+      d.segments.push_back({pi.name, b, n});
+      for (int a = 0; a < 3; a++) {
+        const float* src = (a == 0 ? p : a == 1 ? m : v).data() + pi.offset + b;
+        d.values[size_t(a)].insert(d.values[size_t(a)].end(), src, src + n);
+      }
+    }
+    write_shard(dir, rank, 2, d);
+  }
+  write_manifest(dir, {{"step", 4}, {"model", fields_to_json(model_fields(), &c)},
+                       {"train", {{"steps_done", 4}}}, {"shards", {"rank_00000.bin", "rank_00001.bin"}},
+                       {"layout", {{"world", 2}, {"dp", 2}, {"tp", 1}, {"pp", 1}, {"ep", 1}, {"zero", 1}}}});
+  const std::string sep = "\n=====\n";
+  put("sharded", "seed_two_ranks", slurp(dir + "/manifest.json") + sep + slurp(shard_file(dir, 0)) + sep +
+                                       slurp(shard_file(dir, 1)));
 }
 
 void safetensors_and_hf() {
@@ -245,6 +277,7 @@ int main(int argc, char** argv) {
     jsonl();
     tasks();
     request();
+    sharded();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());
     return 1;
