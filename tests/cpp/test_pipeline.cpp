@@ -12,6 +12,7 @@
 #include "core/check.h"
 #include "model/config.h"
 #include "model/params.h"
+#include "test_util.h"
 #include "train/parallel_step.h"
 #include "train/pipeline.h"
 #include "train/pipeline_schedule.h"
@@ -19,16 +20,6 @@
 namespace dsv3::test {
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<std::vector<PipeOp>> orders_1f1b(int P, int M) {
   std::vector<std::vector<PipeOp>> o;

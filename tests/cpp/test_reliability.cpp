@@ -73,9 +73,6 @@ std::vector<int64_t> one_to(int64_t n) {
   return v;
 }
 
-bool has(const std::string& text, const std::string& what) {
-  return text.find(what) != std::string::npos;
-}
 
 // `dsv3 ARGS` with every file it writes limited to `limit` bytes (RLIMIT_FSIZE; SIGXFSZ ignored,
 // so an over-long write fails with EFBIG instead of killing the process). stdout + stderr.

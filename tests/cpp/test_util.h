@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/rng.h"
+#include "error_text.h"
 
 namespace dsv3::test {
 

@@ -11,19 +11,9 @@
 #include "core/check.h"
 #include "core/dtype.h"
 #include "dist/comm.h"
+#include "error_text.h"
 
 namespace dsv3::test {
-
-// The message of the dsv3::Error f throws ("" when it throws none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 inline const std::vector<DType> kAllDTypes = {DType::F32, DType::BF16, DType::F16, DType::F64,
                                              DType::I32, DType::I64, DType::U8};

@@ -29,7 +29,6 @@ using dist::Request;
 
 const Comm& W() { return dist::world(); }
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Elements [begin, end) of b against want(i), reporting the first difference.
 template <typename F>
